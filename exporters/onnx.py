@@ -1,0 +1,303 @@
+"""torch -> ONNX: export (torch.export or TorchScript), name nodes by module, check, compare."""
+
+from __future__ import annotations
+
+import ast
+import contextlib
+import hashlib
+import io
+import logging
+import os
+import tempfile
+import time
+import warnings
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+from torch import nn
+
+from runtimes.errors import BadInput, CheckFailed, ResnetxError
+
+__all__ = [
+    "INPUT_NAME",
+    "OUTPUT_NAME",
+    "DEFAULT_OPSET",
+    "EXPORTERS",
+    "OnnxArtifact",
+    "export_onnx",
+    "check_onnx",
+    "load_onnx",
+    "save_onnx",
+    "compare_with_torch",
+    "sha256_bytes",
+    "atomic_write",
+]
+
+log = logging.getLogger(__name__)
+
+INPUT_NAME = "input"
+OUTPUT_NAME = "logits"
+DEFAULT_OPSET = 18
+EXPORTERS = ("dynamo", "legacy")
+_TWO_GB = 2**31 - 1
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
+@dataclass
+class OnnxArtifact:
+    """One ONNX file and what is known about it."""
+
+    path: Path
+    sha256: str
+    precision: str
+    opset: int
+    size_bytes: int
+    seconds: float
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def load_onnx(path: Path) -> onnx.ModelProto:
+    """Load an ONNX file with a one-line error when it is missing or not ONNX."""
+    path = Path(path)
+    if not path.is_file():
+        raise BadInput(f"ONNX file {path} does not exist")
+    try:
+        return onnx.load(str(path))
+    except Exception as e:
+        raise BadInput(f"{path} is not a readable ONNX model ({type(e).__name__}); re-export it") from e
+
+
+def check_onnx(model: onnx.ModelProto, *, where: str = "model", channels: int | None = None) -> onnx.ModelProto:
+    """onnx.checker + strict shape inference + the resnetx I/O contract (input/logits, rank 4 -> 2)."""
+    try:
+        onnx.checker.check_model(model, full_check=False)
+        inferred = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
+    except Exception as e:
+        first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+        raise BadInput(f"{where} fails the ONNX checker: {first}") from e
+    inputs = {i.name: i for i in model.graph.input}
+    outputs = {o.name: o for o in model.graph.output}
+    if INPUT_NAME not in inputs or OUTPUT_NAME not in outputs:
+        raise BadInput(
+            f"{where} must have an input named '{INPUT_NAME}' and an output named '{OUTPUT_NAME}'; "
+            f"it has inputs {list(inputs)} and outputs {list(outputs)}"
+        )
+    rank_in = len(inputs[INPUT_NAME].type.tensor_type.shape.dim)
+    rank_out = len(outputs[OUTPUT_NAME].type.tensor_type.shape.dim)
+    if rank_in != 4 or rank_out != 2:
+        raise BadInput(f"{where}: '{INPUT_NAME}' must be rank 4 (NCHW) and '{OUTPUT_NAME}' rank 2; "
+                       f"got {rank_in} and {rank_out}")
+    if channels is not None:
+        c = inputs[INPUT_NAME].type.tensor_type.shape.dim[1]
+        if c.HasField("dim_value") and c.dim_value != channels:
+            raise BadInput(f"{where} takes {c.dim_value} input channels; the model takes {channels}")
+    return inferred
+
+
+def save_onnx(model: onnx.ModelProto, dst: Path) -> tuple[str, int]:
+    """Serialize with weights inside the file (external data only past 2 GB), atomically.
+
+    Returns (sha256, size). The temporary file sits beside `dst` and is renamed at the end.
+    """
+    dst = Path(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    if model.ByteSize() < _TWO_GB:
+        data = model.SerializeToString(deterministic=True)
+        atomic_write(dst, data)
+        return sha256_bytes(data), len(data)
+    # > 2 GB: protobuf cannot hold it; weights go to DST.data beside it.
+    onnx.save_model(model, str(dst), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location=dst.name + ".data", size_threshold=1024)
+    data = dst.read_bytes()
+    return sha256_bytes(data), len(data) + (dst.parent / (dst.name + ".data")).stat().st_size
+
+
+def atomic_write(dst: Path, data: bytes) -> None:
+    """Write to a temporary name beside `dst`, fsync, rename: `dst` is old or new, never half."""
+    dst = Path(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{dst.name}.", dir=dst.parent)
+    try:
+        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; artifacts are ordinary files
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, dst)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+# --------------------------------------------------------------------------- node naming
+def _module_of(node: onnx.NodeProto, initializers: set[str]) -> str | None:
+    """The PyTorch module a node comes from, e.g. 'layer3.4.conv2', or None if unknown."""
+    if node.op_type in ("Conv", "Gemm", "MatMul"):  # BN is folded into conv: the weight names it
+        for name in node.input[1:2]:
+            if name in initializers and name.endswith(".weight"):
+                return name[: -len(".weight")]
+    props = {p.key: p.value for p in node.metadata_props}
+    scopes = props.get("pkg.torch.onnx.name_scopes")
+    if scopes:
+        try:
+            parts = [p for p in ast.literal_eval(scopes) if p]
+        except (ValueError, SyntaxError):
+            parts = []
+        modules = parts[:-1]  # the last entry is the aten op's own name
+        if modules:
+            return modules[-1]
+    if node.name.startswith("/"):  # TorchScript exporter: "/layer1/layer1.0/conv1/Conv"
+        path = [p for p in node.name.split("/") if p][:-1]
+        if path:
+            return path[-1]
+    return None
+
+
+def name_nodes_by_module(model: onnx.ModelProto) -> dict[str, str]:
+    """Rename nodes to their module path (unique), so reports and --keep-* options use those names.
+
+    Returns {node name: module} for the graph.
+    """
+    inits = {i.name for i in model.graph.initializer}
+    seen: Counter[str] = Counter()
+    mapping: dict[str, str] = {}
+    for node in model.graph.node:
+        module = _module_of(node, inits) or "model"
+        base = module if node.op_type in ("Conv", "Gemm", "MatMul") else f"{module}/{node.op_type.lower()}"
+        seen[base] += 1
+        node.name = base if seen[base] == 1 else f"{base}_{seen[base] - 1}"
+        mapping[node.name] = module
+    return mapping
+
+
+# --------------------------------------------------------------------------- export
+def _export_dynamo(model: nn.Module, example: torch.Tensor, opset: int, dynamic_batch: bool) -> onnx.ModelProto:
+    dynamic = {"x": {0: torch.export.Dim("batch", min=1, max=65536)}} if dynamic_batch else None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(
+            model, (example,), dynamo=True, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+            dynamic_shapes=dynamic, opset_version=opset, verbose=False, optimize=True,
+        )
+    if program is None:
+        raise ResnetxError("torch.onnx.export returned nothing")
+    return program.model_proto
+
+
+def _export_legacy(model: nn.Module, example: torch.Tensor, opset: int, dynamic_batch: bool) -> onnx.ModelProto:
+    buf = io.BytesIO()
+    axes = {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}} if dynamic_batch else None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            model, (example,), buf, dynamo=False, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+            dynamic_axes=axes, opset_version=opset, do_constant_folding=True,
+            training=torch.onnx.TrainingMode.EVAL,
+        )
+    return onnx.load_from_string(buf.getvalue())
+
+
+def export_onnx(
+    model: nn.Module,
+    input_shape: tuple[int, int, int],
+    dst: Path,
+    *,
+    opset: int = DEFAULT_OPSET,
+    dynamic_batch: bool = True,
+    exporter: str = "dynamo",
+    metadata: dict[str, str] | None = None,
+    check_inputs: np.ndarray | None = None,
+    rtol_l2: float = 1e-5,
+) -> OnnxArtifact:
+    """Export `model` (eval mode) to ONNX at `dst`, check it, and compare it with PyTorch.
+
+    A graph that fails the checker or departs from PyTorch (rel. L2 > rtol_l2 on the check
+    inputs) raises, and nothing is written.
+    """
+    if exporter not in EXPORTERS:
+        raise BadInput(f"unknown exporter {exporter!r}; use one of {', '.join(EXPORTERS)}")
+    import onnxruntime as ort
+
+    if not 13 <= opset <= _ort_max_opset():
+        raise BadInput(f"--opset {opset} is outside what onnxruntime {ort.__version__} runs (13..{_ort_max_opset()})")
+    model = model.eval()
+    example = torch.randn(2, *input_shape, generator=torch.Generator().manual_seed(0))
+    start = time.perf_counter()
+    try:
+        proto = (_export_dynamo if exporter == "dynamo" else _export_legacy)(model, example, opset, dynamic_batch)
+    except ResnetxError:
+        raise
+    except Exception as e:
+        first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+        hint = " (try --exporter legacy)" if exporter == "dynamo" else ""
+        raise ResnetxError(f"ONNX export with the {exporter} exporter failed: {first}{hint}") from e
+    seconds = time.perf_counter() - start
+    module_of = name_nodes_by_module(proto)
+    _strip_noise(proto)
+    proto.producer_name = "resnetx"
+    for k, v in sorted((metadata or {}).items()):
+        proto.metadata_props.append(onnx.StringStringEntryProto(key=k, value=str(v)))
+    check_onnx(proto, where=f"exported {dst.name}")
+    inputs = check_inputs if check_inputs is not None else example.numpy()
+    parity = compare_with_torch(proto, model, inputs)
+    if not parity["rel_l2"] <= rtol_l2:
+        raise CheckFailed(
+            f"exported ONNX departs from PyTorch: rel. L2 {parity['rel_l2']:.2e} > {rtol_l2:.0e} "
+            f"(max abs {parity['max_abs']:.2e}); try --exporter {'legacy' if exporter == 'dynamo' else 'dynamo'}"
+        )
+    sha, size = save_onnx(proto, dst)
+    return OnnxArtifact(
+        path=Path(dst), sha256=sha, precision="fp32", opset=opset, size_bytes=size, seconds=seconds,
+        details={"exporter": exporter, "dynamic_batch": dynamic_batch, "parity": parity,
+                 "nodes": len(proto.graph.node), "modules": len(set(module_of.values()))},
+    )
+
+
+def _ort_max_opset() -> int:
+    # The newest opset onnxruntime 1.2x/1.3x implements for every op a ResNet uses.
+    return min(onnx.defs.onnx_opset_version(), 23)
+
+
+def _strip_noise(proto: onnx.ModelProto) -> None:
+    """Drop per-node stack traces and FX dumps: they hold local paths and make bytes machine-specific."""
+    keep = {"pkg.torch.onnx.name_scopes"}
+    for node in proto.graph.node:
+        props = [p for p in node.metadata_props if p.key in keep]
+        del node.metadata_props[:]
+        node.metadata_props.extend(props)
+    for vi in list(proto.graph.value_info):
+        del vi.metadata_props[:]
+
+
+def compare_with_torch(proto: onnx.ModelProto, model: nn.Module, x: np.ndarray) -> dict[str, float]:
+    """Run the graph in onnxruntime CPU and the model in PyTorch on x; error metrics."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    sess = ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    got = sess.run([OUTPUT_NAME], {INPUT_NAME: np.ascontiguousarray(x, np.float32)})[0]
+    with torch.no_grad():
+        ref = model(torch.from_numpy(np.ascontiguousarray(x, np.float32))).numpy()
+    diff = (got.astype(np.float64) - ref.astype(np.float64))
+    denom = float(np.linalg.norm(ref.astype(np.float64))) or 1.0
+    return {
+        "max_abs": float(np.abs(diff).max()),
+        "rel_l2": float(np.linalg.norm(diff) / denom),
+        "top1_agree": float((got.argmax(1) == ref.argmax(1)).mean()),
+        "samples": int(len(x)),
+    }
+
+
+with contextlib.suppress(Exception):  # keep torch's exporter quiet about optional torchvision ops
+    logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)

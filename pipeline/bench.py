@@ -1,0 +1,357 @@
+"""Latency, throughput, memory and accuracy over runtimes x precisions x batch sizes."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from pipeline.artifacts import atomic_write_text, check_sha, read_manifest, tool_versions
+from pipeline.data import iter_batches, open_dataset
+from pipeline.export import rebuild_reference
+from runtimes.base import Runtime, open_runtime
+from runtimes.errors import BackendUnavailable, BadInput, ResnetxError
+
+__all__ = ["BenchOptions", "Timing", "BenchRow", "BenchReport", "time_runtime", "bench", "system_info", "compare_reports"]
+
+log = logging.getLogger(__name__)
+N_BUFFERS = 4  # inputs rotated so caches cannot flatter small models
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    folder: Path
+    runtimes: tuple[str, ...] | None = None  # None: torch + ort (+ trt on cuda)
+    precisions: tuple[str, ...] | None = None
+    device: str = "cpu"
+    batches: tuple[int, ...] = (1, 8, 32)
+    warmup: int = 10
+    warmup_seconds: float = 0.5
+    iters: int = 50
+    min_seconds: float = 1.0
+    max_seconds: float = 60.0
+    threads: int | None = None
+    channels_last: bool = False
+    cuda_graph: bool = False
+    compile: bool = False
+    prefer_nhwc: bool = False
+    include_transfers: bool = False
+    accuracy: bool = True
+    data: str = "sample"
+    data_dir: Path | None = None
+    accuracy_samples: int = 1000
+    seed: int = 0
+
+
+@dataclass
+class Timing:
+    p50: float
+    p90: float
+    p95: float
+    p99: float
+    mean: float
+    std: float
+    min: float
+    iters: int
+    seconds: float
+
+    @classmethod
+    def from_samples(cls, ms: np.ndarray, seconds: float) -> Timing:
+        p = np.percentile(ms, [50, 90, 95, 99])
+        return cls(float(p[0]), float(p[1]), float(p[2]), float(p[3]), float(ms.mean()), float(ms.std()),
+                   float(ms.min()), int(len(ms)), float(seconds))
+
+
+@dataclass
+class BenchRow:
+    runtime: str
+    backend: str
+    mode: str
+    precision: str
+    device: str
+    batch: int
+    latency_ms: dict[str, float] | None
+    throughput_ips: float | None
+    peak_mem_mb: float | None
+    accuracy_top1: float | None
+    size_mb: float | None
+    load_s: float | None
+    compile_s: float | None = None
+    transfers_included: bool = True
+    iters: int = 0
+    error: str | None = None
+
+
+@dataclass
+class BenchReport:
+    folder: Path
+    rows: list[BenchRow]
+    system: dict[str, Any]
+    options: dict[str, Any]
+    accuracy_data: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"folder": str(self.folder), "system": self.system, "options": self.options,
+                "accuracy_data": self.accuracy_data, "notes": self.notes, "rows": [asdict(r) for r in self.rows]}
+
+
+# --------------------------------------------------------------------------- system
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def system_info() -> dict[str, Any]:
+    info: dict[str, Any] = {"cpu": _cpu_name(), "cores": os.cpu_count(), "platform": platform.platform(),
+                            "versions": tool_versions(), "gpu": None}
+    if torch.cuda.is_available():
+        p = torch.cuda.get_device_properties(0)
+        info["gpu"] = {"name": p.name, "memory_gb": round(p.total_memory / 2**30, 1),
+                       "compute_capability": f"{p.major}.{p.minor}", "cuda": torch.version.cuda,
+                       "driver": _driver_version()}
+    return info
+
+
+def _driver_version() -> str | None:
+    try:
+        import subprocess
+
+        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=10)
+        return out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _rss_mb() -> float:
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+        return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError, IndexError):
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+# --------------------------------------------------------------------------- timing
+def time_runtime(
+    rt: Runtime,
+    inputs: list[Any],
+    *,
+    warmup: int,
+    warmup_seconds: float,
+    iters: int,
+    min_seconds: float,
+    max_seconds: float = 60.0,
+    device_resident: bool = False,
+    clock: Callable[[], float] = time.perf_counter,
+) -> Timing:
+    """Warm up (by count AND time), then time single runs until both `iters` and `min_seconds`
+    are met (or `max_seconds` passes). Each sample is one synchronised call on the next buffer.
+
+    device_resident: inputs already on the device and outputs left there (enqueue + sync timed);
+    otherwise host in -> host out, transfers included.
+    """
+    if iters < 1 or warmup < 0:
+        raise BadInput("--iters must be >= 1 and --warmup >= 0")
+
+    def once(x: Any) -> None:
+        if device_resident:
+            rt.infer_async(x)
+            rt.synchronize()
+        else:
+            rt.infer(x)
+
+    start = clock()
+    i = 0
+    while i < warmup or clock() - start < warmup_seconds:
+        once(inputs[i % len(inputs)])
+        i += 1
+        if clock() - start > max_seconds:
+            break
+    samples: list[float] = []
+    t_start = clock()
+    while len(samples) < iters or clock() - t_start < min_seconds:
+        x = inputs[len(samples) % len(inputs)]
+        t0 = clock()
+        once(x)
+        samples.append((clock() - t0) * 1e3)
+        if clock() - t_start > max_seconds and len(samples) >= 3:
+            break
+    return Timing.from_samples(np.asarray(samples), clock() - t_start)
+
+
+def _buffers(shape: tuple[int, ...], n: int, seed: int, device: str) -> list[Any]:
+    rng = np.random.default_rng(seed)
+    host = [rng.standard_normal(shape).astype(np.float32) for _ in range(n)]  # never zeros
+    if device == "cuda":
+        return [torch.from_numpy(h).cuda() for h in host]
+    return host
+
+
+# --------------------------------------------------------------------------- plan
+@dataclass(frozen=True)
+class _Target:
+    backend: str
+    precision: str
+    artifact: Any  # nn.Module, or manifest entry
+    size_mb: float
+
+
+def _targets(opts: BenchOptions, manifest: Any, model: torch.nn.Module) -> list[_Target]:
+    runtimes = opts.runtimes or (("torch", "ort", "trt") if opts.device == "cuda" else ("torch", "ort"))
+    bad = [r for r in runtimes if r not in ("torch", "ort", "trt")]
+    if bad:
+        raise BadInput(f"unknown runtime {', '.join(bad)}; choose from torch, ort, trt")
+    precisions = opts.precisions or ("fp32", "fp16", "int8")
+    bad = [p for p in precisions if p not in ("fp32", "fp16", "int8")]
+    if bad:
+        raise BadInput(f"unknown precision {', '.join(bad)}; choose from fp32, fp16, int8")
+    out: list[_Target] = []
+    params_mb = sum(p.numel() * 4 for p in model.parameters()) / 2**20
+    if "torch" in runtimes:
+        torch_precisions = ["fp32"] + (["fp16"] if opts.device == "cuda" else [])
+        out += [_Target("torch", p, model, params_mb * (0.5 if p == "fp16" else 1)) for p in torch_precisions
+                if p in precisions]
+    for key, entry in manifest.artifacts.items():
+        if entry["precision"] not in precisions:
+            continue
+        backend = "ort" if entry["kind"] == "onnx" else "trt"
+        if backend in runtimes:
+            out.append(_Target(backend, entry["precision"], entry, entry["size_bytes"] / 2**20))
+    if not out:
+        raise BadInput("nothing to benchmark for the chosen --runtime/--precision")
+    return out
+
+
+def _open(t: _Target, opts: BenchOptions, folder: Path) -> Runtime:
+    if t.backend == "torch":
+        return open_runtime("torch", t.artifact, device=opts.device, precision=t.precision,
+                            channels_last=opts.channels_last, cuda_graph=opts.cuda_graph, compile=opts.compile)
+    path = check_sha(folder, t.artifact)
+    if t.backend == "trt":
+        return open_runtime("trt", path, device="cuda", entry=t.artifact, cuda_graph=opts.cuda_graph)
+    return open_runtime("ort", path, device=opts.device, precision=t.precision, threads=opts.threads,
+                        prefer_nhwc=opts.prefer_nhwc)
+
+
+def _accuracy(rt: Runtime, batches: list[tuple[np.ndarray, np.ndarray]]) -> float:
+    correct = total = 0
+    lo, hi = rt.batch_range or (1, 1 << 30)
+    for x, y in batches:
+        for i in range(0, len(x), hi):
+            xs = x[i : i + hi]
+            n = len(xs)
+            if n < lo:
+                xs = np.concatenate([xs, np.repeat(xs[-1:], lo - n, 0)])
+            correct += int((rt.infer(xs)[:n].argmax(1) == y[i : i + n]).sum())
+            total += n
+    return 100.0 * correct / max(total, 1)
+
+
+def bench(opts: BenchOptions, *, on_row: Callable[[BenchRow], None] | None = None) -> BenchReport:
+    """Run the matrix; write reports/bench.{json,md,csv,png}."""
+    folder = Path(opts.folder)
+    manifest = read_manifest(folder)
+    if not opts.batches or min(opts.batches) < 1:
+        raise BadInput("--batch needs sizes >= 1, e.g. --batch 1,8,32")
+    if opts.device == "cuda" and not torch.cuda.is_available():
+        raise BackendUnavailable("--device cuda asked for, but torch sees no CUDA device")
+    if opts.threads:
+        torch.set_num_threads(opts.threads)
+    model, info = rebuild_reference(manifest)
+    notes: list[str] = []
+    acc_batches: list[tuple[np.ndarray, np.ndarray]] = []
+    acc_name = None
+    if opts.accuracy:
+        ds = open_dataset(opts.data, split="test", data_dir=opts.data_dir, preprocess=info.preprocess)
+        if ds.labels is None or len(ds.class_names or ()) != info.num_classes:
+            notes.append(f"accuracy n/a: {ds.name} has no labels for this model's {info.num_classes} classes")
+        else:
+            acc_name = f"{ds.name} ({min(len(ds), opts.accuracy_samples)} images)"
+            acc_batches = [(b.x, b.y) for b in iter_batches(ds, info.preprocess, 256, limit=opts.accuracy_samples)
+                           if b.y is not None]
+    device_resident = opts.device == "cuda" and not opts.include_transfers
+    rows: list[BenchRow] = []
+    for t in _targets(opts, manifest, model):
+        t0 = time.perf_counter()
+        try:
+            rt = _open(t, opts, folder)
+        except BackendUnavailable as e:
+            row = BenchRow(f"{t.backend}-{opts.device}-{t.precision}", t.backend, "", t.precision, opts.device, 0,
+                           None, None, None, None, t.size_mb, None, error=str(e))
+            rows.append(row)
+            if on_row:
+                on_row(row)
+            continue
+        load_s = time.perf_counter() - t0
+        with rt:
+            acc = _accuracy(rt, acc_batches) if acc_batches else None
+            for b in opts.batches:
+                if rt.batch_range and not rt.batch_range[0] <= b <= rt.batch_range[1]:
+                    row = BenchRow(rt.name, t.backend, rt.mode, t.precision, rt.device, b, None, None, None, acc,
+                                   t.size_mb, load_s, error=f"batch {b} outside the engine profile {rt.batch_range}")
+                else:
+                    if opts.device == "cuda":
+                        torch.cuda.reset_peak_memory_stats()
+                    bufs = _buffers((b, *info.input_shape), N_BUFFERS, opts.seed + b, opts.device if device_resident else "cpu")
+                    try:
+                        tm = time_runtime(rt, bufs, warmup=opts.warmup, warmup_seconds=opts.warmup_seconds,
+                                          iters=opts.iters, min_seconds=opts.min_seconds, max_seconds=opts.max_seconds,
+                                          device_resident=device_resident)
+                    except ResnetxError as e:
+                        row = BenchRow(rt.name, t.backend, rt.mode, t.precision, rt.device, b, None, None, None, acc,
+                                       t.size_mb, load_s, error=str(e))
+                    else:
+                        mem = (torch.cuda.max_memory_allocated() / 2**20) if opts.device == "cuda" else _rss_mb()
+                        lat = {k: round(getattr(tm, k), 4) for k in ("p50", "p90", "p95", "p99", "mean", "std", "min")}
+                        row = BenchRow(rt.name, t.backend, rt.mode, t.precision, rt.device, b, lat,
+                                       round(b / (tm.mean / 1e3), 1), round(mem, 1), acc, round(t.size_mb, 2),
+                                       round(load_s, 3), compile_s=getattr(rt, "compile_seconds", None) or None,
+                                       transfers_included=not device_resident, iters=tm.iters)
+                rows.append(row)
+                if on_row:
+                    on_row(row)
+    report = BenchReport(folder, rows, system_info(), _opts_dict(opts), acc_name, notes)
+    from pipeline.report import write_bench_files
+
+    write_bench_files(report, folder / "reports")
+    return report
+
+
+def _opts_dict(opts: BenchOptions) -> dict[str, Any]:
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(opts).items()}
+
+
+def compare_reports(current: BenchReport, other_path: Path) -> list[dict[str, Any]]:
+    """Per matching row (runtime, precision, device, batch): p50 latency and throughput ratios."""
+    try:
+        other = json.loads(Path(other_path).read_text())
+        old = {(r["runtime"], r["precision"], r["device"], r["batch"]): r for r in other["rows"]}
+    except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
+        raise BadInput(f"--compare {other_path} is not a resnetx bench.json ({e})") from e
+    out = []
+    for r in current.rows:
+        o = old.get((r.runtime, r.precision, r.device, r.batch))
+        if o is None or r.latency_ms is None or not o.get("latency_ms"):
+            continue
+        out.append({"runtime": r.runtime, "precision": r.precision, "batch": r.batch,
+                    "p50_ms": r.latency_ms["p50"], "other_p50_ms": o["latency_ms"]["p50"],
+                    "speedup": o["latency_ms"]["p50"] / r.latency_ms["p50"],
+                    "throughput_ratio": (r.throughput_ips or 0) / max(o.get("throughput_ips") or 1e-9, 1e-9)})
+    return out

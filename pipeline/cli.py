@@ -1,0 +1,476 @@
+"""The resnetx command line: parse options, call one pipeline function, print, exit."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import shlex
+import sys
+from collections.abc import Callable
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+from runtimes.errors import ResnetxError
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    name="resnetx",
+    help="ResNet from PyTorch to a deployable, verified, measured artifact.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+log = logging.getLogger("resnetx")
+F = TypeVar("F", bound=Callable[..., Any])
+
+MODEL_PANEL = "Model"
+DATA_PANEL = "Data"
+RUN_PANEL = "Runtime"
+
+
+class Device(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+class Exporter(str, Enum):
+    dynamo = "dynamo"
+    legacy = "legacy"
+
+
+class Engine(str, Enum):
+    auto = "auto"
+    tensorrt = "tensorrt"
+    rtx = "rtx"
+    none = "none"
+
+
+class Int8Target(str, Enum):
+    tensorrt = "tensorrt"
+    cpu = "cpu"
+
+
+class CalibMethod(str, Enum):
+    max = "max"
+    entropy = "entropy"
+    percentile = "percentile"
+
+
+def _console():  # rich is imported on first use so `--help` stays light
+    from rich.console import Console
+
+    # Piped or captured output gets full-width tables instead of rich's 80-column default.
+    return Console(highlight=False, width=None if sys.stdout.isatty() else 180)
+
+
+def handled(fn: F) -> F:
+    """Map resnetx errors to one-line messages and exit codes: the ONE place that does so."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        ctx = click_context()
+        debug = bool(ctx and ctx.obj and ctx.obj.get("debug"))
+        try:
+            return fn(*args, **kwargs)
+        except ResnetxError as e:
+            if debug:
+                raise
+            typer.echo(f"error: {e}", err=True)
+            raise typer.Exit(e.exit_code) from None
+        except KeyboardInterrupt:
+            typer.echo("interrupted", err=True)
+            raise typer.Exit(130) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def click_context() -> Any:
+    try:  # typer < 0.20 depends on click; newer typer vendors it
+        from click import get_current_context
+    except ImportError:
+        from typer._click.globals import get_current_context
+    return get_current_context(silent=True)
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib import metadata
+
+        try:
+            typer.echo(f"resnetx {metadata.version('resnetx')}")
+        except metadata.PackageNotFoundError:
+            typer.echo("resnetx (not installed)")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    ctx: typer.Context,
+    version: Annotated[bool, typer.Option("--version", is_eager=True, callback=_version, help="Print the version.")] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks and debug logs.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and results.")] = False,
+) -> None:
+    """resnetx: export, verify and benchmark ResNets (ONNX, onnxruntime, TensorRT)."""
+    ctx.obj = {"debug": debug}
+    level = logging.DEBUG if debug else (logging.WARNING if quiet else logging.INFO)
+    logging.basicConfig(level=level, format="%(message)s", stream=sys.stderr, force=True)
+    for noisy in ("onnxscript", "onnx_ir", "torch", "torch.onnx", "torch._dynamo", "torch.export"):
+        logging.getLogger(noisy).setLevel(logging.WARNING if not debug else logging.INFO)
+
+
+def _command_line() -> str:
+    return "resnetx " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+
+
+# --------------------------------------------------------------------------- train
+@app.command()
+@handled
+def train(
+    model: Annotated[str, typer.Option(help="Zoo architecture to train, e.g. resnet20.", rich_help_panel=MODEL_PANEL)] = "resnet20",
+    data: Annotated[str, typer.Option(help="Training dataset: fashion-mnist, cifar10, imagefolder:DIR.", rich_help_panel=DATA_PANEL)] = "fashion-mnist",
+    data_dir: Annotated[Path | None, typer.Option(help="Dataset directory (default: the dataset's standard place).", rich_help_panel=DATA_PANEL)] = None,
+    epochs: Annotated[int, typer.Option(min=1, help="Training epochs.")] = 15,
+    batch_size: Annotated[int, typer.Option(min=1, help="Batch size.")] = 128,
+    lr: Annotated[float, typer.Option(min=0.0, help="Peak learning rate (SGD, Nesterov momentum).")] = 0.1,
+    weight_decay: Annotated[float, typer.Option(min=0.0, help="Weight decay on conv/linear weights.")] = 5e-4,
+    schedule: Annotated[str, typer.Option(help="cosine or step (x0.1 at 50% and 75%).")] = "cosine",
+    flip: Annotated[bool, typer.Option(help="Random horizontal flips.")] = True,
+    seed: Annotated[int, typer.Option(help="Seed for init, order and augmentation.")] = 0,
+    limit: Annotated[int | None, typer.Option(min=1, help="Train on the first N images only.")] = None,
+    eval_limit: Annotated[int | None, typer.Option(min=1, help="Evaluate on the first N test images only.")] = None,
+    device: Annotated[Device, typer.Option(help="Training device.")] = Device.auto,
+    out: Annotated[Path, typer.Option(help="Checkpoint to write (best epoch); a .json card goes beside it.")] = Path("model.pt"),
+) -> None:
+    """Train a zoo model (SGD + cosine, crop/flip augmentation); the best epoch is saved for `export --weights`."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from pipeline.train import TrainConfig, train as run_train
+
+    cfg = TrainConfig(model=model, data=data, data_dir=data_dir, epochs=epochs, batch_size=batch_size, lr=lr,
+                      weight_decay=weight_decay, schedule=schedule, flip=flip, seed=seed, limit=limit,
+                      eval_limit=eval_limit, device=device.value, out=out)
+    console = _console()
+    with Progress(TextColumn("epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("loss {task.fields[loss]:.3f} acc {task.fields[acc]:.1f}%"), TimeElapsedColumn(),
+                  console=console, transient=True) as bar:
+        task = bar.add_task("train", total=None, epoch=1, loss=0.0, acc=0.0)
+
+        def on_step(epoch: int, i: int, m: dict[str, float]) -> None:
+            bar.update(task, completed=i, epoch=epoch + 1, loss=m["loss"], acc=m["acc"])
+
+        def on_epoch(row: dict[str, float]) -> None:
+            bar.console.print(f"epoch {row['epoch']:>3}: loss {row['train_loss']:.4f}  train {row['train_acc']:.2f}%  "
+                              f"test top-1 {row['test_top1']:.2f}%  ({row['seconds']:.0f} s)")
+            bar.reset(task)
+
+        result = run_train(cfg, on_step=on_step, on_epoch=on_epoch, command=_command_line())
+    console.print(f"best test top-1 {result.best_top1:.2f}% at epoch {result.best_epoch}; "
+                  f"saved {result.checkpoint} ({result.seconds:.0f} s)")
+
+
+
+# --------------------------------------------------------------------------- helpers
+def _csv(text: str | None) -> tuple[str, ...]:
+    return tuple(t.strip() for t in (text or "").split(",") if t.strip())
+
+
+def _ints(text: str, what: str) -> tuple[int, ...]:
+    try:
+        vals = tuple(int(t) for t in _csv(text))
+    except ValueError:
+        vals = ()
+    if not vals:
+        from runtimes.errors import BadInput
+
+        raise BadInput(f"{what} takes comma-separated integers, e.g. 1,8,32; got {text!r}")
+    return vals
+
+
+def _device(d: Device) -> str:
+    if d is Device.auto:
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return d.value
+
+
+ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Architecture (resnet18..152, resnext50_32x4d, wide_resnet50_2, resnet20/32/44/56/110, preact_resnet29/56/110/164) or 'default' (the shipped Fashion-MNIST ResNet-20).", rich_help_panel=MODEL_PANEL)]
+WeightsOpt = Annotated[Path | None, typer.Option("--weights", "-w", help="Checkpoint: state_dict .pth, wrapped checkpoint, or TorchScript.", rich_help_panel=MODEL_PANEL)]
+ClassesOpt = Annotated[int | None, typer.Option(min=1, help="Number of classes (default: from the checkpoint, else 1000/10).", rich_help_panel=MODEL_PANEL)]
+ChansOpt = Annotated[int | None, typer.Option(min=1, help="Input channels (default: from the checkpoint, else 3).", rich_help_panel=MODEL_PANEL)]
+SizeOpt = Annotated[int | None, typer.Option(min=1, help="Input height = width (default 224 ImageNet, 32 CIFAR).", rich_help_panel=MODEL_PANEL)]
+TrustOpt = Annotated[bool, typer.Option(help="Allow pickled Python objects in the checkpoint (runs code from the file!).", rich_help_panel=MODEL_PANEL)]
+OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Artifact folder.")]
+DirArg = Annotated[Path, typer.Argument(help="Artifact folder written by resnetx export.")]
+DataOpt = Annotated[str, typer.Option(help="Data: sample (bundled), fashion-mnist, cifar10, imagefolder:DIR, synthetic.", rich_help_panel=DATA_PANEL)]
+DataDirOpt = Annotated[Path | None, typer.Option(help="Dataset directory (default: the dataset's standard place).", rich_help_panel=DATA_PANEL)]
+
+
+def _model_spec(model: str, weights: Path | None, num_classes: int | None, in_chans: int | None,
+                image_size: int | None, trust: bool) -> Any:
+    from pipeline.models import ModelSpec
+
+    if trust:
+        log.warning("--trust-checkpoint: the checkpoint may run arbitrary code while loading")
+    return ModelSpec(arch=model, num_classes=num_classes, in_chans=in_chans, image_size=image_size,
+                     weights=weights, trust_checkpoint=trust)
+
+
+def _announce_model(info: Any) -> None:
+    if info.weights == "default-untrained":
+        log.warning("note: the default model's trained weights are missing; using a seeded RANDOM ResNet-20")
+    elif not info.trained:
+        log.warning("note: %s has random weights (no --weights): parity is meaningful, accuracy is not", info.arch)
+
+
+# --------------------------------------------------------------------------- export
+def _do_export(opts: Any) -> Any:
+    from pipeline.export import export as run_export
+    from pipeline.report import export_table
+
+    console = _console()
+    with console.status("exporting...") as status:
+        def on_step(ev: Any) -> None:
+            status.update(f"{ev.step}: {ev.status} {ev.file or ''}")
+
+        result = run_export(opts, on_step=on_step)
+    _announce_model(result.info)
+    console.print(export_table(result))
+    for n in result.notices:
+        console.print(f"[yellow]note:[/] {n}")
+    return result
+
+
+@app.command()
+@handled
+def export(
+    model: ModelOpt = "default",
+    weights: WeightsOpt = None,
+    num_classes: ClassesOpt = None,
+    in_chans: ChansOpt = None,
+    image_size: SizeOpt = None,
+    trust_checkpoint: TrustOpt = False,
+    out: OutOpt = Path("artifacts/default"),
+    precision: Annotated[str, typer.Option(help="Comma-separated: fp32,fp16,int8 (fp32 is always made: it is the source).")] = "fp32",
+    exporter: Annotated[Exporter, typer.Option(help="dynamo (torch.export) or legacy (TorchScript).")] = Exporter.dynamo,
+    opset: Annotated[int, typer.Option(help="ONNX opset.")] = 18,
+    dynamic_batch: Annotated[bool, typer.Option(help="Dynamic batch dimension.")] = True,
+    calib_data: Annotated[str, typer.Option(help="INT8 calibration data (train split): sample, fashion-mnist, cifar10, imagefolder:DIR.", rich_help_panel="INT8")] = "sample",
+    calib_dir: Annotated[Path | None, typer.Option(help="Calibration dataset directory.", rich_help_panel="INT8")] = None,
+    calib_samples: Annotated[int, typer.Option(min=1, help="Calibration images (seeded random subset).", rich_help_panel="INT8")] = 512,
+    calib_method: Annotated[CalibMethod, typer.Option(help="Range estimate.", rich_help_panel="INT8")] = CalibMethod.max,
+    int8_target: Annotated[Int8Target, typer.Option(help="tensorrt: symmetric int8 activations, float bias; cpu: uint8 activations for onnxruntime x86.", rich_help_panel="INT8")] = Int8Target.tensorrt,
+    keep_fp32: Annotated[str | None, typer.Option(help="Layers (module paths, e.g. layer3.1.conv2) kept in fp32 in fp16 graphs and unquantized in int8.", rich_help_panel="INT8")] = None,
+    engine: Annotated[Engine, typer.Option(help="TensorRT engines: auto (tensorrt, else rtx, else none), tensorrt, rtx, none.", rich_help_panel="TensorRT")] = Engine.none,
+    batch_range: Annotated[str | None, typer.Option(help="Engine profile MIN,OPT,MAX (default 1,8,64 ImageNet sizes; 1,32,256 small).", rich_help_panel="TensorRT")] = None,
+    workspace_mb: Annotated[int | None, typer.Option(min=1, help="Builder workspace limit (MiB).", rich_help_panel="TensorRT")] = None,
+    opt_level: Annotated[int, typer.Option(min=0, max=5, help="Builder optimization level.", rich_help_panel="TensorRT")] = 3,
+    rtx_compute_capability: Annotated[str | None, typer.Option(help="TensorRT-RTX targets, e.g. SM86,SM89 (default SM80,SM86,SM89,SM120).", rich_help_panel="TensorRT")] = None,
+    force: Annotated[bool, typer.Option(help="Rebuild everything, ignoring the cache.")] = False,
+) -> None:
+    """Export a model to ONNX (fp32, fp16, int8) and TensorRT engines, with a manifest."""
+    from pipeline.export import ExportOptions
+    from pipeline.precisions import parse_precisions
+    from runtimes.errors import BadInput
+
+    br = _ints(batch_range, "--batch-range") if batch_range else None
+    if br is not None and len(br) != 3:
+        raise BadInput(f"--batch-range takes MIN,OPT,MAX; got {batch_range!r}")
+    opts = ExportOptions(
+        model=_model_spec(model, weights, num_classes, in_chans, image_size, trust_checkpoint), out=out,
+        precisions=tuple(parse_precisions(precision)), exporter=exporter.value, opset=opset,
+        dynamic_batch=dynamic_batch, calib_data=calib_data, calib_dir=calib_dir, calib_samples=calib_samples,
+        calib_method=calib_method.value, int8_target=int8_target.value, keep_fp32=_csv(keep_fp32),
+        engine=engine.value, batch_range=br, workspace_mb=workspace_mb, opt_level=opt_level,  # type: ignore[arg-type]
+        rtx_compute_capabilities=_csv(rtx_compute_capability) or None, force=force,
+    )
+    _do_export(opts)
+
+
+# --------------------------------------------------------------------------- verify
+def _do_verify(opts: Any) -> Any:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from pipeline.report import localization_table, verify_table
+    from pipeline.verify import verify as run_verify
+
+    console = _console()
+    with Progress(TextColumn("verify {task.description}"), BarColumn(), MofNCompleteColumn(), console=console,
+                  transient=True) as bar:
+        tasks: dict[str, Any] = {}
+
+        def on_progress(name: str, done: int, total: int) -> None:
+            if name not in tasks:
+                tasks[name] = bar.add_task(name, total=total)
+            bar.update(tasks[name], completed=done)
+
+        report = run_verify(opts, on_progress=on_progress)
+    console.print(verify_table(report))
+    for r in report.rows:
+        if r.localization and "error" not in r.localization:
+            console.print(localization_table(r.artifact, r.localization))
+        elif r.localization:
+            console.print(f"[yellow]localisation of {r.artifact} failed:[/] {r.localization['error']}")
+    console.print(f"{'[green]PASS[/]' if report.passed else '[red]FAIL[/]'} in {report.seconds:.1f} s; "
+                  f"report: {opts.folder / 'reports' / 'verify.json'}")
+    return report
+
+
+@app.command()
+@handled
+def verify(
+    folder: DirArg = Path("artifacts/default"),
+    device: Annotated[Device, typer.Option(help="Where candidates run; the reference is fp32 PyTorch on the CPU.")] = Device.cpu,
+    samples: Annotated[int, typer.Option(min=1, help="Inputs: real images plus 4 extreme ones (zeros, noise, large).")] = 512,
+    data: DataOpt = "sample",
+    data_dir: DataDirOpt = None,
+    precision: Annotated[str | None, typer.Option(help="Only these precisions, e.g. fp16,int8.")] = None,
+    runtime: Annotated[str | None, typer.Option(help="Only these runtimes: ort, trt, torch (torch = PyTorch itself on --device in fp32/fp16).")] = None,
+    rtol_l2: Annotated[float | None, typer.Option(help="Override the rel. L2 bar (defaults: fp32 1e-4, fp16 1e-2, int8 none).", rich_help_panel="Tolerances")] = None,
+    min_agreement: Annotated[float | None, typer.Option(min=0, max=1, help="Override the top-1 agreement bar (fp32 1.0, fp16 0.99, int8 0.97).", rich_help_panel="Tolerances")] = None,
+    max_acc_drop: Annotated[float | None, typer.Option(min=0, help="Override the accuracy-drop bar in points (int8 0.5).", rich_help_panel="Tolerances")] = None,
+    localize: Annotated[bool, typer.Option(help="Always localise: error by depth and the first divergent layer (done anyway on failure).")] = False,
+    batch_size: Annotated[int, typer.Option(min=1, help="Batch size for the runs.")] = 64,
+) -> None:
+    """Check every artifact against the fp32 PyTorch reference; exit 1 if any fails its tolerance."""
+    from pipeline.verify import VerifyOptions
+
+    opts = VerifyOptions(folder=folder, device=_device(device), samples=samples, data=data, data_dir=data_dir,
+                         batch_size=batch_size, precisions=_csv(precision) or None, runtimes=_csv(runtime) or None,
+                         rel_l2=rtol_l2, top1_agreement=min_agreement, accuracy_drop=max_acc_drop, localize=localize)
+    report = _do_verify(opts)
+    if not report.passed:
+        raise typer.Exit(1)
+
+
+# --------------------------------------------------------------------------- bench
+def _do_bench(opts: Any, compare: Path | None = None) -> Any:
+    from pipeline.bench import bench as run_bench, compare_reports
+    from pipeline.report import bench_table, compare_table
+
+    console = _console()
+    with console.status("benchmarking...") as status:
+        def on_row(row: Any) -> None:
+            status.update(f"{row.runtime} batch {row.batch}: "
+                          + (f"{row.latency_ms['p50']:.3f} ms" if row.latency_ms else (row.error or "")))
+
+        report = run_bench(opts, on_row=on_row)
+    console.print(bench_table(report))
+    for n in report.notes:
+        console.print(f"[yellow]note:[/] {n}")
+    if compare is not None:
+        console.print(compare_table(compare_reports(report, compare), compare))
+    console.print(f"reports: {opts.folder / 'reports'}/bench.{{json,md,csv,png}}")
+    return report
+
+
+@app.command()
+@handled
+def bench(
+    folder: DirArg = Path("artifacts/default"),
+    runtime: Annotated[str | None, typer.Option(help="Runtimes: torch, ort, trt (default torch,ort; +trt on cuda).", rich_help_panel=RUN_PANEL)] = None,
+    precision: Annotated[str | None, typer.Option(help="Only these precisions.", rich_help_panel=RUN_PANEL)] = None,
+    device: Annotated[Device, typer.Option(help="cpu or cuda.", rich_help_panel=RUN_PANEL)] = Device.cpu,
+    batch: Annotated[str, typer.Option(help="Batch sizes, comma-separated.")] = "1,8,32",
+    warmup: Annotated[int, typer.Option(min=0, help="Warm-up runs (at least).")] = 10,
+    warmup_seconds: Annotated[float, typer.Option(min=0, help="Warm-up time (at least).")] = 0.5,
+    iters: Annotated[int, typer.Option(min=1, help="Timed runs (at least).")] = 50,
+    min_seconds: Annotated[float, typer.Option(min=0, help="Timed seconds (at least).")] = 1.0,
+    threads: Annotated[int | None, typer.Option(min=1, help="CPU threads for onnxruntime and torch.", rich_help_panel=RUN_PANEL)] = None,
+    channels_last: Annotated[bool, typer.Option(help="torch: channels_last memory format.", rich_help_panel=RUN_PANEL)] = False,
+    cuda_graph: Annotated[bool, typer.Option(help="torch/trt: capture CUDA graphs per batch size.", rich_help_panel=RUN_PANEL)] = False,
+    compile: Annotated[bool, typer.Option("--compile", help="torch: torch.compile (compile time reported apart).", rich_help_panel=RUN_PANEL)] = False,
+    prefer_nhwc: Annotated[bool, typer.Option(help="ort CUDA: prefer NHWC kernels.", rich_help_panel=RUN_PANEL)] = False,
+    include_transfers: Annotated[bool, typer.Option(help="GPU: time host->device->host copies too (CPU always does).")] = False,
+    accuracy: Annotated[bool, typer.Option(help="Top-1 accuracy column on --data.")] = True,
+    data: DataOpt = "sample",
+    data_dir: DataDirOpt = None,
+    compare: Annotated[Path | None, typer.Option(exists=True, dir_okay=False, help="An earlier bench.json: print ratios per row.")] = None,
+) -> None:
+    """Latency percentiles, throughput, memory and accuracy for runtimes x precisions x batch sizes."""
+    from pipeline.bench import BenchOptions
+
+    opts = BenchOptions(folder=folder, runtimes=_csv(runtime) or None, precisions=_csv(precision) or None,
+                        device=_device(device), batches=_ints(batch, "--batch"), warmup=warmup,
+                        warmup_seconds=warmup_seconds, iters=iters, min_seconds=min_seconds, threads=threads,
+                        channels_last=channels_last, cuda_graph=cuda_graph, compile=compile, prefer_nhwc=prefer_nhwc,
+                        include_transfers=include_transfers, accuracy=accuracy, data=data, data_dir=data_dir)
+    _do_bench(opts, compare)
+
+
+# --------------------------------------------------------------------------- run
+@app.command()
+@handled
+def run(
+    model: ModelOpt = "default",
+    weights: WeightsOpt = None,
+    num_classes: ClassesOpt = None,
+    in_chans: ChansOpt = None,
+    image_size: SizeOpt = None,
+    out: OutOpt = Path("artifacts/default"),
+    precision: Annotated[str, typer.Option(help="Precisions to export, verify and bench.")] = "fp32,fp16,int8",
+    engine: Annotated[Engine, typer.Option(help="TensorRT engines to build (auto/tensorrt/rtx/none).")] = Engine.auto,
+    device: Annotated[Device, typer.Option(help="Where verify and bench run.")] = Device.auto,
+    batch: Annotated[str, typer.Option(help="Bench batch sizes.")] = "1,8,32",
+) -> None:
+    """export -> verify -> bench with defaults: the whole job in one command."""
+    from pipeline.bench import BenchOptions
+    from pipeline.export import ExportOptions
+    from pipeline.precisions import parse_precisions
+    from pipeline.verify import VerifyOptions
+
+    precisions = tuple(parse_precisions(precision))
+    _do_export(ExportOptions(model=_model_spec(model, weights, num_classes, in_chans, image_size, False), out=out,
+                             precisions=precisions, engine=engine.value))
+    dev = _device(device)
+    report = _do_verify(VerifyOptions(folder=out, device=dev))
+    _do_bench(BenchOptions(folder=out, device=dev, batches=_ints(batch, "--batch")))
+    if not report.passed:
+        raise typer.Exit(1)
+
+
+# --------------------------------------------------------------------------- info
+@app.command()
+@handled
+def info() -> None:
+    """Versions of torch / onnx / onnxruntime / TensorRT, devices and execution providers."""
+    from rich.table import Table
+
+    from exporters.tensorrt import FLAVORS, import_flavor
+    from pipeline.artifacts import tool_versions
+    from runtimes.errors import BackendUnavailable
+
+    t = Table(title="resnetx info", title_justify="left", show_header=False)
+    t.add_column("what")
+    t.add_column("value")
+    for k, v in tool_versions().items():
+        t.add_row(k, v)
+    import torch
+
+    t.add_row("torch CUDA", f"{torch.cuda.get_device_name(0)} (CUDA {torch.version.cuda})" if torch.cuda.is_available() else "no CUDA device")
+    try:
+        import onnxruntime as ort
+
+        t.add_row("onnxruntime providers", ", ".join(ort.get_available_providers()))
+    except ImportError:
+        t.add_row("onnxruntime providers", "onnxruntime not installed")
+    for flavor, (module, _) in FLAVORS.items():
+        try:
+            mod = import_flavor(flavor)
+            t.add_row(f"TensorRT ({flavor})", f"{module} {mod.__version__}: builds engines" + ("" if torch.cuda.is_available() else "; running them needs a GPU"))
+        except BackendUnavailable as e:
+            t.add_row(f"TensorRT ({flavor})", f"not available: {e}")
+    from pipeline.models import DEFAULT_WEIGHTS, known_models
+
+    t.add_row("default model", str(DEFAULT_WEIGHTS) if DEFAULT_WEIGHTS.exists() else "missing (random ResNet-20)")
+    t.add_row("models", ", ".join(known_models()))
+    _console().print(t)
+
+
+if __name__ == "__main__":
+    app()

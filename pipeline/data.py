@@ -1,0 +1,349 @@
+"""Datasets and the ONE preprocessing spec shared by calibration, reference, verify and eval."""
+
+from __future__ import annotations
+
+import gzip
+import logging
+import pickle
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from runtimes.errors import BadInput
+
+__all__ = [
+    "Preprocess",
+    "Dataset",
+    "Batch",
+    "DATASETS",
+    "FASHION_MNIST_DIR",
+    "FASHION_MNIST_CLASSES",
+    "SAMPLE_FILE",
+    "open_dataset",
+    "iter_batches",
+    "select_indices",
+    "read_idx",
+    "write_idx",
+]
+
+log = logging.getLogger(__name__)
+
+FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+FASHION_MNIST_CLASSES = (
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+)
+CIFAR10_CLASSES = (
+    "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
+)
+SAMPLE_FILE = Path(__file__).with_name("assets") / "fashion_mnist_sample.npz"
+_LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+
+
+# --------------------------------------------------------------------------- preprocessing
+@dataclass(frozen=True)
+class Preprocess:
+    """uint8 HWC images -> float32 NCHW, already normalised: the model's input contract."""
+
+    image_size: int
+    resize: int  # shorter side is resized to this, then center-cropped to image_size
+    channels: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Preprocess:
+        return cls(
+            image_size=int(d["image_size"]),
+            resize=int(d["resize"]),
+            channels=int(d["channels"]),
+            mean=tuple(float(x) for x in d["mean"]),
+            std=tuple(float(x) for x in d["std"]),
+        )
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        """(N,H,W) or (N,H,W,C) uint8 -> (N,channels,S,S) float32."""
+        x = images if images.ndim == 4 else images[..., None]
+        x = x.astype(np.float32) / 255.0
+        x = self._adapt_channels(x)
+        x = self._resize_crop(x)
+        x = (x - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
+        return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+
+    def _adapt_channels(self, x: np.ndarray) -> np.ndarray:
+        c = x.shape[-1]
+        if c == self.channels:
+            return x
+        if c == 1:  # grayscale feeds a 3-channel model by repetition
+            return np.repeat(x, self.channels, axis=-1)
+        if c == 3 and self.channels == 1:
+            return (x @ _LUMA)[..., None]
+        raise BadInput(f"images have {c} channels; the model takes {self.channels}")
+
+    def _resize_crop(self, x: np.ndarray) -> np.ndarray:
+        h, w = x.shape[1:3]
+        if h == w == self.image_size:
+            return x
+        import torch
+        import torch.nn.functional as F
+
+        scale = self.resize / min(h, w)
+        nh, nw = max(self.image_size, round(h * scale)), max(self.image_size, round(w * scale))
+        t = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
+        t = F.interpolate(t, size=(nh, nw), mode="bilinear", align_corners=False, antialias=True)
+        top, left = (nh - self.image_size) // 2, (nw - self.image_size) // 2
+        t = t[:, :, top : top + self.image_size, left : left + self.image_size]
+        return t.permute(0, 2, 3, 1).numpy()
+
+
+# --------------------------------------------------------------------------- datasets
+@dataclass
+class Dataset:
+    """Decoded-on-demand images with optional labels."""
+
+    name: str
+    size: int
+    labels: np.ndarray | None
+    class_names: tuple[str, ...] | None
+    _images: np.ndarray | None = None  # uint8 (N,H,W[,C]) when held in memory
+    _files: list[Path] | None = None  # image files, decoded per batch
+    _synthetic_shape: tuple[int, int, int] | None = None
+    _preprocess: Preprocess | None = None  # for decoding files straight to the model's size
+
+    def __len__(self) -> int:
+        return self.size
+
+    def raw(self, idx: np.ndarray) -> np.ndarray:
+        """uint8 images for the given indices."""
+        if self._images is not None:
+            return self._images[idx]
+        if self._files is not None:
+            return np.stack([_decode_image(self._files[i], self._preprocess) for i in idx])
+        h, w, c = self._synthetic_shape or (32, 32, 3)
+        out = np.empty((len(idx), h, w, c), np.uint8)
+        for j, i in enumerate(idx):  # per-index seeds: every runner sees identical inputs
+            out[j] = np.random.default_rng(int(i)).integers(0, 256, (h, w, c), dtype=np.uint8)
+        return out
+
+
+@dataclass(frozen=True)
+class Batch:
+    x: np.ndarray  # float32 NCHW, preprocessed
+    y: np.ndarray | None  # int64 labels
+    index: np.ndarray
+
+
+def select_indices(n_total: int, limit: int | None, seed: int, shuffle: bool = False) -> np.ndarray:
+    """The first `limit` items, or a seeded random subset of them when shuffle is set."""
+    n = n_total if limit is None else min(limit, n_total)
+    if shuffle:
+        return np.sort(np.random.default_rng(seed).permutation(n_total)[:n])
+    return np.arange(n)
+
+
+def iter_batches(
+    ds: Dataset,
+    preprocess: Preprocess,
+    batch_size: int,
+    *,
+    limit: int | None = None,
+    seed: int = 0,
+    shuffle: bool = False,
+) -> Iterator[Batch]:
+    idx = select_indices(len(ds), limit, seed, shuffle)
+    for start in range(0, len(idx), batch_size):
+        chunk = idx[start : start + batch_size]
+        y = None if ds.labels is None else ds.labels[chunk].astype(np.int64)
+        yield Batch(preprocess(ds.raw(chunk)), y, chunk)
+
+
+# --------------------------------------------------------------------------- readers
+def read_idx(path: Path) -> np.ndarray:
+    """Read an idx file (MNIST format), gzipped or raw."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+    except (OSError, EOFError) as e:
+        raise BadInput(f"{path} cannot be read ({e}); re-download the dataset") from e
+    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
+        raise BadInput(f"{path} is not an unsigned-byte idx file")
+    ndim = data[3]
+    header = 4 + 4 * ndim
+    shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    if len(data) != header + int(np.prod(shape)):
+        raise BadInput(f"{path} is truncated or corrupt: header says {shape}, size is {len(data)} bytes")
+    return np.frombuffer(data, np.uint8, offset=header).reshape(shape)
+
+
+def write_idx(path: Path, array: np.ndarray) -> None:
+    """Write a uint8 array as an idx file (gzipped when the name ends in .gz); for fixtures."""
+    a = np.ascontiguousarray(array, dtype=np.uint8)
+    head = bytes([0, 0, 0x08, a.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in a.shape)
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "wb") as f:
+        f.write(head + a.tobytes())
+
+
+def _find(dir_: Path, stem: str) -> Path:
+    for name in (stem, stem + ".gz"):
+        if (dir_ / name).is_file():
+            return dir_ / name
+    raise BadInput(f"{dir_} has no {stem}[.gz]")
+
+
+def _fashion_mnist(split: str, data_dir: Path | None, _: Preprocess | None) -> Dataset:
+    root = Path(data_dir) if data_dir else FASHION_MNIST_DIR
+    if not root.is_dir():
+        raise BadInput(
+            f"Fashion-MNIST not found in {root}; install it with "
+            "'apt-get install dataset-fashion-mnist' or pass --data-dir DIR with the idx files"
+        )
+    prefix = "train" if split == "train" else "t10k"
+    images = read_idx(_find(root, f"{prefix}-images-idx3-ubyte"))
+    labels = read_idx(_find(root, f"{prefix}-labels-idx1-ubyte"))
+    if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+        raise BadInput(f"{root}: {prefix} images {images.shape} and labels {labels.shape} do not match")
+    return Dataset("fashion-mnist", len(images), labels, FASHION_MNIST_CLASSES, _images=images)
+
+
+class _NumpyOnlyUnpickler(pickle.Unpickler):
+    """CIFAR batches are pickles: allow numpy arrays and builtins only, never arbitrary code."""
+
+    _ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "scalar"),
+    }
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in self._ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
+
+
+def _load_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        with open(path, "rb") as f:
+            d = _NumpyOnlyUnpickler(f, encoding="bytes").load()
+        data = np.asarray(d[b"data"], np.uint8)
+        labels = np.asarray(d[b"labels"], np.int64)
+    except BadInput:
+        raise
+    except Exception as e:
+        raise BadInput(f"{path} is not a CIFAR-10 python batch file ({e})") from e
+    if data.ndim != 2 or data.shape[1] != 3072 or len(data) != len(labels):
+        raise BadInput(f"{path}: data {data.shape} / labels {labels.shape} are not CIFAR-10 batches")
+    return data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), labels
+
+
+def _cifar10(split: str, data_dir: Path | None, _: Preprocess | None) -> Dataset:
+    if data_dir is None:
+        raise BadInput("cifar10 needs --data-dir DIR (the 'cifar-10-batches-py' folder)")
+    root = Path(data_dir)
+    names = [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
+    missing = [n for n in names if not (root / n).is_file()]
+    if missing:
+        raise BadInput(f"{root} lacks CIFAR-10 file(s) {', '.join(missing)}")
+    parts = [_load_cifar_batch(root / n) for n in names]
+    images = np.concatenate([p[0] for p in parts])
+    labels = np.concatenate([p[1] for p in parts])
+    return Dataset("cifar10", len(images), labels, CIFAR10_CLASSES, _images=images)
+
+
+_IMAGE_EXT = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
+
+
+def _decode_image(path: Path, pre: Preprocess | None) -> np.ndarray:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            im = im.convert("L" if pre and pre.channels == 1 else "RGB")
+            if pre is not None:  # shorter side -> resize, center crop -> image_size
+                w, h = im.size
+                s = pre.resize / min(w, h)
+                im = im.resize((max(pre.image_size, round(w * s)), max(pre.image_size, round(h * s))),
+                               Image.BILINEAR)
+                w, h = im.size
+                left, top = (w - pre.image_size) // 2, (h - pre.image_size) // 2
+                im = im.crop((left, top, left + pre.image_size, top + pre.image_size))
+            a = np.asarray(im, np.uint8)
+    except Exception as e:
+        raise BadInput(f"image {path} cannot be decoded ({e})") from e
+    return a if a.ndim == 3 else a[..., None]
+
+
+def _imagefolder(split: str, data_dir: Path | None, pre: Preprocess | None) -> Dataset:
+    if data_dir is None:
+        raise BadInput("imagefolder needs a directory: --data imagefolder:DIR")
+    root = Path(data_dir)
+    if not root.is_dir():
+        raise BadInput(f"image folder {root} does not exist")
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir())
+    if not classes:
+        raise BadInput(f"{root} has no class subdirectories (expected DIR/<class>/<image>.jpg)")
+    files, labels = [], []
+    for k, c in enumerate(classes):
+        for f in sorted((root / c).rglob("*")):
+            if f.suffix.lower() in _IMAGE_EXT:
+                files.append(f)
+                labels.append(k)
+    if not files:
+        raise BadInput(f"{root} has class folders but no .jpg/.png images")
+    return Dataset(f"imagefolder:{root}", len(files), np.asarray(labels), tuple(classes),
+                   _files=files, _preprocess=pre)
+
+
+def _sample(split: str, data_dir: Path | None, _: Preprocess | None) -> Dataset:
+    with np.load(SAMPLE_FILE) as z:
+        images, labels = z["images"], z["labels"]
+    return Dataset("sample", len(images), labels, FASHION_MNIST_CLASSES, _images=images)
+
+
+def _synthetic(split: str, data_dir: Path | None, pre: Preprocess | None) -> Dataset:
+    size = pre.image_size if pre else 32
+    ch = pre.channels if pre else 3
+    return Dataset("synthetic", 1024, None, None, _synthetic_shape=(size, size, ch))
+
+
+DATASETS = {
+    "sample": _sample,
+    "fashion-mnist": _fashion_mnist,
+    "cifar10": _cifar10,
+    "imagefolder": _imagefolder,
+    "synthetic": _synthetic,
+}
+
+
+def open_dataset(
+    name: str, *, split: str = "test", data_dir: Path | None = None, preprocess: Preprocess | None = None
+) -> Dataset:
+    """Open a dataset by name (`imagefolder:DIR` names its directory inline)."""
+    if split not in ("train", "test"):
+        raise BadInput(f"unknown split {split!r}; use train or test")
+    key, _, inline = name.partition(":")
+    if key not in DATASETS:
+        raise BadInput(f"unknown dataset {name!r}; known: {', '.join(DATASETS)} (imagefolder:DIR)")
+    directory = Path(inline) if inline else (Path(data_dir) if data_dir else None)
+    return DATASETS[key](split, directory, preprocess)
+
+
+def make_sample(dst: Path, *, data_dir: Path | None = None, per_class: int = 100, seed: int = 0) -> Path:
+    """Build the bundled sample: `per_class` seeded test images of each Fashion-MNIST class."""
+    ds = _fashion_mnist("test", data_dir, None)
+    assert ds.labels is not None and ds._images is not None
+    rng = np.random.default_rng(seed)
+    idx = np.sort(np.concatenate([
+        rng.choice(np.flatnonzero(ds.labels == k), per_class, replace=False) for k in range(10)
+    ]))
+    buf = Path(dst)
+    np.savez_compressed(buf, images=ds._images[idx], labels=ds.labels[idx].astype(np.uint8),
+                        source_index=idx.astype(np.int32))
+    return buf

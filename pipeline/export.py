@@ -1,0 +1,314 @@
+"""The export step: model -> fp32 ONNX -> fp16 / int8 ONNX -> engines, cached by content hash."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from exporters.onnx import DEFAULT_OPSET, OnnxArtifact, export_onnx
+from pipeline.artifacts import MANIFEST, Manifest, export_lock, read_manifest, tool_versions, write_manifest
+from pipeline.data import iter_batches, open_dataset
+from pipeline.models import ModelInfo, ModelSpec, load_model
+from pipeline.precisions import PRECISIONS, Precision
+from runtimes.errors import BadInput, ResnetxError
+
+__all__ = [
+    "ExportOptions",
+    "StepEvent",
+    "ExportResult",
+    "export",
+    "state_sha256",
+    "engine_file",
+    "default_batch_range",
+    "rebuild_reference",
+]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    model: ModelSpec = field(default_factory=ModelSpec)
+    out: Path = Path("artifacts/default")
+    precisions: tuple[Precision, ...] = (Precision.fp32,)
+    exporter: str = "dynamo"
+    opset: int = DEFAULT_OPSET
+    dynamic_batch: bool = True
+    calib_data: str = "sample"
+    calib_dir: Path | None = None
+    calib_samples: int = 512
+    calib_method: str = "max"
+    int8_target: str = "tensorrt"
+    keep_fp32: tuple[str, ...] = ()  # layers kept in fp32 in the fp16 graph and left unquantized in int8
+    engine: str = "none"  # auto | tensorrt | rtx | none
+    batch_range: tuple[int, int, int] | None = None
+    workspace_mb: int | None = None
+    opt_level: int = 3
+    rtx_compute_capabilities: tuple[str, ...] | None = None
+    seed: int = 0
+    force: bool = False
+
+
+@dataclass(frozen=True)
+class StepEvent:
+    step: str  # "fp32", "fp16", "int8", "engine fp16 rtx", ...
+    status: str  # "built" | "cached" | "skipped"
+    file: str | None = None
+    size_bytes: int = 0
+    seconds: float = 0.0
+    note: str = ""
+
+
+@dataclass
+class ExportResult:
+    folder: Path
+    manifest: Manifest
+    events: list[StepEvent]
+    info: ModelInfo
+    notices: list[str] = field(default_factory=list)
+
+
+def state_sha256(model: torch.nn.Module) -> str:
+    """A content hash of the weights, independent of the checkpoint's file format."""
+    h = hashlib.sha256()
+    for k, v in sorted(model.state_dict().items()):
+        h.update(k.encode())
+        h.update(str(tuple(v.shape)).encode() + str(v.dtype).encode())
+        h.update(v.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _key(**parts: Any) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:32]
+
+
+def engine_file(precision: str, flavor: str) -> str:
+    return f"model.{precision}.{flavor}.engine"
+
+
+def default_batch_range(info: ModelInfo) -> tuple[int, int, int]:
+    return (1, 8, 64) if info.image_size >= 96 else (1, 32, 256)
+
+
+def _spec_dict(spec: ModelSpec) -> dict[str, Any]:
+    return {"arch": spec.arch, "num_classes": spec.num_classes, "in_chans": spec.in_chans,
+            "image_size": spec.image_size, "weights": str(spec.weights.resolve()) if spec.weights else None}
+
+
+def rebuild_reference(manifest: Manifest) -> tuple[torch.nn.Module, ModelInfo]:
+    """The fp32 PyTorch model the artifacts came from, checked against the recorded weights hash."""
+    spec = manifest.model["spec"]
+    weights = spec.get("weights")
+    if weights and not Path(weights).is_file():
+        raise BadInput(f"the reference weights {weights} named in the manifest are gone; "
+                       "restore them or re-run resnetx export")
+    model, info = load_model(ModelSpec(arch=spec["arch"], num_classes=spec.get("num_classes"),
+                                       in_chans=spec.get("in_chans"), image_size=spec.get("image_size"),
+                                       weights=Path(weights) if weights else None))
+    if state_sha256(model) != manifest.model["state_sha256"]:
+        raise BadInput("the reference model's weights differ from the ones exported (state sha256 mismatch); "
+                       "re-run resnetx export --force")
+    return model, info
+
+
+class _Folder:
+    """Writes into the artifact folder; the first write removes the old manifest, so a crash
+    between here and the new manifest leaves a folder that every command reports as incomplete."""
+
+    def __init__(self, path: Path, old: Manifest | None) -> None:
+        self.path = path
+        self.old = old
+        self._dirty = False
+
+    def cached(self, name: str, key: str, force: bool) -> dict[str, Any] | None:
+        if force or self.old is None:
+            return None
+        entry = self.old.artifacts.get(name)
+        if not entry or entry.get("key") != key:
+            return None
+        from pipeline.models import file_sha256
+
+        f = self.path / entry["file"]
+        return entry if f.is_file() and file_sha256(f) == entry["sha256"] else None
+
+    def before_write(self) -> None:
+        if not self._dirty:
+            (self.path / MANIFEST).unlink(missing_ok=True)
+            self._dirty = True
+
+
+def _onnx_entry(a: OnnxArtifact, key: str, source: str | None) -> dict[str, Any]:
+    return {"kind": "onnx", "file": a.path.name, "sha256": a.sha256, "precision": a.precision,
+            "opset": a.opset, "size_bytes": a.size_bytes, "seconds": round(a.seconds, 3),
+            "source_sha256": source, "key": key, **a.details}
+
+
+def _calib_batches(opts: ExportOptions, info: ModelInfo) -> Iterator[np.ndarray]:
+    ds = open_dataset(opts.calib_data, split="train", data_dir=opts.calib_dir, preprocess=info.preprocess)
+    if opts.calib_samples < 1:
+        raise BadInput("--calib-samples must be >= 1")
+    if len(ds) < opts.calib_samples:
+        log.warning("calibration data %s has %d images, fewer than --calib-samples %d", ds.name, len(ds), opts.calib_samples)
+    for b in iter_batches(ds, info.preprocess, 64, limit=opts.calib_samples, seed=opts.seed, shuffle=True):
+        yield b.x
+
+
+def _resolve_engine(engine: str, notices: list[str]) -> str | None:
+    from exporters.tensorrt import FLAVORS, available_flavors, import_flavor
+
+    if engine == "none":
+        return None
+    if engine in FLAVORS:
+        import_flavor(engine)  # raises BackendUnavailable with the pip line
+        return engine
+    if engine != "auto":
+        raise BadInput(f"unknown --engine {engine!r}; use auto, tensorrt, rtx or none")
+    found = available_flavors()
+    if not found:
+        notices.append("no TensorRT found (pip install 'resnetx[tensorrt-rtx]'): no engines built")
+        return None
+    return found[0]  # FLAVORS order: enterprise tensorrt first, then rtx
+
+
+def export(opts: ExportOptions, on_step: Callable[[StepEvent], None] | None = None) -> ExportResult:
+    """Run every export step into opts.out; skip steps whose inputs and options are unchanged."""
+    out = Path(opts.out)
+    if out.exists() and not out.is_dir():
+        raise BadInput(f"--out {out} is a file; give a folder")
+    if Precision.int8 in opts.precisions and opts.int8_target not in ("tensorrt", "cpu"):
+        raise BadInput(f"unknown --int8-target {opts.int8_target!r}; use tensorrt or cpu")
+    events: list[StepEvent] = []
+    notices: list[str] = []
+
+    def emit(ev: StepEvent) -> None:
+        events.append(ev)
+        if on_step:
+            on_step(ev)
+
+    model, info = load_model(opts.model)
+    flavor = _resolve_engine(opts.engine, notices)
+    if flavor and Precision.int8 in opts.precisions and opts.int8_target == "cpu":
+        raise BadInput("the cpu int8 recipe quantizes biases to int32, which TensorRT's parser rejects; "
+                       "use --int8-target tensorrt for engines, or --engine none")
+    versions = tool_versions()
+    with export_lock(out):
+        old: Manifest | None = None
+        if (out / MANIFEST).is_file():
+            try:
+                old = read_manifest(out)
+            except ResnetxError as e:
+                log.warning("ignoring the old manifest (%s): rebuilding everything", e)
+        folder = _Folder(out, old)
+        weights_sha = state_sha256(model)
+        artifacts: dict[str, dict[str, Any]] = {}
+        calibration: dict[str, Any] | None = None
+
+        # fp32 ONNX: the source of every other artifact
+        key = _key(step="fp32", weights=weights_sha, info=info.to_dict(), exporter=opts.exporter, opset=opts.opset,
+                   dynamic=opts.dynamic_batch, torch=versions.get("torch"), onnx=versions.get("onnx"),
+                   onnxscript=versions.get("onnxscript"))
+        fp32_path = out / PRECISIONS[Precision.fp32].onnx_file
+        if entry := folder.cached("fp32", key, opts.force):
+            artifacts["fp32"] = entry
+            emit(StepEvent("fp32", "cached", entry["file"], entry["size_bytes"]))
+        else:
+            folder.before_write()
+            meta = {"resnetx.arch": info.arch, "resnetx.num_classes": info.num_classes,
+                    "resnetx.input_shape": json.dumps(list(info.input_shape)),
+                    "resnetx.preprocess": json.dumps(info.preprocess.to_dict()),
+                    "resnetx.weights_sha256": weights_sha, "resnetx.exporter": opts.exporter,
+                    "resnetx.class_names": json.dumps(list(info.class_names or []))}
+            a = export_onnx(model, info.input_shape, fp32_path, opset=opts.opset, dynamic_batch=opts.dynamic_batch,
+                            exporter=opts.exporter, metadata=meta)
+            artifacts["fp32"] = _onnx_entry(a, key, None)
+            emit(StepEvent("fp32", "built", fp32_path.name, a.size_bytes, a.seconds))
+        fp32_sha = artifacts["fp32"]["sha256"]
+
+        if Precision.fp16 in opts.precisions:
+            from exporters.precision import DEFAULT_FP16_BLOCK_OPS, to_fp16
+
+            key = _key(step="fp16", source=fp32_sha, keep=sorted(opts.keep_fp32), ops=DEFAULT_FP16_BLOCK_OPS,
+                       onnx=versions.get("onnx"))
+            if entry := folder.cached("fp16", key, opts.force):
+                artifacts["fp16"] = entry
+                emit(StepEvent("fp16", "cached", entry["file"], entry["size_bytes"]))
+            else:
+                folder.before_write()
+                a = to_fp16(fp32_path, out / PRECISIONS[Precision.fp16].onnx_file, keep_fp32_nodes=opts.keep_fp32)
+                artifacts["fp16"] = _onnx_entry(a, key, fp32_sha)
+                note = f"{len(a.details['overflow_nodes'])} node(s) kept fp32 for range" if a.details["overflow_nodes"] else ""
+                emit(StepEvent("fp16", "built", a.path.name, a.size_bytes, a.seconds, note))
+
+        if Precision.int8 in opts.precisions:
+            from exporters.precision import quantize_int8
+
+            calib = {"dataset": opts.calib_data, "data_dir": str(opts.calib_dir) if opts.calib_dir else None,
+                     "split": "train", "samples": opts.calib_samples, "method": opts.calib_method,
+                     "recipe": opts.int8_target, "seed": opts.seed, "preprocess": info.preprocess.to_dict()}
+            calib_key = _key(source=fp32_sha, **calib, ort=versions.get("onnxruntime"))
+            cache = out / f"calib.{opts.int8_target}.{opts.calib_method}.json"
+            old_calib = (old.calibration or {}) if old else {}
+            if cache.exists() and (opts.force or old_calib.get("key") != calib_key):
+                cache.unlink()  # stale: other weights, data, count, method or recipe
+            key = _key(step="int8", calib=calib_key, keep=sorted(opts.keep_fp32))
+            calibration = {**calib, "key": calib_key, "cache_file": cache.name}
+            if entry := folder.cached("int8", key, opts.force):
+                artifacts["int8"] = entry
+                emit(StepEvent("int8", "cached", entry["file"], entry["size_bytes"]))
+            else:
+                folder.before_write()
+                hit = cache.is_file()
+                a = quantize_int8(fp32_path, out / PRECISIONS[Precision.int8].onnx_file,
+                                  None if hit else _calib_batches(opts, info), recipe=opts.int8_target,
+                                  method=opts.calib_method, cache=cache, exclude_nodes=opts.keep_fp32)
+                artifacts["int8"] = _onnx_entry(a, key, fp32_sha)
+                note = "calibration cache reused" if hit else f"calibrated on {a.details['calibration_images']} images"
+                emit(StepEvent("int8", "built", a.path.name, a.size_bytes, a.seconds, note))
+
+        if flavor:
+            from exporters.tensorrt import RTX_PORTABLE_CCS, build_engine
+
+            profile = opts.batch_range or default_batch_range(info)
+            ccs = tuple(opts.rtx_compute_capabilities or RTX_PORTABLE_CCS)
+            timing = out / "timing.cache"
+            for p in opts.precisions:
+                src = artifacts[p.value]
+                name = f"{p.value}.{flavor}"
+                key = _key(step="engine", source=src["sha256"], flavor=flavor, profile=profile, ws=opts.workspace_mb,
+                           opt=opts.opt_level, ccs=ccs if flavor == "rtx" else None,
+                           trt=versions.get("tensorrt") or versions.get("tensorrt-rtx-cu13") or versions.get("tensorrt-cu13"))
+                if entry := folder.cached(name, key, opts.force):
+                    artifacts[name] = entry
+                    emit(StepEvent(f"engine {p.value}", "cached", entry["file"], entry["size_bytes"]))
+                    continue
+                folder.before_write()
+                e = build_engine(out / src["file"], out / engine_file(p.value, flavor), flavor=flavor,
+                                 precision=p.value, input_chw=info.input_shape, profile=profile,
+                                 workspace_mb=opts.workspace_mb, opt_level=opts.opt_level,
+                                 timing_cache=timing if flavor == "tensorrt" else None, compute_capabilities=ccs)
+                artifacts[name] = {"kind": "engine", "file": e.path.name, "sha256": e.sha256, "precision": p.value,
+                                   "flavor": flavor, "trt_version": e.version, "profile": list(e.profile),
+                                   "build_seconds": round(e.seconds, 3), "size_bytes": e.size_bytes,
+                                   "source_sha256": e.source_sha256, "source_file": src["file"], "key": key,
+                                   **e.target}
+                emit(StepEvent(f"engine {p.value}", "built", e.path.name, e.size_bytes, e.seconds,
+                               f"{flavor} {e.version}"))
+
+        model_section = {**info.to_dict(), "spec": _spec_dict(opts.model), "state_sha256": weights_sha}
+        if opts.model.arch == "default":
+            model_section["spec"] = {"arch": "default", "weights": None}
+        manifest = Manifest(model=model_section, artifacts=artifacts, calibration=calibration, versions=versions)
+        if old and not folder._dirty and old.to_dict() | {"created": ""} == manifest.to_dict() | {"created": ""}:
+            manifest = old  # nothing changed: keep the folder byte-for-byte as it was
+        else:
+            write_manifest(out, manifest)
+    return ExportResult(out, manifest, events, info, notices)

@@ -1,0 +1,223 @@
+"""Terminal tables and report files (JSON, Markdown, CSV, PNG) for export, verify and bench."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pipeline.artifacts import atomic_write_bytes, atomic_write_text
+
+if TYPE_CHECKING:
+    from rich.table import Table
+
+    from pipeline.bench import BenchReport, BenchRow
+    from pipeline.export import ExportResult
+    from pipeline.verify import VerifyReport
+
+__all__ = [
+    "export_table",
+    "verify_table",
+    "localization_table",
+    "bench_table",
+    "compare_table",
+    "write_bench_files",
+    "bench_markdown",
+]
+
+
+def _mb(n: float | None) -> str:
+    return "" if n is None else f"{n / 2**20:.2f} MB"
+
+
+def _f(v: float | None, fmt: str) -> str:
+    if v is None:
+        return "n/a"
+    if isinstance(v, float) and not math.isfinite(v):
+        return str(v)
+    return format(v, fmt)
+
+
+def export_table(result: ExportResult) -> Table:
+    from rich.table import Table
+
+    t = Table(title=f"resnetx export -> {result.folder}", title_justify="left")
+    for c in ("step", "status", "file", "size", "seconds", "note"):
+        t.add_column(c, justify="right" if c in ("size", "seconds") else "left")
+    for e in result.events:
+        t.add_row(e.step, e.status, e.file or "", _mb(e.size_bytes), f"{e.seconds:.2f}" if e.status == "built" else "",
+                  e.note)
+    return t
+
+
+def verify_table(report: VerifyReport) -> Table:
+    from rich.table import Table
+
+    t = Table(title=f"resnetx verify: {report.samples} inputs from {report.data} vs {report.reference}",
+              title_justify="left")
+    for c in ("artifact", "runtime", "max abs", "rel L2", "min cos", "top-1 agree", "top-5 overlap", "NaN/Inf",
+              "acc ref", "acc", "delta", "verdict"):
+        t.add_column(c, justify="left" if c in ("artifact", "runtime", "verdict") else "right")
+    for r in report.rows:
+        if r.skipped:
+            t.add_row(r.artifact, r.runtime, *[""] * 9, f"[yellow]skipped[/]: {r.skipped}")
+            continue
+        m = r.metrics
+        verdict = "[green]pass[/]" if r.passed else "[red]FAIL[/]: " + "; ".join(r.failures)
+        if m is None:
+            t.add_row(r.artifact, r.runtime, *[""] * 9, verdict)
+            continue
+        drop = m.accuracy_drop
+        t.add_row(r.artifact, r.runtime, _f(m.max_abs, ".2e"), _f(m.rel_l2, ".2e"), _f(m.min_cosine, ".6f"),
+                  f"{100 * m.top1_agreement:.2f}%", f"{100 * m.top5_overlap:.2f}%", str(m.nonfinite),
+                  _f(m.ref_top1, ".2f"), _f(m.top1, ".2f"), _f(None if drop is None else -drop, "+.2f"), verdict)
+    return t
+
+
+def localization_table(artifact: str, loc: dict[str, Any], limit: int = 12) -> Table:
+    from rich.table import Table
+
+    first, jump = loc.get("first_divergent_layer"), loc.get("largest_jump_layer")
+    t = Table(title=f"{artifact}: error by depth vs {loc.get('baseline')} (layer bar rel. L2 {loc.get('layer_tolerance')})"
+              f"\nfirst divergent layer: {first or 'none'}   largest jump: {jump or 'none'}"
+              + (f"\ntry: {loc['suggestion']}" if loc.get("suggestion") else ""), title_justify="left")
+    t.add_column("layer")
+    t.add_column("op")
+    t.add_column("rel L2", justify="right")
+    rows = loc.get("by_depth", [])
+    keep = {0, len(rows) - 1} | {i for i, r in enumerate(rows) if r["layer"] in (first, jump)}
+    step = max(1, len(rows) // limit)
+    keep |= set(range(0, len(rows), step))
+    for i, r in enumerate(rows):
+        if i in keep:
+            mark = " <" if r["layer"] in (first, jump) else ""
+            t.add_row(r["layer"] + mark, r["op"], _f(r["rel_l2"], ".2e"))
+    return t
+
+
+def _sort_key(r: BenchRow) -> tuple[Any, ...]:
+    return (r.batch, r.latency_ms["p50"] if r.latency_ms else float("inf"))
+
+
+def bench_table(report: BenchReport) -> Table:
+    from rich.table import Table
+
+    sys = report.system
+    gpu = sys.get("gpu") or {}
+    title = f"resnetx bench: {sys.get('cpu')} ({sys.get('cores')} cores)" + (f", {gpu.get('name')}" if gpu else "")
+    if report.accuracy_data:
+        title += f"; accuracy on {report.accuracy_data}"
+    t = Table(title=title, title_justify="left")
+    for c in ("batch", "runtime", "p50 ms", "p90 ms", "p99 ms", "mean ms", "img/s", "top-1 %", "mem MB", "size MB",
+              "load s"):
+        t.add_column(c, justify="left" if c == "runtime" else "right")
+    for r in sorted(report.rows, key=_sort_key):
+        if r.latency_ms is None:
+            t.add_row(str(r.batch or ""), r.runtime, f"[yellow]{r.error}[/]", *[""] * 8)
+            continue
+        lat = r.latency_ms
+        t.add_row(str(r.batch), r.runtime, f"{lat['p50']:.3f}", f"{lat['p90']:.3f}", f"{lat['p99']:.3f}",
+                  f"{lat['mean']:.3f}", f"{r.throughput_ips:,.0f}", _f(r.accuracy_top1, ".2f"),
+                  _f(r.peak_mem_mb, ".0f"), _f(r.size_mb, ".2f"), _f(r.load_s, ".2f"))
+    return t
+
+
+def compare_table(rows: list[dict[str, Any]], other: Path) -> Table:
+    from rich.table import Table
+
+    t = Table(title=f"against {other} (speedup > 1: faster now)", title_justify="left")
+    for c in ("runtime", "batch", "p50 ms", "was ms", "speedup", "throughput x"):
+        t.add_column(c, justify="left" if c == "runtime" else "right")
+    for r in rows:
+        t.add_row(r["runtime"], str(r["batch"]), f"{r['p50_ms']:.3f}", f"{r['other_p50_ms']:.3f}",
+                  f"{r['speedup']:.2f}x", f"{r['throughput_ratio']:.2f}x")
+    return t
+
+
+# --------------------------------------------------------------------------- files
+_CSV_COLS = ("runtime", "backend", "mode", "precision", "device", "batch", "p50", "p90", "p95", "p99", "mean", "std",
+             "throughput_ips", "peak_mem_mb", "accuracy_top1", "size_mb", "load_s", "compile_s",
+             "transfers_included", "iters", "error")
+
+
+def _flat(r: BenchRow) -> dict[str, Any]:
+    d = {k: getattr(r, k) for k in _CSV_COLS if hasattr(r, k)}
+    for k in ("p50", "p90", "p95", "p99", "mean", "std"):
+        d[k] = r.latency_ms[k] if r.latency_ms else None
+    return d
+
+
+def bench_markdown(report: BenchReport) -> str:
+    sys = report.system
+    lines = [f"# resnetx bench: {report.folder}", "",
+             f"- CPU: {sys.get('cpu')} ({sys.get('cores')} cores)",
+             f"- GPU: {json.dumps(sys.get('gpu')) if sys.get('gpu') else 'none'}",
+             f"- versions: {', '.join(f'{k} {v}' for k, v in sys.get('versions', {}).items())}",
+             f"- accuracy data: {report.accuracy_data or 'n/a'}", "",
+             "| batch | runtime | p50 ms | p90 ms | p99 ms | mean ms | img/s | top-1 % | mem MB | size MB |",
+             "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in sorted(report.rows, key=_sort_key):
+        if r.latency_ms is None:
+            lines.append(f"| {r.batch} | {r.runtime} | {r.error} | | | | | | | |")
+            continue
+        lat = r.latency_ms
+        lines.append(f"| {r.batch} | {r.runtime} | {lat['p50']:.3f} | {lat['p90']:.3f} | {lat['p99']:.3f} | "
+                     f"{lat['mean']:.3f} | {r.throughput_ips:.0f} | {_f(r.accuracy_top1, '.2f')} | "
+                     f"{_f(r.peak_mem_mb, '.0f')} | {_f(r.size_mb, '.2f')} |")
+    lines += [""] + [f"- {n}" for n in report.notes]
+    return "\n".join(lines) + "\n"
+
+
+def _png(report: BenchReport) -> bytes | None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ok = [r for r in report.rows if r.latency_ms]
+    if not ok:
+        return None
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
+    for name in sorted({r.runtime for r in ok}):
+        rs = sorted((r for r in ok if r.runtime == name), key=lambda r: r.batch)
+        b = [r.batch for r in rs]
+        axes[0].plot(b, [r.latency_ms["p50"] for r in rs], marker="o", label=name)
+        axes[1].plot(b, [r.throughput_ips for r in rs], marker="o", label=name)
+        acc = [r for r in rs if r.accuracy_top1 is not None]
+        if acc:
+            axes[2].scatter([r.latency_ms["p50"] for r in acc], [r.accuracy_top1 for r in acc], label=name)
+    for ax, title, ylabel in ((axes[0], "p50 latency vs batch", "ms"), (axes[1], "throughput vs batch", "images/s"),
+                              (axes[2], "accuracy vs p50 latency", "top-1 %")):
+        ax.set_title(title)
+        ax.set_ylabel(ylabel)
+        ax.set_xlabel("batch" if ax is not axes[2] else "p50 latency (ms)")
+        ax.grid(alpha=0.3)
+    axes[0].set_xscale("log", base=2)
+    axes[1].set_xscale("log", base=2)
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def write_bench_files(report: BenchReport, folder: Path) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = [folder / "bench.json", folder / "bench.md", folder / "bench.csv"]
+    atomic_write_text(paths[0], json.dumps(report.to_dict(), indent=2, default=str) + "\n")
+    atomic_write_text(paths[1], bench_markdown(report))
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(_CSV_COLS))
+    w.writeheader()
+    for r in report.rows:
+        w.writerow(_flat(r))
+    atomic_write_text(paths[2], buf.getvalue())
+    png = _png(report)
+    if png:
+        atomic_write_bytes(folder / "bench.png", png)
+        paths.append(folder / "bench.png")
+    return paths

@@ -1,0 +1,221 @@
+"""A small, seeded trainer for zoo models; it made the built-in default model."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pipeline.artifacts import atomic_write_text
+from pipeline.data import Dataset, Preprocess, open_dataset
+from pipeline.models import build_model, save_checkpoint
+from runtimes.errors import BadInput
+
+__all__ = ["TrainConfig", "TrainResult", "train", "evaluate"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    model: str = "resnet20"
+    data: str = "fashion-mnist"
+    data_dir: Path | None = None
+    epochs: int = 15
+    batch_size: int = 128
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    schedule: str = "cosine"  # cosine | step
+    warmup_epochs: float = 0.5
+    pad: int | None = None  # random-crop padding; default image_size // 8
+    flip: bool = True
+    seed: int = 0
+    limit: int | None = None  # train on the first N images only (tests, quick runs)
+    eval_limit: int | None = None
+    device: str = "auto"
+    out: Path = Path("model.pt")
+
+
+@dataclass
+class TrainResult:
+    checkpoint: Path
+    best_top1: float
+    best_epoch: int
+    seconds: float
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+StepCallback = Callable[[int, int, dict[str, float]], None]
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        from runtimes.errors import BackendUnavailable
+
+        raise BackendUnavailable("--device cuda asked for, but torch sees no CUDA device")
+    return torch.device(name)
+
+
+def _stats(ds: Dataset, channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean/std of the training images (on a seeded subset of up to 10,000)."""
+    idx = np.sort(np.random.default_rng(0).permutation(len(ds))[:10_000])
+    x = ds.raw(idx).astype(np.float32) / 255.0
+    x = x if x.ndim == 4 else x[..., None]
+    mean = x.mean(axis=(0, 1, 2))
+    std = x.std(axis=(0, 1, 2))
+    if len(mean) != channels:
+        mean, std = np.full(channels, mean.mean()), np.full(channels, std.mean())
+    return tuple(round(float(m), 4) for m in mean), tuple(round(float(s), 4) for s in std)
+
+
+def _augment(x: torch.Tensor, pad: int, flip: bool, gen: torch.Generator) -> torch.Tensor:
+    """Random crop with zero padding and random horizontal flip, per image, on a NCHW batch."""
+    n, _, h, w = x.shape
+    if pad:
+        xp = F.pad(x, (pad, pad, pad, pad))
+        dy = torch.randint(0, 2 * pad + 1, (n,), generator=gen)
+        dx = torch.randint(0, 2 * pad + 1, (n,), generator=gen)
+        rows = (dy[:, None] + torch.arange(h)[None, :])[:, None, :, None].expand(n, x.shape[1], h, w + 2 * pad)
+        xp = torch.gather(xp, 2, rows)
+        cols = (dx[:, None] + torch.arange(w)[None, :])[:, None, None, :].expand(n, x.shape[1], h, w)
+        x = torch.gather(xp, 3, cols)
+    if flip:
+        mask = torch.rand(n, generator=gen) < 0.5
+        x = torch.where(mask[:, None, None, None], x.flip(3), x)
+    return x
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, ds: Dataset, pre: Preprocess, *, batch_size: int = 256,
+             limit: int | None = None, device: torch.device | str = "cpu") -> float:
+    """Top-1 accuracy (%) of a PyTorch model on a labelled dataset."""
+    from pipeline.data import iter_batches
+
+    if ds.labels is None:
+        raise BadInput(f"dataset {ds.name} has no labels; accuracy needs a labelled dataset")
+    model.eval()
+    correct = total = 0
+    for b in iter_batches(ds, pre, batch_size, limit=limit):
+        logits = model(torch.from_numpy(b.x).to(device))
+        correct += int((logits.argmax(1).cpu().numpy() == b.y).sum())
+        total += len(b.y)
+    return 100.0 * correct / max(total, 1)
+
+
+def _lr_at(cfg: TrainConfig, step: int, total: int, per_epoch: int) -> float:
+    warm = int(cfg.warmup_epochs * per_epoch)
+    if step < warm:
+        return cfg.lr * (step + 1) / warm
+    if cfg.schedule == "cosine":
+        t = (step - warm) / max(1, total - warm)
+        return 0.5 * cfg.lr * (1 + math.cos(math.pi * t))
+    epoch = step // per_epoch
+    return cfg.lr * (0.1 ** sum(epoch >= m * cfg.epochs for m in (0.5, 0.75)))
+
+
+def train(cfg: TrainConfig, *, on_step: StepCallback | None = None,
+          on_epoch: Callable[[dict[str, float]], None] | None = None,
+          command: str | None = None) -> TrainResult:
+    """Train cfg.model on cfg.data, evaluate each epoch on the test split, keep the best checkpoint."""
+    if cfg.schedule not in ("cosine", "step"):
+        raise BadInput(f"unknown schedule {cfg.schedule!r}; use cosine or step")
+    if cfg.epochs < 1 or cfg.batch_size < 1 or cfg.lr <= 0:
+        raise BadInput("--epochs and --batch-size must be >= 1 and --lr > 0")
+    if cfg.model == "default":
+        raise BadInput("--model default is the shipped model; train an architecture, e.g. --model resnet20")
+    torch.manual_seed(cfg.seed)
+    device = _device(cfg.device)
+    train_ds = open_dataset(cfg.data, split="train", data_dir=cfg.data_dir)
+    test_ds = open_dataset(cfg.data, split="test", data_dir=cfg.data_dir)
+    if train_ds.labels is None or train_ds.class_names is None:
+        raise BadInput(f"dataset {cfg.data} has no labels; training needs a labelled dataset")
+    sample = train_ds.raw(np.arange(1))
+    channels = 1 if sample.ndim == 3 else sample.shape[-1]
+    size = sample.shape[1]
+    mean, std = _stats(train_ds, channels)
+    pre = Preprocess(image_size=size, resize=size, channels=channels, mean=mean, std=std)
+    num_classes = len(train_ds.class_names)
+    model = build_model(cfg.model, num_classes=num_classes, in_chans=channels)
+    model = model.to(device).to(memory_format=torch.channels_last)
+
+    decay = [p for n, p in model.named_parameters() if p.ndim > 1]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]
+    opt = torch.optim.SGD(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=cfg.lr, momentum=cfg.momentum, nesterov=True,
+    )
+    n_train = len(train_ds) if cfg.limit is None else min(cfg.limit, len(train_ds))
+    per_epoch = math.ceil(n_train / cfg.batch_size)
+    total = per_epoch * cfg.epochs
+    pad = cfg.pad if cfg.pad is not None else max(1, size // 8)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    mean_t = torch.tensor(mean).view(1, -1, 1, 1)
+    std_t = torch.tensor(std).view(1, -1, 1, 1)
+    images = train_ds.raw(np.arange(n_train))
+    images_t = torch.from_numpy(images if images.ndim == 4 else images[..., None]).permute(0, 3, 1, 2)
+    labels_t = torch.from_numpy(train_ds.labels[:n_train].astype(np.int64))
+
+    best, best_epoch, history, start, step = -1.0, -1, [], time.perf_counter(), 0
+    for epoch in range(cfg.epochs):
+        model.train()
+        order = torch.randperm(n_train, generator=gen)
+        seen = correct = 0
+        loss_sum = 0.0
+        for i in range(per_epoch):
+            idx = order[i * cfg.batch_size : (i + 1) * cfg.batch_size]
+            x = images_t[idx].float().div_(255.0)
+            x = _augment(x, pad, cfg.flip, gen)
+            x = ((x - mean_t) / std_t).to(device).contiguous(memory_format=torch.channels_last)
+            y = labels_t[idx].to(device)
+            for g in opt.param_groups:
+                g["lr"] = _lr_at(cfg, step, total, per_epoch)
+            logits = model(x)
+            loss = F.cross_entropy(logits, y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            step += 1
+            seen += len(y)
+            correct += int((logits.argmax(1) == y).sum())
+            loss_sum += float(loss.detach()) * len(y)
+            if on_step:
+                on_step(epoch, i + 1, {"loss": loss_sum / seen, "acc": 100.0 * correct / seen,
+                                       "lr": opt.param_groups[0]["lr"]})
+        top1 = evaluate(model, test_ds, pre, limit=cfg.eval_limit, device=device)
+        row = {"epoch": epoch + 1, "train_loss": round(loss_sum / seen, 4),
+               "train_acc": round(100.0 * correct / seen, 2), "test_top1": round(top1, 2),
+               "seconds": round(time.perf_counter() - start, 1)}
+        history.append(row)
+        if on_epoch:
+            on_epoch(row)
+        if top1 > best:
+            best, best_epoch = top1, epoch + 1
+            meta: dict[str, Any] = {
+                "arch": cfg.model, "num_classes": num_classes, "in_chans": channels, "image_size": size,
+                "preprocess": pre.to_dict(), "class_names": list(train_ds.class_names),
+                "accuracy": {"dataset": f"{cfg.data}:test", "top1": round(top1, 2),
+                             "images": len(test_ds) if cfg.eval_limit is None else min(cfg.eval_limit, len(test_ds))},
+                "epoch": epoch + 1,
+            }
+            save_checkpoint(cfg.out, model.to("cpu").to(memory_format=torch.contiguous_format), meta)
+            model.to(device).to(memory_format=torch.channels_last)
+    seconds = time.perf_counter() - start
+    card = {"command": command, "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()},
+            "best_top1": round(best, 2), "best_epoch": best_epoch, "train_seconds": round(seconds, 1),
+            "torch": torch.__version__, "device": str(device), "history": history}
+    atomic_write_text(Path(cfg.out).with_suffix(".json"), json.dumps(card, indent=2) + "\n")
+    return TrainResult(Path(cfg.out), best, best_epoch, seconds, history)
+

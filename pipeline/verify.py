@@ -1,0 +1,407 @@
+"""Parity of every artifact against the fp32 PyTorch reference; per-precision verdicts; localisation."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from pipeline.artifacts import Manifest, atomic_write_text, check_sha, read_manifest
+from pipeline.data import iter_batches, open_dataset
+from pipeline.export import rebuild_reference
+from pipeline.precisions import PRECISIONS, Precision, Tolerance
+from runtimes.base import Runtime, open_runtime
+from runtimes.errors import BackendUnavailable, BadInput, CheckFailed, ResnetxError
+
+__all__ = [
+    "VerifyOptions",
+    "Metrics",
+    "VerifyRow",
+    "VerifyReport",
+    "Candidate",
+    "compare",
+    "verify",
+    "judge",
+    "localize",
+    "LayerError",
+]
+
+log = logging.getLogger(__name__)
+N_EXTREME = 4  # zeros, unit noise, wide noise, a real image x5: the inputs real data never shows
+
+
+@dataclass(frozen=True)
+class VerifyOptions:
+    folder: Path
+    device: str = "cpu"
+    samples: int = 512
+    data: str = "sample"
+    data_dir: Path | None = None
+    batch_size: int = 64
+    precisions: tuple[str, ...] | None = None  # None: all in the manifest
+    runtimes: tuple[str, ...] | None = None  # None: ort (+ trt on cuda when engines exist)
+    rel_l2: float | None = None  # overrides of the per-precision defaults
+    top1_agreement: float | None = None
+    accuracy_drop: float | None = None
+    localize: bool = False
+    seed: int = 0
+
+
+@dataclass
+class Metrics:
+    max_abs: float
+    mean_abs: float
+    rel_l2: float
+    min_cosine: float
+    top1_agreement: float
+    top5_overlap: float
+    nonfinite: int
+    samples: int
+    ref_top1: float | None = None  # accuracy (%) of the reference on the labelled inputs
+    top1: float | None = None
+    ref_top5: float | None = None
+    top5: float | None = None
+
+    @property
+    def accuracy_drop(self) -> float | None:
+        return None if self.top1 is None or self.ref_top1 is None else self.ref_top1 - self.top1
+
+
+@dataclass
+class LayerError:
+    layer: str
+    op: str
+    rel_l2: float
+
+
+@dataclass
+class VerifyRow:
+    artifact: str  # manifest key, e.g. "fp16" or "int8.rtx", or "torch-fp16"
+    runtime: str
+    precision: str
+    device: str
+    passed: bool
+    metrics: Metrics | None = None
+    tolerance: Tolerance | None = None
+    failures: list[str] = field(default_factory=list)
+    skipped: str | None = None
+    seconds: float = 0.0
+    localization: dict[str, Any] | None = None
+
+
+@dataclass
+class VerifyReport:
+    folder: Path
+    rows: list[VerifyRow]
+    data: str
+    samples: int
+    reference: str = "torch-cpu-fp32"
+    seconds: float = 0.0
+
+    @property
+    def passed(self) -> bool:
+        ran = [r for r in self.rows if r.skipped is None]
+        return bool(ran) and all(r.passed for r in ran)
+
+    def to_dict(self) -> dict[str, Any]:
+        rows = []
+        for r in self.rows:
+            d = asdict(r)
+            if r.metrics is not None:
+                d["metrics"]["accuracy_drop"] = r.metrics.accuracy_drop
+            rows.append(d)
+        return {"folder": str(self.folder), "reference": self.reference, "data": self.data,
+                "samples": self.samples, "passed": self.passed, "seconds": round(self.seconds, 2), "rows": rows}
+
+
+# --------------------------------------------------------------------------- metrics
+def compare(ref: np.ndarray, got: np.ndarray, labels: np.ndarray | None = None) -> Metrics:
+    """Element-wise and task metrics of `got` against `ref` (both N x classes logits)."""
+    ref64, got64 = ref.astype(np.float64), got.astype(np.float64)
+    finite = np.isfinite(got64)
+    nonfinite = int((~finite).sum())
+    g = np.where(finite, got64, 0.0)
+    diff = g - ref64
+    cos = (ref64 * g).sum(1) / np.maximum(np.linalg.norm(ref64, axis=1) * np.linalg.norm(g, axis=1), 1e-30)
+    k = min(5, ref.shape[1])
+    top_ref = np.argsort(-ref64, axis=1)[:, :k]
+    top_got = np.argsort(-g, axis=1)[:, :k]
+    overlap = np.mean([len(set(a) & set(b)) / k for a, b in zip(top_ref, top_got, strict=True)])
+    m = Metrics(
+        max_abs=float(np.abs(diff).max()) if nonfinite == 0 else float("inf"),
+        mean_abs=float(np.abs(diff).mean()),
+        rel_l2=float(np.linalg.norm(diff) / max(np.linalg.norm(ref64), 1e-30)) if nonfinite == 0 else float("inf"),
+        min_cosine=float(cos.min()),
+        top1_agreement=float((top_ref[:, 0] == top_got[:, 0]).mean()),
+        top5_overlap=float(overlap),
+        nonfinite=nonfinite,
+        samples=int(len(ref)),
+    )
+    if labels is not None and len(labels):
+        n = len(labels)  # labelled inputs come first; the extreme inputs after them have none
+        m.ref_top1 = 100.0 * float((top_ref[:n, 0] == labels).mean())
+        m.top1 = 100.0 * float((top_got[:n, 0] == labels).mean())
+        m.ref_top5 = 100.0 * float((top_ref[:n] == labels[:, None]).any(1).mean())
+        m.top5 = 100.0 * float((top_got[:n] == labels[:, None]).any(1).mean())
+    return m
+
+
+def judge(m: Metrics, tol: Tolerance) -> list[str]:
+    """Reasons the metrics fail the tolerance; empty when they pass. Any NaN/Inf fails."""
+    out = []
+    if m.nonfinite:
+        out.append(f"{m.nonfinite} NaN/Inf output value(s)")
+    if tol.rel_l2 is not None and not m.rel_l2 <= tol.rel_l2:
+        out.append(f"rel. L2 {m.rel_l2:.2e} > {tol.rel_l2:.0e}")
+    if tol.top1_agreement is not None and not m.top1_agreement >= tol.top1_agreement:
+        out.append(f"top-1 agreement {100 * m.top1_agreement:.2f}% < {100 * tol.top1_agreement:.1f}%")
+    drop = m.accuracy_drop
+    if tol.accuracy_drop is not None and drop is not None and not drop <= tol.accuracy_drop:
+        out.append(f"accuracy drop {drop:.2f} points > {tol.accuracy_drop}")
+    return out
+
+
+# --------------------------------------------------------------------------- inputs
+def _inputs(opts: VerifyOptions, manifest: Manifest, pre: Any) -> tuple[np.ndarray, np.ndarray | None, str]:
+    n_real = max(opts.samples - N_EXTREME, 1)
+    ds = open_dataset(opts.data, split="test", data_dir=opts.data_dir, preprocess=pre)
+    xs, ys = [], []
+    for b in iter_batches(ds, pre, opts.batch_size, limit=n_real):
+        xs.append(b.x)
+        if b.y is not None:
+            ys.append(b.y)
+    real = np.concatenate(xs)
+    labels = np.concatenate(ys) if ys and len(ds.class_names or ()) == manifest.model["num_classes"] else None
+    rng = np.random.default_rng(opts.seed)
+    shape = real.shape[1:]
+    extremes = np.stack([
+        np.zeros(shape, np.float32),
+        rng.standard_normal(shape).astype(np.float32),
+        (3.0 * rng.standard_normal(shape)).astype(np.float32),
+        5.0 * real[0],
+    ])[: max(0, opts.samples - len(real))]
+    return np.concatenate([real, extremes]).astype(np.float32), labels, ds.name
+
+
+def _run(rt: Runtime, x: np.ndarray, batch: int, on_batch: Callable[[int], None] | None) -> np.ndarray:
+    out = []
+    lo, hi = rt.batch_range or (1, batch)
+    step = max(lo, min(batch, hi))
+    for i in range(0, len(x), step):
+        chunk = x[i : i + step]
+        if len(chunk) < lo:  # pad the tail up to the engine's minimum batch
+            chunk = np.concatenate([chunk, np.repeat(chunk[-1:], lo - len(chunk), 0)])
+        out.append(rt.infer(chunk)[: len(x[i : i + step])])
+        if on_batch:
+            on_batch(len(x[i : i + step]))
+    return np.concatenate(out).astype(np.float32)
+
+
+# --------------------------------------------------------------------------- candidates
+@dataclass
+class Candidate:
+    key: str
+    backend: str
+    precision: str
+    device: str
+    entry: dict[str, Any] | None  # manifest entry; None for the torch runtime
+
+
+def _candidates(opts: VerifyOptions, manifest: Manifest) -> list[Candidate]:
+    precisions = opts.precisions or tuple(p.value for p in Precision)
+    unknown = [p for p in precisions if p not in Precision.__members__]
+    if unknown:
+        raise BadInput(f"unknown precision {', '.join(unknown)}; choose from fp32, fp16, int8")
+    runtimes = opts.runtimes or (("ort", "trt") if opts.device == "cuda" else ("ort",))
+    bad = [r for r in runtimes if r not in ("ort", "trt", "torch")]
+    if bad:
+        raise BadInput(f"unknown runtime {', '.join(bad)}; choose from ort, trt, torch")
+    out = []
+    for key, entry in manifest.artifacts.items():
+        if entry["precision"] not in precisions:
+            continue
+        if entry["kind"] == "onnx" and "ort" in runtimes:
+            out.append(Candidate(key, "ort", entry["precision"], opts.device, entry))
+        elif entry["kind"] == "engine" and "trt" in runtimes:
+            out.append(Candidate(key, "trt", entry["precision"], "cuda", entry))
+    if "torch" in runtimes:
+        for p in ("fp32", "fp16"):
+            if p in precisions:
+                out.append(Candidate(f"torch-{p}", "torch", p, opts.device, None))
+    if not out:
+        raise BadInput(f"nothing to verify in {opts.folder} for precision(s) {', '.join(precisions)} "
+                       f"and runtime(s) {', '.join(runtimes)}")
+    return out
+
+
+def _open(c: Candidate, folder: Path, model: torch.nn.Module) -> Runtime:
+    if c.backend == "torch":
+        return open_runtime("torch", model, device=c.device, precision=c.precision)
+    path = check_sha(folder, c.entry or {})
+    if c.backend == "trt":
+        return open_runtime("trt", path, device="cuda", entry=c.entry)
+    return open_runtime("ort", path, device=c.device, precision=c.precision)
+
+
+def _tolerance(opts: VerifyOptions, c: Candidate) -> Tolerance:
+    tol = PRECISIONS[Precision(c.precision)].tolerance
+    if c.precision == "fp32" and c.device == "cuda":
+        tol = tol.merged(rel_l2=1e-3, top1_agreement=0.99)  # GPU kernels reassociate sums (TF32 off)
+    return tol.merged(rel_l2=opts.rel_l2, top1_agreement=opts.top1_agreement, accuracy_drop=opts.accuracy_drop)
+
+
+def verify(
+    opts: VerifyOptions,
+    *,
+    on_progress: Callable[[str, int, int], None] | None = None,
+) -> VerifyReport:
+    """Compare each selected artifact with the fp32 PyTorch reference; write reports/verify.json."""
+    start = time.perf_counter()
+    folder = Path(opts.folder)
+    manifest = read_manifest(folder)
+    if opts.samples < 1:
+        raise BadInput("--samples must be >= 1")
+    torch.manual_seed(opts.seed)
+    model, info = rebuild_reference(manifest)
+    x, labels, data_name = _inputs(opts, manifest, info.preprocess)
+    with torch.inference_mode():
+        ref = torch.cat([model(torch.from_numpy(x[i : i + opts.batch_size])) for i in range(0, len(x), opts.batch_size)]).numpy()
+    rows: list[VerifyRow] = []
+    for c in _candidates(opts, manifest):
+        t0 = time.perf_counter()
+        tol = _tolerance(opts, c)
+        try:
+            with _open(c, folder, model) as rt:
+                done = 0
+
+                def tick(n: int) -> None:
+                    nonlocal done
+                    done += n
+                    if on_progress:
+                        on_progress(rt.name, done, len(x))
+
+                got = _run(rt, x, opts.batch_size, tick)
+                name = rt.name
+        except BackendUnavailable as e:
+            rows.append(VerifyRow(c.key, f"{c.backend}-{c.device}-{c.precision}", c.precision, c.device, False,
+                                  skipped=str(e)))
+            continue
+        except CheckFailed as e:  # sha mismatch: provenance broken
+            rows.append(VerifyRow(c.key, f"{c.backend}-{c.device}-{c.precision}", c.precision, c.device, False,
+                                  tolerance=tol, failures=[str(e)]))
+            continue
+        m = compare(ref, got, labels)
+        fails = judge(m, tol)
+        row = VerifyRow(c.key, name, c.precision, c.device, not fails, m, tol, fails, seconds=time.perf_counter() - t0)
+        if c.backend == "ort" and (opts.localize or fails):
+            try:
+                row.localization = localize(folder, manifest, c.entry or {}, model, info, x[: min(16, len(x))], tol)
+            except ResnetxError as e:
+                row.localization = {"error": str(e)}
+        rows.append(row)
+    report = VerifyReport(folder, rows, data_name, len(x), seconds=time.perf_counter() - start)
+    atomic_write_text(folder / "reports" / "verify.json", json.dumps(report.to_dict(), indent=2, default=_json) + "\n")
+    return report
+
+
+def _json(o: Any) -> Any:
+    if isinstance(o, Path):
+        return str(o)
+    if isinstance(o, float) and not np.isfinite(o):
+        return str(o)
+    raise TypeError(type(o))
+
+
+# --------------------------------------------------------------------------- localisation
+def _layer_outputs(model_bytes: bytes, x: np.ndarray) -> dict[str, tuple[str, np.ndarray]]:
+    """Run a graph with every node's first output exposed: {node name: (op, value as fp32)}."""
+    import onnx
+    import onnxruntime as ort
+
+    m = onnx.load_from_string(model_bytes)
+    inferred = onnx.shape_inference.infer_shapes(m)
+    types = {vi.name: vi for vi in [*inferred.graph.value_info, *inferred.graph.output]}
+    have = {o.name for o in m.graph.output}
+    wanted: dict[str, tuple[str, str]] = {}
+    for node in m.graph.node:
+        if node.op_type in ("QuantizeLinear", "DequantizeLinear", "Cast", "Constant") or not node.output:
+            continue
+        out = node.output[0]
+        if out not in types and out not in have:
+            continue
+        wanted[node.name] = (node.op_type, out)
+        if out not in have:
+            m.graph.output.append(types[out])
+            have.add(out)
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # keep every layer's value
+    opts.log_severity_level = 3
+    sess = ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    names = [o.name for o in sess.get_outputs()]
+    values = dict(zip(names, sess.run(names, {"input": x}), strict=True))
+    return {n: (op, values[out].astype(np.float32)) for n, (op, out) in wanted.items() if out in values}
+
+
+def localize(
+    folder: Path, manifest: Manifest, entry: dict[str, Any], model: torch.nn.Module, info: Any,
+    x: np.ndarray, tol: Tolerance,
+) -> dict[str, Any]:
+    """First layer whose output departs from the fp32 baseline, by the module it comes from.
+
+    Baseline: the fp32 ONNX in the folder for fp16/int8 graphs; a fresh export of the PyTorch
+    reference for the fp32 graph itself. Layers are matched by name (module paths).
+    """
+    from exporters.onnx import export_onnx
+
+    candidate = (folder / entry["file"]).read_bytes()
+    if entry["precision"] == "fp32":
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            a = export_onnx(model, info.input_shape, Path(tmp) / "ref.onnx", exporter="legacy",
+                            opset=entry.get("opset", 18))
+            baseline = a.path.read_bytes()
+    else:
+        fp32 = manifest.artifacts.get("fp32")
+        if fp32 is None:
+            raise BadInput("localisation needs model.fp32.onnx in the folder")
+        baseline = check_sha(folder, fp32).read_bytes()
+    base = _layer_outputs(baseline, x)
+    cand = _layer_outputs(candidate, x)
+    layers: list[LayerError] = []
+    for name, (op, b) in base.items():
+        if name in cand and cand[name][1].shape == b.shape:
+            c = cand[name][1]
+            err = float(np.linalg.norm((c - b).astype(np.float64)) / max(np.linalg.norm(b.astype(np.float64)), 1e-30))
+            layers.append(LayerError(name, op, err if np.isfinite(err) else float("inf")))
+    if not layers:
+        raise BadInput("no layer names are shared by the two graphs; re-export both with resnetx")
+    bar = tol.rel_l2 if tol.rel_l2 is not None else 0.05
+    first = next((layer for layer in layers if not layer.rel_l2 <= bar), None)
+    weighted = [layer for layer in layers if layer.op in ("Conv", "Gemm", "MatMul")]
+    jump, prev = None, 1e-12
+    best = 0.0
+    for layer in weighted:  # the weighted layer whose error grows most over the one before it
+        ratio = layer.rel_l2 / max(prev, 1e-12) if np.isfinite(layer.rel_l2) else float("inf")
+        if ratio > best and layer.rel_l2 > 1e-6:
+            best, jump = ratio, layer
+        prev = max(prev, layer.rel_l2) if np.isfinite(layer.rel_l2) else prev
+    culprit = first if first is not None else jump
+    module = culprit.layer.split("/")[0] if culprit else None
+    return {
+        "baseline": "pytorch reference (re-exported fp32)" if entry["precision"] == "fp32" else "model.fp32.onnx",
+        "layer_tolerance": bar,
+        "first_divergent_layer": first.layer if first else None,
+        "module": module,
+        "largest_jump_layer": jump.layer if jump else None,
+        "suggestion": (f"resnetx export --precision {entry['precision']} --keep-fp32 {jump.layer}"
+                       if jump and entry["precision"] != "fp32" else None),
+        "by_depth": [asdict(layer) for layer in layers if layer.op in ("Conv", "Gemm", "MatMul", "Add")],
+    }

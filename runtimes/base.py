@@ -1,0 +1,104 @@
+"""One runner shape for every backend: open -> infer(batch) -> logits -> close."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from runtimes.errors import BackendUnavailable, BadInput, IncompatibleArtifact
+
+__all__ = [
+    "Runtime",
+    "RUNTIMES",
+    "open_runtime",
+    "BackendUnavailable",
+    "IncompatibleArtifact",
+    "cuda_available",
+]
+
+
+class Runtime:
+    """Base runner. Backends fill `_infer` (and `_close`); the public methods check state once.
+
+    `name` (e.g. 'ort-cpu-fp32') is what reports print verbatim.
+    """
+
+    backend = "base"
+
+    def __init__(self, *, device: str, precision: str, mode: str = "", batch_range: tuple[int, int] | None = None) -> None:
+        self.device = device
+        self.precision = precision
+        self.mode = mode
+        self.batch_range = batch_range  # (min, max) batch the artifact accepts, None = any
+        self._open = True
+
+    @property
+    def name(self) -> str:
+        return "-".join(p for p in (self.backend, self.mode, self.device, self.precision) if p)
+
+    def infer(self, batch: Any) -> np.ndarray:
+        """float32 NCHW batch (numpy or torch) -> float32 logits as numpy, synchronised."""
+        if not self._open:
+            raise RuntimeError(f"{self.name} is closed")
+        n = int(batch.shape[0])
+        if self.batch_range and not self.batch_range[0] <= n <= self.batch_range[1]:
+            lo, hi = self.batch_range
+            raise BadInput(f"batch {n} is outside the range {lo}..{hi} {self.name} was built for; "
+                           f"rebuild with --batch-range or use a batch in {lo}..{hi}")
+        return self._infer(batch)
+
+    def infer_async(self, batch: Any) -> Any:
+        """Enqueue without copying the result to the host; for timing device-resident runs.
+
+        Backends that cannot do better fall back to `infer`. `synchronize` ends the work.
+        """
+        return self.infer(batch)
+
+    def synchronize(self) -> None:
+        """Wait for all work enqueued by infer_async."""
+
+    def close(self) -> None:
+        if self._open:
+            self._close()
+            self._open = False
+
+    def __enter__(self) -> Runtime:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _infer(self, batch: Any) -> np.ndarray:
+        raise NotImplementedError
+
+    def _close(self) -> None:
+        pass
+
+
+# name -> (module, opener function); modules are imported on first use, so a missing backend
+# costs nothing until it is asked for.
+RUNTIMES: dict[str, tuple[str, str]] = {
+    "torch": ("runtimes.torch_rt", "open_torch"),
+    "ort": ("runtimes.ort_rt", "open_ort"),
+    "trt": ("runtimes.trt_rt", "open_trt"),
+}
+
+
+def open_runtime(backend: str, artifact: Any, device: str = "cpu", **opts: Any) -> Runtime:
+    """Open `artifact` (an nn.Module for torch, a file for ort/trt) on `device` with `backend`."""
+    if backend not in RUNTIMES:
+        raise BadInput(f"unknown runtime {backend!r}; known: {', '.join(RUNTIMES)}")
+    module, fn = RUNTIMES[backend]
+    opener: Callable[..., Runtime] = getattr(importlib.import_module(module), fn)
+    return opener(artifact, device=device, **opts)
+
+
+def cuda_available() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return bool(torch.cuda.is_available())

@@ -1,0 +1,41 @@
+"""Error types shared by every layer; each maps to one CLI exit code."""
+
+from __future__ import annotations
+
+__all__ = [
+    "ResnetxError",
+    "BadInput",
+    "BackendUnavailable",
+    "IncompatibleArtifact",
+    "CheckFailed",
+]
+
+
+class ResnetxError(Exception):
+    """Base of all errors resnetx raises on purpose; the message says what to do."""
+
+    exit_code = 2
+
+
+class BadInput(ResnetxError):
+    """A file, option or dataset the user gave cannot be used."""
+
+    exit_code = 2
+
+
+class IncompatibleArtifact(BadInput):
+    """An artifact was made for another model, tool version or device."""
+
+    exit_code = 2
+
+
+class BackendUnavailable(ResnetxError):
+    """A requested runtime, library or device is not present on this machine."""
+
+    exit_code = 3
+
+
+class CheckFailed(ResnetxError):
+    """A numerical check (parity, accuracy) fell under its bar."""
+
+    exit_code = 1

@@ -1,0 +1,111 @@
+"""PyTorch runner: eager, channels_last, CUDA graphs or torch.compile; cpu or cuda; fp32 or fp16."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from runtimes.base import Runtime
+from runtimes.errors import BackendUnavailable, BadInput
+
+__all__ = ["TorchRuntime", "open_torch"]
+
+log = logging.getLogger(__name__)
+
+
+class TorchRuntime(Runtime):
+    backend = "torch"
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        device: str = "cpu",
+        precision: str = "fp32",
+        channels_last: bool = False,
+        cuda_graph: bool = False,
+        compile: bool = False,
+        compile_mode: str = "max-autotune-no-cudagraphs",
+    ) -> None:
+        modes = [m for m, on in (("cl", channels_last), ("graph", cuda_graph), ("compile", compile)) if on]
+        super().__init__(device=device, precision=precision, mode="+".join(modes))
+        if precision not in ("fp32", "fp16"):
+            raise BadInput(f"the torch runtime runs fp32 or fp16, not {precision}")
+        if device == "cuda" and not torch.cuda.is_available():
+            raise BackendUnavailable("--device cuda asked for, but torch sees no CUDA device (install a CUDA build of torch)")
+        if cuda_graph and device != "cuda":
+            raise BadInput("--cuda-graph needs --device cuda")
+        if precision == "fp16" and device == "cpu":
+            log.warning("fp16 on the CPU is emulated by PyTorch and slow; it is for parity checks, not speed")
+        self._dtype = torch.float16 if precision == "fp16" else torch.float32
+        self._fmt = torch.channels_last if channels_last else torch.contiguous_format
+        self._model = copy.deepcopy(model).eval().to(device=device, dtype=self._dtype, memory_format=self._fmt)
+        self._fn: Any = self._model
+        self.compile_seconds = 0.0
+        if compile:
+            self._fn = torch.compile(self._model, mode=compile_mode, dynamic=False)
+        self._graphs: dict[tuple[int, ...], tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor]] = {}
+        self._cuda_graph = cuda_graph
+
+    def _prepare(self, batch: Any) -> torch.Tensor:
+        t = batch if isinstance(batch, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(batch))
+        return t.to(device=self.device, dtype=self._dtype, non_blocking=True).contiguous(memory_format=self._fmt)
+
+    @torch.inference_mode()
+    def _run(self, x: torch.Tensor) -> torch.Tensor:
+        if self._cuda_graph:
+            return self._replay(x)
+        if self._fn is not self._model and not self.compile_seconds:
+            start = time.perf_counter()
+            out = self._fn(x)  # first call compiles; its cost is reported apart from latency
+            if self.device == "cuda":
+                torch.cuda.synchronize()
+            self.compile_seconds = time.perf_counter() - start
+            return out
+        return self._fn(x)
+
+    def _replay(self, x: torch.Tensor) -> torch.Tensor:
+        key = tuple(x.shape)
+        if key not in self._graphs:
+            static_in = x.clone()
+            stream = torch.cuda.Stream()
+            stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(stream):
+                for _ in range(3):  # warm up cuDNN autotuning outside the graph
+                    self._fn(static_in)
+            torch.cuda.current_stream().wait_stream(stream)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                static_out = self._fn(static_in)
+            self._graphs[key] = (graph, static_in, static_out)
+        graph, static_in, static_out = self._graphs[key]
+        static_in.copy_(x, non_blocking=True)
+        graph.replay()
+        return static_out
+
+    def infer_async(self, batch: Any) -> Any:
+        return self._run(self._prepare(batch))
+
+    def synchronize(self) -> None:
+        if self.device == "cuda":
+            torch.cuda.synchronize()
+
+    def _infer(self, batch: Any) -> np.ndarray:
+        out = self._run(self._prepare(batch))
+        return out.float().cpu().numpy()
+
+    def _close(self) -> None:
+        self._graphs.clear()
+        self._fn = self._model = None
+
+
+def open_torch(model: nn.Module, *, device: str = "cpu", **opts: Any) -> TorchRuntime:
+    if not isinstance(model, nn.Module):
+        raise BadInput("the torch runtime needs the PyTorch model, rebuilt from the manifest")
+    return TorchRuntime(model, device=device, **opts)
