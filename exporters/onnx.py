@@ -92,6 +92,10 @@ def check_onnx(model: onnx.ModelProto, *, where: str = "model", channels: int | 
             f"{where} must have an input named '{INPUT_NAME}' and an output named '{OUTPUT_NAME}'; "
             f"it has inputs {list(inputs)} and outputs {list(outputs)}"
         )
+    types = (inputs[INPUT_NAME].type.tensor_type.elem_type, outputs[OUTPUT_NAME].type.tensor_type.elem_type)
+    if types != (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT):
+        raise BadInput(f"{where}: '{INPUT_NAME}' and '{OUTPUT_NAME}' must be float32; got "
+                       f"{onnx.TensorProto.DataType.Name(types[0])} and {onnx.TensorProto.DataType.Name(types[1])}")
     rank_in = len(inputs[INPUT_NAME].type.tensor_type.shape.dim)
     rank_out = len(outputs[OUTPUT_NAME].type.tensor_type.shape.dim)
     if rank_in != 4 or rank_out != 2:
@@ -157,9 +161,10 @@ def _module_of(node: onnx.NodeProto, initializers: set[str]) -> str | None:
         if modules:
             return modules[-1]
     if node.name.startswith("/"):  # TorchScript exporter: "/layer1/layer1.0/conv1/Conv"
-        path = [p for p in node.name.split("/") if p][:-1]
-        if path:
-            return path[-1]
+        module = ""
+        for part in [p for p in node.name.split("/") if p][:-1]:  # levels are full or relative names
+            module = part if not module or part.startswith(module + ".") else f"{module}.{part}"
+        return module or None
     return None
 
 

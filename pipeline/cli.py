@@ -266,6 +266,7 @@ def export(
     calib_method: Annotated[CalibMethod, typer.Option(help="Range estimate.", rich_help_panel="INT8")] = CalibMethod.max,
     int8_target: Annotated[Int8Target, typer.Option(help="tensorrt: symmetric int8 activations, float bias; cpu: uint8 activations for onnxruntime x86.", rich_help_panel="INT8")] = Int8Target.tensorrt,
     keep_fp32: Annotated[str | None, typer.Option(help="Layers (module paths, e.g. layer3.1.conv2) kept in fp32 in fp16 graphs and unquantized in int8.", rich_help_panel="INT8")] = None,
+    int8_quantize_ends: Annotated[bool, typer.Option(help="Also quantize the stem conv and the classifier (kept float by default: most accuracy, least speed).", rich_help_panel="INT8")] = False,
     engine: Annotated[Engine, typer.Option(help="TensorRT engines: auto (tensorrt, else rtx, else none), tensorrt, rtx, none.", rich_help_panel="TensorRT")] = Engine.none,
     batch_range: Annotated[str | None, typer.Option(help="Engine profile MIN,OPT,MAX (default 1,8,64 ImageNet sizes; 1,32,256 small).", rich_help_panel="TensorRT")] = None,
     workspace_mb: Annotated[int | None, typer.Option(min=1, help="Builder workspace limit (MiB).", rich_help_panel="TensorRT")] = None,
@@ -286,6 +287,7 @@ def export(
         precisions=tuple(parse_precisions(precision)), exporter=exporter.value, opset=opset,
         dynamic_batch=dynamic_batch, calib_data=calib_data, calib_dir=calib_dir, calib_samples=calib_samples,
         calib_method=calib_method.value, int8_target=int8_target.value, keep_fp32=_csv(keep_fp32),
+        int8_quantize_ends=int8_quantize_ends,
         engine=engine.value, batch_range=br, workspace_mb=workspace_mb, opt_level=opt_level,  # type: ignore[arg-type]
         rtx_compute_capabilities=_csv(rtx_compute_capability) or None, force=force,
     )

@@ -49,6 +49,7 @@ class ExportOptions:
     calib_method: str = "max"
     int8_target: str = "tensorrt"
     keep_fp32: tuple[str, ...] = ()  # layers kept in fp32 in the fp16 graph and left unquantized in int8
+    int8_quantize_ends: bool = False  # also quantize the stem conv and the classifier
     engine: str = "none"  # auto | tensorrt | rtx | none
     batch_range: tuple[int, int, int] | None = None
     workspace_mb: int | None = None
@@ -259,7 +260,7 @@ def export(opts: ExportOptions, on_step: Callable[[StepEvent], None] | None = No
             old_calib = (old.calibration or {}) if old else {}
             if cache.exists() and (opts.force or old_calib.get("key") != calib_key):
                 cache.unlink()  # stale: other weights, data, count, method or recipe
-            key = _key(step="int8", calib=calib_key, keep=sorted(opts.keep_fp32))
+            key = _key(step="int8", calib=calib_key, keep=sorted(opts.keep_fp32), ends=opts.int8_quantize_ends)
             calibration = {**calib, "key": calib_key, "cache_file": cache.name}
             if entry := folder.cached("int8", key, opts.force):
                 artifacts["int8"] = entry
@@ -269,7 +270,8 @@ def export(opts: ExportOptions, on_step: Callable[[StepEvent], None] | None = No
                 hit = cache.is_file()
                 a = quantize_int8(fp32_path, out / PRECISIONS[Precision.int8].onnx_file,
                                   None if hit else _calib_batches(opts, info), recipe=opts.int8_target,
-                                  method=opts.calib_method, cache=cache, exclude_nodes=opts.keep_fp32)
+                                  method=opts.calib_method, cache=cache, exclude_nodes=opts.keep_fp32,
+                                  quantize_ends=opts.int8_quantize_ends)
                 artifacts["int8"] = _onnx_entry(a, key, fp32_sha)
                 note = "calibration cache reused" if hit else f"calibrated on {a.details['calibration_images']} images"
                 emit(StepEvent("int8", "built", a.path.name, a.size_bytes, a.seconds, note))

@@ -1,0 +1,99 @@
+"""The export step end to end: manifest, cache by content hash, --force, stale calibration, engines."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from pipeline.artifacts import read_manifest
+from pipeline.export import ExportOptions, export
+from pipeline.models import ModelSpec, build_model
+from pipeline.precisions import Precision
+from runtimes.errors import BadInput
+from tests.conftest import copy_folder, needs_rtx
+
+ALL = (Precision.fp32, Precision.fp16, Precision.int8)
+
+
+def test_manifest_describes_everything(default_folder: Path) -> None:
+    m = json.loads((default_folder / "manifest.json").read_text())
+    assert m["model"]["arch"] == "resnet20" and m["model"]["weights"] == "default"
+    assert m["model"]["preprocess"]["channels"] == 1 and len(m["model"]["state_sha256"]) == 64
+    assert set(m["artifacts"]) == {"fp32", "fp16", "int8"}
+    for entry in m["artifacts"].values():
+        assert (default_folder / entry["file"]).is_file() and len(entry["sha256"]) == 64
+    assert m["artifacts"]["fp16"]["source_sha256"] == m["artifacts"]["fp32"]["sha256"]
+    calib = m["calibration"]
+    assert calib["dataset"] == "sample" and calib["samples"] == 256 and calib["method"] == "max"
+    assert calib["recipe"] == "tensorrt" and (default_folder / calib["cache_file"]).is_file()
+    assert {"torch", "onnx", "onnxruntime"} <= set(m["versions"])
+
+
+def test_second_export_is_cached_and_byte_identical(default_folder: Path, tmp_path: Path) -> None:
+    folder = copy_folder(default_folder, tmp_path / "f")
+    before = {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
+    r = export(ExportOptions(model=ModelSpec("default"), out=folder, precisions=ALL, calib_samples=256))
+    assert [e.status for e in r.events] == ["cached"] * 3
+    after = {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
+    assert before == after
+
+
+def test_force_and_changed_options_rebuild(default_folder: Path, tmp_path: Path) -> None:
+    folder = copy_folder(default_folder, tmp_path / "f")
+    r = export(ExportOptions(model=ModelSpec("default"), out=folder, precisions=ALL, calib_samples=128))
+    assert [e.status for e in r.events] == ["cached", "cached", "built"]  # only int8 depends on the count
+    assert "calibrated on 128 images" in r.events[-1].note
+    r = export(ExportOptions(model=ModelSpec("default"), out=folder, precisions=(Precision.fp32,), force=True))
+    assert [e.status for e in r.events] == ["built"]
+    assert set(read_manifest(folder).artifacts) == {"fp32"}
+
+
+def test_repeat_export_gives_same_bytes_and_scales(default_folder: Path, tmp_path: Path) -> None:
+    r = export(ExportOptions(model=ModelSpec("default"), out=tmp_path / "again", precisions=ALL, calib_samples=256))
+    for name in ("fp32", "fp16", "int8"):
+        assert r.manifest.artifacts[name]["sha256"] == read_manifest(default_folder).artifacts[name]["sha256"], name
+
+
+def test_changed_checkpoint_invalidates_cache(tmp_path: Path) -> None:
+    ckpt = tmp_path / "w.pth"
+    torch.manual_seed(3)
+    torch.save(build_model("resnet20", num_classes=10, in_chans=3).state_dict(), ckpt)
+    opts = ExportOptions(model=ModelSpec("resnet20", weights=ckpt), out=tmp_path / "a", exporter="legacy")
+    first = export(opts)
+    assert export(opts).events[0].status == "cached"
+    torch.manual_seed(4)
+    torch.save(build_model("resnet20", num_classes=10, in_chans=3).state_dict(), ckpt)
+    again = export(opts)
+    assert again.events[0].status == "built"
+    assert again.manifest.artifacts["fp32"]["sha256"] != first.manifest.artifacts["fp32"]["sha256"]
+
+
+@needs_rtx
+def test_engines_in_manifest(default_folder: Path, tmp_path: Path) -> None:
+    folder = copy_folder(default_folder, tmp_path / "f")
+    r = export(ExportOptions(model=ModelSpec("default"), out=folder, precisions=ALL, calib_samples=256, engine="rtx",
+                             batch_range=(1, 16, 128)))
+    engines = {k: v for k, v in r.manifest.artifacts.items() if v["kind"] == "engine"}
+    assert set(engines) == {"fp32.rtx", "fp16.rtx", "int8.rtx"}
+    e = engines["int8.rtx"]
+    assert e["profile"] == [1, 16, 128] and e["flavor"] == "rtx" and e["trt_version"]
+    assert e["source_sha256"] == r.manifest.artifacts["int8"]["sha256"]
+    assert e["compute_capabilities"] == ["SM80", "SM86", "SM89", "SM120"] and e["build_seconds"] > 0
+    assert (folder / "model.int8.rtx.engine").stat().st_size == e["size_bytes"]
+
+
+@needs_rtx
+def test_cpu_recipe_with_engines_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(BadInput, match="use --int8-target tensorrt"):
+        export(ExportOptions(model=ModelSpec("default"), out=tmp_path / "x", precisions=ALL, int8_target="cpu",
+                             engine="rtx"))
+    assert not (tmp_path / "x").exists()
+
+
+def test_out_is_a_file(tmp_path: Path) -> None:
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(BadInput, match="is a file"):
+        export(ExportOptions(out=tmp_path / "f"))

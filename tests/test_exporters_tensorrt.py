@@ -1,0 +1,74 @@
+"""Real TensorRT-RTX engine builds on this CPU-only machine (fp32, fp16, int8 graphs)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+from exporters.tensorrt import build_engine, import_flavor
+from runtimes.errors import BackendUnavailable, BadInput
+from tests.conftest import needs_rtx
+
+
+@needs_rtx
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
+def test_rtx_builds_each_precision(default_folder: Path, tmp_path: Path, precision: str) -> None:
+    e = build_engine(default_folder / f"model.{precision}.onnx", tmp_path / "m.engine", flavor="rtx",
+                     precision=precision, input_chw=(1, 28, 28), profile=(1, 16, 64), compute_capabilities=("SM86", "SM89"))
+    assert e.path.stat().st_size == e.size_bytes > 10_000
+    assert e.target["compute_capabilities"] == ["SM86", "SM89"] and e.target["strongly_typed"]
+    assert e.profile == (1, 16, 64) and e.version
+
+
+@needs_rtx
+def test_fp16_engine_smaller_than_fp32(default_folder: Path, tmp_path: Path) -> None:
+    kw = dict(flavor="rtx", input_chw=(1, 28, 28), profile=(1, 16, 64))
+    e32 = build_engine(default_folder / "model.fp32.onnx", tmp_path / "a.engine", precision="fp32", **kw)
+    e16 = build_engine(default_folder / "model.fp16.onnx", tmp_path / "b.engine", precision="fp16", **kw)
+    assert e16.size_bytes < 0.8 * e32.size_bytes  # it really is an fp16 engine, not fp32 twice
+
+
+@needs_rtx
+def test_int32_bias_graph_is_rejected_clearly(default_folder: Path, tmp_path: Path) -> None:
+    from exporters.precision import quantize_int8
+    from tests.test_exporters_precision import _calib
+
+    q = quantize_int8(default_folder / "model.fp32.onnx", tmp_path / "cpu.onnx", _calib(default_folder, 64), recipe="cpu")
+    with pytest.raises(BadInput, match="cannot parse cpu.onnx"):
+        build_engine(q.path, tmp_path / "x.engine", flavor="rtx", precision="int8", input_chw=(1, 28, 28))
+    assert not (tmp_path / "x.engine").exists()
+
+
+@needs_rtx
+def test_bad_options(default_folder: Path, tmp_path: Path) -> None:
+    src = default_folder / "model.fp32.onnx"
+    with pytest.raises(BadInput, match="MIN<=OPT<=MAX"):
+        build_engine(src, tmp_path / "x.engine", flavor="rtx", precision="fp32", input_chw=(1, 28, 28), profile=(8, 1, 64))
+    with pytest.raises(BadInput, match="unknown compute capability SM90"):
+        build_engine(src, tmp_path / "x.engine", flavor="rtx", precision="fp32", input_chw=(1, 28, 28),
+                     compute_capabilities=("SM90",))
+
+
+@needs_rtx
+@pytest.mark.slow
+def test_rtx_resnet50_all_precisions(tmp_path: Path) -> None:
+    from pipeline.export import ExportOptions, export
+    from pipeline.models import ModelSpec
+    from pipeline.precisions import Precision
+
+    r = export(ExportOptions(model=ModelSpec("resnet50", image_size=64, num_classes=10), out=tmp_path / "r50",
+                             precisions=(Precision.fp32, Precision.fp16, Precision.int8), engine="rtx",
+                             calib_samples=64, exporter="legacy"))
+    engines = {k: v for k, v in r.manifest.artifacts.items() if v["kind"] == "engine"}
+    assert set(engines) == {"fp32.rtx", "fp16.rtx", "int8.rtx"}
+    assert engines["fp16.rtx"]["size_bytes"] < 0.8 * engines["fp32.rtx"]["size_bytes"]
+
+
+@pytest.mark.skipif(importlib.util.find_spec("tensorrt") is not None, reason="enterprise TensorRT is installed")
+def test_missing_flavor_says_what_to_install() -> None:
+    with pytest.raises(BackendUnavailable, match="pip install tensorrt-cu13"):
+        import_flavor("tensorrt")
+    with pytest.raises(BadInput, match="unknown engine flavor"):
+        import_flavor("onnx")

@@ -1,0 +1,115 @@
+"""verify: per-precision verdicts, sha checks, NaN, tolerance options, localisation of a broken layer."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+from pipeline.artifacts import read_manifest, write_manifest
+from pipeline.models import file_sha256
+from pipeline.precisions import Tolerance
+from pipeline.verify import VerifyOptions, compare, judge, verify
+from tests.conftest import copy_folder
+
+
+def _tamper(folder: Path, name: str, fn, rehash: bool = True) -> None:
+    """Change one initializer of the fp32 graph; optionally re-hash so only parity can catch it."""
+    path = folder / "model.fp32.onnx"
+    m = onnx.load(str(path))
+    init = next(i for i in m.graph.initializer if i.name == name)
+    w = numpy_helper.to_array(init).copy()
+    fn(w)
+    init.CopyFrom(numpy_helper.from_array(w, name))
+    onnx.save(m, str(path))
+    if rehash:
+        man = read_manifest(folder)
+        man.artifacts["fp32"]["sha256"] = file_sha256(path)
+        write_manifest(folder, man)
+
+
+def test_clean_export_passes_each_precision(default_folder: Path) -> None:
+    r = verify(VerifyOptions(folder=default_folder, samples=300))
+    assert r.passed, [(x.artifact, x.failures) for x in r.rows]
+    rows = {x.artifact: x for x in r.rows}
+    assert set(rows) == {"fp32", "fp16", "int8"}
+    assert rows["fp32"].metrics.rel_l2 < 1e-5 and rows["fp32"].metrics.top1_agreement == 1.0
+    assert 1e-5 < rows["fp16"].metrics.rel_l2 < 1e-2
+    assert rows["int8"].metrics.top1 is not None and rows["int8"].metrics.samples == 300
+    assert rows["int8"].tolerance == Tolerance(top1_agreement=0.97, accuracy_drop=0.5)
+    report = json.loads((default_folder / "reports" / "verify.json").read_text())
+    assert report["passed"] and {"runtime", "precision", "device", "metrics", "tolerance", "passed"} <= set(report["rows"][0])
+
+
+def test_perturbed_conv_fails_and_is_localised(default_folder: Path, tmp_path: Path) -> None:
+    folder = copy_folder(default_folder, tmp_path / "f")
+    _tamper(folder, "layer2.1.conv1.weight", lambda w: w.__imul__(-0.5))
+    r = verify(VerifyOptions(folder=folder, samples=64, precisions=("fp32",)))
+    assert not r.passed
+    row = r.rows[0]
+    assert any("rel. L2" in f for f in row.failures)
+    assert row.localization["first_divergent_layer"] == "layer2.1.conv1"
+    assert row.localization["module"] == "layer2.1.conv1"
+    depth = [x["layer"] for x in row.localization["by_depth"]]
+    assert depth.index("layer2.1.conv1") > depth.index("layer1.0.conv1")  # topological order
+
+
+def test_edited_file_fails_sha_check(default_folder: Path, tmp_path: Path) -> None:
+    folder = copy_folder(default_folder, tmp_path / "f")
+    _tamper(folder, "fc.bias", lambda w: w.__iadd__(0.0), rehash=False)  # same values, re-serialised bytes
+    with open(folder / "model.fp16.onnx", "ab") as f:
+        f.write(b"\0")
+    r = verify(VerifyOptions(folder=folder, samples=32))
+    rows = {x.artifact: x for x in r.rows}
+    assert not r.passed
+    assert "changed after export" in rows["fp16"].failures[0]
+    assert rows["int8"].passed
+
+
+def test_nan_weight_fails(default_folder: Path, tmp_path: Path) -> None:
+    folder = copy_folder(default_folder, tmp_path / "f")
+    _tamper(folder, "layer3.0.conv2.weight", lambda w: w.__setitem__((0, 0, 0, 0), np.nan))
+    r = verify(VerifyOptions(folder=folder, samples=32, precisions=("fp32",)))
+    assert not r.passed and "NaN/Inf" in r.rows[0].failures[0]
+    assert r.rows[0].metrics.nonfinite > 0
+
+
+def test_tolerance_options_change_verdict(default_folder: Path) -> None:
+    strict = verify(VerifyOptions(folder=default_folder, samples=64, precisions=("fp16",), rel_l2=1e-7))
+    assert not strict.passed and "rel. L2" in strict.rows[0].failures[0]
+    loose = verify(VerifyOptions(folder=default_folder, samples=64, precisions=("fp16",), rel_l2=1.0))
+    assert loose.passed
+    never = verify(VerifyOptions(folder=default_folder, samples=64, precisions=("int8",), top1_agreement=1.0,
+                                 accuracy_drop=-100.0))
+    assert not never.passed
+
+
+def test_localize_on_request(default_folder: Path) -> None:
+    r = verify(VerifyOptions(folder=default_folder, samples=32, precisions=("int8",), localize=True))
+    loc = r.rows[0].localization
+    assert loc["baseline"] == "model.fp32.onnx" and loc["largest_jump_layer"]
+    assert loc["suggestion"].startswith("resnetx export --precision int8 --keep-fp32 ")
+    errs = [x["rel_l2"] for x in loc["by_depth"]]
+    assert all(0 <= e < 1 for e in errs) and max(errs) > 1e-3
+    conv1 = next(x for x in loc["by_depth"] if x["layer"] == "conv1")
+    assert conv1["rel_l2"] < 1e-5  # the stem stays float in the default int8 recipe
+
+
+def test_torch_runtime_candidates(default_folder: Path) -> None:
+    r = verify(VerifyOptions(folder=default_folder, samples=32, runtimes=("torch",), precisions=("fp32",)))
+    assert r.passed and r.rows[0].runtime == "torch-cpu-fp32" and r.rows[0].metrics.max_abs == 0.0
+
+
+def test_metrics_and_judge_units() -> None:
+    ref = np.array([[1.0, 2.0, 3.0], [3.0, 2.0, 1.0]], np.float32)
+    got = np.array([[1.0, 2.0, 3.0], [1.0, 2.0, 3.0]], np.float32)
+    m = compare(ref, got, labels=np.array([2, 0]))
+    assert m.top1_agreement == 0.5 and m.ref_top1 == 100.0 and m.top1 == 50.0 and m.accuracy_drop == 50.0
+    assert judge(m, Tolerance(top1_agreement=0.5, accuracy_drop=50.0)) == []
+    assert len(judge(m, Tolerance(rel_l2=0.1, top1_agreement=0.6, accuracy_drop=1.0))) == 3
+    nan = compare(ref, np.full_like(ref, np.nan))
+    assert nan.nonfinite == 6 and judge(nan, Tolerance()) == ["6 NaN/Inf output value(s)"]
