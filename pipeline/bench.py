@@ -321,7 +321,7 @@ def bench(opts: BenchOptions, *, on_row: Callable[[BenchRow], None] | None = Non
                         mem = (torch.cuda.max_memory_allocated() / 2**20) if opts.device == "cuda" else _rss_mb()
                         lat = {k: round(getattr(tm, k), 4) for k in ("p50", "p90", "p95", "p99", "mean", "std", "min")}
                         row = BenchRow(rt.name, t.backend, rt.mode, t.precision, rt.device, b, lat,
-                                       round(b / (tm.mean / 1e3), 1), round(mem, 1), acc, round(t.size_mb, 2),
+                                       round(b / (tm.mean / 1e3), 3), round(mem, 1), acc, round(t.size_mb, 2),
                                        round(load_s, 3), compile_s=getattr(rt, "compile_seconds", None) or None,
                                        transfers_included=not device_resident, iters=tm.iters)
                 rows.append(row)

@@ -7,6 +7,7 @@ import hashlib
 import io
 import logging
 import re
+import warnings
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -495,10 +496,12 @@ def load_state_dict(path: Path, *, trust: bool = False) -> tuple[dict[str, Tenso
             raise BadInput(f"checkpoint {path} looks like TorchScript but cannot be loaded: {e}") from e
         return dict(module.state_dict()), {}
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=not trust)
+        with warnings.catch_warnings():  # torch warns about pickle protocols before failing clearly
+            warnings.simplefilter("ignore")
+            obj = torch.load(path, map_location="cpu", weights_only=not trust)
     except Exception as e:  # weights_only raises UnpicklingError; corrupt files raise others
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        if "weights_only" in str(e) or "Unsupported global" in str(e):
+        first = _pickle_reason(e)
+        if any(k in str(e) for k in ("Unsupported global", "GLOBAL", "REDUCE", "Unsupported class")):
             raise BadInput(
                 f"checkpoint {path} contains Python objects that could run code; refused. "
                 "Save a plain state_dict, or pass --trust-checkpoint if you trust its source"
@@ -522,6 +525,15 @@ def load_state_dict(path: Path, *, trust: bool = False) -> tuple[dict[str, Tenso
     if all(k.startswith("module.") for k in state):
         state = {k[len("module."):]: v for k, v in state.items()}
     return state, meta
+
+
+def _pickle_reason(e: Exception) -> str:
+    """torch's weights_only errors bury the cause after a long preamble; keep just the cause."""
+    text = str(e)
+    if "WeightsUnpickler error:" in text:
+        text = text.split("WeightsUnpickler error:", 1)[1]
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    return lines[0][:200] if lines else type(e).__name__
 
 
 def load_weights_into(model: nn.Module, path: Path, *, trust: bool = False) -> dict[str, Any]:

@@ -1,0 +1,118 @@
+"""The timing loop (warm-up, bounds, percentiles), the report schema and the files bench writes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipeline.bench import BenchOptions, bench, compare_reports, time_runtime
+from runtimes.base import Runtime
+from runtimes.errors import BadInput
+
+
+class FakeRuntime(Runtime):
+    """Each call advances a fake clock by a known duration; records which buffers it saw."""
+
+    backend = "fake"
+
+    def __init__(self, durations: list[float], clock: list[float]) -> None:
+        super().__init__(device="cpu", precision="fp32")
+        self.durations = durations
+        self.clock = clock
+        self.calls = 0
+        self.seen: list[int] = []
+
+    def _infer(self, batch: np.ndarray) -> np.ndarray:
+        self.clock[0] += self.durations[min(self.calls, len(self.durations) - 1)]
+        self.calls += 1
+        self.seen.append(int(batch[0, 0]))
+        return np.zeros((len(batch), 10), np.float32)
+
+
+def _run(durations: list[float], **kw: float) -> tuple[FakeRuntime, object]:
+    clock = [0.0]
+    rt = FakeRuntime(durations, clock)
+    bufs = [np.full((1, 1), i, np.float32) for i in range(4)]
+    args = dict(warmup=3, warmup_seconds=0.0, iters=10, min_seconds=0.0) | kw
+    return rt, time_runtime(rt, bufs, clock=lambda: clock[0], **args)
+
+
+def test_warmup_is_excluded() -> None:
+    rt, t = _run([1.0, 1.0, 1.0] + [0.001] * 100)  # three slow first calls
+    assert t.iters == 10 and rt.calls == 13
+    assert t.p99 == pytest.approx(1.0, rel=1e-6) and t.mean == pytest.approx(1.0, rel=1e-6)  # ms
+
+
+def test_percentiles_ordered_and_stats() -> None:
+    rng = np.random.default_rng(0)
+    _, t = _run(list(rng.uniform(0.001, 0.01, 500)), iters=400)
+    assert t.min <= t.p50 <= t.p90 <= t.p95 <= t.p99
+    assert t.std > 0 and t.iters == 400
+
+
+def test_min_seconds_extends_iterations() -> None:
+    _, t = _run([0.01] * 1000, iters=5, min_seconds=2.0)
+    assert t.iters >= 200 and t.seconds >= 2.0
+
+
+def test_warmup_by_time() -> None:
+    rt, t = _run([0.01] * 1000, warmup=1, warmup_seconds=0.5, iters=5)
+    assert rt.calls - t.iters >= 50
+
+
+def test_max_seconds_bounds_a_slow_runtime() -> None:
+    _, t = _run([5.0] * 100, warmup=0, iters=50, max_seconds=12.0)
+    assert 3 <= t.iters < 50
+
+
+def test_buffers_rotate() -> None:
+    rt, _ = _run([0.001] * 100, warmup=0, iters=8)
+    assert rt.seen[:8] == [0, 1, 2, 3, 0, 1, 2, 3]
+
+
+def test_bad_iters() -> None:
+    with pytest.raises(BadInput):
+        _run([0.001], iters=0)
+
+
+def test_bench_writes_reports(default_folder: Path) -> None:
+    opts = BenchOptions(folder=default_folder, batches=(1, 4), iters=5, warmup=1, warmup_seconds=0.0, min_seconds=0.0,
+                        accuracy_samples=200, threads=1)
+    report = bench(opts)
+    rows = [r for r in report.rows if r.latency_ms]
+    assert {(r.backend, r.precision) for r in rows} == {("torch", "fp32"), ("ort", "fp32"), ("ort", "fp16"), ("ort", "int8")}
+    for r in rows:
+        lat = r.latency_ms
+        assert 0 < lat["min"] <= lat["p50"] <= lat["p90"] <= lat["p95"] <= lat["p99"]
+        assert r.throughput_ips == pytest.approx(r.batch / (lat["mean"] / 1e3), rel=1e-2)
+        assert r.peak_mem_mb > 10 and r.size_mb > 0 and 50 < r.accuracy_top1 <= 100 and r.iters >= 5
+    d = json.loads((default_folder / "reports" / "bench.json").read_text())
+    keys = {"runtime", "mode", "precision", "device", "batch", "latency_ms", "throughput_ips", "peak_mem_mb",
+            "accuracy_top1", "size_mb"}
+    assert keys <= set(d["rows"][0]) and d["system"]["cores"] and d["system"]["versions"]["onnxruntime"]
+    for name in ("bench.md", "bench.csv", "bench.png"):
+        assert (default_folder / "reports" / name).stat().st_size > 100
+    png = (default_folder / "reports" / "bench.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    ratios = compare_reports(report, default_folder / "reports" / "bench.json")
+    assert len(ratios) == len(rows) and all(r["speedup"] == pytest.approx(1.0) for r in ratios)
+
+
+def test_synthetic_data_has_no_accuracy(small_folder: Path) -> None:
+    report = bench(BenchOptions(folder=small_folder, runtimes=("ort",), batches=(2,), iters=3, warmup=0,
+                                warmup_seconds=0.0, min_seconds=0.0, data="synthetic"))
+    assert report.rows[0].accuracy_top1 is None and "accuracy n/a" in report.notes[0]
+
+
+def test_cuda_unavailable_is_exit_3(default_folder: Path) -> None:
+    import torch
+
+    from runtimes.errors import BackendUnavailable
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    with pytest.raises(BackendUnavailable):
+        bench(BenchOptions(folder=default_folder, device="cuda"))

@@ -1,0 +1,100 @@
+"""The CLI end to end through typer's CliRunner: outputs, files and exit codes (0/1/2/3)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from pipeline.cli import app
+from tests.conftest import copy_folder, needs_rtx
+
+runner = CliRunner()
+
+
+def invoke(*args: str) -> object:
+    return runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
+
+
+def test_help_and_version() -> None:
+    r = invoke("--help")
+    assert r.exit_code == 0 and "export" in r.output and "verify" in r.output and "bench" in r.output
+    assert invoke("--version").exit_code == 0
+
+
+def test_export_verify_bench_default(tmp_path: Path) -> None:
+    out = tmp_path / "a"
+    r = invoke("export", "--out", out, "--precision", "fp32,fp16", "--exporter", "legacy")
+    assert r.exit_code == 0, r.output
+    assert "model.fp16.onnx" in r.output and (out / "manifest.json").is_file()
+    r = invoke("verify", out, "--samples", "64")
+    assert r.exit_code == 0, r.output
+    assert "pass" in r.output and (out / "reports" / "verify.json").is_file()
+    r = invoke("bench", out, "--batch", "1,2", "--iters", "3", "--warmup", "1", "--min-seconds", "0", "--threads", "1")
+    assert r.exit_code == 0, r.output
+    rows = json.loads((out / "reports" / "bench.json").read_text())["rows"]
+    assert {row["batch"] for row in rows} == {1, 2} and "ort-cpu-fp16" in r.output
+
+
+def test_verify_fails_with_exit_1(default_folder: Path, tmp_path: Path) -> None:
+    folder = copy_folder(default_folder, tmp_path / "f")
+    with open(folder / "model.int8.onnx", "ab") as f:
+        f.write(b"x")
+    r = invoke("verify", folder, "--samples", "16", "--precision", "int8")
+    assert r.exit_code == 1 and "changed after export" in r.output
+
+
+@pytest.mark.parametrize("args,msg", [
+    (["export", "--model", "resnet19"], "6n+2"),
+    (["export", "--model", "vgg"], "unknown model 'vgg'"),
+    (["export", "--precision", "fp8"], "unknown precision fp8"),
+    (["export", "--model", "resnet20", "--weights", "/nonexistent.pth"], "does not exist"),
+    (["verify", "/nonexistent/folder"], "does not exist"),
+    (["bench", "/nonexistent/folder"], "does not exist"),
+    (["export", "--batch-range", "1,2"], "MIN,OPT,MAX"),
+])
+def test_bad_input_is_exit_2_one_line(args: list[str], msg: str, tmp_path: Path) -> None:
+    r = invoke(*args, *(["--out", tmp_path / "o"] if args[0] == "export" else []))
+    assert r.exit_code == 2, r.output
+    assert msg in r.output and "Traceback" not in r.output
+    assert not (tmp_path / "o" / "manifest.json").exists()
+
+
+def test_incomplete_folder_is_reported(tmp_path: Path) -> None:
+    (tmp_path / "f").mkdir()
+    (tmp_path / "f" / "model.fp32.onnx").write_bytes(b"half")
+    r = invoke("verify", tmp_path / "f")
+    assert r.exit_code == 2 and "an export was interrupted" in r.output
+
+
+def test_cuda_missing_is_exit_3(default_folder: Path) -> None:
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    r = invoke("bench", default_folder, "--device", "cuda")
+    assert r.exit_code == 3 and "no CUDA device" in r.output
+
+
+def test_corrupt_checkpoint_exit_2(tmp_path: Path) -> None:
+    bad = tmp_path / "w.pth"
+    bad.write_bytes(b"\x80\x04garbage")
+    r = invoke("export", "--model", "resnet20", "--weights", bad, "--out", tmp_path / "o")
+    assert r.exit_code == 2 and "cannot be read" in r.output
+
+
+@needs_rtx
+def test_export_with_rtx_engines(default_folder: Path, tmp_path: Path) -> None:
+    folder = copy_folder(default_folder, tmp_path / "f")
+    r = invoke("export", "--out", folder, "--precision", "fp32,fp16,int8", "--calib-samples", "256", "--engine", "rtx",
+               "--rtx-compute-capability", "SM89")
+    assert r.exit_code == 0, r.output
+    assert "model.int8.rtx.engine" in r.output and "cached" in r.output
+    m = json.loads((folder / "manifest.json").read_text())
+    assert m["artifacts"]["fp16.rtx"]["compute_capabilities"] == ["SM89"]
+
+
+def test_info() -> None:
+    r = invoke("info")
+    assert r.exit_code == 0 and "onnxruntime" in r.output and "resnet50" in r.output

@@ -1,0 +1,114 @@
+"""Runtimes: the common interface, onnxruntime and torch on CPU, clear errors for missing backends."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.artifacts import read_manifest
+from pipeline.export import rebuild_reference
+from runtimes.base import open_runtime
+from runtimes.errors import BackendUnavailable, BadInput, IncompatibleArtifact
+from runtimes.trt_rt import check_engine_compatible
+from tests.conftest import needs_cuda
+
+
+def _x(n: int = 4) -> np.ndarray:
+    return np.random.default_rng(0).standard_normal((n, 1, 28, 28)).astype(np.float32)
+
+
+def test_ort_and_torch_agree(default_folder: Path) -> None:
+    model, _ = rebuild_reference(read_manifest(default_folder))
+    with open_runtime("ort", default_folder / "model.fp32.onnx", threads=1) as ort_rt, \
+            open_runtime("torch", model) as torch_rt:
+        a, b = ort_rt.infer(_x()), torch_rt.infer(torch.from_numpy(_x()))
+        assert ort_rt.name == "ort-cpu-fp32" and torch_rt.name == "torch-cpu-fp32"
+    assert a.shape == (4, 10) and np.abs(a - b).max() < 1e-4
+
+
+def test_closed_runtime_refuses(default_folder: Path) -> None:
+    rt = open_runtime("ort", default_folder / "model.fp16.onnx", precision="fp16")
+    rt.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        rt.infer(_x())
+
+
+def test_unknown_runtime_and_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(BadInput, match="unknown runtime"):
+        open_runtime("tvm", tmp_path)
+    with pytest.raises(BadInput, match="does not exist"):
+        open_runtime("ort", tmp_path / "x.onnx")
+
+
+def test_missing_provider_is_backend_unavailable(default_folder: Path) -> None:
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("onnxruntime-gpu is installed")
+    with pytest.raises(BackendUnavailable, match="onnxruntime-gpu"):
+        open_runtime("ort", default_folder / "model.fp32.onnx", device="cuda")
+
+
+def test_torch_cuda_unavailable() -> None:
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    with pytest.raises(BackendUnavailable, match="no CUDA device"):
+        open_runtime("torch", torch.nn.Linear(2, 2), device="cuda")
+
+
+ENTRY = {"file": "model.fp16.rtx.engine", "flavor": "rtx", "trt_version": "1.7.1.116", "precision": "fp16",
+         "compute_capabilities": ["SM80", "SM86", "SM89", "SM120"], "profile": [1, 8, 64]}
+
+
+def test_engine_compatibility_checked_before_bytes() -> None:
+    check_engine_compatible(ENTRY, "1.7.1.116", "8.6")
+    with pytest.raises(IncompatibleArtifact, match="built with rtx 1.7.1.116, this machine has 1.8.0"):
+        check_engine_compatible(ENTRY, "1.8.0", "8.6")
+    with pytest.raises(IncompatibleArtifact, match="this GPU is 9.0"):
+        check_engine_compatible(ENTRY, "1.7.1.116", "9.0")
+    ent = {"file": "m.engine", "flavor": "tensorrt", "trt_version": "10.9", "compute_capability": "8.9", "gpu": "L4"}
+    with pytest.raises(IncompatibleArtifact, match="built on a L4"):
+        check_engine_compatible(ent, "10.9", "9.0")
+
+
+def test_trt_runner_without_gpu_says_so(tmp_path: Path) -> None:
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    (tmp_path / "m.engine").write_bytes(b"\0" * 64)
+    with pytest.raises(BackendUnavailable, match="need a CUDA GPU"):
+        open_runtime("trt", tmp_path / "m.engine", device="cuda", entry=ENTRY)
+
+
+@needs_cuda
+@pytest.mark.gpu
+def test_trt_engine_runs_on_gpu(default_folder: Path, tmp_path: Path) -> None:
+    """Runs only where a GPU that TensorRT(-RTX) supports is present (RTX refuses sm_90)."""
+    from pipeline.export import ExportOptions, export
+    from pipeline.models import ModelSpec
+    from pipeline.precisions import Precision
+
+    r = export(ExportOptions(model=ModelSpec("default"), out=tmp_path / "e", precisions=(Precision.fp32, Precision.fp16),
+                             engine="auto"))
+    entry = next(v for v in r.manifest.artifacts.values() if v["kind"] == "engine")
+    with open_runtime("trt", tmp_path / "e" / entry["file"], device="cuda", entry=entry) as rt:
+        out = rt.infer(_x(8))
+        with pytest.raises(BadInput, match="outside the range"):
+            rt.infer(_x(entry["profile"][2] + 1))
+    assert out.shape == (8, 10) and np.isfinite(out).all()
+
+
+@needs_cuda
+@pytest.mark.gpu
+def test_ort_cuda_and_torch_cuda_fp16(default_folder: Path) -> None:
+    model, _ = rebuild_reference(read_manifest(default_folder))
+    with open_runtime("torch", model) as ref:
+        want = ref.infer(_x(16))
+    with open_runtime("torch", model, device="cuda", precision="fp16", channels_last=True, cuda_graph=True) as rt:
+        got = rt.infer(_x(16))
+    assert np.linalg.norm(got - want) / np.linalg.norm(want) < 1e-2
+    with open_runtime("ort", default_folder / "model.fp16.onnx", device="cuda", precision="fp16") as rt:
+        got = rt.infer(_x(16))
+    assert np.linalg.norm(got - want) / np.linalg.norm(want) < 1e-2

@@ -1,0 +1,71 @@
+"""Training: a short real run improves over chance; the shipped default model meets its bar."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from pipeline.data import iter_batches, open_dataset, write_idx
+from pipeline.models import DEFAULT_WEIGHTS, ModelSpec, load_model
+from pipeline.train import TrainConfig, evaluate, train
+from runtimes.errors import BadInput
+from tests.conftest import needs_fashion
+
+# Full Fashion-MNIST test accuracy of the shipped model is in its card; the 1,000-image sample
+# is a different, smaller slice, so its floor sits a few points under.
+SAMPLE_FLOOR = 89.0
+
+
+def _tiny_fashion(root: Path) -> None:
+    """A learnable fixture: each class is a bright bar at its own row band."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", 600), ("t10k", 200)):
+        labels = rng.integers(0, 10, n).astype(np.uint8)
+        images = rng.integers(0, 60, (n, 28, 28)).astype(np.uint8)
+        for i, y in enumerate(labels):
+            images[i, 2 + 2 * y : 4 + 2 * y, 4:24] = 255
+        write_idx(root / f"{prefix}-images-idx3-ubyte.gz", images)
+        write_idx(root / f"{prefix}-labels-idx1-ubyte.gz", labels)
+
+
+def test_short_training_beats_chance(tmp_path: Path) -> None:
+    _tiny_fashion(tmp_path)
+    out = tmp_path / "m.pt"
+    result = train(TrainConfig(model="resnet20", data="fashion-mnist", data_dir=tmp_path, epochs=2, batch_size=32,
+                               lr=0.05, flip=False, pad=0, out=out))  # crops would shift the bars across classes
+    assert result.best_top1 > 40.0  # chance is 10%
+    card = json.loads(out.with_suffix(".json").read_text())
+    assert card["best_top1"] == pytest.approx(result.best_top1, abs=0.01) and len(card["history"]) == 2
+    model, info = load_model(ModelSpec("resnet20", weights=out))  # export --weights reads it
+    assert info.in_chans == 1 and info.image_size == 28 and info.class_names[0] == "T-shirt/top"
+    ds = open_dataset("fashion-mnist", split="test", data_dir=tmp_path)
+    assert evaluate(model, ds, info.preprocess) == pytest.approx(result.best_top1, abs=0.01)
+
+
+def test_train_rejects_default_and_bad_schedule(tmp_path: Path) -> None:
+    with pytest.raises(BadInput, match="shipped model"):
+        train(TrainConfig(model="default", out=tmp_path / "x.pt"))
+    with pytest.raises(BadInput, match="schedule"):
+        train(TrainConfig(schedule="linear", out=tmp_path / "x.pt"))
+
+
+def test_shipped_model_accuracy_on_sample() -> None:
+    assert DEFAULT_WEIGHTS.is_file()
+    model, info = load_model(ModelSpec("default"))
+    acc = evaluate(model, open_dataset("sample"), info.preprocess)
+    assert acc >= SAMPLE_FLOOR
+    card = json.loads(DEFAULT_WEIGHTS.with_suffix(".json").read_text())
+    assert card["command"].startswith("resnetx train") and card["best_top1"] >= 92.0
+
+
+@needs_fashion
+@pytest.mark.slow
+def test_shipped_model_accuracy_full_test_set() -> None:
+    model, info = load_model(ModelSpec("default"))
+    ds = open_dataset("fashion-mnist", split="test")
+    assert evaluate(model, ds, info.preprocess) >= 92.0
+    assert sum(len(b.x) for b in iter_batches(ds, info.preprocess, 1000)) == 10000
