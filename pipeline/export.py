@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -202,6 +203,11 @@ def export(opts: ExportOptions, on_step: Callable[[StepEvent], None] | None = No
                        "use --int8-target tensorrt for engines, or --engine none")
     versions = tool_versions()
     with export_lock(out):
+        for stray in out.glob(".tmp-*"):  # left by a killed export; nothing ever reads them
+            if stray.is_file():
+                stray.unlink()
+            else:
+                shutil.rmtree(stray, ignore_errors=True)
         old: Manifest | None = None
         if (out / MANIFEST).is_file():
             try:
