@@ -21,7 +21,7 @@ import onnx
 import torch
 from torch import nn
 
-from runtimes.errors import BadInput, CheckFailed, ResnetxError
+from runtimes.errors import BadInput, CheckFailed, ResnetxError, first_line
 
 __all__ = [
     "INPUT_NAME",
@@ -83,7 +83,7 @@ def check_onnx(model: onnx.ModelProto, *, where: str = "model", channels: int | 
         onnx.checker.check_model(model, full_check=False)
         inferred = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
     except Exception as e:
-        first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+        first = first_line(e)
         raise BadInput(f"{where} fails the ONNX checker: {first}") from e
     inputs = {i.name: i for i in model.graph.input}
     outputs = {o.name: o for o in model.graph.output}
@@ -243,7 +243,7 @@ def export_onnx(
     except ResnetxError:
         raise
     except Exception as e:
-        first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+        first = first_line(e)
         hint = " (try --exporter legacy)" if exporter == "dynamo" else ""
         raise ResnetxError(f"ONNX export with the {exporter} exporter failed: {first}{hint}") from e
     seconds = time.perf_counter() - start

@@ -18,7 +18,7 @@ import onnx
 from onnx import numpy_helper
 
 from exporters.onnx import INPUT_NAME, OnnxArtifact, check_onnx, load_onnx, save_onnx
-from runtimes.errors import BackendUnavailable, BadInput
+from runtimes.errors import BackendUnavailable, BadInput, first_line
 
 __all__ = [
     "FP16_MAX",
@@ -267,7 +267,7 @@ def quantize_int8(
         except (ValueError, RuntimeError) as e:
             if reader.count == 0 and not cached:
                 raise BadInput("int8 calibration saw no images; check --calib-data and --calib-samples") from e
-            first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+            first = first_line(e)
             raise BadInput(f"int8 calibration failed: {first}") from e
         q = onnx.load(str(out))
     if not cached and reader.count == 0:

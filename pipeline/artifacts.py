@@ -8,7 +8,6 @@ import fcntl
 import json
 import os
 import platform
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +22,6 @@ __all__ = [
     "Manifest",
     "atomic_write_bytes",
     "atomic_write_text",
-    "atomic_path",
     "export_lock",
     "read_manifest",
     "write_manifest",
@@ -34,27 +32,6 @@ __all__ = [
 MANIFEST = "manifest.json"
 MANIFEST_VERSION = 1
 _TMP_PREFIX = ".tmp-"
-
-
-@contextlib.contextmanager
-def atomic_path(dst: Path) -> Iterator[Path]:
-    """Yield a temporary path beside `dst`; on success it is fsynced and renamed onto `dst`.
-
-    On any error the temporary file is removed, so `dst` is either the old file or the new one.
-    """
-    dst = Path(dst)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX + dst.name + ".", dir=dst.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
-    try:
-        yield tmp_path
-        with open(tmp_path, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp_path, dst)
-    except BaseException:
-        tmp_path.unlink(missing_ok=True)
-        raise
 
 
 def atomic_write_bytes(dst: Path, data: bytes) -> None:

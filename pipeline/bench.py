@@ -242,7 +242,8 @@ def _targets(opts: BenchOptions, manifest: Any, model: torch.nn.Module) -> list[
 def _open(t: _Target, opts: BenchOptions, folder: Path) -> Runtime:
     if t.backend == "torch":
         return open_runtime("torch", t.artifact, device=opts.device, precision=t.precision,
-                            channels_last=opts.channels_last, cuda_graph=opts.cuda_graph, compile=opts.compile)
+                            channels_last=opts.channels_last, cuda_graph=opts.cuda_graph, compile=opts.compile,
+                            compile_cache=folder / "inductor_cache" if opts.compile else None)
     path = check_sha(folder, t.artifact)
     if t.backend == "trt":
         return open_runtime("trt", path, device="cuda", entry=t.artifact, cuda_graph=opts.cuda_graph)
@@ -272,10 +273,21 @@ def bench(opts: BenchOptions, *, on_row: Callable[[BenchRow], None] | None = Non
         raise BadInput("--batch needs sizes >= 1, e.g. --batch 1,8,32")
     if opts.device == "cuda" and not torch.cuda.is_available():
         raise BackendUnavailable("--device cuda asked for, but torch sees no CUDA device")
+    threads_before = torch.get_num_threads()
     if opts.threads:
         torch.set_num_threads(opts.threads)
+    try:
+        return _bench(opts, folder, manifest, on_row)
+    finally:
+        torch.set_num_threads(threads_before)
+
+
+def _bench(opts: BenchOptions, folder: Path, manifest: Any, on_row: Callable[[BenchRow], None] | None) -> BenchReport:
     model, info = rebuild_reference(manifest)
     notes: list[str] = []
+    engines = [e["file"] for e in manifest.artifacts.values() if e["kind"] == "engine"]
+    if engines and opts.device != "cuda":
+        notes.append(f"{len(engines)} TensorRT engine(s) not timed: engines run on --device cuda only")
     acc_batches: list[tuple[np.ndarray, np.ndarray]] = []
     acc_name = None
     if opts.accuracy:

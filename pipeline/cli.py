@@ -318,6 +318,8 @@ def _do_verify(opts: Any) -> Any:
             console.print(localization_table(r.artifact, r.localization))
         elif r.localization:
             console.print(f"[yellow]localisation of {r.artifact} failed:[/] {r.localization['error']}")
+    for n in report.notes:
+        console.print(f"[yellow]note:[/] {n}")
     console.print(f"{'[green]PASS[/]' if report.passed else '[red]FAIL[/]'} in {report.seconds:.1f} s; "
                   f"report: {opts.folder / 'reports' / 'verify.json'}")
     return report

@@ -142,6 +142,10 @@ class _Folder:
         f = self.path / entry["file"]
         return entry if f.is_file() and file_sha256(f) == entry["sha256"] else None
 
+    @property
+    def written(self) -> bool:
+        return self._dirty
+
     def before_write(self) -> None:
         if not self._dirty:
             (self.path / MANIFEST).unlink(missing_ok=True)
@@ -315,7 +319,7 @@ def export(opts: ExportOptions, on_step: Callable[[StepEvent], None] | None = No
         if opts.model.arch == "default":
             model_section["spec"] = {"arch": "default", "weights": None}
         manifest = Manifest(model=model_section, artifacts=artifacts, calibration=calibration, versions=versions)
-        if old and not folder._dirty and old.to_dict() | {"created": ""} == manifest.to_dict() | {"created": ""}:
+        if old and not folder.written and old.to_dict() | {"created": ""} == manifest.to_dict() | {"created": ""}:
             manifest = old  # nothing changed: keep the folder byte-for-byte as it was
         else:
             write_manifest(out, manifest)

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from pipeline.data import Preprocess
-from runtimes.errors import BadInput
+from runtimes.errors import BadInput, first_line
 
 __all__ = [
     "ModelInfo",
@@ -531,9 +531,8 @@ def _pickle_reason(e: Exception) -> str:
     """torch's weights_only errors bury the cause after a long preamble; keep just the cause."""
     text = str(e)
     if "WeightsUnpickler error:" in text:
-        text = text.split("WeightsUnpickler error:", 1)[1]
-    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
-    return lines[0][:200] if lines else type(e).__name__
+        return first_line(Exception(text.split("WeightsUnpickler error:", 1)[1]), 200)
+    return first_line(e, 200)
 
 
 def load_weights_into(model: nn.Module, path: Path, *, trust: bool = False) -> dict[str, Any]:

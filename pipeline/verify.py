@@ -104,6 +104,7 @@ class VerifyReport:
     samples: int
     reference: str = "torch-cpu-fp32"
     seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
 
     @property
     def passed(self) -> bool:
@@ -118,7 +119,8 @@ class VerifyReport:
                 d["metrics"]["accuracy_drop"] = r.metrics.accuracy_drop
             rows.append(d)
         return {"folder": str(self.folder), "reference": self.reference, "data": self.data,
-                "samples": self.samples, "passed": self.passed, "seconds": round(self.seconds, 2), "rows": rows}
+                "samples": self.samples, "passed": self.passed, "seconds": round(self.seconds, 2), "notes": self.notes,
+                "rows": rows}
 
 
 # --------------------------------------------------------------------------- metrics
@@ -312,9 +314,17 @@ def verify(
             except ResnetxError as e:
                 row.localization = {"error": str(e)}
         rows.append(row)
-    report = VerifyReport(folder, rows, data_name, len(x), seconds=time.perf_counter() - start)
+    report = VerifyReport(folder, rows, data_name, len(x), seconds=time.perf_counter() - start,
+                          notes=_unverified_engines(opts, manifest))
     atomic_write_text(folder / "reports" / "verify.json", json.dumps(report.to_dict(), indent=2, default=_json) + "\n")
     return report
+
+
+def _unverified_engines(opts: VerifyOptions, manifest: Manifest) -> list[str]:
+    engines = [e["file"] for e in manifest.artifacts.values() if e["kind"] == "engine"]
+    if engines and opts.device != "cuda" and not (opts.runtimes and "trt" in opts.runtimes):
+        return [f"{len(engines)} TensorRT engine(s) not run: engines run on --device cuda only ({', '.join(engines)})"]
+    return []
 
 
 def _json(o: Any) -> Any:

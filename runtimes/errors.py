@@ -8,6 +8,7 @@ __all__ = [
     "BackendUnavailable",
     "IncompatibleArtifact",
     "CheckFailed",
+    "first_line",
 ]
 
 
@@ -39,3 +40,9 @@ class CheckFailed(ResnetxError):
     """A numerical check (parity, accuracy) fell under its bar."""
 
     exit_code = 1
+
+
+def first_line(e: BaseException, limit: int = 300) -> str:
+    """The first non-empty line of an exception's message (libraries' errors run to pages)."""
+    lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
+    return lines[0][:limit] if lines else type(e).__name__

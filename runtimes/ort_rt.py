@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from runtimes.base import Runtime
-from runtimes.errors import BackendUnavailable, BadInput
+from runtimes.errors import BackendUnavailable, BadInput, first_line
 
 __all__ = ["OrtRuntime", "open_ort", "PROVIDERS"]
 
@@ -77,7 +77,7 @@ class OrtRuntime(Runtime):
         try:
             self._sess = ort.InferenceSession(str(path), opts, providers=providers)
         except Exception as e:
-            first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+            first = first_line(e)
             raise BadInput(f"onnxruntime cannot load {path.name}: {first}") from e
         active = self._sess.get_providers()
         if active[0] != wanted:  # never fall back silently to a slower provider

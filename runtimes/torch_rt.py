@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import copy
 import logging
+import os
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -32,6 +34,7 @@ class TorchRuntime(Runtime):
         cuda_graph: bool = False,
         compile: bool = False,
         compile_mode: str = "max-autotune-no-cudagraphs",
+        compile_cache: Path | None = None,
     ) -> None:
         modes = [m for m, on in (("cl", channels_last), ("graph", cuda_graph), ("compile", compile)) if on]
         super().__init__(device=device, precision=precision, mode="+".join(modes))
@@ -49,6 +52,10 @@ class TorchRuntime(Runtime):
         self._fn: Any = self._model
         self.compile_seconds = 0.0
         if compile:
+            if compile_cache is not None:  # autotuning results persist: the next run skips most compile time
+                os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(compile_cache))
+                os.environ.setdefault("TORCHINDUCTOR_FX_GRAPH_CACHE", "1")
+                os.environ.setdefault("TORCHINDUCTOR_AUTOTUNE_LOCAL_CACHE", "1")
             self._fn = torch.compile(self._model, mode=compile_mode, dynamic=False)
         self._graphs: dict[tuple[int, ...], tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor]] = {}
         self._cuda_graph = cuda_graph
