@@ -205,7 +205,7 @@ ClassesOpt = Annotated[int | None, typer.Option(min=1, help="Number of classes (
 ChansOpt = Annotated[int | None, typer.Option(min=1, help="Input channels (default: from the checkpoint, else 3).", rich_help_panel=MODEL_PANEL)]
 SizeOpt = Annotated[int | None, typer.Option(min=1, help="Input height = width (default 224 ImageNet, 32 CIFAR).", rich_help_panel=MODEL_PANEL)]
 TrustOpt = Annotated[bool, typer.Option(help="Allow pickled Python objects in the checkpoint (runs code from the file!).", rich_help_panel=MODEL_PANEL)]
-OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Artifact folder.")]
+OutOpt = Annotated[Path | None, typer.Option("--out", "-o", help="Artifact folder (default artifacts/<model>).")]
 DirArg = Annotated[Path, typer.Argument(help="Artifact folder written by resnetx export.")]
 DataOpt = Annotated[str, typer.Option(help="Data: sample (bundled), fashion-mnist, cifar10, imagefolder:DIR, synthetic.", rich_help_panel=DATA_PANEL)]
 DataDirOpt = Annotated[Path | None, typer.Option(help="Dataset directory (default: the dataset's standard place).", rich_help_panel=DATA_PANEL)]
@@ -255,7 +255,7 @@ def export(
     in_chans: ChansOpt = None,
     image_size: SizeOpt = None,
     trust_checkpoint: TrustOpt = False,
-    out: OutOpt = Path("artifacts/default"),
+    out: OutOpt = None,
     precision: Annotated[str, typer.Option(help="Comma-separated: fp32,fp16,int8 (fp32 is always made: it is the source).")] = "fp32",
     exporter: Annotated[Exporter, typer.Option(help="dynamo (torch.export) or legacy (TorchScript).")] = Exporter.dynamo,
     opset: Annotated[int, typer.Option(help="ONNX opset.")] = 18,
@@ -283,7 +283,8 @@ def export(
     if br is not None and len(br) != 3:
         raise BadInput(f"--batch-range takes MIN,OPT,MAX; got {batch_range!r}")
     opts = ExportOptions(
-        model=_model_spec(model, weights, num_classes, in_chans, image_size, trust_checkpoint), out=out,
+        model=_model_spec(model, weights, num_classes, in_chans, image_size, trust_checkpoint),
+        out=out or Path("artifacts") / model,
         precisions=tuple(parse_precisions(precision)), exporter=exporter.value, opset=opset,
         dynamic_batch=dynamic_batch, calib_data=calib_data, calib_dir=calib_dir, calib_samples=calib_samples,
         calib_method=calib_method.value, int8_target=int8_target.value, keep_fp32=_csv(keep_fp32),
@@ -416,7 +417,7 @@ def run(
     num_classes: ClassesOpt = None,
     in_chans: ChansOpt = None,
     image_size: SizeOpt = None,
-    out: OutOpt = Path("artifacts/default"),
+    out: OutOpt = None,
     precision: Annotated[str, typer.Option(help="Precisions to export, verify and bench.")] = "fp32,fp16,int8",
     engine: Annotated[Engine, typer.Option(help="TensorRT engines to build (auto/tensorrt/rtx/none).")] = Engine.auto,
     device: Annotated[Device, typer.Option(help="Where verify and bench run.")] = Device.auto,
@@ -429,6 +430,7 @@ def run(
     from pipeline.verify import VerifyOptions
 
     precisions = tuple(parse_precisions(precision))
+    out = out or Path("artifacts") / model
     _do_export(ExportOptions(model=_model_spec(model, weights, num_classes, in_chans, image_size, False), out=out,
                              precisions=precisions, engine=engine.value))
     dev = _device(device)

@@ -142,3 +142,29 @@ def test_images_with_wrong_channel_count(default_folder: Path) -> None:
         Preprocess(image_size=28, resize=28, channels=1, mean=(0.0,), std=(1.0,))(np.zeros((1, 28, 28, 4), np.uint8))
     with pytest.raises(BadInput, match="--samples"):
         verify(VerifyOptions(folder=default_folder, samples=0))
+
+
+def test_image_size_the_model_cannot_take() -> None:
+    from pipeline.models import ModelSpec, load_model
+
+    with pytest.raises(BadInput, match="--image-size 16 is too small for resnet50"):
+        load_model(ModelSpec("resnet50", image_size=16))
+
+
+def test_batch_outside_profile_is_refused_before_running() -> None:
+    from runtimes.base import Runtime
+
+    class Probe(Runtime):
+        backend = "probe"
+        ran = False
+
+        def _infer(self, batch: np.ndarray) -> np.ndarray:
+            self.ran = True
+            return batch
+
+    rt = Probe(device="cuda", precision="fp16", batch_range=(1, 64))
+    with pytest.raises(BadInput, match="batch 65 is outside the range 1..64"):
+        rt.infer(np.zeros((65, 1, 2, 2), np.float32))
+    assert not rt.ran
+    rt.infer(np.zeros((64, 1, 2, 2), np.float32))
+    assert rt.ran
