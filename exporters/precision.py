@@ -57,7 +57,7 @@ INT8_RECIPES = {
         "inputs and residual adds (what TensorRT fuses)",
     ),
     "cpu": Int8Recipe(
-        "cpu", "uint8", ("Conv", "Gemm", "Add", "MaxPool", "GlobalAveragePool", "AveragePool", "Flatten"), True,
+        "cpu", "uint8", ("Conv", "Gemm", "Add", "Relu", "Clip", "MaxPool", "GlobalAveragePool", "AveragePool", "Flatten"), True,
         "uint8 activations, per-channel int8 weights, int32 biases (what onnxruntime's x86 kernels accelerate)",
     ),
 }

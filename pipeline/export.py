@@ -265,7 +265,10 @@ def export(opts: ExportOptions, on_step: Callable[[StepEvent], None] | None = No
             calib = {"dataset": opts.calib_data, "data_dir": str(opts.calib_dir) if opts.calib_dir else None,
                      "split": "train", "samples": opts.calib_samples, "method": opts.calib_method,
                      "recipe": opts.int8_target, "seed": opts.seed, "preprocess": info.preprocess.to_dict()}
-            calib_key = _key(source=fp32_sha, **calib, ort=versions.get("onnxruntime"))
+            from exporters.precision import INT8_RECIPES
+
+            calib_key = _key(source=fp32_sha, **calib, ort=versions.get("onnxruntime"),
+                             op_types=INT8_RECIPES[opts.int8_target].op_types)
             cache = out / f"calib.{opts.int8_target}.{opts.calib_method}.json"
             old_calib = (old.calibration or {}) if old else {}
             if cache.exists() and (opts.force or old_calib.get("key") != calib_key):

@@ -212,6 +212,44 @@ def _run(rt: Runtime, x: np.ndarray, batch: int, on_batch: Callable[[int], None]
     return np.concatenate(out).astype(np.float32)
 
 
+def _reference(model: torch.nn.Module, x: np.ndarray, batch: int = 16) -> np.ndarray:
+    """fp32 PyTorch on the CPU. channels_last and small batches: oneDNN runs a ResNet-50 1.8x
+    faster that way here (95 vs 170 ms/image at 224x224), and it is still fp32 PyTorch."""
+    ref = model.to(memory_format=torch.channels_last)
+    out = []
+    with torch.inference_mode():
+        for i in range(0, len(x), batch):
+            xb = torch.from_numpy(x[i : i + batch]).contiguous(memory_format=torch.channels_last)
+            out.append(ref(xb).float().numpy())
+    model.to(memory_format=torch.contiguous_format)
+    return np.concatenate(out)
+
+
+def _cached_reference(folder: Path, manifest: Manifest, model: torch.nn.Module, x: np.ndarray) -> np.ndarray:
+    """The reference logits, reused from reports/reference.npz when the weights, the inputs and
+    torch are the same (re-verifying after a re-export then skips the slowest part)."""
+    import hashlib
+    import io
+
+    key = hashlib.sha256(manifest.model["state_sha256"].encode() + torch.__version__.encode()
+                         + str(x.shape).encode() + x.tobytes()).hexdigest()
+    path = folder / "reports" / "reference.npz"
+    if path.is_file():
+        try:
+            with np.load(path) as z:
+                if str(z["key"]) == key:
+                    return z["logits"]
+        except (OSError, ValueError, KeyError):
+            pass  # unreadable cache: recompute
+    ref = _reference(model, x)
+    buf = io.BytesIO()
+    np.savez(buf, key=np.array(key), logits=ref)
+    from pipeline.artifacts import atomic_write_bytes
+
+    atomic_write_bytes(path, buf.getvalue())
+    return ref
+
+
 # --------------------------------------------------------------------------- candidates
 @dataclass
 class Candidate:
@@ -279,8 +317,9 @@ def verify(
     torch.manual_seed(opts.seed)
     model, info = rebuild_reference(manifest)
     x, labels, data_name, n_real = _inputs(opts, manifest, info.preprocess)
-    with torch.inference_mode():
-        ref = torch.cat([model(torch.from_numpy(x[i : i + opts.batch_size])) for i in range(0, len(x), opts.batch_size)]).numpy()
+    t_ref = time.perf_counter()
+    ref = _cached_reference(folder, manifest, model, x)
+    log.debug("reference: %d inputs in %.1f s", len(x), time.perf_counter() - t_ref)
     rows: list[VerifyRow] = []
     for c in _candidates(opts, manifest):
         t0 = time.perf_counter()
@@ -309,10 +348,12 @@ def verify(
         fails = judge(m, tol)
         row = VerifyRow(c.key, name, c.precision, c.device, not fails, m, tol, fails, seconds=time.perf_counter() - t0)
         if c.backend == "ort" and (opts.localize or fails):
+            t_loc = time.perf_counter()
             try:
-                row.localization = localize(folder, manifest, c.entry or {}, model, info, x[: min(16, len(x))], tol)
+                row.localization = localize(folder, manifest, c.entry or {}, model, info, x[: min(8, len(x))], tol)
             except ResnetxError as e:
                 row.localization = {"error": str(e)}
+            row.localization["seconds"] = round(time.perf_counter() - t_loc, 2)
         rows.append(row)
     report = VerifyReport(folder, rows, data_name, len(x), seconds=time.perf_counter() - start,
                           notes=_unverified_engines(opts, manifest))
@@ -357,7 +398,8 @@ def _layer_outputs(model_bytes: bytes, x: np.ndarray) -> dict[str, tuple[str, np
             m.graph.output.append(types[out])
             have.add(out)
     opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # keep every layer's value
+    # basic rewrites only (constant folding, no fusions), and every layer's value is a graph output
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     opts.log_severity_level = 3
     sess = ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"])
     names = [o.name for o in sess.get_outputs()]

@@ -113,3 +113,20 @@ def test_metrics_and_judge_units() -> None:
     assert len(judge(m, Tolerance(rel_l2=0.1, top1_agreement=0.6, accuracy_drop=1.0))) == 3
     nan = compare(ref, np.full_like(ref, np.nan))
     assert nan.nonfinite == 6 and judge(nan, Tolerance()) == ["6 NaN/Inf output value(s)"]
+
+
+def test_reference_logits_are_cached(default_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import pipeline.verify as v
+
+    folder = copy_folder(default_folder, tmp_path / "f")
+    first = verify(VerifyOptions(folder=folder, samples=40, precisions=("fp32",)))
+    assert (folder / "reports" / "reference.npz").is_file()
+
+    def boom(*a: object, **k: object) -> None:
+        raise AssertionError("reference recomputed although weights and inputs are unchanged")
+
+    monkeypatch.setattr(v, "_reference", boom)
+    again = verify(VerifyOptions(folder=folder, samples=40, precisions=("fp32",)))
+    assert again.rows[0].metrics.rel_l2 == first.rows[0].metrics.rel_l2
+    with pytest.raises(AssertionError, match="recomputed"):  # other inputs: a new reference
+        verify(VerifyOptions(folder=folder, samples=41, precisions=("fp32",)))
