@@ -410,6 +410,9 @@ def load_model(spec: ModelSpec) -> tuple[nn.Module, ModelInfo]:
     meta: dict[str, Any] = {}
     if spec.weights is not None:
         state, meta = load_state_dict(spec.weights, trust=spec.trust_checkpoint)
+        if meta.get("arch") and meta["arch"] != spec.arch:
+            raise BadInput(f"checkpoint {spec.weights} was saved for {meta['arch']}, not {spec.arch}; "
+                           f"use --model {meta['arch']}")
     fc, stem = state.get("fc.weight"), state.get("conv1.weight")
     num_classes = spec.num_classes or meta.get("num_classes") or (
         fc.shape[0] if fc is not None and fc.ndim == 2 else (1000 if family == "imagenet" else 10))
@@ -506,7 +509,7 @@ def load_state_dict(path: Path, *, trust: bool = False) -> tuple[dict[str, Tenso
                 f"checkpoint {path} contains Python objects that could run code; refused. "
                 "Save a plain state_dict, or pass --trust-checkpoint if you trust its source"
             ) from e
-        raise BadInput(f"checkpoint {path} cannot be read ({first}); is it a PyTorch .pt/.pth file?") from e
+        raise BadInput(f"checkpoint {path} cannot be read: truncated, corrupt or not a PyTorch .pt/.pth file ({first})") from e
     if isinstance(obj, nn.Module):  # only possible with trust=True
         return dict(obj.state_dict()), {}
     if not isinstance(obj, dict):

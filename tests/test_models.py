@@ -165,3 +165,10 @@ def test_default_model_is_trained_fashion_resnet20() -> None:
     assert info.trained and info.class_names and info.class_names[0] == "T-shirt/top"
     with pytest.raises(BadInput, match="--model default takes no"):
         load_model(ModelSpec("default", num_classes=3))
+
+
+def test_checkpoint_made_for_another_arch_says_which(tmp_path: Path) -> None:
+    from pipeline.models import DEFAULT_WEIGHTS
+
+    with pytest.raises(BadInput, match="was saved for resnet20, not resnet56; use --model resnet20"):
+        load_model(ModelSpec("resnet56", weights=DEFAULT_WEIGHTS))
