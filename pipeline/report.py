@@ -189,6 +189,8 @@ def _png(report: BenchReport) -> bytes | None:
         acc = [r for r in rs if r.accuracy_top1 is not None]
         if acc:
             axes[2].scatter([r.latency_ms["p50"] for r in acc], [r.accuracy_top1 for r in acc], label=name)
+    if not any(r.accuracy_top1 is not None for r in ok):
+        axes[2].text(0.5, 0.5, "accuracy n/a (no labelled data)", ha="center", va="center", transform=axes[2].transAxes)
     for ax, title, ylabel in ((axes[0], "p50 latency vs batch", "ms"), (axes[1], "throughput vs batch", "images/s"),
                               (axes[2], "accuracy vs p50 latency", "top-1 %")):
         ax.set_title(title)
