@@ -8,7 +8,7 @@ import logging
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -182,11 +182,14 @@ def _nodes_with_large_weights(model: onnx.ModelProto, limit: float) -> list[str]
 class _Reader:
     """onnxruntime CalibrationDataReader over preprocessed float32 batches."""
 
-    def __init__(self, batches: Iterable[np.ndarray]) -> None:
+    def __init__(self, batches: Iterable[np.ndarray], on_images: Callable[[int], None] | None = None) -> None:
         self._it: Iterator[np.ndarray] = iter(batches)
+        self._on_images = on_images
         self.count = 0
 
     def get_next(self) -> dict[str, np.ndarray] | None:
+        if self.count and self._on_images:  # the previous batch has been run through the model
+            self._on_images(self.count)
         batch = next(self._it, None)
         if batch is None:
             return None
@@ -208,6 +211,7 @@ def quantize_int8(
     exclude_nodes: Iterable[str] = (),
     quantize_ends: bool = False,
     percentile: float = 99.99,
+    on_images: Callable[[int], None] | None = None,
 ) -> OnnxArtifact:
     """Explicit-quantization int8 graph (QDQ) from calibration batches.
 
@@ -247,7 +251,7 @@ def quantize_int8(
     }
     if method == "percentile":
         extra["CalibPercentile"] = percentile
-    reader = _Reader(calib if calib is not None else [])
+    reader = _Reader(calib if calib is not None else [], on_images)
     start = time.perf_counter()
     dst = Path(dst)
     dst.parent.mkdir(parents=True, exist_ok=True)

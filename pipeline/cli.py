@@ -236,9 +236,9 @@ def _do_export(opts: Any) -> Any:
     console = _console()
     with console.status("exporting...") as status:
         def on_step(ev: Any) -> None:
-            status.update(f"{ev.step}: {ev.status} {ev.file or ''}")
+            console.print(f"  {ev.step}: {ev.status} {ev.file or ''} {ev.note}".rstrip())
 
-        result = run_export(opts, on_step=on_step)
+        result = run_export(opts, on_step=on_step, on_progress=status.update)
     _announce_model(result.info)
     console.print(export_table(result))
     for n in result.notices:

@@ -185,8 +185,19 @@ def _resolve_engine(engine: str, notices: list[str]) -> str | None:
     return found[0]  # FLAVORS order: enterprise tensorrt first, then rtx
 
 
-def export(opts: ExportOptions, on_step: Callable[[StepEvent], None] | None = None) -> ExportResult:
-    """Run every export step into opts.out; skip steps whose inputs and options are unchanged."""
+def export(
+    opts: ExportOptions,
+    on_step: Callable[[StepEvent], None] | None = None,
+    on_progress: Callable[[str], None] | None = None,
+) -> ExportResult:
+    """Run every export step into opts.out; skip steps whose inputs and options are unchanged.
+
+    on_step hears each finished step; on_progress hears what a long step is doing now.
+    """
+    def progress(msg: str) -> None:
+        if on_progress:
+            on_progress(msg)
+
     out = Path(opts.out)
     if out.exists() and not out.is_dir():
         raise BadInput(f"--out {out} is a file; give a folder")
@@ -233,6 +244,7 @@ def export(opts: ExportOptions, on_step: Callable[[StepEvent], None] | None = No
             emit(StepEvent("fp32", "cached", entry["file"], entry["size_bytes"]))
         else:
             folder.before_write()
+            progress(f"fp32: exporting with the {opts.exporter} exporter")
             meta = {"resnetx.arch": info.arch, "resnetx.num_classes": info.num_classes,
                     "resnetx.input_shape": json.dumps(list(info.input_shape)),
                     "resnetx.preprocess": json.dumps(info.preprocess.to_dict()),
@@ -284,7 +296,8 @@ def export(opts: ExportOptions, on_step: Callable[[StepEvent], None] | None = No
                 a = quantize_int8(fp32_path, out / PRECISIONS[Precision.int8].onnx_file,
                                   None if hit else _calib_batches(opts, info), recipe=opts.int8_target,
                                   method=opts.calib_method, cache=cache, exclude_nodes=opts.keep_fp32,
-                                  quantize_ends=opts.int8_quantize_ends)
+                                  quantize_ends=opts.int8_quantize_ends,
+                                  on_images=lambda n: progress(f"int8: calibrated {n}/{opts.calib_samples} images"))
                 artifacts["int8"] = _onnx_entry(a, key, fp32_sha)
                 note = "calibration cache reused" if hit else f"calibrated on {a.details['calibration_images']} images"
                 emit(StepEvent("int8", "built", a.path.name, a.size_bytes, a.seconds, note))
@@ -306,6 +319,7 @@ def export(opts: ExportOptions, on_step: Callable[[StepEvent], None] | None = No
                     emit(StepEvent(f"engine {p.value}", "cached", entry["file"], entry["size_bytes"]))
                     continue
                 folder.before_write()
+                progress(f"engine {p.value}: building with {flavor}")
                 e = build_engine(out / src["file"], out / engine_file(p.value, flavor), flavor=flavor,
                                  precision=p.value, input_chw=info.input_shape, profile=profile,
                                  workspace_mb=opts.workspace_mb, opt_level=opts.opt_level,

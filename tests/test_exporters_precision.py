@@ -112,3 +112,10 @@ def test_int8_needs_data(default_folder: Path, tmp_path: Path) -> None:
     with pytest.raises(BadInput, match="saw no images"):
         quantize_int8(default_folder / "model.fp32.onnx", tmp_path / "q.onnx", iter([]))
     assert not (tmp_path / "q.onnx").exists()
+
+
+def test_int8_reports_calibration_progress(default_folder: Path, tmp_path: Path) -> None:
+    seen: list[int] = []
+    quantize_int8(default_folder / "model.fp32.onnx", tmp_path / "q.onnx", _calib(default_folder, 128),
+                  on_images=seen.append)
+    assert seen == [64, 128]
