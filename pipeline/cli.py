@@ -236,7 +236,7 @@ def _do_export(opts: Any) -> Any:
     console = _console()
     with console.status("exporting...") as status:
         def on_step(ev: Any) -> None:
-            console.print(f"  {ev.step}: {ev.status} {ev.file or ''} {ev.note}".rstrip())
+            status.update(f"{ev.step}: {ev.status} {ev.file or ''}")
 
         result = run_export(opts, on_step=on_step, on_progress=status.update)
     _announce_model(result.info)
