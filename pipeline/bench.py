@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import platform
 import time
@@ -39,6 +40,7 @@ class BenchOptions:
     iters: int = 50
     min_seconds: float = 1.0
     max_seconds: float = 60.0
+    rounds: int = 3  # interleaved passes over all runtimes; iters/min_seconds are totals
     threads: int | None = None
     channels_last: bool = False
     cuda_graph: bool = False
@@ -63,12 +65,13 @@ class Timing:
     min: float
     iters: int
     seconds: float
+    raw: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0))  # every sample, ms
 
     @classmethod
     def from_samples(cls, ms: np.ndarray, seconds: float) -> Timing:
         p = np.percentile(ms, [50, 90, 95, 99])
         return cls(float(p[0]), float(p[1]), float(p[2]), float(p[3]), float(ms.mean()), float(ms.std()),
-                   float(ms.min()), int(len(ms)), float(seconds))
+                   float(ms.min()), int(len(ms)), float(seconds), ms)
 
 
 @dataclass
@@ -265,7 +268,8 @@ def _accuracy(rt: Runtime, batches: list[tuple[np.ndarray, np.ndarray]]) -> floa
     return 100.0 * correct / max(total, 1)
 
 
-def bench(opts: BenchOptions, *, on_row: Callable[[BenchRow], None] | None = None) -> BenchReport:
+def bench(opts: BenchOptions, *, on_row: Callable[[BenchRow], None] | None = None,
+          on_progress: Callable[[str], None] | None = None) -> BenchReport:
     """Run the matrix; write reports/bench.{json,md,csv,png}."""
     folder = Path(opts.folder)
     manifest = read_manifest(folder)
@@ -277,12 +281,63 @@ def bench(opts: BenchOptions, *, on_row: Callable[[BenchRow], None] | None = Non
     if opts.threads:
         torch.set_num_threads(opts.threads)
     try:
-        return _bench(opts, folder, manifest, on_row)
+        return _bench(opts, folder, manifest, on_row, on_progress)
     finally:
         torch.set_num_threads(threads_before)
 
 
-def _bench(opts: BenchOptions, folder: Path, manifest: Any, on_row: Callable[[BenchRow], None] | None) -> BenchReport:
+@dataclass
+class _Cell:
+    """One runtime x batch size; its samples gather over the interleaved rounds."""
+
+    target: _Target
+    rt: Runtime
+    batch: int
+    load_s: float
+    acc: float | None
+    samples: list[np.ndarray] = field(default_factory=list)
+    seconds: float = 0.0
+    mem_mb: float = 0.0
+    compile_s: float | None = None
+    error: str | None = None
+
+
+def _time_cells(cells: list[_Cell], opts: BenchOptions, shape: tuple[int, ...], device_resident: bool,
+                on_progress: Callable[[str], None] | None) -> None:
+    """Round-robin over every cell `opts.rounds` times, each round taking its share of `iters` and
+    `min_seconds`: a slow drift of the machine then hits every runtime alike, so the ratios between
+    rows are measured side by side."""
+    rounds = max(1, opts.rounds)
+    iters = max(1, math.ceil(opts.iters / rounds))
+    for r in range(rounds):
+        for c in cells:
+            if c.error:
+                continue
+            lo, hi = c.rt.batch_range or (1, c.batch)
+            if not lo <= c.batch <= hi:
+                c.error = f"batch {c.batch} outside the engine profile {c.rt.batch_range}"
+                continue
+            if on_progress:
+                on_progress(f"round {r + 1}/{rounds}: {c.rt.name} batch {c.batch}")
+            if opts.device == "cuda":
+                torch.cuda.reset_peak_memory_stats()
+            bufs = _buffers((c.batch, *shape), N_BUFFERS, opts.seed + c.batch, opts.device if device_resident else "cpu")
+            try:
+                tm = time_runtime(c.rt, bufs, warmup=opts.warmup, warmup_seconds=opts.warmup_seconds, iters=iters,
+                                  min_seconds=opts.min_seconds / rounds, max_seconds=opts.max_seconds / rounds,
+                                  device_resident=device_resident)
+            except ResnetxError as e:
+                c.error = str(e)
+                continue
+            c.samples.append(tm.raw)
+            c.seconds += tm.seconds
+            mem = (torch.cuda.max_memory_allocated() / 2**20) if opts.device == "cuda" else _rss_mb()
+            c.mem_mb = max(c.mem_mb, mem)
+            c.compile_s = getattr(c.rt, "compile_seconds", None) or None
+
+
+def _bench(opts: BenchOptions, folder: Path, manifest: Any, on_row: Callable[[BenchRow], None] | None,
+           on_progress: Callable[[str], None] | None = None) -> BenchReport:
     model, info = rebuild_reference(manifest)
     notes: list[str] = []
     engines = [e["file"] for e in manifest.artifacts.values() if e["kind"] == "engine"]
@@ -300,45 +355,39 @@ def _bench(opts: BenchOptions, folder: Path, manifest: Any, on_row: Callable[[Be
                            if b.y is not None]
     device_resident = opts.device == "cuda" and not opts.include_transfers
     rows: list[BenchRow] = []
-    for t in _targets(opts, manifest, model):
-        t0 = time.perf_counter()
-        try:
-            rt = _open(t, opts, folder)
-        except BackendUnavailable as e:
-            row = BenchRow(f"{t.backend}-{opts.device}-{t.precision}", t.backend, "", t.precision, opts.device, 0,
-                           None, None, None, None, t.size_mb, None, error=str(e))
-            rows.append(row)
-            if on_row:
-                on_row(row)
-            continue
-        load_s = time.perf_counter() - t0
-        with rt:
+    cells: list[_Cell] = []
+    opened: list[Runtime] = []
+    try:
+        for t in _targets(opts, manifest, model):
+            t0 = time.perf_counter()
+            try:
+                rt = _open(t, opts, folder)
+            except BackendUnavailable as e:
+                rows.append(BenchRow(f"{t.backend}-{opts.device}-{t.precision}", t.backend, "", t.precision,
+                                     opts.device, 0, None, None, None, None, t.size_mb, None, error=str(e)))
+                continue
+            opened.append(rt)
+            load_s = time.perf_counter() - t0
             acc = _accuracy(rt, acc_batches) if acc_batches else None
-            for b in opts.batches:
-                if rt.batch_range and not rt.batch_range[0] <= b <= rt.batch_range[1]:
-                    row = BenchRow(rt.name, t.backend, rt.mode, t.precision, rt.device, b, None, None, None, acc,
-                                   t.size_mb, load_s, error=f"batch {b} outside the engine profile {rt.batch_range}")
-                else:
-                    if opts.device == "cuda":
-                        torch.cuda.reset_peak_memory_stats()
-                    bufs = _buffers((b, *info.input_shape), N_BUFFERS, opts.seed + b, opts.device if device_resident else "cpu")
-                    try:
-                        tm = time_runtime(rt, bufs, warmup=opts.warmup, warmup_seconds=opts.warmup_seconds,
-                                          iters=opts.iters, min_seconds=opts.min_seconds, max_seconds=opts.max_seconds,
-                                          device_resident=device_resident)
-                    except ResnetxError as e:
-                        row = BenchRow(rt.name, t.backend, rt.mode, t.precision, rt.device, b, None, None, None, acc,
-                                       t.size_mb, load_s, error=str(e))
-                    else:
-                        mem = (torch.cuda.max_memory_allocated() / 2**20) if opts.device == "cuda" else _rss_mb()
-                        lat = {k: round(getattr(tm, k), 4) for k in ("p50", "p90", "p95", "p99", "mean", "std", "min")}
-                        row = BenchRow(rt.name, t.backend, rt.mode, t.precision, rt.device, b, lat,
-                                       round(b / (tm.mean / 1e3), 3), round(mem, 1), acc, round(t.size_mb, 2),
-                                       round(load_s, 3), compile_s=getattr(rt, "compile_seconds", None) or None,
-                                       transfers_included=not device_resident, iters=tm.iters)
-                rows.append(row)
-                if on_row:
-                    on_row(row)
+            cells += [_Cell(t, rt, b, load_s, acc) for b in opts.batches]
+        _time_cells(cells, opts, info.input_shape, device_resident, on_progress)
+    finally:
+        for rt in opened:
+            rt.close()
+    for c in cells:
+        if c.error or not c.samples:
+            rows.append(BenchRow(c.rt.name, c.target.backend, c.rt.mode, c.target.precision, c.rt.device, c.batch,
+                                 None, None, None, c.acc, c.target.size_mb, c.load_s, error=c.error))
+            continue
+        tm = Timing.from_samples(np.concatenate(c.samples), c.seconds)
+        lat = {k: round(getattr(tm, k), 4) for k in ("p50", "p90", "p95", "p99", "mean", "std", "min")}
+        rows.append(BenchRow(c.rt.name, c.target.backend, c.rt.mode, c.target.precision, c.rt.device, c.batch, lat,
+                             round(c.batch / (tm.mean / 1e3), 3), round(c.mem_mb, 1), c.acc, round(c.target.size_mb, 2),
+                             round(c.load_s, 3), compile_s=c.compile_s, transfers_included=not device_resident,
+                             iters=tm.iters))
+    for row in rows:
+        if on_row:
+            on_row(row)
     report = BenchReport(folder, rows, system_info(), _opts_dict(opts), acc_name, notes)
     from pipeline.report import write_bench_files
 

@@ -364,7 +364,7 @@ def _do_bench(opts: Any, compare: Path | None = None) -> Any:
             status.update(f"{row.runtime} batch {row.batch}: "
                           + (f"{row.latency_ms['p50']:.3f} ms" if row.latency_ms else (row.error or "")))
 
-        report = run_bench(opts, on_row=on_row)
+        report = run_bench(opts, on_row=on_row, on_progress=status.update)
     console.print(bench_table(report))
     for n in report.notes:
         console.print(f"[yellow]note:[/] {n}")
@@ -386,6 +386,7 @@ def bench(
     warmup_seconds: Annotated[float, typer.Option(min=0, help="Warm-up time (at least).")] = 0.5,
     iters: Annotated[int, typer.Option(min=1, help="Timed runs (at least).")] = 50,
     min_seconds: Annotated[float, typer.Option(min=0, help="Timed seconds (at least).")] = 1.0,
+    rounds: Annotated[int, typer.Option(min=1, help="Interleaved passes over all runtimes (iters and seconds are totals): ratios measured side by side.")] = 3,
     threads: Annotated[int | None, typer.Option(min=1, help="CPU threads for onnxruntime and torch.", rich_help_panel=RUN_PANEL)] = None,
     channels_last: Annotated[bool, typer.Option(help="torch: channels_last memory format.", rich_help_panel=RUN_PANEL)] = False,
     cuda_graph: Annotated[bool, typer.Option(help="torch/trt: capture CUDA graphs per batch size.", rich_help_panel=RUN_PANEL)] = False,
@@ -402,7 +403,7 @@ def bench(
 
     opts = BenchOptions(folder=folder, runtimes=_csv(runtime) or None, precisions=_csv(precision) or None,
                         device=_device(device), batches=_ints(batch, "--batch"), warmup=warmup,
-                        warmup_seconds=warmup_seconds, iters=iters, min_seconds=min_seconds, threads=threads,
+                        warmup_seconds=warmup_seconds, iters=iters, min_seconds=min_seconds, rounds=rounds, threads=threads,
                         channels_last=channels_last, cuda_graph=cuda_graph, compile=compile, prefer_nhwc=prefer_nhwc,
                         include_transfers=include_transfers, accuracy=accuracy, data=data, data_dir=data_dir)
     _do_bench(opts, compare)

@@ -28,7 +28,7 @@ class FakeRuntime(Runtime):
     def _infer(self, batch: np.ndarray) -> np.ndarray:
         self.clock[0] += self.durations[min(self.calls, len(self.durations) - 1)]
         self.calls += 1
-        self.seen.append(int(batch[0, 0]))
+        self.seen.append(int(batch.reshape(-1)[0]))
         return np.zeros((len(batch), 10), np.float32)
 
 
@@ -116,3 +116,25 @@ def test_cuda_unavailable_is_exit_3(default_folder: Path) -> None:
         pytest.skip("a GPU is present")
     with pytest.raises(BackendUnavailable):
         bench(BenchOptions(folder=default_folder, device="cuda"))
+
+
+def test_rounds_interleave_runtimes() -> None:
+    from pipeline.bench import _Cell, _Target, _time_cells
+
+    log: list[str] = []
+
+    class Named(FakeRuntime):
+        def __init__(self, name: str) -> None:
+            super().__init__([0.0], [0.0])
+            self.tag = name
+
+        def _infer(self, batch: np.ndarray) -> np.ndarray:
+            log.append(self.tag)
+            return super()._infer(batch)
+
+    cells = [_Cell(_Target("fake", "fp32", None, 0.0), Named(n), 1, 0.0, None) for n in ("a", "b")]
+    opts = BenchOptions(folder=Path("."), iters=6, warmup=0, warmup_seconds=0.0, min_seconds=0.0, rounds=3)
+    _time_cells(cells, opts, (1, 2, 2), False, None)
+    assert [len(c.samples) for c in cells] == [3, 3] and sum(len(s) for s in cells[0].samples) == 6
+    runs = "".join(log)
+    assert runs == "aabb" * 3  # a's share, b's share, three times over
