@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -331,8 +332,8 @@ def _time_cells(cells: list[_Cell], opts: BenchOptions, shape: tuple[int, ...], 
                 continue
             c.samples.append(tm.raw)
             c.seconds += tm.seconds
-            mem = (torch.cuda.max_memory_allocated() / 2**20) if opts.device == "cuda" else _rss_mb()
-            c.mem_mb = max(c.mem_mb, mem)
+            if opts.device == "cuda":
+                c.mem_mb = max(c.mem_mb, torch.cuda.max_memory_allocated() / 2**20)
             c.compile_s = getattr(c.rt, "compile_seconds", None) or None
 
 
@@ -360,6 +361,7 @@ def _bench(opts: BenchOptions, folder: Path, manifest: Any, on_row: Callable[[Be
     try:
         for t in _targets(opts, manifest, model):
             t0 = time.perf_counter()
+            rss0 = _rss_mb()
             try:
                 rt = _open(t, opts, folder)
             except BackendUnavailable as e:
@@ -369,7 +371,13 @@ def _bench(opts: BenchOptions, folder: Path, manifest: Any, on_row: Callable[[Be
             opened.append(rt)
             load_s = time.perf_counter() - t0
             acc = _accuracy(rt, acc_batches) if acc_batches else None
-            cells += [_Cell(t, rt, b, load_s, acc) for b in opts.batches]
+            with contextlib.suppress(ResnetxError):  # allocate arenas at the largest batch before measuring
+                lo, hi = rt.batch_range or (1, max(opts.batches))
+                rt.infer(np.ones((min(max(opts.batches), hi), *info.input_shape), np.float32))
+            # CPU memory: what opening and running this runtime added to the process (RSS growth);
+            # all runtimes stay open for the interleaved rounds, so absolute RSS would be shared.
+            added = max(0.0, _rss_mb() - rss0)
+            cells += [_Cell(t, rt, b, load_s, acc, mem_mb=added) for b in opts.batches]
         _time_cells(cells, opts, info.input_shape, device_resident, on_progress)
     finally:
         for rt in opened:
