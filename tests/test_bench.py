@@ -88,7 +88,8 @@ def test_bench_writes_reports(default_folder: Path) -> None:
         lat = r.latency_ms
         assert 0 < lat["min"] <= lat["p50"] <= lat["p90"] <= lat["p95"] <= lat["p99"]
         assert r.throughput_ips == pytest.approx(r.batch / (lat["mean"] / 1e3), rel=1e-2)
-        assert r.peak_mem_mb > 1 and r.size_mb > 0  # MB the runtime added to the process and 50 < r.accuracy_top1 <= 100 and r.iters >= 5
+        # memory: RSS the runtime added (allocator reuse can make it ~0 for a 1 MB model)
+        assert 0 <= r.peak_mem_mb < 4096 and r.size_mb > 0 and 50 < r.accuracy_top1 <= 100 and r.iters >= 5
     d = json.loads((default_folder / "reports" / "bench.json").read_text())
     keys = {"runtime", "mode", "precision", "device", "batch", "latency_ms", "throughput_ips", "peak_mem_mb",
             "accuracy_top1", "size_mb"}
