@@ -338,7 +338,8 @@ def open_dataset(
 def make_sample(dst: Path, *, data_dir: Path | None = None, per_class: int = 100, seed: int = 0) -> Path:
     """Build the bundled sample: `per_class` seeded test images of each Fashion-MNIST class."""
     ds = _fashion_mnist("test", data_dir, None)
-    assert ds.labels is not None and ds._images is not None
+    if ds.labels is None or ds._images is None:
+        raise BadInput("the Fashion-MNIST test split has no labels or images")
     rng = np.random.default_rng(seed)
     idx = np.sort(np.concatenate([
         rng.choice(np.flatnonzero(ds.labels == k), per_class, replace=False) for k in range(10)

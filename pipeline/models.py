@@ -35,7 +35,6 @@ __all__ = [
     "load_state_dict",
     "file_sha256",
     "save_checkpoint",
-    "load_weights_into",
 ]
 
 log = logging.getLogger(__name__)
@@ -536,13 +535,6 @@ def _pickle_reason(e: Exception) -> str:
     if "WeightsUnpickler error:" in text:
         return first_line(Exception(text.split("WeightsUnpickler error:", 1)[1]), 200)
     return first_line(e, 200)
-
-
-def load_weights_into(model: nn.Module, path: Path, *, trust: bool = False) -> dict[str, Any]:
-    """Load a checkpoint into `model` with strict key and shape checks; returns its metadata."""
-    state, meta = load_state_dict(path, trust=trust)
-    _load_checked(model, state, path)
-    return meta
 
 
 def _load_checked(model: nn.Module, state: dict[str, Tensor], path: Path) -> None:

@@ -16,7 +16,6 @@ __all__ = [
     "open_runtime",
     "BackendUnavailable",
     "IncompatibleArtifact",
-    "cuda_available",
 ]
 
 
@@ -95,10 +94,3 @@ def open_runtime(backend: str, artifact: Any, device: str = "cpu", **opts: Any) 
     opener: Callable[..., Runtime] = getattr(importlib.import_module(module), fn)
     return opener(artifact, device=device, **opts)
 
-
-def cuda_available() -> bool:
-    try:
-        import torch
-    except ImportError:
-        return False
-    return bool(torch.cuda.is_available())
