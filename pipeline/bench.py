@@ -257,15 +257,9 @@ def _open(t: _Target, opts: BenchOptions, folder: Path) -> Runtime:
 
 def _accuracy(rt: Runtime, batches: list[tuple[np.ndarray, np.ndarray]]) -> float:
     correct = total = 0
-    lo, hi = rt.batch_range or (1, 1 << 30)
     for x, y in batches:
-        for i in range(0, len(x), hi):
-            xs = x[i : i + hi]
-            n = len(xs)
-            if n < lo:
-                xs = np.concatenate([xs, np.repeat(xs[-1:], lo - n, 0)])
-            correct += int((rt.infer(xs)[:n].argmax(1) == y[i : i + n]).sum())
-            total += n
+        correct += int((rt.infer_all(x, len(x)).argmax(1) == y).sum())
+        total += len(y)
     return 100.0 * correct / max(total, 1)
 
 

@@ -198,20 +198,6 @@ def _inputs(opts: VerifyOptions, manifest: Manifest, pre: Any) -> tuple[np.ndarr
     return np.concatenate([real, extremes]).astype(np.float32), labels, ds.name, len(real)
 
 
-def _run(rt: Runtime, x: np.ndarray, batch: int, on_batch: Callable[[int], None] | None) -> np.ndarray:
-    out = []
-    lo, hi = rt.batch_range or (1, batch)
-    step = max(lo, min(batch, hi))
-    for i in range(0, len(x), step):
-        chunk = x[i : i + step]
-        if len(chunk) < lo:  # pad the tail up to the engine's minimum batch
-            chunk = np.concatenate([chunk, np.repeat(chunk[-1:], lo - len(chunk), 0)])
-        out.append(rt.infer(chunk)[: len(x[i : i + step])])
-        if on_batch:
-            on_batch(len(x[i : i + step]))
-    return np.concatenate(out).astype(np.float32)
-
-
 def _reference(model: torch.nn.Module, x: np.ndarray, batch: int = 16) -> np.ndarray:
     """fp32 PyTorch on the CPU. channels_last and small batches: oneDNN runs a ResNet-50 1.8x
     faster that way here (95 vs 170 ms/image at 224x224), and it is still fp32 PyTorch."""
@@ -334,7 +320,7 @@ def verify(
                     if on_progress:
                         on_progress(rt.name, done, len(x))
 
-                got = _run(rt, x, opts.batch_size, tick)
+                got = rt.infer_all(x, opts.batch_size, tick)
                 name = rt.name
         except BackendUnavailable as e:
             rows.append(VerifyRow(c.key, f"{c.backend}-{c.device}-{c.precision}", c.precision, c.device, False,

@@ -49,6 +49,22 @@ class Runtime:
                            f"rebuild with --batch-range or use a batch in {lo}..{hi}")
         return self._infer(batch)
 
+    def infer_all(self, x: np.ndarray, batch: int, on_batch: Callable[[int], None] | None = None) -> np.ndarray:
+        """Logits for any number of inputs: chunks of at most `batch` kept inside the artifact's
+        batch range, the last chunk padded up to its minimum (padding rows are dropped)."""
+        lo, hi = self.batch_range or (1, batch)
+        step = max(lo, min(batch, hi))
+        out = []
+        for i in range(0, len(x), step):
+            n = len(x[i : i + step])
+            chunk = x[i : i + step]
+            if n < lo:
+                chunk = np.concatenate([chunk, np.repeat(chunk[-1:], lo - n, 0)])
+            out.append(self.infer(chunk)[:n])
+            if on_batch:
+                on_batch(n)
+        return np.concatenate(out).astype(np.float32)
+
     def infer_async(self, batch: Any) -> Any:
         """Enqueue without copying the result to the host; for timing device-resident runs.
 

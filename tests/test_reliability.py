@@ -73,7 +73,10 @@ def test_two_concurrent_exports_into_one_folder(tmp_path: Path) -> None:
     assert statuses[0] == 0 and statuses[1] >= 3  # the second waited for the lock, then reused the work
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+@FUZZ
 @given(data=st.binary(max_size=4096))
 def test_random_bytes_checkpoint(tmp_path: Path, data: bytes) -> None:
     p = tmp_path / "x.pth"
@@ -82,7 +85,7 @@ def test_random_bytes_checkpoint(tmp_path: Path, data: bytes) -> None:
         load_state_dict(p)
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@FUZZ
 @given(data=st.binary(max_size=4096), gz=st.booleans())
 def test_random_bytes_idx(tmp_path: Path, data: bytes, gz: bool) -> None:
     import gzip
@@ -96,7 +99,7 @@ def test_random_bytes_idx(tmp_path: Path, data: bytes, gz: bool) -> None:
     assert a.dtype == np.uint8
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@FUZZ
 @given(data=st.binary(max_size=2048))
 def test_random_bytes_onnx(tmp_path: Path, data: bytes) -> None:
     from exporters.onnx import check_onnx, load_onnx

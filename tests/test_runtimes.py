@@ -112,3 +112,25 @@ def test_ort_cuda_and_torch_cuda_fp16(default_folder: Path) -> None:
     with open_runtime("ort", default_folder / "model.fp16.onnx", device="cuda", precision="fp16") as rt:
         got = rt.infer(_x(16))
     assert np.linalg.norm(got - want) / np.linalg.norm(want) < 1e-2
+
+
+def test_infer_all_respects_batch_range_and_pads_tail() -> None:
+    from runtimes.base import Runtime
+
+    class Probe(Runtime):
+        backend = "probe"
+
+        def __init__(self) -> None:
+            super().__init__(device="cpu", precision="fp32", batch_range=(4, 8))
+            self.sizes: list[int] = []
+
+        def _infer(self, batch: np.ndarray) -> np.ndarray:
+            self.sizes.append(len(batch))
+            return batch.reshape(len(batch), -1)[:, :2]
+
+    rt = Probe()
+    x = np.arange(10 * 4, dtype=np.float32).reshape(10, 1, 2, 2)
+    seen: list[int] = []
+    out = rt.infer_all(x, 64, seen.append)
+    assert rt.sizes == [8, 4] and seen == [8, 2]
+    np.testing.assert_array_equal(out, x.reshape(10, -1)[:, :2])
