@@ -272,6 +272,7 @@ def export(
     workspace_mb: Annotated[int | None, typer.Option(min=1, help="Builder workspace limit (MiB).", rich_help_panel="TensorRT")] = None,
     opt_level: Annotated[int, typer.Option(min=0, max=5, help="Builder optimization level.", rich_help_panel="TensorRT")] = 3,
     rtx_compute_capability: Annotated[str | None, typer.Option(help="TensorRT-RTX targets, e.g. SM86,SM89 (default SM80,SM86,SM89,SM120).", rich_help_panel="TensorRT")] = None,
+    reference_samples: Annotated[int, typer.Option(min=0, help="Store fp32 PyTorch logits on verify's default inputs (sample data) in reports/reference.sample.N.npz, so verify need not re-run PyTorch; 0: skip.")] = 512,
     force: Annotated[bool, typer.Option(help="Rebuild everything, ignoring the cache.")] = False,
 ) -> None:
     """Export a model to ONNX (fp32, fp16, int8) and TensorRT engines, with a manifest."""
@@ -291,6 +292,7 @@ def export(
         int8_quantize_ends=int8_quantize_ends,
         engine=engine.value, batch_range=br, workspace_mb=workspace_mb, opt_level=opt_level,  # type: ignore[arg-type]
         rtx_compute_capabilities=_csv(rtx_compute_capability) or None, force=force,
+        reference_samples=reference_samples,
     )
     _do_export(opts)
 
@@ -321,7 +323,8 @@ def _do_verify(opts: Any) -> Any:
             console.print(f"[yellow]localisation of {r.artifact} failed:[/] {r.localization['error']}")
     for n in report.notes:
         console.print(f"[yellow]note:[/] {n}")
-    console.print(f"{'[green]PASS[/]' if report.passed else '[red]FAIL[/]'} in {report.seconds:.1f} s; "
+    ref = "stored reference logits" if report.reference_stored else "reference computed now"
+    console.print(f"{'[green]PASS[/]' if report.passed else '[red]FAIL[/]'} in {report.seconds:.1f} s ({ref}); "
                   f"report: {opts.folder / 'reports' / 'verify.json'}")
     return report
 
@@ -340,7 +343,7 @@ def verify(
     min_agreement: Annotated[float | None, typer.Option(min=0, max=1, help="Override the top-1 agreement bar (fp32 1.0, fp16 0.99, int8 0.97).", rich_help_panel="Tolerances")] = None,
     max_acc_drop: Annotated[float | None, typer.Option(min=0, help="Override the accuracy-drop bar in points (int8 0.5).", rich_help_panel="Tolerances")] = None,
     localize: Annotated[bool, typer.Option(help="Always localise: error by depth and the first divergent layer (done anyway on failure).")] = False,
-    batch_size: Annotated[int, typer.Option(min=1, help="Batch size for the runs.")] = 64,
+    batch_size: Annotated[int | None, typer.Option(min=1, help="Batch size for the runs (default 16 at ImageNet sizes, 64 for small images).")] = None,
 ) -> None:
     """Check every artifact against the fp32 PyTorch reference; exit 1 if any fails its tolerance."""
     from pipeline.verify import VerifyOptions

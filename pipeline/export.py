@@ -20,6 +20,7 @@ from pipeline.artifacts import MANIFEST, Manifest, export_lock, read_manifest, t
 from pipeline.data import iter_batches, open_dataset
 from pipeline.models import ModelInfo, ModelSpec, load_model
 from pipeline.precisions import PRECISIONS, Precision
+from pipeline.reference import DEFAULT_SAMPLES, reference_file, stored_reference, verify_inputs
 from runtimes.errors import BadInput, ResnetxError
 
 __all__ = [
@@ -58,6 +59,7 @@ class ExportOptions:
     rtx_compute_capabilities: tuple[str, ...] | None = None
     seed: int = 0
     force: bool = False
+    reference_samples: int = DEFAULT_SAMPLES  # PyTorch logits stored for verify's default inputs; 0: none
 
 
 @dataclass(frozen=True)
@@ -340,4 +342,15 @@ def export(
             manifest = old  # nothing changed: keep the folder byte-for-byte as it was
         else:
             write_manifest(out, manifest)
+        if opts.reference_samples:  # after the manifest: a kill here leaves a complete folder, minus this
+            progress(f"reference: fp32 PyTorch logits on verify's {opts.reference_samples} default inputs")
+            start = time.perf_counter()
+            inputs = verify_inputs("sample", None, opts.reference_samples, info.preprocess, info.num_classes)
+            path = reference_file("sample", opts.reference_samples)
+            if opts.force:
+                (out / path).unlink(missing_ok=True)
+            _, hit = stored_reference(out / path, weights_sha, model, inputs.x)
+            emit(StepEvent("reference", "cached" if hit else "built", str(path), (out / path).stat().st_size,
+                           0.0 if hit else time.perf_counter() - start,
+                           f"fp32 PyTorch logits, {len(inputs.x)} inputs, for verify"))
     return ExportResult(out, manifest, events, info, notices)

@@ -14,8 +14,8 @@ import numpy as np
 import torch
 
 from pipeline.artifacts import Manifest, atomic_write_text, check_sha, read_manifest
-from pipeline.data import iter_batches, open_dataset
 from pipeline.export import rebuild_reference
+from pipeline.reference import DEFAULT_SAMPLES, reference_file, stored_reference, verify_inputs
 from pipeline.precisions import PRECISIONS, Precision, Tolerance
 from runtimes.base import Runtime, open_runtime
 from runtimes.errors import BackendUnavailable, BadInput, CheckFailed, ResnetxError
@@ -34,17 +34,16 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-N_EXTREME = 4  # zeros, unit noise, wide noise, a real image x5: the inputs real data never shows
 
 
 @dataclass(frozen=True)
 class VerifyOptions:
     folder: Path
     device: str = "cpu"
-    samples: int = 512
+    samples: int = DEFAULT_SAMPLES
     data: str = "sample"
     data_dir: Path | None = None
-    batch_size: int = 64
+    batch_size: int | None = None  # None: 16 at ImageNet sizes, 64 for small images
     precisions: tuple[str, ...] | None = None  # None: all in the manifest
     runtimes: tuple[str, ...] | None = None  # None: ort (+ trt on cuda when engines exist)
     rel_l2: float | None = None  # overrides of the per-precision defaults
@@ -103,6 +102,7 @@ class VerifyReport:
     data: str
     samples: int
     reference: str = "torch-cpu-fp32"
+    reference_stored: bool = False  # logits reused from reports/reference.*.npz (written by export or a past verify)
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
 
@@ -177,65 +177,6 @@ def judge(m: Metrics, tol: Tolerance) -> list[str]:
 
 
 # --------------------------------------------------------------------------- inputs
-def _inputs(opts: VerifyOptions, manifest: Manifest, pre: Any) -> tuple[np.ndarray, np.ndarray | None, str, int]:
-    n_real = max(opts.samples - N_EXTREME, 1)
-    ds = open_dataset(opts.data, split="test", data_dir=opts.data_dir, preprocess=pre)
-    xs, ys = [], []
-    for b in iter_batches(ds, pre, opts.batch_size, limit=n_real):
-        xs.append(b.x)
-        if b.y is not None:
-            ys.append(b.y)
-    real = np.concatenate(xs)
-    labels = np.concatenate(ys) if ys and len(ds.class_names or ()) == manifest.model["num_classes"] else None
-    rng = np.random.default_rng(opts.seed)
-    shape = real.shape[1:]
-    extremes = np.stack([
-        np.zeros(shape, np.float32),
-        rng.standard_normal(shape).astype(np.float32),
-        (3.0 * rng.standard_normal(shape)).astype(np.float32),
-        5.0 * real[0],
-    ])[: max(0, opts.samples - len(real))]
-    return np.concatenate([real, extremes]).astype(np.float32), labels, ds.name, len(real)
-
-
-def _reference(model: torch.nn.Module, x: np.ndarray, batch: int = 16) -> np.ndarray:
-    """fp32 PyTorch on the CPU. channels_last and small batches: oneDNN runs a ResNet-50 1.8x
-    faster that way here (95 vs 170 ms/image at 224x224), and it is still fp32 PyTorch."""
-    ref = model.to(memory_format=torch.channels_last)
-    out = []
-    with torch.inference_mode():
-        for i in range(0, len(x), batch):
-            xb = torch.from_numpy(x[i : i + batch]).contiguous(memory_format=torch.channels_last)
-            out.append(ref(xb).float().numpy())
-    model.to(memory_format=torch.contiguous_format)
-    return np.concatenate(out)
-
-
-def _cached_reference(folder: Path, manifest: Manifest, model: torch.nn.Module, x: np.ndarray) -> np.ndarray:
-    """The reference logits, reused from reports/reference.npz when the weights, the inputs and
-    torch are the same (re-verifying after a re-export then skips the slowest part)."""
-    import hashlib
-    import io
-
-    key = hashlib.sha256(manifest.model["state_sha256"].encode() + torch.__version__.encode()
-                         + str(x.shape).encode() + x.tobytes()).hexdigest()
-    path = folder / "reports" / "reference.npz"
-    if path.is_file():
-        try:
-            with np.load(path) as z:
-                if str(z["key"]) == key:
-                    return z["logits"]
-        except (OSError, ValueError, KeyError):
-            pass  # unreadable cache: recompute
-    ref = _reference(model, x)
-    buf = io.BytesIO()
-    np.savez(buf, key=np.array(key), logits=ref)
-    from pipeline.artifacts import atomic_write_bytes
-
-    atomic_write_bytes(path, buf.getvalue())
-    return ref
-
-
 # --------------------------------------------------------------------------- candidates
 @dataclass
 class Candidate:
@@ -302,10 +243,22 @@ def verify(
         raise BadInput("--samples must be >= 1")
     torch.manual_seed(opts.seed)
     model, info = rebuild_reference(manifest)
-    x, labels, data_name, n_real = _inputs(opts, manifest, info.preprocess)
+    batch = opts.batch_size or (16 if info.image_size >= 96 else 64)
+    inputs = verify_inputs(opts.data, opts.data_dir, opts.samples, info.preprocess, info.num_classes, seed=opts.seed)
+    x, labels = inputs.x, inputs.labels
     t_ref = time.perf_counter()
-    ref = _cached_reference(folder, manifest, model, x)
-    log.debug("reference: %d inputs in %.1f s", len(x), time.perf_counter() - t_ref)
+    done_ref = 0
+
+    def ref_tick(n: int) -> None:
+        nonlocal done_ref
+        done_ref += n
+        if on_progress:
+            on_progress("torch-cpu-fp32 reference", done_ref, len(x))
+
+    ref, stored = stored_reference(folder / reference_file(opts.data, opts.samples), manifest.model["state_sha256"],
+                                   model, x, on_batch=ref_tick)
+    log.debug("reference: %d inputs, %s in %.1f s", len(x), "stored" if stored else "computed",
+              time.perf_counter() - t_ref)
     rows: list[VerifyRow] = []
     for c in _candidates(opts, manifest):
         t0 = time.perf_counter()
@@ -320,7 +273,7 @@ def verify(
                     if on_progress:
                         on_progress(rt.name, done, len(x))
 
-                got = rt.infer_all(x, opts.batch_size, tick)
+                got = rt.infer_all(x, batch, tick)
                 name = rt.name
         except BackendUnavailable as e:
             rows.append(VerifyRow(c.key, f"{c.backend}-{c.device}-{c.precision}", c.precision, c.device, False,
@@ -330,7 +283,7 @@ def verify(
             rows.append(VerifyRow(c.key, f"{c.backend}-{c.device}-{c.precision}", c.precision, c.device, False,
                                   tolerance=tol, failures=[str(e)]))
             continue
-        m = compare(ref, got, labels, task_rows=n_real)
+        m = compare(ref, got, labels, task_rows=inputs.n_real)
         fails = judge(m, tol)
         row = VerifyRow(c.key, name, c.precision, c.device, not fails, m, tol, fails, seconds=time.perf_counter() - t0)
         if c.backend == "ort" and (opts.localize or fails):
@@ -341,8 +294,8 @@ def verify(
                 row.localization = {"error": str(e)}
             row.localization["seconds"] = round(time.perf_counter() - t_loc, 2)
         rows.append(row)
-    report = VerifyReport(folder, rows, data_name, len(x), seconds=time.perf_counter() - start,
-                          notes=_unverified_engines(opts, manifest))
+    report = VerifyReport(folder, rows, inputs.data, len(x), reference_stored=stored,
+                          seconds=time.perf_counter() - start, notes=_unverified_engines(opts, manifest))
     atomic_write_text(folder / "reports" / "verify.json", json.dumps(report.to_dict(), indent=2, default=_json) + "\n")
     return report
 
@@ -390,7 +343,7 @@ def _layer_outputs(model_bytes: bytes, x: np.ndarray) -> dict[str, tuple[str, np
     sess = ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"])
     names = [o.name for o in sess.get_outputs()]
     values = dict(zip(names, sess.run(names, {"input": x}), strict=True))
-    return {n: (op, values[out].astype(np.float32)) for n, (op, out) in wanted.items() if out in values}
+    return {n: (op, values[out].astype(np.float32, copy=False)) for n, (op, out) in wanted.items() if out in values}
 
 
 def localize(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -36,7 +37,7 @@ def test_second_export_is_cached_and_byte_identical(default_folder: Path, tmp_pa
     folder = copy_folder(default_folder, tmp_path / "f")
     before = {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
     r = export(ExportOptions(model=ModelSpec("default"), out=folder, precisions=ALL, calib_samples=256))
-    assert [e.status for e in r.events] == ["cached"] * 3
+    assert [e.status for e in r.events] == ["cached"] * 4  # fp32, fp16, int8, the stored reference
     after = {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
     assert before == after
 
@@ -44,10 +45,10 @@ def test_second_export_is_cached_and_byte_identical(default_folder: Path, tmp_pa
 def test_force_and_changed_options_rebuild(default_folder: Path, tmp_path: Path) -> None:
     folder = copy_folder(default_folder, tmp_path / "f")
     r = export(ExportOptions(model=ModelSpec("default"), out=folder, precisions=ALL, calib_samples=128))
-    assert [e.status for e in r.events] == ["cached", "cached", "built"]  # only int8 depends on the count
-    assert "calibrated on 128 images" in r.events[-1].note
+    assert [e.status for e in r.events] == ["cached", "cached", "built", "cached"]  # only int8 depends on the count
+    assert "calibrated on 128 images" in r.events[2].note
     r = export(ExportOptions(model=ModelSpec("default"), out=folder, precisions=(Precision.fp32,), force=True))
-    assert [e.status for e in r.events] == ["built"]
+    assert [(e.step, e.status) for e in r.events] == [("fp32", "built"), ("reference", "built")]
     assert set(read_manifest(folder).artifacts) == {"fp32"}
 
 
@@ -67,8 +68,10 @@ def test_changed_checkpoint_invalidates_cache(tmp_path: Path) -> None:
     torch.manual_seed(4)
     torch.save(build_model("resnet20", num_classes=10, in_chans=3).state_dict(), ckpt)
     again = export(opts)
-    assert again.events[0].status == "built"
+    assert [e.status for e in again.events] == ["built", "built"]  # new weights: new graph, new reference
     assert again.manifest.artifacts["fp32"]["sha256"] != first.manifest.artifacts["fp32"]["sha256"]
+    bare = export(replace(opts, out=tmp_path / "b", reference_samples=0))
+    assert [e.step for e in bare.events] == ["fp32"] and not (tmp_path / "b" / "reports").exists()
 
 
 @needs_rtx

@@ -116,17 +116,61 @@ def test_metrics_and_judge_units() -> None:
 
 
 def test_reference_logits_are_cached(default_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import pipeline.verify as v
+    import pipeline.reference as r
 
     folder = copy_folder(default_folder, tmp_path / "f")
     first = verify(VerifyOptions(folder=folder, samples=40, precisions=("fp32",)))
-    assert (folder / "reports" / "reference.npz").is_file()
+    assert (folder / "reports" / "reference.sample.40.npz").is_file() and not first.reference_stored
 
     def boom(*a: object, **k: object) -> None:
         raise AssertionError("reference recomputed although weights and inputs are unchanged")
 
-    monkeypatch.setattr(v, "_reference", boom)
+    monkeypatch.setattr(r, "reference_logits", boom)
     again = verify(VerifyOptions(folder=folder, samples=40, precisions=("fp32",)))
-    assert again.rows[0].metrics.rel_l2 == first.rows[0].metrics.rel_l2
+    assert again.reference_stored and again.rows[0].metrics.rel_l2 == first.rows[0].metrics.rel_l2
     with pytest.raises(AssertionError, match="recomputed"):  # other inputs: a new reference
         verify(VerifyOptions(folder=folder, samples=41, precisions=("fp32",)))
+
+
+def test_export_stores_the_reference_that_default_verify_uses(default_folder: Path, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    import pipeline.reference as r
+    from pipeline.export import rebuild_reference
+
+    folder = copy_folder(default_folder, tmp_path / "f")
+    stored = folder / r.reference_file("sample", r.DEFAULT_SAMPLES)
+    model, info = rebuild_reference(read_manifest(folder))
+    inputs = r.verify_inputs("sample", None, r.DEFAULT_SAMPLES, info.preprocess, info.num_classes)
+    with np.load(stored) as z:  # exactly what PyTorch gives on verify's default inputs
+        np.testing.assert_array_equal(z["logits"], r.reference_logits(model, inputs.x))
+
+    def boom(*a: object, **k: object) -> None:
+        raise AssertionError("reference recomputed although export stored it")
+
+    monkeypatch.setattr(r, "reference_logits", boom)
+    report = verify(VerifyOptions(folder=folder, precisions=("fp32",)))
+    assert report.reference_stored and report.passed and report.samples == r.DEFAULT_SAMPLES
+
+
+def test_a_corrupt_stored_reference_is_recomputed(default_folder: Path, tmp_path: Path) -> None:
+    import pipeline.reference as r
+
+    folder = copy_folder(default_folder, tmp_path / "f")
+    (folder / r.reference_file("sample", 64)).parent.mkdir(exist_ok=True)
+    (folder / r.reference_file("sample", 64)).write_bytes(b"PK\x03\x04 truncated")
+    report = verify(VerifyOptions(folder=folder, samples=64, precisions=("fp32",)))
+    assert not report.reference_stored and report.passed
+    again = verify(VerifyOptions(folder=folder, samples=64, precisions=("fp32",)))
+    assert again.reference_stored and again.rows[0].metrics.max_abs == report.rows[0].metrics.max_abs
+
+
+def test_verify_inputs_counts_and_extremes() -> None:
+    from pipeline.data import Preprocess
+    from pipeline.reference import verify_inputs
+
+    pre = Preprocess(28, 28, 1, (0.5,), (0.5,))
+    for samples, real, extreme in [(1, 1, 0), (3, 1, 2), (5, 1, 4), (100, 96, 4)]:
+        i = verify_inputs("sample", None, samples, pre, 10)
+        assert i.x.shape == (real + extreme, 1, 28, 28) and i.n_real == real and i.labels.shape == (real,)
+        assert np.isfinite(i.x).all() and i.x.dtype == np.float32
+    assert not i.x[96].any() and i.x[99] == pytest.approx(5 * i.x[0])  # zeros first, the 5x image last
