@@ -89,7 +89,8 @@ class BenchRow:
     accuracy_top1: float | None
     size_mb: float | None
     load_s: float | None
-    compile_s: float | None = None
+    compile_s: float | None = None  # torch.compile: first call at this batch size, not in the latency
+    build_s: float | None = None  # TensorRT engine: build time recorded at export
     transfers_included: bool = True
     iters: int = 0
     error: str | None = None
@@ -255,10 +256,11 @@ def _open(t: _Target, opts: BenchOptions, folder: Path) -> Runtime:
                         prefer_nhwc=opts.prefer_nhwc)
 
 
-def _accuracy(rt: Runtime, batches: list[tuple[np.ndarray, np.ndarray]]) -> float:
+def _accuracy(rt: Runtime, batches: list[tuple[np.ndarray, np.ndarray]], batch: int) -> float:
+    """Top-1 in chunks of a benchmarked batch size: a compiled or captured runtime sees no new shape."""
     correct = total = 0
     for x, y in batches:
-        correct += int((rt.infer_all(x, len(x)).argmax(1) == y).sum())
+        correct += int((rt.infer_all(x, batch).argmax(1) == y).sum())
         total += len(y)
     return 100.0 * correct / max(total, 1)
 
@@ -328,7 +330,7 @@ def _time_cells(cells: list[_Cell], opts: BenchOptions, shape: tuple[int, ...], 
             c.seconds += tm.seconds
             if opts.device == "cuda":
                 c.mem_mb = max(c.mem_mb, torch.cuda.max_memory_allocated() / 2**20)
-            c.compile_s = getattr(c.rt, "compile_seconds", None) or None
+            c.compile_s = getattr(c.rt, "compile_seconds", {}).get(c.batch)
 
 
 def _bench(opts: BenchOptions, folder: Path, manifest: Any, on_row: Callable[[BenchRow], None] | None,
@@ -364,7 +366,7 @@ def _bench(opts: BenchOptions, folder: Path, manifest: Any, on_row: Callable[[Be
                 continue
             opened.append(rt)
             load_s = time.perf_counter() - t0
-            acc = _accuracy(rt, acc_batches) if acc_batches else None
+            acc = _accuracy(rt, acc_batches, max(opts.batches)) if acc_batches else None
             with contextlib.suppress(ResnetxError):  # allocate arenas at the largest batch before measuring
                 lo, hi = rt.batch_range or (1, max(opts.batches))
                 rt.infer(np.ones((min(max(opts.batches), hi), *info.input_shape), np.float32))
@@ -385,8 +387,8 @@ def _bench(opts: BenchOptions, folder: Path, manifest: Any, on_row: Callable[[Be
         lat = {k: round(getattr(tm, k), 4) for k in ("p50", "p90", "p95", "p99", "mean", "std", "min")}
         rows.append(BenchRow(c.rt.name, c.target.backend, c.rt.mode, c.target.precision, c.rt.device, c.batch, lat,
                              round(c.batch / (tm.mean / 1e3), 3), round(c.mem_mb, 1), c.acc, round(c.target.size_mb, 2),
-                             round(c.load_s, 3), compile_s=c.compile_s, transfers_included=not device_resident,
-                             iters=tm.iters))
+                             round(c.load_s, 3), compile_s=c.compile_s, build_s=_build_s(c.target),
+                             transfers_included=not device_resident, iters=tm.iters))
     for row in rows:
         if on_row:
             on_row(row)
@@ -395,6 +397,10 @@ def _bench(opts: BenchOptions, folder: Path, manifest: Any, on_row: Callable[[Be
 
     write_bench_files(report, folder / "reports")
     return report
+
+
+def _build_s(t: _Target) -> float | None:
+    return t.artifact.get("build_seconds") if t.backend == "trt" else None
 
 
 def _opts_dict(opts: BenchOptions) -> dict[str, Any]:

@@ -111,17 +111,24 @@ def bench_table(report: BenchReport) -> Table:
     if report.accuracy_data:
         title += f"; accuracy on {report.accuracy_data}"
     t = Table(title=title, title_justify="left")
-    for c in ("batch", "runtime", "p50 ms", "p90 ms", "p99 ms", "mean ms", "img/s", "top-1 %", "mem MB", "size MB",
-              "load s"):
+    cols = ["batch", "runtime", "p50 ms", "p90 ms", "p99 ms", "mean ms", "img/s", "top-1 %", "mem MB", "size MB",
+            "load s"]
+    one_time = any(r.compile_s is not None or r.build_s is not None for r in report.rows)
+    if one_time:
+        cols.append("compile/build s")  # paid once, never inside the latency
+    for c in cols:
         t.add_column(c, justify="left" if c == "runtime" else "right")
     for r in sorted(report.rows, key=_sort_key):
         if r.latency_ms is None:
-            t.add_row(str(r.batch or ""), r.runtime, f"[yellow]{r.error}[/]", *[""] * 8)
+            t.add_row(str(r.batch or ""), r.runtime, f"[yellow]{r.error}[/]", *[""] * (len(cols) - 3))
             continue
         lat = r.latency_ms
-        t.add_row(str(r.batch), r.runtime, f"{lat['p50']:.3f}", f"{lat['p90']:.3f}", f"{lat['p99']:.3f}",
-                  f"{lat['mean']:.3f}", f"{r.throughput_ips:,.0f}", _f(r.accuracy_top1, ".2f"),
-                  _f(r.peak_mem_mb, ".0f"), _f(r.size_mb, ".2f"), _f(r.load_s, ".2f"))
+        cells = [str(r.batch), r.runtime, f"{lat['p50']:.3f}", f"{lat['p90']:.3f}", f"{lat['p99']:.3f}",
+                 f"{lat['mean']:.3f}", f"{r.throughput_ips:,.0f}", _f(r.accuracy_top1, ".2f"),
+                 _f(r.peak_mem_mb, ".0f"), _f(r.size_mb, ".2f"), _f(r.load_s, ".2f")]
+        if one_time:
+            cells.append(_f(r.compile_s if r.compile_s is not None else r.build_s, ".1f"))
+        t.add_row(*cells)
     return t
 
 
@@ -139,7 +146,7 @@ def compare_table(rows: list[dict[str, Any]], other: Path) -> Table:
 
 # --------------------------------------------------------------------------- files
 _CSV_COLS = ("runtime", "backend", "mode", "precision", "device", "batch", "p50", "p90", "p95", "p99", "mean", "std",
-             "throughput_ips", "peak_mem_mb", "accuracy_top1", "size_mb", "load_s", "compile_s",
+             "throughput_ips", "peak_mem_mb", "accuracy_top1", "size_mb", "load_s", "compile_s", "build_s",
              "transfers_included", "iters", "error")
 
 
@@ -157,16 +164,18 @@ def bench_markdown(report: BenchReport) -> str:
              f"- GPU: {json.dumps(sys.get('gpu')) if sys.get('gpu') else 'none'}",
              f"- versions: {', '.join(f'{k} {v}' for k, v in sys.get('versions', {}).items())}",
              f"- accuracy data: {report.accuracy_data or 'n/a'}", "",
-             "| batch | runtime | p50 ms | p90 ms | p99 ms | mean ms | img/s | top-1 % | mem MB | size MB |",
-             "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| batch | runtime | p50 ms | p90 ms | p99 ms | mean ms | img/s | top-1 % | mem MB | size MB "
+             "| compile/build s |",
+             "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in sorted(report.rows, key=_sort_key):
         if r.latency_ms is None:
-            lines.append(f"| {r.batch} | {r.runtime} | {r.error} | | | | | | | |")
+            lines.append(f"| {r.batch} | {r.runtime} | {r.error} | | | | | | | | |")
             continue
         lat = r.latency_ms
+        one_time = r.compile_s if r.compile_s is not None else r.build_s
         lines.append(f"| {r.batch} | {r.runtime} | {lat['p50']:.3f} | {lat['p90']:.3f} | {lat['p99']:.3f} | "
                      f"{lat['mean']:.3f} | {r.throughput_ips:.0f} | {_f(r.accuracy_top1, '.2f')} | "
-                     f"{_f(r.peak_mem_mb, '.0f')} | {_f(r.size_mb, '.2f')} |")
+                     f"{_f(r.peak_mem_mb, '.0f')} | {_f(r.size_mb, '.2f')} | {_f(one_time, '.1f')} |")
     lines += [""] + [f"- {n}" for n in report.notes]
     return "\n".join(lines) + "\n"
 

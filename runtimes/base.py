@@ -32,6 +32,7 @@ class Runtime:
         self.precision = precision
         self.mode = mode
         self.batch_range = batch_range  # (min, max) batch the artifact accepts, None = any
+        self.static_shapes = False  # each new batch size costs a compile or a capture: infer_all pads
         self._open = True
 
     @property
@@ -51,15 +52,17 @@ class Runtime:
 
     def infer_all(self, x: np.ndarray, batch: int, on_batch: Callable[[int], None] | None = None) -> np.ndarray:
         """Logits for any number of inputs: chunks of at most `batch` kept inside the artifact's
-        batch range, the last chunk padded up to its minimum (padding rows are dropped)."""
+        batch range, the last chunk padded up to its minimum, or to the full chunk for runtimes with
+        static shapes (padding rows are dropped)."""
         lo, hi = self.batch_range or (1, batch)
         step = max(lo, min(batch, hi))
+        least = step if self.static_shapes else lo
         out = []
         for i in range(0, len(x), step):
             n = len(x[i : i + step])
             chunk = x[i : i + step]
-            if n < lo:
-                chunk = np.concatenate([chunk, np.repeat(chunk[-1:], lo - n, 0)])
+            if n < least:
+                chunk = np.concatenate([chunk, np.repeat(chunk[-1:], least - n, 0)])
             out.append(self.infer(chunk)[:n])
             if on_batch:
                 on_batch(n)

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +15,7 @@ import pytest
 from pipeline.bench import BenchOptions, bench, compare_reports, time_runtime
 from runtimes.base import Runtime
 from runtimes.errors import BadInput
+from tests.conftest import copy_folder
 
 
 class FakeRuntime(Runtime):
@@ -139,3 +144,27 @@ def test_rounds_interleave_runtimes() -> None:
     assert [len(c.samples) for c in cells] == [3, 3] and sum(len(s) for s in cells[0].samples) == 6
     runs = "".join(log)
     assert runs == "aabb" * 3  # a's share, b's share, three times over
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("g++") is None, reason="torch.compile on the CPU needs a C++ compiler")
+def test_compile_time_is_apart_and_cached_in_the_folder(default_folder: Path, tmp_path: Path) -> None:
+    """Two fresh processes: the second finds inductor's compiled graphs in DIR/inductor_cache."""
+    folder = copy_folder(default_folder, tmp_path / "f")
+    root = Path(__file__).resolve().parents[1]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TORCHINDUCTOR")} | {"PYTHONPATH": str(root)}
+    cmd = [sys.executable, "-m", "pipeline.cli", "bench", str(folder), "--runtime", "torch", "--batch", "4",
+           "--compile", "--iters", "5", "--min-seconds", "0", "--warmup", "1", "--warmup-seconds", "0",
+           "--rounds", "1", "--no-accuracy"]
+    rows = []
+    for _ in range(2):
+        r = subprocess.run(cmd, env=env, cwd=root, capture_output=True, text=True, timeout=600)
+        assert r.returncode == 0, r.stderr[-2000:]
+        assert "compile/build s" in r.stdout
+        rows.append(json.loads((folder / "reports" / "bench.json").read_text())["rows"][0])
+    first, second = rows
+    assert first["mode"] == "compile" and first["compile_s"] > 0 and second["compile_s"] > 0
+    for row in rows:  # the compile is not inside the latency
+        assert row["latency_ms"]["p99"] < 1000 * row["compile_s"]
+    assert any((folder / "inductor_cache").rglob("*")), "nothing cached in the artifact folder"
+    assert second["compile_s"] < first["compile_s"] / 2, (first["compile_s"], second["compile_s"])

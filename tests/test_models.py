@@ -36,6 +36,26 @@ def test_imagenet_arch_matches_torchvision_layout(arch: str) -> None:
         assert key in sd, key
 
 
+def _torchvision():  # noqa: ANN202
+    try:
+        import torchvision.models
+    except Exception as e:  # not installed, or built for another torch (as beside torch 2.13 here)
+        pytest.skip(f"torchvision unavailable: {type(e).__name__}: {str(e)[:80]}")
+    return torchvision.models
+
+
+@pytest.mark.parametrize("arch", list(IMAGENET_ARCHS))
+def test_same_outputs_as_torchvision(arch: str) -> None:
+    """A torchvision model's own state_dict loads strictly and gives the same logits (runs where
+    torchvision imports, e.g. the GPU machine; skipped here)."""
+    tv = getattr(_torchvision(), arch)(weights=None, num_classes=10).eval()
+    ours = build_model(arch, num_classes=10, in_chans=3).eval()
+    ours.load_state_dict(tv.state_dict(), strict=True)
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), tv(x), rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("arch", list(IMAGENET_ARCHS))
 def test_imagenet_arch_runs_small(arch: str) -> None:
     m, info = load_model(ModelSpec(arch, num_classes=7, image_size=64))

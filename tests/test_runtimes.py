@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -134,3 +135,23 @@ def test_infer_all_respects_batch_range_and_pads_tail() -> None:
     out = rt.infer_all(x, 64, seen.append)
     assert rt.sizes == [8, 4] and seen == [8, 2]
     np.testing.assert_array_equal(out, x.reshape(10, -1)[:, :2])
+    rt.static_shapes, rt.sizes = True, []  # compiled / captured: the tail is padded to the full chunk
+    np.testing.assert_array_equal(rt.infer_all(x, 64), out)
+    assert rt.sizes == [8, 8]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("g++") is None, reason="torch.compile on the CPU needs a C++ compiler")
+def test_compiled_torch_times_each_batch_size_once() -> None:
+    from pipeline.models import build_model
+
+    model = build_model("resnet8", num_classes=10, in_chans=1).eval()
+    with open_runtime("torch", model, compile=True, compile_mode="default") as rt:
+        assert rt.static_shapes and rt.mode == "compile"
+        with open_runtime("torch", model) as eager:
+            want = eager.infer_all(_x(5), 4)
+        got = rt.infer_all(_x(5), 4)  # chunks of 4: one compiled shape, the tail padded
+        assert list(rt.compile_seconds) == [4] and rt.compile_seconds[4] > 0
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+        rt.infer(_x(4))
+        assert list(rt.compile_seconds) == [4]  # no recompile for a shape seen before
