@@ -218,6 +218,13 @@ def _png(report: BenchReport) -> bytes | None:
 
 def write_bench_files(report: BenchReport, folder: Path) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        plot = False
+        report.notes.append("bench.png not written: matplotlib is not installed (pip install matplotlib)")
+    else:
+        plot = True
     paths = [folder / "bench.json", folder / "bench.md", folder / "bench.csv"]
     atomic_write_text(paths[0], json.dumps(report.to_dict(), indent=2, default=str) + "\n")
     atomic_write_text(paths[1], bench_markdown(report))
@@ -227,7 +234,7 @@ def write_bench_files(report: BenchReport, folder: Path) -> list[Path]:
     for r in report.rows:
         w.writerow(_flat(r))
     atomic_write_text(paths[2], buf.getvalue())
-    png = _png(report)
+    png = _png(report) if plot else None
     if png:
         atomic_write_bytes(folder / "bench.png", png)
         paths.append(folder / "bench.png")

@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# The GPU checks of issues #5 (verify) and #7 (bench) in a few commands on a CUDA machine.
+#
+#   tests/gpu_session.sh check     what is installed (torch/CUDA, onnxruntime providers, ...)
+#   tests/gpu_session.sh tests     pytest -m gpu, and the torchvision parity test
+#   tests/gpu_session.sh verify    ResNet-50 fp32+fp16 export; verify ort and torch on cuda vs the CPU reference
+#   tests/gpu_session.sh bench     ResNet-50 fp16, batch 1 and 256: torch eager, channels_last + CUDA graph, ort CUDA
+#   tests/gpu_session.sh compile   the same with torch.compile (minutes of compile, cached in the folder)
+#
+# Each stage fits in one 10-minute device call; `verify` must run before `bench` and `compile` in the
+# same machine session (they reuse /tmp/r50). Results go to $OUT (default /tmp/gpu_out): the terminal
+# tables, verify.json, bench-*.json/md. For onnxruntime's CUDA provider, stage the onnxruntime-gpu
+# wheel first (../shared/gpu/stage.sh) and export PYTHONPATH=/tmp/site:$PWD.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-/tmp/gpu_out}
+R50=${R50:-/tmp/r50}
+mkdir -p "$OUT"
+export PYTHONPATH=${PYTHONPATH:-}:$PWD
+PY=${PY:-python3}
+cli() { "$PY" -m pipeline.cli "$@"; }
+
+stage_check() {
+  nvidia-smi | tee "$OUT/nvidia-smi.txt"
+  "$PY" - <<'EOF' | tee "$OUT/env.txt"
+import importlib, sys
+print("python", sys.version.split()[0])
+for name in ("torch", "torchvision", "onnx", "onnxruntime", "onnxscript", "onnxconverter_common", "typer", "rich",
+             "matplotlib", "pytest", "tensorrt", "tensorrt_rtx"):
+    try:
+        m = importlib.import_module(name)
+        print(f"{name:22s} {getattr(m, '__version__', '?')}")
+    except Exception as e:
+        print(f"{name:22s} MISSING ({type(e).__name__})")
+import torch
+print("cuda", torch.version.cuda, "available", torch.cuda.is_available(),
+      torch.cuda.get_device_name(0) if torch.cuda.is_available() else "")
+try:
+    import onnxruntime as ort
+    print("ort providers", ort.get_available_providers())
+except Exception:
+    pass
+EOF
+}
+
+stage_tests() {
+  "$PY" -m pytest -m gpu -q -p no:cacheprovider -o addopts="" 2>&1 | tee "$OUT/pytest-gpu.txt"
+  "$PY" -m pytest -q -p no:cacheprovider -o addopts="" tests/test_models.py -k torchvision 2>&1 | tee "$OUT/pytest-torchvision.txt"
+}
+
+exporter() { "$PY" -c "import onnxscript" 2>/dev/null && echo dynamo || echo legacy; }
+
+stage_verify() {
+  cli export --model resnet50 --precision fp32,fp16 --exporter "$(exporter)" --out "$R50" 2>&1 | tee "$OUT/export.txt"
+  cli verify "$R50" --device cuda --runtime ort,torch 2>&1 | tee "$OUT/verify-cuda.txt"
+  cp "$R50/reports/verify.json" "$OUT/verify-cuda.json"
+}
+
+bench_as() {  # bench_as NAME ARGS...: one bench run, its reports kept under NAME
+  local name=$1; shift
+  cli bench "$R50" --device cuda --precision fp16 --batch 1,256 --iters 200 --min-seconds 3 --no-accuracy "$@" \
+    2>&1 | tee "$OUT/bench-$name.txt"
+  cp "$R50/reports/bench.json" "$OUT/bench-$name.json"
+  cp "$R50/reports/bench.md" "$OUT/bench-$name.md"
+}
+
+stage_bench() {
+  bench_as eager --runtime torch,ort
+  bench_as graph --runtime torch --channels-last --cuda-graph
+  bench_as ort-nhwc --runtime ort --prefer-nhwc
+  bench_as transfers --runtime torch --channels-last --cuda-graph --include-transfers
+}
+
+stage_compile() {
+  bench_as compile --runtime torch --channels-last --compile --iters 100
+  bench_as compile-cached --runtime torch --channels-last --compile --iters 100  # second run: cache hit
+}
+
+[ $# -gt 0 ] || set -- check
+for s in "$@"; do
+  case $s in
+    check|tests|verify|bench|compile) "stage_$s" ;;
+    *) echo "unknown stage $s (check, tests, verify, bench, compile)"; exit 2 ;;
+  esac
+done
