@@ -168,3 +168,17 @@ def test_compile_time_is_apart_and_cached_in_the_folder(default_folder: Path, tm
         assert row["latency_ms"]["p99"] < 1000 * row["compile_s"]
     assert any((folder / "inductor_cache").rglob("*")), "nothing cached in the artifact folder"
     assert second["compile_s"] < first["compile_s"] / 2, (first["compile_s"], second["compile_s"])
+
+
+def test_reports_without_matplotlib_say_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pipeline.bench import BenchReport, BenchRow
+    from pipeline.report import write_bench_files
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
+    lat = {k: 1.0 for k in ("p50", "p90", "p95", "p99", "mean", "std", "min")}
+    row = BenchRow("ort-cpu-fp32", "ort", "", "fp32", "cpu", 1, lat, 1000.0, 10.0, None, 1.0, 0.1)
+    report = BenchReport(tmp_path, [row], {"cpu": "x", "cores": 2}, {})
+    paths = write_bench_files(report, tmp_path / "reports")
+    assert [p.name for p in paths] == ["bench.json", "bench.md", "bench.csv"]
+    assert not (tmp_path / "reports" / "bench.png").exists()
+    assert "matplotlib is not installed" in json.loads(paths[0].read_text())["notes"][0]
