@@ -68,7 +68,9 @@ class OrtRuntime(Runtime):
             opts.inter_op_num_threads = 1
         providers: list[Any] = [wanted]
         if key == "cuda":
-            providers = [(wanted, {"prefer_nhwc": "1" if prefer_nhwc else "0", "cudnn_conv_algo_search": "EXHAUSTIVE"}), "CPUExecutionProvider"]
+            cuda_opts = {"prefer_nhwc": "1" if prefer_nhwc else "0", "cudnn_conv_algo_search": "EXHAUSTIVE",
+                         "use_tf32": "0"}  # fp32 means fp32: TF32 would round every conv input to 10 bits
+            providers = [(wanted, cuda_opts), "CPUExecutionProvider"]
         elif key == "trt-ep":
             cache = str(path.parent / "ort_trt_cache")
             os.makedirs(cache, exist_ok=True)

@@ -46,6 +46,10 @@ class TorchRuntime(Runtime):
             raise BadInput("--cuda-graph needs --device cuda")
         if precision == "fp16" and device == "cpu":
             log.warning("fp16 on the CPU is emulated by PyTorch and slow; it is for parity checks, not speed")
+        self._tf32_before: tuple[bool, bool] | None = None
+        if device == "cuda":  # fp32 means fp32: no TF32 rounding in cuDNN convs or cuBLAS matmuls
+            self._tf32_before = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+            torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
         self._dtype = torch.float16 if precision == "fp16" else torch.float32
         self._fmt = torch.channels_last if channels_last else torch.contiguous_format
         self._model = copy.deepcopy(model).eval().to(device=device, dtype=self._dtype, memory_format=self._fmt)
@@ -117,6 +121,8 @@ class TorchRuntime(Runtime):
     def _close(self) -> None:
         self._graphs.clear()
         self._fn = self._model = None
+        if self._tf32_before is not None:
+            torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = self._tf32_before
 
 
 def open_torch(model: nn.Module, *, device: str = "cpu", **opts: Any) -> TorchRuntime:

@@ -109,6 +109,7 @@ def test_ort_cuda_and_torch_cuda_fp16(default_folder: Path) -> None:
         want = ref.infer(_x(16))
     with open_runtime("torch", model, device="cuda", precision="fp16", channels_last=True, cuda_graph=True) as rt:
         got = rt.infer(_x(16))
+        assert not torch.backends.cudnn.allow_tf32  # TF32 off while a CUDA torch runtime is open
     assert np.linalg.norm(got - want) / np.linalg.norm(want) < 1e-2
     with open_runtime("ort", default_folder / "model.fp16.onnx", device="cuda", precision="fp16") as rt:
         got = rt.infer(_x(16))
