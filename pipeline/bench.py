@@ -143,6 +143,14 @@ def _driver_version() -> str | None:
         return None
 
 
+def _mem_mb(device: str) -> float:
+    """Memory in use: the GPU's (every allocator: torch, onnxruntime, TensorRT) on cuda, else the RSS."""
+    if device == "cuda":
+        free, total = torch.cuda.mem_get_info()
+        return (total - free) / 2**20
+    return _rss_mb()
+
+
 def _rss_mb() -> float:
     try:
         pages = int(Path("/proc/self/statm").read_text().split()[1])
@@ -316,8 +324,6 @@ def _time_cells(cells: list[_Cell], opts: BenchOptions, shape: tuple[int, ...], 
                 continue
             if on_progress:
                 on_progress(f"round {r + 1}/{rounds}: {c.rt.name} batch {c.batch}")
-            if opts.device == "cuda":
-                torch.cuda.reset_peak_memory_stats()
             bufs = _buffers((c.batch, *shape), N_BUFFERS, opts.seed + c.batch, opts.device if device_resident else "cpu")
             try:
                 tm = time_runtime(c.rt, bufs, warmup=opts.warmup, warmup_seconds=opts.warmup_seconds, iters=iters,
@@ -328,8 +334,6 @@ def _time_cells(cells: list[_Cell], opts: BenchOptions, shape: tuple[int, ...], 
                 continue
             c.samples.append(tm.raw)
             c.seconds += tm.seconds
-            if opts.device == "cuda":
-                c.mem_mb = max(c.mem_mb, torch.cuda.max_memory_allocated() / 2**20)
             c.compile_s = getattr(c.rt, "compile_seconds", {}).get(c.batch)
 
 
@@ -351,13 +355,15 @@ def _bench(opts: BenchOptions, folder: Path, manifest: Any, on_row: Callable[[Be
             acc_batches = [(b.x, b.y) for b in iter_batches(ds, info.preprocess, 256, limit=opts.accuracy_samples)
                            if b.y is not None]
     device_resident = opts.device == "cuda" and not opts.include_transfers
+    if opts.device == "cuda":
+        torch.zeros(1, device="cuda")  # the CUDA context exists before the first runtime's memory is counted
     rows: list[BenchRow] = []
     cells: list[_Cell] = []
     opened: list[Runtime] = []
     try:
         for t in _targets(opts, manifest, model):
             t0 = time.perf_counter()
-            rss0 = _rss_mb()
+            mem0 = _mem_mb(opts.device)
             try:
                 rt = _open(t, opts, folder)
             except BackendUnavailable as e:
@@ -370,9 +376,9 @@ def _bench(opts: BenchOptions, folder: Path, manifest: Any, on_row: Callable[[Be
             with contextlib.suppress(ResnetxError):  # allocate arenas at the largest batch before measuring
                 lo, hi = rt.batch_range or (1, max(opts.batches))
                 rt.infer(np.ones((min(max(opts.batches), hi), *info.input_shape), np.float32))
-            # CPU memory: what opening and running this runtime added to the process (RSS growth);
-            # all runtimes stay open for the interleaved rounds, so absolute RSS would be shared.
-            added = max(0.0, _rss_mb() - rss0)
+            # what opening and running this runtime at the largest batch added: process RSS on the CPU,
+            # device memory in use on the GPU (all runtimes stay open for the rounds, so totals are shared)
+            added = max(0.0, _mem_mb(opts.device) - mem0)
             cells += [_Cell(t, rt, b, load_s, acc, mem_mb=added) for b in opts.batches]
         _time_cells(cells, opts, info.input_shape, device_resident, on_progress)
     finally:
