@@ -75,6 +75,8 @@ def test_cuda_missing_is_exit_3(default_folder: Path) -> None:
         pytest.skip("a GPU is present")
     r = invoke("bench", default_folder, "--device", "cuda")
     assert r.exit_code == 3 and "no CUDA device" in r.output
+    r = invoke("verify", default_folder, "--device", "cuda", "--samples", "16")  # every row skipped: not a FAIL
+    assert r.exit_code == 3 and "nothing was verified" in r.output and "NOTHING RAN" in r.output
 
 
 def test_corrupt_checkpoint_exit_2(tmp_path: Path) -> None:
