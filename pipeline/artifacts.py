@@ -6,7 +6,6 @@ import contextlib
 import datetime as _dt
 import fcntl
 import json
-import os
 import platform
 from collections.abc import Iterator
 from dataclasses import dataclass, field

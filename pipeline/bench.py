@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipeline.artifacts import atomic_write_text, check_sha, read_manifest, tool_versions
+from pipeline.artifacts import check_sha, read_manifest, tool_versions
 from pipeline.data import iter_batches, open_dataset
 from pipeline.export import rebuild_reference
 from runtimes.base import Runtime, open_runtime

@@ -15,8 +15,8 @@ import torch
 
 from pipeline.artifacts import Manifest, atomic_write_text, check_sha, read_manifest
 from pipeline.export import rebuild_reference
-from pipeline.reference import DEFAULT_SAMPLES, reference_file, stored_reference, verify_inputs
 from pipeline.precisions import PRECISIONS, Precision, Tolerance
+from pipeline.reference import DEFAULT_SAMPLES, reference_file, stored_reference, verify_inputs
 from runtimes.base import Runtime, open_runtime
 from runtimes.errors import BackendUnavailable, BadInput, CheckFailed, ResnetxError
 
@@ -176,7 +176,6 @@ def judge(m: Metrics, tol: Tolerance) -> list[str]:
     return out
 
 
-# --------------------------------------------------------------------------- inputs
 # --------------------------------------------------------------------------- candidates
 @dataclass
 class Candidate:
