@@ -395,6 +395,8 @@ def _bench(opts: BenchOptions, folder: Path, manifest: Any, on_row: Callable[[Be
                              round(c.batch / (tm.mean / 1e3), 3), round(c.mem_mb, 1), c.acc, round(c.target.size_mb, 2),
                              round(c.load_s, 3), compile_s=c.compile_s, build_s=_build_s(c.target),
                              transfers_included=not device_resident, iters=tm.iters))
+    if opts.compile and "torch" in (opts.runtimes or ("torch",)):
+        notes.append(f"torch.compile cache: {os.environ.get('TORCHINDUCTOR_CACHE_DIR', 'torch default')}")
     for row in rows:
         if on_row:
             on_row(row)
