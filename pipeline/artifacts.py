@@ -130,3 +130,47 @@ def check_sha(folder: Path, entry: dict[str, Any]) -> Path:
             "its provenance is unknown: re-run resnetx export --force"
         )
     return path
+
+
+def audit_folder(folder: Path) -> dict[str, Any]:
+    """What the folder holds and whether it is still what export made: every artifact's file checked
+    against its recorded sha256 (ok / changed / missing), the tool versions then and now, the stored
+    reference logits, and the last verify verdict with whether it is about this export."""
+    from pipeline.models import file_sha256
+
+    folder = Path(folder)
+    m = read_manifest(folder)
+    by_sha = {e["sha256"]: e["file"] for e in m.artifacts.values()}
+    rows = []
+    for key, e in m.artifacts.items():
+        path = folder / e["file"]
+        status = "missing" if not path.is_file() else "ok" if file_sha256(path) == e["sha256"] else "changed"
+        rows.append({"artifact": key, "file": e["file"], "kind": e["kind"], "precision": e["precision"],
+                     "size_bytes": e.get("size_bytes"), "sha256": e["sha256"], "status": status,
+                     "source": by_sha.get(e.get("source_sha256") or "", e.get("source_file")) or "PyTorch model",
+                     "target": _engine_target(e) if e["kind"] == "engine" else None})
+    now = tool_versions()
+    drift = {k: [v, now.get(k)] for k, v in m.versions.items() if k != "resnetx" and now.get(k) != v}
+    verify: dict[str, Any] | None = None
+    vpath = folder / "reports" / "verify.json"
+    if vpath.is_file():
+        try:
+            v = json.loads(vpath.read_text())
+            verify = {"passed": v.get("passed"), "data": v.get("data"), "samples": v.get("samples"),
+                      "current": v.get("manifest_created") == m.created}
+        except (json.JSONDecodeError, AttributeError):
+            verify = {"passed": None, "error": "reports/verify.json is unreadable"}
+    return {"folder": str(folder), "created": m.created, "model": m.model, "artifacts": rows,
+            "calibration": m.calibration, "versions": m.versions, "version_drift": drift,
+            "references": sorted(p.name for p in (folder / "reports").glob("reference.*.npz")),
+            "verify": verify, "intact": all(r["status"] == "ok" for r in rows)}
+
+
+def _engine_target(e: dict[str, Any]) -> str:
+    """Where an engine runs: the TensorRT flavour and version it needs, its GPUs, its batch profile."""
+    flavor = "TensorRT-RTX" if e.get("flavor") == "rtx" else "TensorRT"
+    gpus = ", ".join(e.get("compute_capabilities") or []) or (
+        f"{e.get('gpu') or 'the build GPU'} (compute capability {e.get('compute_capability') or 'unknown'})")
+    lo, opt, hi = e.get("profile") or (None, None, None)
+    return f"{flavor} {e.get('trt_version')}, {gpus}, batch {lo}..{hi} (opt {opt})"
+

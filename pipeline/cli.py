@@ -453,9 +453,24 @@ def run(
 # --------------------------------------------------------------------------- info
 @app.command()
 @handled
-def info() -> None:
-    """Versions of torch / onnx / onnxruntime / TensorRT, devices and execution providers."""
+def info(
+    folder: Annotated[Path | None, typer.Argument(help="An artifact folder: show its provenance and check every file.")] = None,
+) -> None:
+    """Versions, devices and providers here; with a folder, what it holds and whether it is intact (exit 1 if not)."""
     from rich.table import Table
+
+    if folder is not None:
+        from pipeline.artifacts import audit_folder
+        from pipeline.report import folder_notes, folder_table
+
+        audit = audit_folder(folder)
+        console = _console()
+        console.print(folder_table(audit))
+        for line in folder_notes(audit):
+            console.print(line)
+        if not audit["intact"]:
+            raise typer.Exit(1)
+        return
 
     from exporters.tensorrt import FLAVORS, import_flavor
     from pipeline.artifacts import tool_versions

@@ -98,6 +98,53 @@ def localization_table(artifact: str, loc: dict[str, Any], limit: int = 12) -> T
     return t
 
 
+def folder_table(audit: dict[str, Any]) -> Table:
+    """resnetx info DIR: provenance of an artifact folder, every file checked against the manifest."""
+    from rich.table import Table
+
+    m = audit["model"]
+    weights = m.get("weights") or "random init"
+    t = Table(title=f"{audit['folder']}: {m['arch']}, {m['num_classes']} classes, input "
+              f"{m['in_chans']}x{m['image_size']}x{m['image_size']}, weights {weights} "
+              f"(state sha256 {m['state_sha256'][:12]}), exported {audit['created']}", title_justify="left")
+    for c in ("artifact", "file", "precision", "size MB", "sha256", "made from", "file check"):
+        t.add_column(c, justify="right" if c == "size MB" else "left")
+    colour = {"ok": "green", "changed": "red", "missing": "red"}
+    for r in audit["artifacts"]:
+        size = None if r["size_bytes"] is None else r["size_bytes"] / 2**20
+        t.add_row(r["artifact"], r["file"], r["precision"], _f(size, ".2f"), r["sha256"][:12], r["source"] or "",
+                  f"[{colour[r['status']]}]{r['status']}[/]")
+    return t
+
+
+def folder_notes(audit: dict[str, Any]) -> list[str]:
+    """The lines under the folder table: calibration, version drift, references, last verify."""
+    lines = []
+    c = audit.get("calibration")
+    if c:
+        lines.append(f"int8 calibration: {c['samples']} images of {c['dataset']} ({c['split']}), {c['method']}, "
+                     f"{c['recipe']} recipe, seed {c['seed']}")
+    for k, (then, now) in audit["version_drift"].items():
+        lines.append(f"[yellow]{k} {then} at export, {now or 'not installed'} now[/]: a re-export rebuilds what it shapes")
+    for r in audit["artifacts"]:
+        if r["target"]:
+            lines.append(f"{r['file']}: {r['target']}")
+    refs = audit["references"]
+    lines.append(f"stored reference logits: {', '.join(refs)}" if refs else "no stored reference logits")
+    v = audit["verify"]
+    if v is None:
+        lines.append("not verified yet: resnetx verify " + audit["folder"])
+    elif v.get("passed") is None:
+        lines.append(f"[yellow]{v.get('error', 'verify.json holds no verdict')}[/]")
+    else:
+        verdict = "[green]PASS[/]" if v["passed"] else "[red]FAIL[/]"
+        stale = "" if v["current"] else " [yellow](from an earlier export: verify again)[/]"
+        lines.append(f"last verify: {verdict} on {v['samples']} inputs from {v['data']}{stale}")
+    if not audit["intact"]:
+        lines.append("[red]files differ from the manifest: their provenance is unknown; re-run resnetx export --force[/]")
+    return lines
+
+
 def _sort_key(r: BenchRow) -> tuple[Any, ...]:
     return (r.batch, r.latency_ms["p50"] if r.latency_ms else float("inf"))
 

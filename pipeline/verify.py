@@ -103,6 +103,7 @@ class VerifyReport:
     samples: int
     reference: str = "torch-cpu-fp32"
     reference_stored: bool = False  # logits reused from reports/reference.*.npz (written by export or a past verify)
+    manifest_created: str = ""  # which export this verdict is about
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
 
@@ -118,9 +119,9 @@ class VerifyReport:
             if r.metrics is not None:
                 d["metrics"]["accuracy_drop"] = r.metrics.accuracy_drop
             rows.append(d)
-        return {"folder": str(self.folder), "reference": self.reference, "data": self.data,
-                "samples": self.samples, "passed": self.passed, "seconds": round(self.seconds, 2), "notes": self.notes,
-                "rows": rows}
+        return {"folder": str(self.folder), "reference": self.reference, "reference_stored": self.reference_stored,
+                "data": self.data, "samples": self.samples, "passed": self.passed, "seconds": round(self.seconds, 2),
+                "manifest_created": self.manifest_created, "notes": self.notes, "rows": rows}
 
 
 # --------------------------------------------------------------------------- metrics
@@ -294,7 +295,8 @@ def verify(
             row.localization["seconds"] = round(time.perf_counter() - t_loc, 2)
         rows.append(row)
     report = VerifyReport(folder, rows, inputs.data, len(x), reference_stored=stored,
-                          seconds=time.perf_counter() - start, notes=_unverified_engines(opts, manifest))
+                          manifest_created=manifest.created, seconds=time.perf_counter() - start,
+                          notes=_unverified_engines(opts, manifest))
     atomic_write_text(folder / "reports" / "verify.json", json.dumps(report.to_dict(), indent=2, default=_json) + "\n")
     return report
 

@@ -100,3 +100,19 @@ def test_export_with_rtx_engines(default_folder: Path, tmp_path: Path) -> None:
 def test_info() -> None:
     r = invoke("info")
     assert r.exit_code == 0 and "onnxruntime" in r.output and "resnet50" in r.output
+
+
+def test_info_on_a_folder_checks_every_file(default_folder: Path, tmp_path: Path) -> None:
+    folder = copy_folder(default_folder, tmp_path / "f")
+    r = invoke("verify", folder, "--samples", "16")
+    assert r.exit_code == 0
+    r = invoke("info", folder)
+    assert r.exit_code == 0, r.output
+    assert "model.fp16.onnx" in r.output and "ok" in r.output and "last verify: PASS" in r.output
+    assert "from an earlier export" not in r.output and "stored reference logits: reference.sample" in r.output
+    with open(folder / "model.int8.onnx", "ab") as f:  # edited after export
+        f.write(b"\0")
+    (folder / "model.fp16.onnx").unlink()
+    r = invoke("info", folder)
+    assert r.exit_code == 1 and "changed" in r.output and "missing" in r.output and "provenance is unknown" in r.output
+    assert invoke("info", tmp_path / "nowhere").exit_code == 2

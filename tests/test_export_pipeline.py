@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline.artifacts import read_manifest
+from pipeline.artifacts import audit_folder, read_manifest
 from pipeline.export import ExportOptions, export
 from pipeline.models import ModelSpec, build_model
 from pipeline.precisions import Precision
@@ -86,6 +86,10 @@ def test_engines_in_manifest(default_folder: Path, tmp_path: Path) -> None:
     assert e["source_sha256"] == r.manifest.artifacts["int8"]["sha256"]
     assert e["compute_capabilities"] == ["SM80", "SM86", "SM89", "SM120"] and e["build_seconds"] > 0
     assert (folder / "model.int8.rtx.engine").stat().st_size == e["size_bytes"]
+    audit = {r["artifact"]: r for r in audit_folder(folder)["artifacts"]}  # what `resnetx info DIR` prints
+    assert audit["int8.rtx"]["source"] == "model.int8.onnx" and audit["int8.rtx"]["status"] == "ok"
+    assert audit["int8.rtx"]["target"].startswith("TensorRT-RTX ") and "SM86" in audit["int8.rtx"]["target"]
+    assert audit["fp32"]["source"] == "PyTorch model" and audit["fp32"]["target"] is None
 
 
 @needs_rtx
