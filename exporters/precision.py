@@ -239,7 +239,7 @@ def quantize_int8(
     excluded |= set(ends)
     unknown = excluded - {n.name for n in model.graph.node}
     if unknown:
-        raise BadInput(f"--keep-fp16/--keep-fp32 names unknown layer(s) {', '.join(sorted(unknown))}; "
+        raise BadInput(f"--keep-fp32 names unknown layer(s) {', '.join(sorted(unknown))}; "
                        "layer names are module paths such as layer3.1.conv2 (see resnetx verify --localize)")
     calib_method = {"max": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                     "percentile": CalibrationMethod.Percentile}[method]
