@@ -63,8 +63,13 @@ class TorchRuntime(Runtime):
             from torch import _dynamo
 
             # one graph per batch size (static shapes); past the limit dynamo would quietly run eager
-            _dynamo.config.recompile_limit = max(_dynamo.config.recompile_limit, 64)
-            _dynamo.config.fail_on_recompile_limit_hit = True
+            cfg = _dynamo.config
+            for limit in ("recompile_limit", "cache_size_limit"):  # the name changed across torch versions
+                if hasattr(cfg, limit):
+                    setattr(cfg, limit, max(getattr(cfg, limit), 64))
+            for fail in ("fail_on_recompile_limit_hit", "fail_on_cache_limit_hit"):
+                if hasattr(cfg, fail):
+                    setattr(cfg, fail, True)
             self._fn = torch.compile(self._model, mode=compile_mode, dynamic=False)
         self._graphs: dict[tuple[int, ...], tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor]] = {}
         self._cuda_graph = cuda_graph
