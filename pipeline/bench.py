@@ -19,7 +19,7 @@ import torch
 
 from pipeline.artifacts import check_sha, read_manifest, tool_versions
 from pipeline.data import iter_batches, open_dataset
-from pipeline.export import rebuild_reference
+from pipeline.export import reference_if_here
 from runtimes.base import Runtime, open_runtime
 from runtimes.errors import BackendUnavailable, BadInput, ResnetxError
 
@@ -222,11 +222,11 @@ def _buffers(shape: tuple[int, ...], n: int, seed: int, device: str) -> list[Any
 class _Target:
     backend: str
     precision: str
-    artifact: Any  # nn.Module, or manifest entry
-    size_mb: float
+    artifact: Any  # nn.Module (None when its weights are not here), or manifest entry
+    size_mb: float | None
 
 
-def _targets(opts: BenchOptions, manifest: Any, model: torch.nn.Module) -> list[_Target]:
+def _targets(opts: BenchOptions, manifest: Any, model: torch.nn.Module | None) -> list[_Target]:
     runtimes = opts.runtimes or (("torch", "ort", "trt") if opts.device == "cuda" else ("torch", "ort"))
     bad = [r for r in runtimes if r not in ("torch", "ort", "trt")]
     if bad:
@@ -236,11 +236,11 @@ def _targets(opts: BenchOptions, manifest: Any, model: torch.nn.Module) -> list[
     if bad:
         raise BadInput(f"unknown precision {', '.join(bad)}; choose from fp32, fp16, int8")
     out: list[_Target] = []
-    params_mb = sum(p.numel() * 4 for p in model.parameters()) / 2**20
+    params_mb = sum(p.numel() * 4 for p in model.parameters()) / 2**20 if model is not None else None
     if "torch" in runtimes:
         torch_precisions = ["fp32"] + (["fp16"] if opts.device == "cuda" else [])
-        out += [_Target("torch", p, model, params_mb * (0.5 if p == "fp16" else 1)) for p in torch_precisions
-                if p in precisions]
+        out += [_Target("torch", p, model, params_mb and params_mb * (0.5 if p == "fp16" else 1))
+                for p in torch_precisions if p in precisions]
     for key, entry in manifest.artifacts.items():
         if entry["precision"] not in precisions:
             continue
@@ -252,8 +252,10 @@ def _targets(opts: BenchOptions, manifest: Any, model: torch.nn.Module) -> list[
     return out
 
 
-def _open(t: _Target, opts: BenchOptions, folder: Path) -> Runtime:
+def _open(t: _Target, opts: BenchOptions, folder: Path, missing: str) -> Runtime:
     if t.backend == "torch":
+        if t.artifact is None:
+            raise BackendUnavailable(f"the torch runtime runs the PyTorch model: {missing}")
         return open_runtime("torch", t.artifact, device=opts.device, precision=t.precision,
                             channels_last=opts.channels_last, cuda_graph=opts.cuda_graph, compile=opts.compile,
                             compile_cache=folder / "inductor_cache" if opts.compile else None)
@@ -339,7 +341,7 @@ def _time_cells(cells: list[_Cell], opts: BenchOptions, shape: tuple[int, ...], 
 
 def _bench(opts: BenchOptions, folder: Path, manifest: Any, on_row: Callable[[BenchRow], None] | None,
            on_progress: Callable[[str], None] | None = None) -> BenchReport:
-    model, info = rebuild_reference(manifest)
+    model, info, missing = reference_if_here(manifest)
     notes: list[str] = []
     engines = [e["file"] for e in manifest.artifacts.values() if e["kind"] == "engine"]
     if engines and opts.device != "cuda":
@@ -365,7 +367,7 @@ def _bench(opts: BenchOptions, folder: Path, manifest: Any, on_row: Callable[[Be
             t0 = time.perf_counter()
             mem0 = _mem_mb(opts.device)
             try:
-                rt = _open(t, opts, folder)
+                rt = _open(t, opts, folder, missing)
             except BackendUnavailable as e:
                 rows.append(BenchRow(f"{t.backend}-{opts.device}-{t.precision}", t.backend, "", t.precision,
                                      opts.device, 0, None, None, None, None, t.size_mb, None, error=str(e)))

@@ -32,6 +32,7 @@ __all__ = [
     "engine_file",
     "default_batch_range",
     "rebuild_reference",
+    "reference_if_here",
 ]
 
 log = logging.getLogger(__name__)
@@ -106,6 +107,16 @@ def default_batch_range(info: ModelInfo) -> tuple[int, int, int]:
 def _spec_dict(spec: ModelSpec) -> dict[str, Any]:
     return {"arch": spec.arch, "num_classes": spec.num_classes, "in_chans": spec.in_chans,
             "image_size": spec.image_size, "weights": str(spec.weights.resolve()) if spec.weights else None}
+
+
+def reference_if_here(manifest: Manifest) -> tuple[torch.nn.Module | None, ModelInfo, str]:
+    """rebuild_reference, except that a weights file absent from this machine (a folder copied
+    elsewhere) is not an error: then (None, the manifest's model info, why). Changed weights still are."""
+    weights = manifest.model["spec"].get("weights")
+    if weights and not Path(weights).is_file():
+        return None, ModelInfo.from_dict(manifest.model), f"the reference weights {weights} are not on this machine"
+    model, info = rebuild_reference(manifest)
+    return model, info, ""
 
 
 def rebuild_reference(manifest: Manifest) -> tuple[torch.nn.Module, ModelInfo]:
@@ -349,7 +360,8 @@ def export(
             path = reference_file("sample", opts.reference_samples)
             if opts.force:
                 (out / path).unlink(missing_ok=True)
-            _, hit = stored_reference(out / path, weights_sha, model, inputs.x)
+            _, made_by = stored_reference(out / path, weights_sha, model, inputs.x)
+            hit = made_by is not None
             emit(StepEvent("reference", "cached" if hit else "built", str(path), (out / path).stat().st_size,
                            0.0 if hit else time.perf_counter() - start,
                            f"fp32 PyTorch logits, {len(inputs.x)} inputs, for verify"))

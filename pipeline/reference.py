@@ -3,8 +3,9 @@
 Export computes the reference logits for verify's default inputs while the model is in memory and
 stores them in reports/reference.sample.512.npz (like Polygraphy's --save-outputs), so that verify
 compares against them instead of re-running PyTorch; verify stores the ones for other inputs the same
-way (one file per dataset and sample count). Each file is keyed by the weights, the exact input bytes
-and the torch version: any change to one of them recomputes it.
+way (one file per dataset and sample count). Each file is keyed by the weights and the exact input
+bytes, and records the torch version that computed it: with the weights at hand, another torch
+recomputes it; without them (a folder copied to a machine that lacks the checkpoint) it is the reference.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import torch
 
 from pipeline.artifacts import atomic_write_bytes
 from pipeline.data import Preprocess, iter_batches, open_dataset
+from runtimes.errors import BadInput
 
 __all__ = ["N_EXTREME", "DEFAULT_SAMPLES", "Inputs", "verify_inputs", "reference_logits", "reference_file",
            "stored_reference"]
@@ -86,23 +88,32 @@ def reference_logits(model: torch.nn.Module, x: np.ndarray, batch: int = 16,
 
 
 def _key(state_sha256: str, x: np.ndarray) -> str:
-    return hashlib.sha256(state_sha256.encode() + torch.__version__.encode()
-                          + str(x.shape).encode() + x.tobytes()).hexdigest()
+    return hashlib.sha256(state_sha256.encode() + str(x.shape).encode() + x.tobytes()).hexdigest()
 
 
-def stored_reference(path: Path, state_sha256: str, model: torch.nn.Module, x: np.ndarray,
-                     on_batch: Callable[[int], None] | None = None) -> tuple[np.ndarray, bool]:
-    """(reference logits for x, True when reused from `path`); computed and stored there on a miss."""
+def stored_reference(path: Path, state_sha256: str, model: torch.nn.Module | None, x: np.ndarray,
+                     on_batch: Callable[[int], None] | None = None,
+                     missing: str = "") -> tuple[np.ndarray, str | None]:
+    """(reference logits for x, the torch version that computed them when reused from `path`, else None).
+
+    With the model, stored logits count only if this torch computed them; otherwise they are computed
+    and stored. Without it (`missing` says why), stored logits for exactly these inputs are used
+    whatever torch computed them, and anything else is an error.
+    """
     key = _key(state_sha256, x)
     if path.is_file():
         try:
             with np.load(path) as z:
-                if str(z["key"]) == key:
-                    return z["logits"], True
+                made_by = str(z["torch"])
+                if str(z["key"]) == key and (model is None or made_by == torch.__version__):
+                    return z["logits"], made_by
         except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
-            pass  # unreadable or truncated: recompute
+            pass  # unreadable, truncated or an older format: recompute
+    if model is None:
+        raise BadInput(f"{missing}, and no stored reference logits match these inputs (export stores them "
+                       f"for --data sample --samples {DEFAULT_SAMPLES}); restore the weights, or verify with those")
     ref = reference_logits(model, x, on_batch=on_batch)
     buf = io.BytesIO()
-    np.savez(buf, key=np.array(key), logits=ref)
+    np.savez(buf, key=np.array(key), torch=np.array(torch.__version__), logits=ref)
     atomic_write_bytes(path, buf.getvalue())
-    return ref, False
+    return ref, None

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from pipeline.artifacts import Manifest, atomic_write_text, check_sha, read_manifest
-from pipeline.export import rebuild_reference
+from pipeline.export import reference_if_here
 from pipeline.precisions import PRECISIONS, Precision, Tolerance
 from pipeline.reference import DEFAULT_SAMPLES, reference_file, stored_reference, verify_inputs
 from runtimes.base import Runtime, open_runtime
@@ -214,8 +214,10 @@ def _candidates(opts: VerifyOptions, manifest: Manifest) -> list[Candidate]:
     return out
 
 
-def _open(c: Candidate, folder: Path, model: torch.nn.Module) -> Runtime:
+def _open(c: Candidate, folder: Path, model: torch.nn.Module | None, missing: str) -> Runtime:
     if c.backend == "torch":
+        if model is None:
+            raise BackendUnavailable(f"the torch runtime runs the PyTorch model: {missing}")
         return open_runtime("torch", model, device=c.device, precision=c.precision)
     path = check_sha(folder, c.entry or {})
     if c.backend == "trt":
@@ -242,7 +244,7 @@ def verify(
     if opts.samples < 1:
         raise BadInput("--samples must be >= 1")
     torch.manual_seed(opts.seed)
-    model, info = rebuild_reference(manifest)
+    model, info, missing = reference_if_here(manifest)
     batch = opts.batch_size or (16 if info.image_size >= 96 else 64)
     inputs = verify_inputs(opts.data, opts.data_dir, opts.samples, info.preprocess, info.num_classes, seed=opts.seed)
     x, labels = inputs.x, inputs.labels
@@ -255,8 +257,12 @@ def verify(
         if on_progress:
             on_progress("torch-cpu-fp32 reference", done_ref, len(x))
 
-    ref, stored = stored_reference(folder / reference_file(opts.data, opts.samples), manifest.model["state_sha256"],
-                                   model, x, on_batch=ref_tick)
+    ref, made_by = stored_reference(folder / reference_file(opts.data, opts.samples),
+                                    manifest.model["state_sha256"], model, x, on_batch=ref_tick, missing=missing)
+    stored = made_by is not None
+    notes = []
+    if model is None:
+        notes.append(f"{missing}: the reference is the stored fp32 PyTorch logits (computed with torch {made_by})")
     log.debug("reference: %d inputs, %s in %.1f s", len(x), "stored" if stored else "computed",
               time.perf_counter() - t_ref)
     rows: list[VerifyRow] = []
@@ -264,7 +270,7 @@ def verify(
         t0 = time.perf_counter()
         tol = _tolerance(opts, c)
         try:
-            with _open(c, folder, model) as rt:
+            with _open(c, folder, model, missing) as rt:
                 done = 0
 
                 def tick(n: int) -> None:
@@ -296,7 +302,7 @@ def verify(
         rows.append(row)
     report = VerifyReport(folder, rows, inputs.data, len(x), reference_stored=stored,
                           manifest_created=manifest.created, seconds=time.perf_counter() - start,
-                          notes=_unverified_engines(opts, manifest))
+                          notes=notes + _unverified_engines(opts, manifest))
     atomic_write_text(folder / "reports" / "verify.json", json.dumps(report.to_dict(), indent=2, default=_json) + "\n")
     return report
 
@@ -348,7 +354,7 @@ def _layer_outputs(model_bytes: bytes, x: np.ndarray) -> dict[str, tuple[str, np
 
 
 def localize(
-    folder: Path, manifest: Manifest, entry: dict[str, Any], model: torch.nn.Module, info: Any,
+    folder: Path, manifest: Manifest, entry: dict[str, Any], model: torch.nn.Module | None, info: Any,
     x: np.ndarray, tol: Tolerance,
 ) -> dict[str, Any]:
     """First layer whose output departs from the fp32 baseline, by the module it comes from.
@@ -361,6 +367,10 @@ def localize(
     candidate = (folder / entry["file"]).read_bytes()
     if entry["precision"] == "fp32":
         import tempfile
+
+        if model is None:
+            raise BadInput("localising an fp32 graph compares it with a fresh export of the PyTorch model, "
+                           "whose weights are not on this machine")
 
         with tempfile.TemporaryDirectory() as tmp:
             a = export_onnx(model, info.input_shape, Path(tmp) / "ref.onnx", exporter="legacy",

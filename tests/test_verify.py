@@ -174,3 +174,32 @@ def test_verify_inputs_counts_and_extremes() -> None:
         assert i.x.shape == (real + extreme, 1, 28, 28) and i.n_real == real and i.labels.shape == (real,)
         assert np.isfinite(i.x).all() and i.x.dtype == np.float32
     assert not i.x[96].any() and i.x[99] == pytest.approx(5 * i.x[0])  # zeros first, the 5x image last
+
+
+def test_a_folder_without_its_checkpoint_verifies_against_stored_logits(tmp_path: Path) -> None:
+    """A folder copied to a machine that lacks the checkpoint: ONNX parity against the logits export
+    stored; the torch runtime and other inputs say what is missing."""
+    import torch
+
+    from pipeline.bench import BenchOptions, bench
+    from pipeline.export import ExportOptions, export
+    from pipeline.models import ModelSpec, build_model
+    from runtimes.errors import BadInput
+
+    ckpt = tmp_path / "w.pth"
+    torch.manual_seed(5)
+    torch.save(build_model("resnet20", num_classes=10, in_chans=3).state_dict(), ckpt)
+    folder = tmp_path / "f"
+    export(ExportOptions(model=ModelSpec("resnet20", weights=ckpt), out=folder, exporter="legacy"))
+    ckpt.unlink()
+    report = verify(VerifyOptions(folder=folder))
+    assert report.passed and report.reference_stored and report.rows[0].metrics.rel_l2 < 1e-5
+    assert "not on this machine" in report.notes[0]
+    torch_row = verify(VerifyOptions(folder=folder, runtimes=("torch",), precisions=("fp32",))).rows[0]
+    assert torch_row.skipped and "not on this machine" in torch_row.skipped
+    with pytest.raises(BadInput, match="no stored reference logits match"):
+        verify(VerifyOptions(folder=folder, samples=64))
+    rows = bench(BenchOptions(folder=folder, batches=(2,), iters=3, warmup=0, warmup_seconds=0.0, min_seconds=0.0,
+                              rounds=1, accuracy=False)).rows
+    assert {r.backend: bool(r.latency_ms) for r in rows} == {"torch": False, "ort": True}
+    assert "not on this machine" in next(r.error for r in rows if r.backend == "torch")
