@@ -23,7 +23,8 @@ from pipeline.export import reference_if_here
 from runtimes.base import Runtime, open_runtime
 from runtimes.errors import BackendUnavailable, BadInput, ResnetxError
 
-__all__ = ["BenchOptions", "Timing", "BenchRow", "BenchReport", "time_runtime", "bench", "system_info", "compare_reports"]
+__all__ = ["BenchOptions", "Timing", "BenchRow", "BenchReport", "time_runtime", "bench", "system_info", "compare_reports",
+           "model_gflops"]
 
 log = logging.getLogger(__name__)
 N_BUFFERS = 4  # inputs rotated so caches cannot flatter small models
@@ -53,6 +54,7 @@ class BenchOptions:
     data_dir: Path | None = None
     accuracy_samples: int = 1000
     seed: int = 0
+    peak_tflops: float | None = None  # the device's compute peak at this precision: rows get % of it
 
 
 @dataclass
@@ -93,6 +95,8 @@ class BenchRow:
     build_s: float | None = None  # TensorRT engine: build time recorded at export
     transfers_included: bool = True
     iters: int = 0
+    tflops: float | None = None  # achieved: throughput x the model's FLOPs per image
+    peak_pct: float | None = None  # tflops as % of --peak-tflops
     error: str | None = None
 
 
@@ -104,10 +108,24 @@ class BenchReport:
     options: dict[str, Any]
     accuracy_data: str | None = None
     notes: list[str] = field(default_factory=list)
+    gflops_per_image: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {"folder": str(self.folder), "system": self.system, "options": self.options,
-                "accuracy_data": self.accuracy_data, "notes": self.notes, "rows": [asdict(r) for r in self.rows]}
+                "accuracy_data": self.accuracy_data, "gflops_per_image": self.gflops_per_image, "notes": self.notes,
+                "rows": [asdict(r) for r in self.rows]}
+
+
+def model_gflops(arch: str, num_classes: int, in_chans: int, image_size: int) -> float:
+    """FLOPs per image (2 x the multiply-adds of convolutions and linear layers), counted by torch."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from pipeline.models import build_model
+
+    model = build_model(arch, num_classes=num_classes, in_chans=in_chans).eval()
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(torch.zeros(1, in_chans, image_size, image_size))
+    return counter.get_total_flops() / 1e9
 
 
 # --------------------------------------------------------------------------- system
@@ -342,6 +360,9 @@ def _time_cells(cells: list[_Cell], opts: BenchOptions, shape: tuple[int, ...], 
 def _bench(opts: BenchOptions, folder: Path, manifest: Any, on_row: Callable[[BenchRow], None] | None,
            on_progress: Callable[[str], None] | None = None) -> BenchReport:
     model, info, missing = reference_if_here(manifest)
+    if opts.peak_tflops is not None and opts.peak_tflops <= 0:
+        raise BadInput("--peak-tflops must be > 0")
+    gflops = model_gflops(info.arch, info.num_classes, info.in_chans, info.image_size)
     notes: list[str] = []
     engines = [e["file"] for e in manifest.artifacts.values() if e["kind"] == "engine"]
     if engines and opts.device != "cuda":
@@ -393,16 +414,20 @@ def _bench(opts: BenchOptions, folder: Path, manifest: Any, on_row: Callable[[Be
             continue
         tm = Timing.from_samples(np.concatenate(c.samples), c.seconds)
         lat = {k: round(getattr(tm, k), 4) for k in ("p50", "p90", "p95", "p99", "mean", "std", "min")}
+        ips = c.batch / (tm.mean / 1e3)
+        tflops = ips * gflops / 1e3
         rows.append(BenchRow(c.rt.name, c.target.backend, c.rt.mode, c.target.precision, c.rt.device, c.batch, lat,
-                             round(c.batch / (tm.mean / 1e3), 3), round(c.mem_mb, 1), c.acc, round(c.target.size_mb, 2),
+                             round(ips, 3), round(c.mem_mb, 1), c.acc, round(c.target.size_mb, 2),
                              round(c.load_s, 3), compile_s=c.compile_s, build_s=_build_s(c.target),
-                             transfers_included=not device_resident, iters=tm.iters))
+                             transfers_included=not device_resident, iters=tm.iters, tflops=round(tflops, 5),
+                             peak_pct=round(100 * tflops / opts.peak_tflops, 2) if opts.peak_tflops else None))
     if opts.compile and "torch" in (opts.runtimes or ("torch",)):
         notes.append(f"torch.compile cache: {os.environ.get('TORCHINDUCTOR_CACHE_DIR', 'torch default')}")
     for row in rows:
         if on_row:
             on_row(row)
-    report = BenchReport(folder, rows, system_info(), _opts_dict(opts), acc_name, notes)
+    report = BenchReport(folder, rows, system_info(), _opts_dict(opts), acc_name, notes,
+                         gflops_per_image=round(gflops, 4))
     from pipeline.report import write_bench_files
 
     write_bench_files(report, folder / "reports")

@@ -406,6 +406,7 @@ def bench(
     data: DataOpt = "sample",
     data_dir: DataDirOpt = None,
     compare: Annotated[Path | None, typer.Option(exists=True, dir_okay=False, help="An earlier bench.json: print ratios per row.")] = None,
+    peak_tflops: Annotated[float | None, typer.Option(min=0, help="The device's compute peak at this precision in TFLOP/s (e.g. 725 for an H100's measured fp16): adds % of peak per row.")] = None,
 ) -> None:
     """Latency percentiles, throughput, memory and accuracy for runtimes x precisions x batch sizes."""
     from pipeline.bench import BenchOptions
@@ -414,7 +415,8 @@ def bench(
                         device=_device(device), batches=_ints(batch, "--batch"), warmup=warmup,
                         warmup_seconds=warmup_seconds, iters=iters, min_seconds=min_seconds, rounds=rounds, threads=threads,
                         channels_last=channels_last, cuda_graph=cuda_graph, compile=compile, prefer_nhwc=prefer_nhwc,
-                        include_transfers=include_transfers, accuracy=accuracy, data=data, data_dir=data_dir)
+                        include_transfers=include_transfers, accuracy=accuracy, data=data, data_dir=data_dir,
+                        peak_tflops=peak_tflops)
     _do_bench(opts, compare)
 
 

@@ -125,7 +125,8 @@ def folder_notes(audit: dict[str, Any]) -> list[str]:
         lines.append(f"int8 calibration: {c['samples']} images of {c['dataset']} ({c['split']}), {c['method']}, "
                      f"{c['recipe']} recipe, seed {c['seed']}")
     for k, (then, now) in audit["version_drift"].items():
-        lines.append(f"[yellow]{k} {then} at export, {now or 'not installed'} now[/]: a re-export rebuilds what it shapes")
+        lines.append(f"[yellow]{k} {then} at export, {now or 'not installed'} now[/]: "
+                     "a re-export rebuilds what it shapes")
     for r in audit["artifacts"]:
         if r["target"]:
             lines.append(f"{r['file']}: {r['target']}")
@@ -141,7 +142,8 @@ def folder_notes(audit: dict[str, Any]) -> list[str]:
         stale = "" if v["current"] else " [yellow](from an earlier export: verify again)[/]"
         lines.append(f"last verify: {verdict} on {v['samples']} inputs from {v['data']}{stale}")
     if not audit["intact"]:
-        lines.append("[red]files differ from the manifest: their provenance is unknown; re-run resnetx export --force[/]")
+        lines.append("[red]files differ from the manifest: their provenance is unknown; "
+                     "re-run resnetx export --force[/]")
     return lines
 
 
@@ -157,9 +159,14 @@ def bench_table(report: BenchReport) -> Table:
     title = f"resnetx bench: {sys.get('cpu')} ({sys.get('cores')} cores)" + (f", {gpu.get('name')}" if gpu else "")
     if report.accuracy_data:
         title += f"; accuracy on {report.accuracy_data}"
+    if report.gflops_per_image:
+        title += f"; {report.gflops_per_image:.3g} GFLOP/image"
     t = Table(title=title, title_justify="left")
-    cols = ["batch", "runtime", "p50 ms", "p90 ms", "p99 ms", "mean ms", "img/s", "top-1 %", "mem MB", "size MB",
-            "load s"]
+    cols = ["batch", "runtime", "p50 ms", "p90 ms", "p99 ms", "mean ms", "img/s", "TFLOP/s", "top-1 %", "mem MB",
+            "size MB", "load s"]
+    peak = any(r.peak_pct is not None for r in report.rows)
+    if peak:
+        cols.insert(8, "% peak")
     one_time = any(r.compile_s is not None or r.build_s is not None for r in report.rows)
     if one_time:
         cols.append("compile/build s")  # paid once, never inside the latency
@@ -171,7 +178,8 @@ def bench_table(report: BenchReport) -> Table:
             continue
         lat = r.latency_ms
         cells = [str(r.batch), r.runtime, f"{lat['p50']:.3f}", f"{lat['p90']:.3f}", f"{lat['p99']:.3f}",
-                 f"{lat['mean']:.3f}", f"{r.throughput_ips:,.0f}", _f(r.accuracy_top1, ".2f"),
+                 f"{lat['mean']:.3f}", f"{r.throughput_ips:,.0f}", _f(r.tflops, ".3g"),
+                 *([_f(r.peak_pct, ".1f")] if peak else []), _f(r.accuracy_top1, ".2f"),
                  _f(r.peak_mem_mb, ".0f"), _f(r.size_mb, ".2f"), _f(r.load_s, ".2f")]
         if one_time:
             cells.append(_f(r.compile_s if r.compile_s is not None else r.build_s, ".1f"))
@@ -193,8 +201,8 @@ def compare_table(rows: list[dict[str, Any]], other: Path) -> Table:
 
 # --------------------------------------------------------------------------- files
 _CSV_COLS = ("runtime", "backend", "mode", "precision", "device", "batch", "p50", "p90", "p95", "p99", "mean", "std",
-             "throughput_ips", "peak_mem_mb", "accuracy_top1", "size_mb", "load_s", "compile_s", "build_s",
-             "transfers_included", "iters", "error")
+             "throughput_ips", "tflops", "peak_pct", "peak_mem_mb", "accuracy_top1", "size_mb", "load_s", "compile_s",
+             "build_s", "transfers_included", "iters", "error")
 
 
 def _flat(r: BenchRow) -> dict[str, Any]:
@@ -210,18 +218,20 @@ def bench_markdown(report: BenchReport) -> str:
              f"- CPU: {sys.get('cpu')} ({sys.get('cores')} cores)",
              f"- GPU: {json.dumps(sys.get('gpu')) if sys.get('gpu') else 'none'}",
              f"- versions: {', '.join(f'{k} {v}' for k, v in sys.get('versions', {}).items())}",
-             f"- accuracy data: {report.accuracy_data or 'n/a'}", "",
-             "| batch | runtime | p50 ms | p90 ms | p99 ms | mean ms | img/s | top-1 % | mem MB | size MB "
-             "| compile/build s |",
-             "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             f"- accuracy data: {report.accuracy_data or 'n/a'}",
+             f"- model: {_f(report.gflops_per_image, '.3g')} GFLOP per image", "",
+             "| batch | runtime | p50 ms | p90 ms | p99 ms | mean ms | img/s | TFLOP/s | % peak | top-1 % | mem MB "
+             "| size MB | compile/build s |",
+             "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in sorted(report.rows, key=_sort_key):
         if r.latency_ms is None:
-            lines.append(f"| {r.batch} | {r.runtime} | {r.error} | | | | | | | | |")
+            lines.append(f"| {r.batch} | {r.runtime} | {r.error} | | | | | | | | | | |")
             continue
         lat = r.latency_ms
         one_time = r.compile_s if r.compile_s is not None else r.build_s
         lines.append(f"| {r.batch} | {r.runtime} | {lat['p50']:.3f} | {lat['p90']:.3f} | {lat['p99']:.3f} | "
-                     f"{lat['mean']:.3f} | {r.throughput_ips:.0f} | {_f(r.accuracy_top1, '.2f')} | "
+                     f"{lat['mean']:.3f} | {r.throughput_ips:.0f} | {_f(r.tflops, '.3g')} | {_f(r.peak_pct, '.1f')} | "
+                     f"{_f(r.accuracy_top1, '.2f')} | "
                      f"{_f(r.peak_mem_mb, '.0f')} | {_f(r.size_mb, '.2f')} | {_f(one_time, '.1f')} |")
     lines += [""] + [f"- {n}" for n in report.notes]
     return "\n".join(lines) + "\n"

@@ -60,7 +60,8 @@ stage_verify() {
 bench_as() {  # bench_as NAME ARGS...: one bench run, its reports kept under NAME
   local name=$1; shift
   rm -f "$R50/reports/bench.json" "$R50/reports/bench.md"  # never keep an older run's report under NAME
-  cli bench "$R50" --device cuda --precision fp16 --batch 1,256 --iters 200 --min-seconds 3 --no-accuracy "$@" \
+  cli bench "$R50" --device cuda --precision fp16 --batch 1,256 --iters 200 --min-seconds 3 --no-accuracy \
+    --peak-tflops 725 "$@" \
     2>&1 | tee "$OUT/bench-$name.txt"
   [ -f "$R50/reports/bench.json" ] && cp "$R50/reports/bench.json" "$OUT/bench-$name.json"
   [ -f "$R50/reports/bench.md" ] && cp "$R50/reports/bench.md" "$OUT/bench-$name.md"

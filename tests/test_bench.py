@@ -184,3 +184,19 @@ def test_reports_without_matplotlib_say_so(tmp_path: Path, monkeypatch: pytest.M
     assert [p.name for p in paths] == ["bench.json", "bench.md", "bench.csv"]
     assert not (tmp_path / "reports" / "bench.png").exists()
     assert "matplotlib is not installed" in json.loads(paths[0].read_text())["notes"][0]
+
+
+def test_flops_and_share_of_peak(default_folder: Path, tmp_path: Path) -> None:
+    from pipeline.bench import model_gflops
+
+    assert 8.1 < model_gflops("resnet50", 1000, 3, 224) < 8.3  # 4.1 G multiply-adds, the published figure
+    folder = copy_folder(default_folder, tmp_path / "f")
+    report = bench(BenchOptions(folder=folder, runtimes=("ort",), precisions=("fp32",), batches=(4,), iters=3,
+                                warmup=0, warmup_seconds=0.0, min_seconds=0.0, rounds=1, accuracy=False,
+                                peak_tflops=0.5))
+    row = report.rows[0]
+    assert 0 < report.gflops_per_image < 1
+    assert row.tflops == pytest.approx(row.throughput_ips * report.gflops_per_image / 1e3, rel=1e-3)
+    assert row.peak_pct == pytest.approx(100 * row.tflops / 0.5, rel=1e-3)
+    md = (folder / "reports" / "bench.md").read_text()
+    assert "GFLOP per image" in md and "% peak" in md
