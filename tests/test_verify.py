@@ -203,3 +203,7 @@ def test_a_folder_without_its_checkpoint_verifies_against_stored_logits(tmp_path
                               rounds=1, accuracy=False)).rows
     assert {r.backend: bool(r.latency_ms) for r in rows} == {"torch": False, "ort": True}
     assert "not on this machine" in next(r.error for r in rows if r.backend == "torch")
+    torch.manual_seed(6)  # other weights at the recorded path: never a silent new reference
+    torch.save(build_model("resnet20", num_classes=10, in_chans=3).state_dict(), ckpt)
+    with pytest.raises(BadInput, match="differ from the ones exported"):
+        verify(VerifyOptions(folder=folder))
