@@ -57,7 +57,7 @@ class TorchRuntime(Runtime):
         self.compile_seconds: dict[int, float] = {}  # batch size -> first call (compile / graph capture) seconds
         if compile:
             if compile_cache is not None:  # autotuning results persist: the next run skips most compile time
-                os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(compile_cache))
+                _use_cache_dir(Path(compile_cache))
                 os.environ.setdefault("TORCHINDUCTOR_FX_GRAPH_CACHE", "1")
                 os.environ.setdefault("TORCHINDUCTOR_AUTOTUNE_LOCAL_CACHE", "1")
             from torch import _dynamo
@@ -127,6 +127,21 @@ class TorchRuntime(Runtime):
         self._fn = self._model = None
         if self._tf32_before is not None:
             torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = self._tf32_before
+
+
+def _use_cache_dir(path: Path) -> None:
+    """Point inductor's cache at `path` unless the user chose one. torch itself fills in
+    TORCHINDUCTOR_CACHE_DIR with its default the first time anything asks (even a FLOP count), so
+    that default counts as unset."""
+    current = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    try:
+        from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+        torch_default: str | None = os.path.abspath(default_cache_dir())
+    except ImportError:  # another torch layout: only an unset variable is ours to set
+        torch_default = None
+    if current is None or os.path.abspath(current) == torch_default:
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(path.resolve())
 
 
 def open_torch(model: nn.Module, *, device: str = "cpu", **opts: Any) -> TorchRuntime:

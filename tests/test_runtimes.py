@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -156,3 +157,20 @@ def test_compiled_torch_times_each_batch_size_once() -> None:
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
         rt.infer(_x(4))
         assert list(rt.compile_seconds) == [4]  # no recompile for a shape seen before
+
+
+def test_compile_cache_dir_respects_the_user_but_not_torchs_default(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    from runtimes.torch_rt import _use_cache_dir
+
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    _use_cache_dir(tmp_path / "a")
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "a")
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", default_cache_dir())  # filled in by torch, e.g. a FLOP count
+    _use_cache_dir(tmp_path / "b")
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "b")
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "mine"))  # the user's choice stands
+    _use_cache_dir(tmp_path / "c")
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "mine")
