@@ -99,6 +99,11 @@ class BenchRow:
     peak_pct: float | None = None  # tflops as % of --peak-tflops
     error: str | None = None
 
+    @property
+    def one_time_s(self) -> float | None:
+        """What this row paid once and never inside its latency: compile/capture, or the engine build."""
+        return self.compile_s if self.compile_s is not None else self.build_s
+
 
 @dataclass
 class BenchReport:
@@ -116,15 +121,12 @@ class BenchReport:
                 "rows": [asdict(r) for r in self.rows]}
 
 
-def model_gflops(arch: str, num_classes: int, in_chans: int, image_size: int) -> float:
+def model_gflops(model: torch.nn.Module, input_shape: tuple[int, int, int]) -> float:
     """FLOPs per image (2 x the multiply-adds of convolutions and linear layers), counted by torch."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from pipeline.models import build_model
-
-    model = build_model(arch, num_classes=num_classes, in_chans=in_chans).eval()
     with FlopCounterMode(display=False) as counter, torch.no_grad():
-        model(torch.zeros(1, in_chans, image_size, image_size))
+        model.eval()(torch.zeros(1, *input_shape))
     return counter.get_total_flops() / 1e9
 
 
@@ -323,8 +325,11 @@ class _Cell:
     samples: list[np.ndarray] = field(default_factory=list)
     seconds: float = 0.0
     mem_mb: float = 0.0
-    compile_s: float | None = None
     error: str | None = None
+
+    @property
+    def compile_s(self) -> float | None:
+        return getattr(self.rt, "compile_seconds", {}).get(self.batch)
 
 
 def _time_cells(cells: list[_Cell], opts: BenchOptions, shape: tuple[int, ...], device_resident: bool,
@@ -334,6 +339,7 @@ def _time_cells(cells: list[_Cell], opts: BenchOptions, shape: tuple[int, ...], 
     rows are measured side by side."""
     rounds = max(1, opts.rounds)
     iters = max(1, math.ceil(opts.iters / rounds))
+    bufs: dict[int, list[Any]] = {}  # per batch size, made once: every round and runtime sees the same inputs
     for r in range(rounds):
         for c in cells:
             if c.error:
@@ -344,17 +350,18 @@ def _time_cells(cells: list[_Cell], opts: BenchOptions, shape: tuple[int, ...], 
                 continue
             if on_progress:
                 on_progress(f"round {r + 1}/{rounds}: {c.rt.name} batch {c.batch}")
-            bufs = _buffers((c.batch, *shape), N_BUFFERS, opts.seed + c.batch, opts.device if device_resident else "cpu")
+            if c.batch not in bufs:
+                bufs[c.batch] = _buffers((c.batch, *shape), N_BUFFERS, opts.seed + c.batch,
+                                         opts.device if device_resident else "cpu")
             try:
-                tm = time_runtime(c.rt, bufs, warmup=opts.warmup, warmup_seconds=opts.warmup_seconds, iters=iters,
-                                  min_seconds=opts.min_seconds / rounds, max_seconds=opts.max_seconds / rounds,
+                tm = time_runtime(c.rt, bufs[c.batch], warmup=opts.warmup, warmup_seconds=opts.warmup_seconds,
+                                  iters=iters, min_seconds=opts.min_seconds / rounds, max_seconds=opts.max_seconds / rounds,
                                   device_resident=device_resident)
             except ResnetxError as e:
                 c.error = str(e)
                 continue
             c.samples.append(tm.raw)
             c.seconds += tm.seconds
-            c.compile_s = getattr(c.rt, "compile_seconds", {}).get(c.batch)
 
 
 def _bench(opts: BenchOptions, folder: Path, manifest: Any, on_row: Callable[[BenchRow], None] | None,
@@ -362,7 +369,12 @@ def _bench(opts: BenchOptions, folder: Path, manifest: Any, on_row: Callable[[Be
     model, info, missing = reference_if_here(manifest)
     if opts.peak_tflops is not None and opts.peak_tflops <= 0:
         raise BadInput("--peak-tflops must be > 0")
-    gflops = model_gflops(info.arch, info.num_classes, info.in_chans, info.image_size)
+    from pipeline.models import build_model
+
+    # FLOPs do not depend on the weights: a fresh model counts when the reference's are not here
+    counted = model if model is not None else build_model(info.arch, num_classes=info.num_classes,
+                                                          in_chans=info.in_chans)
+    gflops = model_gflops(counted, info.input_shape)
     notes: list[str] = []
     engines = [e["file"] for e in manifest.artifacts.values() if e["kind"] == "engine"]
     if engines and opts.device != "cuda":

@@ -324,8 +324,8 @@ def _do_verify(opts: Any) -> Any:
     for n in report.notes:
         console.print(f"[yellow]note:[/] {n}")
     ref = "stored reference logits" if report.reference_stored else "reference computed now"
-    verdict = ("[green]PASS[/]" if report.passed else "[yellow]NOTHING RAN[/]"
-               if all(r.skipped for r in report.rows) else "[red]FAIL[/]")
+    verdict = ("[green]PASS[/]" if report.passed else "[yellow]NOTHING RAN[/]" if report.nothing_ran
+               else "[red]FAIL[/]")
     console.print(f"{verdict} in {report.seconds:.1f} s ({ref}); "
                   f"report: {opts.folder / 'reports' / 'verify.json'}")
     return report
@@ -354,7 +354,7 @@ def verify(
                          batch_size=batch_size, precisions=_csv(precision) or None, runtimes=_csv(runtime) or None,
                          rel_l2=rtol_l2, top1_agreement=min_agreement, accuracy_drop=max_acc_drop, localize=localize)
     report = _do_verify(opts)
-    if report.rows and all(r.skipped for r in report.rows):
+    if report.nothing_ran:
         from runtimes.errors import BackendUnavailable
 
         raise BackendUnavailable(f"nothing was verified: {report.rows[0].skipped}")

@@ -110,28 +110,27 @@ def _spec_dict(spec: ModelSpec) -> dict[str, Any]:
 
 
 def reference_if_here(manifest: Manifest) -> tuple[torch.nn.Module | None, ModelInfo, str]:
-    """rebuild_reference, except that a weights file absent from this machine (a folder copied
-    elsewhere) is not an error: then (None, the manifest's model info, why). Changed weights still are."""
-    weights = manifest.model["spec"].get("weights")
-    if weights and not Path(weights).is_file():
-        return None, ModelInfo.from_dict(manifest.model), f"the reference weights {weights} are not on this machine"
-    model, info = rebuild_reference(manifest)
-    return model, info, ""
-
-
-def rebuild_reference(manifest: Manifest) -> tuple[torch.nn.Module, ModelInfo]:
-    """The fp32 PyTorch model the artifacts came from, checked against the recorded weights hash."""
+    """The fp32 PyTorch model the artifacts came from, checked against the recorded weights hash; a
+    weights file absent from this machine (a folder copied elsewhere) is not an error: then (None, the
+    manifest's model info, why). Changed weights always are."""
     spec = manifest.model["spec"]
     weights = spec.get("weights")
     if weights and not Path(weights).is_file():
-        raise BadInput(f"the reference weights {weights} named in the manifest are gone; "
-                       "restore them or re-run resnetx export")
+        return None, ModelInfo.from_dict(manifest.model), f"the reference weights {weights} are not on this machine"
     model, info = load_model(ModelSpec(arch=spec["arch"], num_classes=spec.get("num_classes"),
                                        in_chans=spec.get("in_chans"), image_size=spec.get("image_size"),
                                        weights=Path(weights) if weights else None))
     if state_sha256(model) != manifest.model["state_sha256"]:
         raise BadInput("the reference model's weights differ from the ones exported (state sha256 mismatch); "
                        "re-run resnetx export --force")
+    return model, info, ""
+
+
+def rebuild_reference(manifest: Manifest) -> tuple[torch.nn.Module, ModelInfo]:
+    """reference_if_here, for callers that need the model itself."""
+    model, info, missing = reference_if_here(manifest)
+    if model is None:
+        raise BadInput(f"{missing}; restore them or re-run resnetx export")
     return model, info
 
 

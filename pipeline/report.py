@@ -112,7 +112,7 @@ def folder_table(audit: dict[str, Any]) -> Table:
     colour = {"ok": "green", "changed": "red", "missing": "red"}
     for r in audit["artifacts"]:
         size = None if r["size_bytes"] is None else r["size_bytes"] / 2**20
-        t.add_row(r["artifact"], r["file"], r["precision"], _f(size, ".2f"), r["sha256"][:12], r["source"] or "",
+        t.add_row(r["artifact"], r["file"], r["precision"], _f(size, ".2f"), r["sha256"][:12], r["source"],
                   f"[{colour[r['status']]}]{r['status']}[/]")
     return t
 
@@ -167,7 +167,7 @@ def bench_table(report: BenchReport) -> Table:
     peak = any(r.peak_pct is not None for r in report.rows)
     if peak:
         cols.insert(8, "% peak")
-    one_time = any(r.compile_s is not None or r.build_s is not None for r in report.rows)
+    one_time = any(r.one_time_s is not None for r in report.rows)
     if one_time:
         cols.append("compile/build s")  # paid once, never inside the latency
     for c in cols:
@@ -182,7 +182,7 @@ def bench_table(report: BenchReport) -> Table:
                  *([_f(r.peak_pct, ".1f")] if peak else []), _f(r.accuracy_top1, ".2f"),
                  _f(r.peak_mem_mb, ".0f"), _f(r.size_mb, ".2f"), _f(r.load_s, ".2f")]
         if one_time:
-            cells.append(_f(r.compile_s if r.compile_s is not None else r.build_s, ".1f"))
+            cells.append(_f(r.one_time_s, ".1f"))
         t.add_row(*cells)
     return t
 
@@ -228,11 +228,10 @@ def bench_markdown(report: BenchReport) -> str:
             lines.append(f"| {r.batch} | {r.runtime} | {r.error} | | | | | | | | | | |")
             continue
         lat = r.latency_ms
-        one_time = r.compile_s if r.compile_s is not None else r.build_s
         lines.append(f"| {r.batch} | {r.runtime} | {lat['p50']:.3f} | {lat['p90']:.3f} | {lat['p99']:.3f} | "
                      f"{lat['mean']:.3f} | {r.throughput_ips:.0f} | {_f(r.tflops, '.3g')} | {_f(r.peak_pct, '.1f')} | "
                      f"{_f(r.accuracy_top1, '.2f')} | "
-                     f"{_f(r.peak_mem_mb, '.0f')} | {_f(r.size_mb, '.2f')} | {_f(one_time, '.1f')} |")
+                     f"{_f(r.peak_mem_mb, '.0f')} | {_f(r.size_mb, '.2f')} | {_f(r.one_time_s, '.1f')} |")
     lines += [""] + [f"- {n}" for n in report.notes]
     return "\n".join(lines) + "\n"
 

@@ -108,6 +108,11 @@ class VerifyReport:
     notes: list[str] = field(default_factory=list)
 
     @property
+    def nothing_ran(self) -> bool:
+        """Every candidate was skipped (missing backend or device): no verdict either way."""
+        return bool(self.rows) and all(r.skipped for r in self.rows)
+
+    @property
     def passed(self) -> bool:
         ran = [r for r in self.rows if r.skipped is None]
         return bool(ran) and all(r.passed for r in ran)

@@ -59,8 +59,8 @@ class Runtime:
         least = step if self.static_shapes else lo
         out = []
         for i in range(0, len(x), step):
-            n = len(x[i : i + step])
             chunk = x[i : i + step]
+            n = len(chunk)
             if n < least:
                 chunk = np.concatenate([chunk, np.repeat(chunk[-1:], least - n, 0)])
             out.append(self.infer(chunk)[:n])

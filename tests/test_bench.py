@@ -188,8 +188,9 @@ def test_reports_without_matplotlib_say_so(tmp_path: Path, monkeypatch: pytest.M
 
 def test_flops_and_share_of_peak(default_folder: Path, tmp_path: Path) -> None:
     from pipeline.bench import model_gflops
+    from pipeline.models import build_model
 
-    assert 8.1 < model_gflops("resnet50", 1000, 3, 224) < 8.3  # 4.1 G multiply-adds, the published figure
+    assert 8.1 < model_gflops(build_model("resnet50", num_classes=1000, in_chans=3), (3, 224, 224)) < 8.3  # 4.1 G multiply-adds, the published figure
     folder = copy_folder(default_folder, tmp_path / "f")
     report = bench(BenchOptions(folder=folder, runtimes=("ort",), precisions=("fp32",), batches=(4,), iters=3,
                                 warmup=0, warmup_seconds=0.0, min_seconds=0.0, rounds=1, accuracy=False,
