@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import logging
 import tempfile
 import time
@@ -17,7 +18,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from exporters.onnx import INPUT_NAME, OnnxArtifact, check_onnx, load_onnx, save_onnx
+from exporters.onnx import INPUT_NAME, OnnxArtifact, atomic_write, check_onnx, load_onnx, save_onnx
 from runtimes.errors import BackendUnavailable, BadInput, first_line
 
 __all__ = [
@@ -276,6 +277,9 @@ def quantize_int8(
         q = onnx.load(str(out))
     if not cached and reader.count == 0:
         raise BadInput("int8 calibration saw no images; check --calib-data and --calib-samples")
+    if cache is not None and not cached:  # onnxruntime writes the ranges in set order: sort them, same run same bytes
+        ranges = json.loads(Path(cache).read_text())
+        atomic_write(Path(cache), (json.dumps(ranges, sort_keys=True, indent=1) + "\n").encode())
     _set_meta(q, {"resnetx.precision": "int8", "resnetx.int8_recipe": recipe, "resnetx.calib_method": method})
     check_onnx(q, where=dst.name)
     sha, size = save_onnx(q, dst)

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from pipeline.artifacts import check_sha, read_manifest, tool_versions
-from pipeline.data import iter_batches, open_dataset
+from pipeline.data import calibration_overlap_note, iter_batches, open_dataset
 from pipeline.export import reference_if_here
 from runtimes.base import Runtime, open_runtime
 from runtimes.errors import BackendUnavailable, BadInput, ResnetxError
@@ -433,6 +433,15 @@ def _bench(opts: BenchOptions, folder: Path, manifest: Any, on_row: Callable[[Be
                              round(c.load_s, 3), compile_s=c.compile_s, build_s=_build_s(c.target),
                              transfers_included=not device_resident, iters=tm.iters, tflops=round(tflops, 5),
                              peak_pct=round(100 * tflops / opts.peak_tflops, 2) if opts.peak_tflops else None))
+    if opts.device == "cpu" and any(r.backend == "ort" and r.precision == "int8" and r.latency_ms for r in rows):
+        q = manifest.artifacts.get("int8", {})
+        if q.get("recipe") == "tensorrt":
+            notes.append("ort int8 here is the TensorRT recipe (symmetric int8 activations, float bias), made for "
+                         "TensorRT engines; onnxruntime's x86 kernels do not speed it up. For CPU deployment export "
+                         "with --int8-target cpu (uint8 activations, int32 bias)")
+    if any(r.precision == "int8" and r.accuracy_top1 is not None for r in rows):
+        if overlap := calibration_overlap_note(manifest.calibration, opts.data):
+            notes.append(overlap)
     if opts.compile and "torch" in (opts.runtimes or ("torch",)):
         notes.append(f"torch.compile cache: {os.environ.get('TORCHINDUCTOR_CACHE_DIR', 'torch default')}")
     for row in rows:

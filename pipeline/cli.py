@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
+from rich.markup import escape
 
 from runtimes.errors import ResnetxError
 
@@ -118,9 +119,11 @@ def main(
     """resnetx: export, verify and benchmark ResNets (ONNX, onnxruntime, TensorRT)."""
     ctx.obj = {"debug": debug}
     level = logging.DEBUG if debug else (logging.WARNING if quiet else logging.INFO)
-    logging.basicConfig(level=level, format="%(message)s", stream=sys.stderr, force=True)
-    for noisy in ("onnxscript", "onnx_ir", "torch", "torch.onnx", "torch._dynamo", "torch.export"):
-        logging.getLogger(noisy).setLevel(logging.WARNING if not debug else logging.INFO)
+    # other libraries speak at WARNING (INFO with --debug: matplotlib, torch.export, onnxscript chatter)
+    logging.basicConfig(level=logging.INFO if debug else logging.WARNING, format="%(message)s", stream=sys.stderr,
+                        force=True)
+    for ours in ("resnetx", "pipeline", "runtimes", "exporters"):
+        logging.getLogger(ours).setLevel(level)
 
 
 def _command_line() -> str:
@@ -170,7 +173,7 @@ def train(
 
         result = run_train(cfg, on_step=on_step, on_epoch=on_epoch, command=_command_line())
     console.print(f"best test top-1 {result.best_top1:.2f}% at epoch {result.best_epoch}; "
-                  f"saved {result.checkpoint} ({result.seconds:.0f} s)")
+                  f"saved {escape(str(result.checkpoint))} ({result.seconds:.0f} s)")
 
 
 
@@ -242,7 +245,7 @@ def _do_export(opts: Any) -> Any:
     _announce_model(result.info)
     console.print(export_table(result))
     for n in result.notices:
-        console.print(f"[yellow]note:[/] {n}")
+        console.print(f"[yellow]note:[/] {escape(n)}")
     return result
 
 
@@ -320,14 +323,15 @@ def _do_verify(opts: Any) -> Any:
         if r.localization and "error" not in r.localization:
             console.print(localization_table(r.artifact, r.localization))
         elif r.localization:
-            console.print(f"[yellow]localisation of {r.artifact} failed:[/] {r.localization['error']}")
+            console.print(f"[yellow]localisation of {r.artifact} failed:[/] {escape(r.localization['error'])}")
     for n in report.notes:
-        console.print(f"[yellow]note:[/] {n}")
+        console.print(f"[yellow]note:[/] {escape(n)}")
     ref = "stored reference logits" if report.reference_stored else "reference computed now"
     verdict = ("[green]PASS[/]" if report.passed else "[yellow]NOTHING RAN[/]" if report.nothing_ran
                else "[red]FAIL[/]")
-    console.print(f"{verdict} in {report.seconds:.1f} s ({ref}); "
-                  f"report: {opts.folder / 'reports' / 'verify.json'}")
+    where = (f"report: {escape(str(report.report_path))}" if report.report_path
+             else "no report written (reports/verify.json keeps the last verdict)")
+    console.print(f"{verdict} in {report.seconds:.1f} s ({ref}); {where}")
     return report
 
 
@@ -371,15 +375,15 @@ def _do_bench(opts: Any, compare: Path | None = None) -> Any:
     with console.status("benchmarking...") as status:
         def on_row(row: Any) -> None:
             status.update(f"{row.runtime} batch {row.batch}: "
-                          + (f"{row.latency_ms['p50']:.3f} ms" if row.latency_ms else (row.error or "")))
+                          + (f"{row.latency_ms['p50']:.3f} ms" if row.latency_ms else escape(row.error or "")))
 
-        report = run_bench(opts, on_row=on_row, on_progress=status.update)
+        report = run_bench(opts, on_row=on_row, on_progress=lambda text: status.update(escape(text)))
     console.print(bench_table(report))
     for n in report.notes:
-        console.print(f"[yellow]note:[/] {n}")
+        console.print(f"[yellow]note:[/] {escape(n)}")
     if compare is not None:
         console.print(compare_table(compare_reports(report, compare), compare))
-    console.print(f"reports: {opts.folder / 'reports'}/bench.{{json,md,csv,png}}")
+    console.print(f"reports: {escape(str(opts.folder / 'reports'))}/bench.{{json,md,csv,png}}")
     return report
 
 

@@ -326,6 +326,23 @@ DATASETS = {
 }
 
 
+SPLIT_DATASETS = ("fashion-mnist", "cifar10")  # separate train and test images; the others have one set
+
+
+def calibration_split(name: str) -> str:
+    """What calibration draws from: the train split where the dataset has one, else its only set."""
+    return "train" if name.partition(":")[0] in SPLIT_DATASETS else "all images"
+
+
+def calibration_overlap_note(calibration: dict | None, data: str) -> str | None:
+    """A note when int8 accuracy is measured on the images it was calibrated on (same one-split dataset)."""
+    if not calibration or calibration.get("dataset") != data or calibration_split(data) == "train":
+        return None
+    return (f"int8 was calibrated on {calibration['samples']} images drawn from {data}, the data measured here: its "
+            "accuracy is optimistic; export with --calib-data on other images (a train split: fashion-mnist, "
+            "cifar10, imagefolder:TRAIN_DIR) for an unbiased number")
+
+
 def open_dataset(
     name: str, *, split: str = "test", data_dir: Path | None = None, preprocess: Preprocess | None = None
 ) -> Dataset:

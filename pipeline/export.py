@@ -17,7 +17,7 @@ import torch
 
 from exporters.onnx import DEFAULT_OPSET, OnnxArtifact, export_onnx
 from pipeline.artifacts import MANIFEST, Manifest, export_lock, read_manifest, tool_versions, write_manifest
-from pipeline.data import iter_batches, open_dataset
+from pipeline.data import calibration_split, iter_batches, open_dataset
 from pipeline.models import ModelInfo, ModelSpec, load_model
 from pipeline.precisions import PRECISIONS, Precision
 from pipeline.reference import DEFAULT_SAMPLES, reference_file, stored_reference, verify_inputs
@@ -287,7 +287,7 @@ def export(
             from exporters.precision import quantize_int8
 
             calib = {"dataset": opts.calib_data, "data_dir": str(opts.calib_dir) if opts.calib_dir else None,
-                     "split": "train", "samples": opts.calib_samples, "method": opts.calib_method,
+                     "split": calibration_split(opts.calib_data), "samples": opts.calib_samples, "method": opts.calib_method,
                      "recipe": opts.int8_target, "seed": opts.seed, "preprocess": info.preprocess.to_dict()}
             from exporters.precision import INT8_RECIPES
 

@@ -33,6 +33,13 @@ def _mb(n: float | None) -> str:
     return "" if n is None else f"{n / 2**20:.2f} MB"
 
 
+def _esc(text: object) -> str:
+    """Free text (paths, error messages, pip extras like resnetx[gpu]) shown literally, not as rich markup."""
+    from rich.markup import escape
+
+    return escape(str(text))
+
+
 def _f(v: float | None, fmt: str) -> str:
     if v is None:
         return "n/a"
@@ -44,29 +51,29 @@ def _f(v: float | None, fmt: str) -> str:
 def export_table(result: ExportResult) -> Table:
     from rich.table import Table
 
-    t = Table(title=f"resnetx export -> {result.folder}", title_justify="left")
+    t = Table(title=f"resnetx export -> {_esc(result.folder)}", title_justify="left")
     for c in ("step", "status", "file", "size", "seconds", "note"):
         t.add_column(c, justify="right" if c in ("size", "seconds") else "left")
     for e in result.events:
-        t.add_row(e.step, e.status, e.file or "", _mb(e.size_bytes), f"{e.seconds:.2f}" if e.status == "built" else "",
-                  e.note)
+        t.add_row(e.step, e.status, _esc(e.file or ""), _mb(e.size_bytes),
+                  f"{e.seconds:.2f}" if e.status == "built" else "", _esc(e.note))
     return t
 
 
 def verify_table(report: VerifyReport) -> Table:
     from rich.table import Table
 
-    t = Table(title=f"resnetx verify: {report.samples} inputs from {report.data} vs {report.reference}",
+    t = Table(title=f"resnetx verify: {report.samples} inputs from {_esc(report.data)} vs {report.reference}",
               title_justify="left")
     for c in ("artifact", "runtime", "max abs", "rel L2", "min cos", "top-1 agree", "top-5 overlap", "NaN/Inf",
               "acc ref", "acc", "delta", "verdict"):
         t.add_column(c, justify="left" if c in ("artifact", "runtime", "verdict") else "right")
     for r in report.rows:
         if r.skipped:
-            t.add_row(r.artifact, r.runtime, *[""] * 9, f"[yellow]skipped[/]: {r.skipped}")
+            t.add_row(r.artifact, r.runtime, *[""] * 9, f"[yellow]skipped[/]: {_esc(r.skipped)}")
             continue
         m = r.metrics
-        verdict = "[green]pass[/]" if r.passed else "[red]FAIL[/]: " + "; ".join(r.failures)
+        verdict = "[green]pass[/]" if r.passed else "[red]FAIL[/]: " + _esc("; ".join(r.failures))
         if m is None:
             t.add_row(r.artifact, r.runtime, *[""] * 9, verdict)
             continue
@@ -83,7 +90,7 @@ def localization_table(artifact: str, loc: dict[str, Any], limit: int = 12) -> T
     first, jump = loc.get("first_divergent_layer"), loc.get("largest_jump_layer")
     t = Table(title=f"{artifact}: error by depth vs {loc.get('baseline')} (layer bar rel. L2 {loc.get('layer_tolerance')})"
               f"\nfirst divergent layer: {first or 'none'}   largest jump: {jump or 'none'}"
-              + (f"\ntry: {loc['suggestion']}" if loc.get("suggestion") else ""), title_justify="left")
+              + (f"\ntry: {_esc(loc['suggestion'])}" if loc.get("suggestion") else ""), title_justify="left")
     t.add_column("layer")
     t.add_column("op")
     t.add_column("rel L2", justify="right")
@@ -104,15 +111,15 @@ def folder_table(audit: dict[str, Any]) -> Table:
 
     m = audit["model"]
     weights = m.get("weights") or "random init"
-    t = Table(title=f"{audit['folder']}: {m['arch']}, {m['num_classes']} classes, input "
-              f"{m['in_chans']}x{m['image_size']}x{m['image_size']}, weights {weights} "
+    t = Table(title=f"{_esc(audit['folder'])}: {m['arch']}, {m['num_classes']} classes, input "
+              f"{m['in_chans']}x{m['image_size']}x{m['image_size']}, weights {_esc(weights)} "
               f"(state sha256 {m['state_sha256'][:12]}), exported {audit['created']}", title_justify="left")
     for c in ("artifact", "file", "precision", "size MB", "sha256", "made from", "file check"):
         t.add_column(c, justify="right" if c == "size MB" else "left")
     colour = {"ok": "green", "changed": "red", "missing": "red"}
     for r in audit["artifacts"]:
         size = None if r["size_bytes"] is None else r["size_bytes"] / 2**20
-        t.add_row(r["artifact"], r["file"], r["precision"], _f(size, ".2f"), r["sha256"][:12], r["source"],
+        t.add_row(r["artifact"], _esc(r["file"]), r["precision"], _f(size, ".2f"), r["sha256"][:12], _esc(r["source"]),
                   f"[{colour[r['status']]}]{r['status']}[/]")
     return t
 
@@ -122,25 +129,25 @@ def folder_notes(audit: dict[str, Any]) -> list[str]:
     lines = []
     c = audit.get("calibration")
     if c:
-        lines.append(f"int8 calibration: {c['samples']} images of {c['dataset']} ({c['split']}), {c['method']}, "
+        lines.append(f"int8 calibration: {c['samples']} images of {_esc(c['dataset'])} ({c['split']}), {c['method']}, "
                      f"{c['recipe']} recipe, seed {c['seed']}")
     for k, (then, now) in audit["version_drift"].items():
         lines.append(f"[yellow]{k} {then} at export, {now or 'not installed'} now[/]: "
                      "a re-export rebuilds what it shapes")
     for r in audit["artifacts"]:
         if r["target"]:
-            lines.append(f"{r['file']}: {r['target']}")
+            lines.append(_esc(f"{r['file']}: {r['target']}"))
     refs = audit["references"]
-    lines.append(f"stored reference logits: {', '.join(refs)}" if refs else "no stored reference logits")
+    lines.append(f"stored reference logits: {_esc(', '.join(refs))}" if refs else "no stored reference logits")
     v = audit["verify"]
     if v is None:
-        lines.append("not verified yet: resnetx verify " + audit["folder"])
+        lines.append("not verified yet: resnetx verify " + _esc(audit["folder"]))
     elif v.get("passed") is None:
-        lines.append(f"[yellow]{v.get('error', 'verify.json holds no verdict')}[/]")
+        lines.append(f"[yellow]{_esc(v.get('error', 'verify.json holds no verdict'))}[/]")
     else:
         verdict = "[green]PASS[/]" if v["passed"] else "[red]FAIL[/]"
         stale = "" if v["current"] else " [yellow](from an earlier export: verify again)[/]"
-        lines.append(f"last verify: {verdict} on {v['samples']} inputs from {v['data']}{stale}")
+        lines.append(f"last verify: {verdict} on {v['samples']} inputs from {_esc(v['data'])}{stale}")
     if not audit["intact"]:
         lines.append("[red]files differ from the manifest: their provenance is unknown; "
                      "re-run resnetx export --force[/]")
@@ -158,7 +165,7 @@ def bench_table(report: BenchReport) -> Table:
     gpu = sys.get("gpu") or {}
     title = f"resnetx bench: {sys.get('cpu')} ({sys.get('cores')} cores)" + (f", {gpu.get('name')}" if gpu else "")
     if report.accuracy_data:
-        title += f"; accuracy on {report.accuracy_data}"
+        title += f"; accuracy on {_esc(report.accuracy_data)}"
     if report.gflops_per_image:
         title += f"; {report.gflops_per_image:.3g} GFLOP/image"
     t = Table(title=title, title_justify="left")
@@ -174,7 +181,7 @@ def bench_table(report: BenchReport) -> Table:
         t.add_column(c, justify="left" if c == "runtime" else "right")
     for r in sorted(report.rows, key=_sort_key):
         if r.latency_ms is None:
-            t.add_row(str(r.batch or ""), r.runtime, f"[yellow]{r.error}[/]", *[""] * (len(cols) - 3))
+            t.add_row(str(r.batch or ""), r.runtime, f"[yellow]{_esc(r.error)}[/]", *[""] * (len(cols) - 3))
             continue
         lat = r.latency_ms
         cells = [str(r.batch), r.runtime, f"{lat['p50']:.3f}", f"{lat['p90']:.3f}", f"{lat['p99']:.3f}",
@@ -190,7 +197,7 @@ def bench_table(report: BenchReport) -> Table:
 def compare_table(rows: list[dict[str, Any]], other: Path) -> Table:
     from rich.table import Table
 
-    t = Table(title=f"against {other} (speedup > 1: faster now)", title_justify="left")
+    t = Table(title=f"against {_esc(other)} (speedup > 1: faster now)", title_justify="left")
     for c in ("runtime", "batch", "p50 ms", "was ms", "speedup", "throughput x"):
         t.add_column(c, justify="left" if c == "runtime" else "right")
     for r in rows:

@@ -136,6 +136,9 @@ def train(cfg: TrainConfig, *, on_step: StepCallback | None = None,
         raise BadInput("--epochs and --batch-size must be >= 1 and --lr > 0")
     if cfg.model == "default":
         raise BadInput("--model default is the shipped model; train an architecture, e.g. --model resnet20")
+    if cfg.data == "sample":  # its one split is a slice of the test set: the score would be on training images
+        raise BadInput("--data sample is 1,000 Fashion-MNIST test images with no train split of its own; "
+                       "train on fashion-mnist, cifar10 or imagefolder:DIR")
     torch.manual_seed(cfg.seed)
     device = _device(cfg.device)
     train_ds = open_dataset(cfg.data, split="train", data_dir=cfg.data_dir)

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from pipeline.artifacts import Manifest, atomic_write_text, check_sha, read_manifest
+from pipeline.data import calibration_overlap_note
 from pipeline.export import reference_if_here
 from pipeline.precisions import PRECISIONS, Precision, Tolerance
 from pipeline.reference import DEFAULT_SAMPLES, reference_file, stored_reference, verify_inputs
@@ -106,6 +107,7 @@ class VerifyReport:
     manifest_created: str = ""  # which export this verdict is about
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
+    report_path: Path | None = None  # None when nothing ran: the last real verdict is kept
 
     @property
     def nothing_ran(self) -> bool:
@@ -242,7 +244,11 @@ def verify(
     *,
     on_progress: Callable[[str, int, int], None] | None = None,
 ) -> VerifyReport:
-    """Compare each selected artifact with the fp32 PyTorch reference; write reports/verify.json."""
+    """Compare each selected artifact with the fp32 PyTorch reference; write reports/verify.json.
+
+    When every candidate was skipped (no GPU, no provider) nothing is written: a run that judged nothing
+    must not replace the verdict of one that did.
+    """
     start = time.perf_counter()
     folder = Path(opts.folder)
     manifest = read_manifest(folder)
@@ -305,10 +311,15 @@ def verify(
                 row.localization = {"error": str(e)}
             row.localization["seconds"] = round(time.perf_counter() - t_loc, 2)
         rows.append(row)
+    if labels is not None and any(r.precision == "int8" and r.metrics is not None for r in rows):
+        if overlap := calibration_overlap_note(manifest.calibration, opts.data):
+            notes.append(overlap)
     report = VerifyReport(folder, rows, inputs.data, len(x), reference_stored=stored,
                           manifest_created=manifest.created, seconds=time.perf_counter() - start,
                           notes=notes + _unverified_engines(opts, manifest))
-    atomic_write_text(folder / "reports" / "verify.json", json.dumps(report.to_dict(), indent=2, default=_json) + "\n")
+    if not report.nothing_ran:
+        report.report_path = folder / "reports" / "verify.json"
+        atomic_write_text(report.report_path, json.dumps(report.to_dict(), indent=2, default=_json) + "\n")
     return report
 
 

@@ -80,7 +80,8 @@ class OrtRuntime(Runtime):
             self._sess = ort.InferenceSession(str(path), opts, providers=providers)
         except Exception as e:
             first = first_line(e)
-            raise BadInput(f"onnxruntime cannot load {path.name}: {first}") from e
+            raise BadInput(f"onnxruntime cannot load {path.name} ({first}); the file is corrupt or not ONNX: "
+                           f"re-create it with resnetx export --force") from e
         active = self._sess.get_providers()
         if active[0] != wanted:  # never fall back silently to a slower provider
             raise BackendUnavailable(f"onnxruntime did not start {wanted} for {path.name} (got {active}); {_GPU_HINT}")

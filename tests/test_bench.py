@@ -105,6 +105,7 @@ def test_bench_writes_reports(default_folder: Path) -> None:
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
     ratios = compare_reports(report, default_folder / "reports" / "bench.json")
     assert len(ratios) == len(rows) and all(r["speedup"] == pytest.approx(1.0) for r in ratios)
+    assert any("--int8-target cpu" in n for n in report.notes)  # the int8 timed here is TensorRT's recipe
 
 
 def test_synthetic_data_has_no_accuracy(small_folder: Path) -> None:

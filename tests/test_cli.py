@@ -63,6 +63,22 @@ def test_bad_input_is_exit_2_one_line(args: list[str], msg: str, tmp_path: Path)
     assert not (tmp_path / "o" / "manifest.json").exists()
 
 
+def test_corrupt_onnx_behind_a_matching_hash_is_exit_2(default_folder: Path, tmp_path: Path) -> None:
+    """The sha check cannot catch a file truncated before the manifest was re-hashed: loading must."""
+    import hashlib
+
+    folder = copy_folder(default_folder, tmp_path / "f")
+    onnx_file = folder / "model.fp16.onnx"
+    onnx_file.write_bytes(onnx_file.read_bytes()[:5000])
+    m = json.loads((folder / "manifest.json").read_text())
+    m["artifacts"]["fp16"]["sha256"] = hashlib.sha256(onnx_file.read_bytes()).hexdigest()
+    (folder / "manifest.json").write_text(json.dumps(m))
+    for cmd in (["verify", folder, "--samples", "16"], ["bench", folder, "--batch", "1", "--iters", "2"]):
+        r = invoke(*cmd, "--precision", "fp16")
+        assert r.exit_code == 2, r.output
+        assert "cannot load model.fp16.onnx" in r.output and "resnetx export --force" in r.output
+
+
 def test_incomplete_folder_is_reported(tmp_path: Path) -> None:
     (tmp_path / "f").mkdir()
     (tmp_path / "f" / "model.fp32.onnx").write_bytes(b"half")
@@ -70,13 +86,18 @@ def test_incomplete_folder_is_reported(tmp_path: Path) -> None:
     assert r.exit_code == 2 and "an export into it was interrupted" in r.output
 
 
-def test_cuda_missing_is_exit_3(default_folder: Path) -> None:
+def test_cuda_missing_is_exit_3(default_folder: Path, tmp_path: Path) -> None:
     if torch.cuda.is_available():
         pytest.skip("a GPU is present")
-    r = invoke("bench", default_folder, "--device", "cuda")
+    folder = copy_folder(default_folder, tmp_path / "f")
+    r = invoke("bench", folder, "--device", "cuda")
     assert r.exit_code == 3 and "no CUDA device" in r.output
-    r = invoke("verify", default_folder, "--device", "cuda", "--samples", "16")  # every row skipped: not a FAIL
+    assert invoke("verify", folder, "--samples", "16", "--precision", "fp32").exit_code == 0
+    passed = (folder / "reports" / "verify.json").read_bytes()
+    r = invoke("verify", folder, "--device", "cuda", "--samples", "16")  # every row skipped: not a FAIL
     assert r.exit_code == 3 and "nothing was verified" in r.output and "NOTHING RAN" in r.output
+    assert "no report written" in r.output
+    assert (folder / "reports" / "verify.json").read_bytes() == passed, "a run that judged nothing replaced the verdict"
 
 
 def test_corrupt_checkpoint_exit_2(tmp_path: Path) -> None:

@@ -51,6 +51,8 @@ def test_train_rejects_default_and_bad_schedule(tmp_path: Path) -> None:
         train(TrainConfig(model="default", out=tmp_path / "x.pt"))
     with pytest.raises(BadInput, match="schedule"):
         train(TrainConfig(schedule="linear", out=tmp_path / "x.pt"))
+    with pytest.raises(BadInput, match="no train split"):  # it is test images: no scoring on what was learned
+        train(TrainConfig(model="resnet20", data="sample", out=tmp_path / "x.pt"))
 
 
 def test_shipped_model_accuracy_on_sample() -> None:

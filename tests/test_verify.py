@@ -43,6 +43,18 @@ def test_clean_export_passes_each_precision(default_folder: Path) -> None:
     assert rows["int8"].tolerance == Tolerance(top1_agreement=0.97, accuracy_drop=0.5)
     report = json.loads((default_folder / "reports" / "verify.json").read_text())
     assert report["passed"] and {"runtime", "precision", "device", "metrics", "tolerance", "passed"} <= set(report["rows"][0])
+    # calibrated on the bundled sample and measured on it: the report says the int8 accuracy is optimistic
+    assert any("calibrated on 256 images drawn from sample" in n for n in r.notes)
+
+
+def test_calibration_overlap_only_without_a_train_split() -> None:
+    from pipeline.data import calibration_overlap_note
+
+    calib = {"dataset": "fashion-mnist", "samples": 512}
+    assert calibration_overlap_note(calib, "fashion-mnist") is None  # train split vs test split: disjoint
+    assert calibration_overlap_note(calib, "sample") is None
+    assert calibration_overlap_note(None, "sample") is None
+    assert "optimistic" in calibration_overlap_note({"dataset": "imagefolder:/d", "samples": 8}, "imagefolder:/d")
 
 
 def test_perturbed_conv_fails_and_is_localised(default_folder: Path, tmp_path: Path) -> None:
@@ -207,3 +219,20 @@ def test_a_folder_without_its_checkpoint_verifies_against_stored_logits(tmp_path
     torch.save(build_model("resnet20", num_classes=10, in_chans=3).state_dict(), ckpt)
     with pytest.raises(BadInput, match="differ from the ones exported"):
         verify(VerifyOptions(folder=folder))
+
+
+def test_tables_show_messages_literally() -> None:
+    """A skip reason naming a pip extra (resnetx[gpu]) must not be eaten as rich markup."""
+    from rich.console import Console
+
+    from pipeline.report import verify_table
+    from pipeline.verify import VerifyReport, VerifyRow
+
+    reason = "no CUDAExecutionProvider; pip install 'resnetx[gpu]' [bold]"
+    report = VerifyReport(Path("dir[x]"), [VerifyRow("fp16", "ort-cuda-fp16", "fp16", "cuda", False, skipped=reason),
+                                           VerifyRow("fp32", "ort-cpu-fp32", "fp32", "cpu", False,
+                                                     failures=["file [model.fp32.onnx] changed"])], "sample", 16)
+    console = Console(width=400, record=True, force_terminal=False)
+    console.print(verify_table(report))
+    text = console.export_text()
+    assert "'resnetx[gpu]' [bold]" in text and "file [model.fp32.onnx] changed" in text
