@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from exporters.onnx import INPUT_NAME
 from pipeline.artifacts import check_sha, read_manifest, tool_versions
 from pipeline.data import calibration_overlap_note, iter_batches, open_dataset
 from pipeline.export import reference_if_here
@@ -246,11 +247,18 @@ class _Target:
     size_mb: float | None
 
 
+# ort-trt: onnxruntime's TensorRT execution provider, opt-in (it needs onnxruntime-gpu built with it AND
+# TensorRT's libraries; onnxruntime lists the provider even where those are missing)
+BENCH_RUNTIMES = ("torch", "ort", "ort-trt", "trt")
+
+
 def _targets(opts: BenchOptions, manifest: Any, model: torch.nn.Module | None) -> list[_Target]:
     runtimes = opts.runtimes or (("torch", "ort", "trt") if opts.device == "cuda" else ("torch", "ort"))
-    bad = [r for r in runtimes if r not in ("torch", "ort", "trt")]
+    bad = [r for r in runtimes if r not in BENCH_RUNTIMES]
     if bad:
-        raise BadInput(f"unknown runtime {', '.join(bad)}; choose from torch, ort, trt")
+        raise BadInput(f"unknown runtime {', '.join(bad)}; choose from {', '.join(BENCH_RUNTIMES)}")
+    if "ort-trt" in runtimes and opts.device != "cuda":
+        raise BadInput("--runtime ort-trt (onnxruntime's TensorRT execution provider) needs --device cuda")
     precisions = opts.precisions or ("fp32", "fp16", "int8")
     bad = [p for p in precisions if p not in ("fp32", "fp16", "int8")]
     if bad:
@@ -264,15 +272,14 @@ def _targets(opts: BenchOptions, manifest: Any, model: torch.nn.Module | None) -
     for key, entry in manifest.artifacts.items():
         if entry["precision"] not in precisions:
             continue
-        backend = "ort" if entry["kind"] == "onnx" else "trt"
-        if backend in runtimes:
-            out.append(_Target(backend, entry["precision"], entry, entry["size_bytes"] / 2**20))
+        backends = ("ort", "ort-trt") if entry["kind"] == "onnx" else ("trt",)
+        out += [_Target(b, entry["precision"], entry, entry["size_bytes"] / 2**20) for b in backends if b in runtimes]
     if not out:
         raise BadInput("nothing to benchmark for the chosen --runtime/--precision")
     return out
 
 
-def _open(t: _Target, opts: BenchOptions, folder: Path, missing: str) -> Runtime:
+def _open(t: _Target, opts: BenchOptions, folder: Path, missing: str, input_shape: tuple[int, ...]) -> Runtime:
     if t.backend == "torch":
         if t.artifact is None:
             raise BackendUnavailable(f"the torch runtime runs the PyTorch model: {missing}")
@@ -282,6 +289,13 @@ def _open(t: _Target, opts: BenchOptions, folder: Path, missing: str) -> Runtime
     path = check_sha(folder, t.artifact)
     if t.backend == "trt":
         return open_runtime("trt", path, device="cuda", entry=t.artifact, cuda_graph=opts.cuda_graph)
+    if t.backend == "ort-trt":  # one engine for the whole batch range, built once, cached beside the graph
+        shape = "x".join(map(str, input_shape))
+        lo, opt, hi = min(opts.batches), max(opts.batches), max(opts.batches)
+        profile = {f"trt_profile_{k}_shapes": f"{INPUT_NAME}:{b}x{shape}" for k, b in (("min", lo), ("opt", opt),
+                                                                                    ("max", hi))}
+        return open_runtime("ort", path, device="cuda", precision=t.precision, provider="trt-ep",
+                            provider_options=profile)
     return open_runtime("ort", path, device=opts.device, precision=t.precision, threads=opts.threads,
                         prefer_nhwc=opts.prefer_nhwc)
 
@@ -400,7 +414,7 @@ def _bench(opts: BenchOptions, folder: Path, manifest: Any, on_row: Callable[[Be
             t0 = time.perf_counter()
             mem0 = _mem_mb(opts.device)
             try:
-                rt = _open(t, opts, folder, missing)
+                rt = _open(t, opts, folder, missing, info.input_shape)
             except BackendUnavailable as e:
                 rows.append(BenchRow(f"{t.backend}-{opts.device}-{t.precision}", t.backend, "", t.precision,
                                      opts.device, 0, None, None, None, None, t.size_mb, None, error=str(e)))

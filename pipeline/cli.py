@@ -391,7 +391,7 @@ def _do_bench(opts: Any, compare: Path | None = None) -> Any:
 @handled
 def bench(
     folder: DirArg = Path("artifacts/default"),
-    runtime: Annotated[str | None, typer.Option(help="Runtimes: torch, ort, trt (default torch,ort; +trt on cuda).", rich_help_panel=RUN_PANEL)] = None,
+    runtime: Annotated[str | None, typer.Option(help="Runtimes: torch, ort, trt, ort-trt (default torch,ort; +trt on cuda; ort-trt = onnxruntime's TensorRT provider, on request).", rich_help_panel=RUN_PANEL)] = None,
     precision: Annotated[str | None, typer.Option(help="Only these precisions.", rich_help_panel=RUN_PANEL)] = None,
     device: Annotated[Device, typer.Option(help="cpu or cuda.", rich_help_panel=RUN_PANEL)] = Device.cpu,
     batch: Annotated[str, typer.Option(help="Batch sizes, comma-separated.")] = "1,8,32",

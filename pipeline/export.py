@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from exporters.onnx import DEFAULT_OPSET, OnnxArtifact, export_onnx
+from exporters.onnx import DEFAULT_OPSET, OnnxArtifact, compare_graphs, export_onnx
 from pipeline.artifacts import MANIFEST, Manifest, export_lock, read_manifest, tool_versions, write_manifest
 from pipeline.data import calibration_split, iter_batches, open_dataset
 from pipeline.models import ModelInfo, ModelSpec, load_model
@@ -180,6 +180,26 @@ def _calib_batches(opts: ExportOptions, info: ModelInfo) -> Iterator[np.ndarray]
         yield b.x
 
 
+INT8_CHECK_IMAGES = 64
+
+
+def _check_images(opts: ExportOptions, info: ModelInfo) -> np.ndarray:
+    """Images for the check right after quantization: the calibration data, drawn with another seed."""
+    ds = open_dataset(opts.calib_data, split="train", data_dir=opts.calib_dir, preprocess=info.preprocess)
+    return np.concatenate([b.x for b in iter_batches(ds, info.preprocess, INT8_CHECK_IMAGES, limit=INT8_CHECK_IMAGES,
+                                                     seed=opts.seed + 1, shuffle=True)])
+
+
+def _int8_collapse(check: dict[str, Any] | None, out: Path) -> list[str]:
+    """A loud notice when int8 departs from fp32 at once (bad ranges, wrong preprocessing): verify judges later."""
+    bar = PRECISIONS[Precision.int8].tolerance.top1_agreement or 0.0
+    if check is None or check["top1_agree"] >= bar:
+        return []
+    return [f"int8 agrees with fp32 on only {100 * check['top1_agree']:.1f}% of {check['samples']} calibration-set "
+            f"images (verify's bar: {100 * bar:.0f}%); run resnetx verify {out} --localize to find the layer to keep "
+            "with --keep-fp32, or calibrate on more representative data"]
+
+
 def _resolve_engine(engine: str, notices: list[str]) -> str | None:
     from exporters.tensorrt import FLAVORS, available_flavors, import_flavor
 
@@ -310,9 +330,16 @@ def export(
                                   method=opts.calib_method, cache=cache, exclude_nodes=opts.keep_fp32,
                                   quantize_ends=opts.int8_quantize_ends,
                                   on_images=lambda n: progress(f"int8: calibrated {n}/{opts.calib_samples} images"))
-                artifacts["int8"] = _onnx_entry(a, key, fp32_sha)
+                progress("int8: checking against fp32")
+                check = compare_graphs(a.path, fp32_path, _check_images(opts, info))
+                artifacts["int8"] = {**_onnx_entry(a, key, fp32_sha), "check": check}
                 note = "calibration cache reused" if hit else f"calibrated on {a.details['calibration_images']} images"
+                note += f"; top-1 vs fp32 {100 * check['top1_agree']:.1f}% on {check['samples']}"
                 emit(StepEvent("int8", "built", a.path.name, a.size_bytes, a.seconds, note))
+            notices += _int8_collapse(artifacts["int8"].get("check"), out)
+            if opts.calib_data == "synthetic":
+                notices.append("int8 was calibrated on synthetic noise, not images: its ranges may not fit real "
+                               "inputs; use --calib-data with images like the ones you deploy on")
 
         if flavor:
             from exporters.tensorrt import RTX_PORTABLE_CCS, build_engine

@@ -45,6 +45,7 @@ class OrtRuntime(Runtime):
         provider: str | None = None,
         prefer_nhwc: bool = False,
         io_binding: bool = True,
+        provider_options: dict[str, Any] | None = None,
     ) -> None:
         ort = _import_ort()
         key = provider or device
@@ -74,8 +75,9 @@ class OrtRuntime(Runtime):
         elif key == "trt-ep":
             cache = str(path.parent / "ort_trt_cache")
             os.makedirs(cache, exist_ok=True)
-            providers = [(wanted, {"trt_engine_cache_enable": True, "trt_engine_cache_path": cache,
-                                   "trt_fp16_enable": precision == "fp16"}), "CUDAExecutionProvider", "CPUExecutionProvider"]
+            trt_opts = {"trt_engine_cache_enable": True, "trt_engine_cache_path": cache,
+                        "trt_fp16_enable": precision == "fp16", **(provider_options or {})}
+            providers = [(wanted, trt_opts), "CUDAExecutionProvider", "CPUExecutionProvider"]
         try:
             self._sess = ort.InferenceSession(str(path), opts, providers=providers)
         except Exception as e:

@@ -202,3 +202,16 @@ def test_flops_and_share_of_peak(default_folder: Path, tmp_path: Path) -> None:
     assert row.peak_pct == pytest.approx(100 * row.tflops / 0.5, rel=1e-3)
     md = (folder / "reports" / "bench.md").read_text()
     assert "GFLOP per image" in md and "% peak" in md
+
+
+def test_ort_tensorrt_provider_is_opt_in(default_folder: Path) -> None:
+    from pipeline.artifacts import read_manifest
+    from pipeline.bench import _targets
+
+    with pytest.raises(BadInput, match="needs --device cuda"):
+        bench(BenchOptions(folder=default_folder, runtimes=("ort-trt",), batches=(1,), iters=1))
+    manifest = read_manifest(default_folder)
+    cuda = BenchOptions(folder=default_folder, device="cuda", precisions=("fp16",))
+    assert "ort-trt" not in {t.backend for t in _targets(cuda, manifest, None)}  # not in the default set
+    chosen = BenchOptions(folder=default_folder, device="cuda", precisions=("fp16",), runtimes=("ort", "ort-trt"))
+    assert sorted(t.backend for t in _targets(chosen, manifest, None)) == ["ort", "ort-trt"]

@@ -131,6 +131,7 @@ def test_info_on_a_folder_checks_every_file(default_folder: Path, tmp_path: Path
     assert r.exit_code == 0, r.output
     assert "model.fp16.onnx" in r.output and "ok" in r.output and "last verify: PASS" in r.output
     assert "from an earlier export" not in r.output and "stored reference logits: reference.sample" in r.output
+    assert "int8 vs fp32 right after quantization: top-1 agreement" in r.output
     with open(folder / "model.int8.onnx", "ab") as f:  # edited after export
         f.write(b"\0")
     (folder / "model.fp16.onnx").unlink()

@@ -33,6 +33,34 @@ def test_manifest_describes_everything(default_folder: Path) -> None:
     assert {"torch", "onnx", "onnxruntime"} <= set(m["versions"])
 
 
+def test_int8_is_checked_against_fp32_right_after_quantization(default_folder: Path) -> None:
+    check = read_manifest(default_folder).artifacts["int8"]["check"]
+    assert check["samples"] == 64 and check["top1_agree"] >= 0.9 and 0 < check["rel_l2"] < 0.5
+
+
+def test_int8_collapse_is_announced(tmp_path: Path) -> None:
+    """Scales that clip everything (a collapse) are caught by export itself, before any verify."""
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    from exporters.onnx import compare_graphs
+    from pipeline.export import _int8_collapse
+
+    r = export(ExportOptions(model=ModelSpec("default"), out=tmp_path / "f", precisions=ALL, calib_samples=64))
+    int8 = tmp_path / "f" / "model.int8.onnx"
+    m = onnx.load(str(int8))
+    for init in m.graph.initializer:  # shrink every activation scale 1000x: the ranges no longer fit the data
+        if init.name.endswith("_scale") and init.dims == []:
+            init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init) / 1000, init.name))
+    onnx.save(m, str(tmp_path / "broken.onnx"))
+    x = np.load("pipeline/assets/fashion_mnist_sample.npz")["images"][:64, None].astype(np.float32) / 255
+    check = compare_graphs(tmp_path / "broken.onnx", tmp_path / "f" / "model.fp32.onnx", (x - 0.2854) / 0.3526)
+    notice = _int8_collapse(check, tmp_path / "f")
+    assert check["top1_agree"] < 0.97 and notice and "--localize" in notice[0]
+    assert _int8_collapse(r.manifest.artifacts["int8"]["check"], tmp_path / "f") == []
+
+
 def test_second_export_is_cached_and_byte_identical(default_folder: Path, tmp_path: Path) -> None:
     folder = copy_folder(default_folder, tmp_path / "f")
     before = {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}

@@ -52,6 +52,8 @@ def test_missing_provider_is_backend_unavailable(default_folder: Path) -> None:
         pytest.skip("onnxruntime-gpu is installed")
     with pytest.raises(BackendUnavailable, match="onnxruntime-gpu"):
         open_runtime("ort", default_folder / "model.fp32.onnx", device="cuda")
+    with pytest.raises(BackendUnavailable, match="TensorrtExecutionProvider"):
+        open_runtime("ort", default_folder / "model.fp16.onnx", device="cuda", provider="trt-ep")
 
 
 def test_torch_cuda_unavailable() -> None:
