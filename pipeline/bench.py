@@ -115,6 +115,12 @@ class BenchReport:
     accuracy_data: str | None = None
     notes: list[str] = field(default_factory=list)
     gflops_per_image: float | None = None
+    written: bool = False  # reports/bench.* hold this run (not when nothing ran: the last real run is kept)
+
+    @property
+    def nothing_ran(self) -> bool:
+        """No row was timed (every runtime missing or failing): no numbers to report."""
+        return bool(self.rows) and all(r.latency_ms is None for r in self.rows)
 
     def to_dict(self) -> dict[str, Any]:
         return {"folder": str(self.folder), "system": self.system, "options": self.options,
@@ -311,7 +317,7 @@ def _accuracy(rt: Runtime, batches: list[tuple[np.ndarray, np.ndarray]], batch: 
 
 def bench(opts: BenchOptions, *, on_row: Callable[[BenchRow], None] | None = None,
           on_progress: Callable[[str], None] | None = None) -> BenchReport:
-    """Run the matrix; write reports/bench.{json,md,csv,png}."""
+    """Run the matrix; write reports/bench.{json,md,csv,png} (unless nothing could be timed)."""
     folder = Path(opts.folder)
     manifest = read_manifest(folder)
     if not opts.batches or min(opts.batches) < 1:
@@ -416,8 +422,9 @@ def _bench(opts: BenchOptions, folder: Path, manifest: Any, on_row: Callable[[Be
             try:
                 rt = _open(t, opts, folder, missing, info.input_shape)
             except BackendUnavailable as e:
-                rows.append(BenchRow(f"{t.backend}-{opts.device}-{t.precision}", t.backend, "", t.precision,
-                                     opts.device, 0, None, None, None, None, t.size_mb, None, error=str(e)))
+                device = "cuda" if t.backend in ("trt", "ort-trt") else opts.device
+                rows.append(BenchRow(f"{t.backend}-{device}-{t.precision}", t.backend, "", t.precision,
+                                     device, 0, None, None, None, None, t.size_mb, None, error=str(e)))
                 continue
             opened.append(rt)
             load_s = time.perf_counter() - t0
@@ -465,7 +472,9 @@ def _bench(opts: BenchOptions, folder: Path, manifest: Any, on_row: Callable[[Be
                          gflops_per_image=round(gflops, 4))
     from pipeline.report import write_bench_files
 
-    write_bench_files(report, folder / "reports")
+    if not report.nothing_ran:
+        write_bench_files(report, folder / "reports")
+        report.written = True
     return report
 
 

@@ -358,10 +358,7 @@ def verify(
                          batch_size=batch_size, precisions=_csv(precision) or None, runtimes=_csv(runtime) or None,
                          rel_l2=rtol_l2, top1_agreement=min_agreement, accuracy_drop=max_acc_drop, localize=localize)
     report = _do_verify(opts)
-    if report.nothing_ran:
-        from runtimes.errors import BackendUnavailable
-
-        raise BackendUnavailable(f"nothing was verified: {report.rows[0].skipped}")
+    _nothing_ran(verify_report=report)
     if not report.passed:
         raise typer.Exit(1)
 
@@ -369,7 +366,7 @@ def verify(
 # --------------------------------------------------------------------------- bench
 def _do_bench(opts: Any, compare: Path | None = None) -> Any:
     from pipeline.bench import bench as run_bench, compare_reports
-    from pipeline.report import bench_table, compare_table
+    from pipeline.report import bench_not_run, bench_table, compare_table
 
     console = _console()
     with console.status("benchmarking...") as status:
@@ -379,8 +376,13 @@ def _do_bench(opts: Any, compare: Path | None = None) -> Any:
 
         report = run_bench(opts, on_row=on_row, on_progress=lambda text: status.update(escape(text)))
     console.print(bench_table(report))
+    for line in bench_not_run(report):
+        console.print(line)
     for n in report.notes:
         console.print(f"[yellow]note:[/] {escape(n)}")
+    if report.nothing_ran:
+        console.print("[yellow]NOTHING RAN[/]: no report written (reports/bench.* keep the last run)")
+        return report
     if compare is not None:
         console.print(compare_table(compare_reports(report, compare), compare))
     console.print(f"reports: {escape(str(opts.folder / 'reports'))}/bench.{{json,md,csv,png}}")
@@ -421,7 +423,17 @@ def bench(
                         channels_last=channels_last, cuda_graph=cuda_graph, compile=compile, prefer_nhwc=prefer_nhwc,
                         include_transfers=include_transfers, accuracy=accuracy, data=data, data_dir=data_dir,
                         peak_tflops=peak_tflops)
-    _do_bench(opts, compare)
+    _nothing_ran(_do_bench(opts, compare))
+
+
+def _nothing_ran(bench_report: Any = None, verify_report: Any = None) -> None:
+    """Exit 3 when a command judged or timed nothing: every runtime it tried was missing or failed."""
+    from runtimes.errors import BackendUnavailable
+
+    if verify_report is not None and verify_report.nothing_ran:
+        raise BackendUnavailable(f"nothing was verified: {verify_report.rows[0].skipped}")
+    if bench_report is not None and bench_report.nothing_ran:
+        raise BackendUnavailable(f"nothing was benchmarked: {bench_report.rows[0].error}")
 
 
 # --------------------------------------------------------------------------- run
@@ -451,7 +463,8 @@ def run(
                              precisions=precisions, engine=engine.value))
     dev = _device(device)
     report = _do_verify(VerifyOptions(folder=out, device=dev))
-    _do_bench(BenchOptions(folder=out, device=dev, batches=_ints(batch, "--batch")))
+    timed = _do_bench(BenchOptions(folder=out, device=dev, batches=_ints(batch, "--batch")))
+    _nothing_ran(timed, report)
     if not report.passed:
         raise typer.Exit(1)
 

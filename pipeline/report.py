@@ -23,6 +23,7 @@ __all__ = [
     "verify_table",
     "localization_table",
     "bench_table",
+    "bench_not_run",
     "compare_table",
     "write_bench_files",
     "bench_markdown",
@@ -184,7 +185,7 @@ def bench_table(report: BenchReport) -> Table:
         t.add_column(c, justify="left" if c == "runtime" else "right")
     for r in sorted(report.rows, key=_sort_key):
         if r.latency_ms is None:
-            t.add_row(str(r.batch or ""), r.runtime, f"[yellow]{_esc(r.error)}[/]", *[""] * (len(cols) - 3))
+            t.add_row(str(r.batch or ""), r.runtime, "[yellow]not run[/]", *[""] * (len(cols) - 3))
             continue
         lat = r.latency_ms
         cells = [str(r.batch), r.runtime, f"{lat['p50']:.3f}", f"{lat['p90']:.3f}", f"{lat['p99']:.3f}",
@@ -195,6 +196,16 @@ def bench_table(report: BenchReport) -> Table:
             cells.append(_f(r.one_time_s, ".1f"))
         t.add_row(*cells)
     return t
+
+
+def bench_not_run(report: BenchReport) -> list[str]:
+    """Why rows were not timed, one line per reason, naming the runtimes it hit (below the table)."""
+    by_reason: dict[str, list[str]] = {}
+    for r in report.rows:
+        if r.latency_ms is None and r.error:
+            name = f"{r.runtime} batch {r.batch}" if r.batch else r.runtime
+            by_reason.setdefault(r.error, []).append(name)
+    return [f"[yellow]not run[/]: {_esc(', '.join(names))}: {_esc(reason)}" for reason, names in by_reason.items()]
 
 
 def compare_table(rows: list[dict[str, Any]], other: Path) -> Table:

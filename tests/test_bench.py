@@ -215,3 +215,29 @@ def test_ort_tensorrt_provider_is_opt_in(default_folder: Path) -> None:
     assert "ort-trt" not in {t.backend for t in _targets(cuda, manifest, None)}  # not in the default set
     chosen = BenchOptions(folder=default_folder, device="cuda", precisions=("fp16",), runtimes=("ort", "ort-trt"))
     assert sorted(t.backend for t in _targets(chosen, manifest, None)) == ["ort", "ort-trt"]
+
+
+def test_a_bench_that_timed_nothing_keeps_the_last_report(default_folder: Path, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    import pipeline.bench
+    from pipeline.cli import app
+    from runtimes.errors import BackendUnavailable
+
+    folder = copy_folder(default_folder, tmp_path / "f")
+    fast = BenchOptions(folder=folder, runtimes=("ort",), batches=(1,), iters=2, warmup=0, warmup_seconds=0.0,
+                        min_seconds=0.0, accuracy=False)
+    assert bench(fast).written
+    last = (folder / "reports" / "bench.json").read_bytes()
+
+    def missing(*args: object, **kwargs: object) -> Runtime:
+        raise BackendUnavailable("backend X is not installed: pip install X")
+
+    monkeypatch.setattr(pipeline.bench, "open_runtime", missing)
+    report = bench(fast)
+    assert report.nothing_ran and not report.written
+    assert (folder / "reports" / "bench.json").read_bytes() == last
+    r = CliRunner().invoke(app, ["bench", str(folder), "--runtime", "ort", "--batch", "1", "--no-accuracy"])
+    assert r.exit_code == 3 and "nothing was benchmarked: backend X is not installed" in r.output
+    assert "NOTHING RAN" in r.output and (folder / "reports" / "bench.json").read_bytes() == last
