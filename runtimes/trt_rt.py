@@ -72,12 +72,43 @@ class TrtRuntime(Runtime):
         self._engine = runtime.deserialize_cuda_engine(Path(path).read_bytes())
         if self._engine is None:
             raise IncompatibleArtifact(f"{Path(path).name} could not be deserialized; rebuild it with resnetx export --force")
-        self._ctx = self._engine.create_execution_context()
+        self._cache_file: Path | None = None
+        if flavor == "rtx":  # kernels are JIT-compiled for this GPU here: reuse the ones a past run compiled
+            self._ctx = self._rtx_context_with_cache(Path(path).with_suffix(".runtime_cache"))
+        else:
+            self._ctx = self._engine.create_execution_context()
         self._stream = torch.cuda.Stream()
         self._cuda_graph = cuda_graph
         self._graphs: dict[int, Any] = {}
         self._bufs: dict[int, tuple[Any, Any]] = {}
         self._in, self._out = "input", "logits"
+
+    def _rtx_context_with_cache(self, cache_file: Path) -> Any:
+        """TensorRT-RTX execution context whose runtime cache (JIT-compiled kernels) lives beside the engine."""
+        self._rtx_config = self._engine.create_runtime_config()
+        self._rtx_cache = self._rtx_config.create_runtime_cache()
+        self._cache_bytes = b""
+        if cache_file.is_file():
+            blob = cache_file.read_bytes()
+            if self._rtx_cache.deserialize(blob):  # False: another GPU, driver or version; it is rebuilt
+                self._cache_bytes = blob
+            else:
+                log.info("%s was made for another GPU, driver or TensorRT-RTX: compiling afresh", cache_file.name)
+        self._rtx_config.set_runtime_cache(self._rtx_cache)
+        self._cache_file = cache_file
+        return self._engine.create_execution_context(self._rtx_config)
+
+    def _save_runtime_cache(self) -> None:
+        if self._cache_file is None:
+            return
+        try:
+            blob = bytes(memoryview(self._rtx_cache.serialize()))
+            if blob and blob != self._cache_bytes:
+                from exporters.onnx import atomic_write
+
+                atomic_write(self._cache_file, blob)
+        except (OSError, TypeError, ValueError) as e:  # a cache that cannot be saved costs time, not results
+            log.warning("could not save the TensorRT-RTX runtime cache %s: %s", self._cache_file, e)
 
     def _buffers(self, n: int) -> tuple[Any, Any]:
         if n not in self._bufs:
@@ -121,6 +152,7 @@ class TrtRuntime(Runtime):
         return y.cpu().numpy()
 
     def _close(self) -> None:
+        self._save_runtime_cache()
         self._graphs.clear()
         self._bufs.clear()
         self._ctx = self._engine = None

@@ -176,3 +176,59 @@ def test_compile_cache_dir_respects_the_user_but_not_torchs_default(tmp_path: Pa
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "mine"))  # the user's choice stands
     _use_cache_dir(tmp_path / "c")
     assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "mine")
+
+
+class _FakeRtxCache:
+    """Stands in for tensorrt_rtx.IRuntimeCache: only the runner's cache bookkeeping is under test."""
+
+    def __init__(self, accept: bool) -> None:
+        self.accept, self.blob = accept, b""
+
+    def deserialize(self, blob: bytes) -> bool:
+        if self.accept:
+            self.blob = bytes(blob)
+        return self.accept
+
+    def serialize(self) -> bytes:
+        return self.blob
+
+
+class _FakeRtxEngine:
+    def __init__(self, accept: bool) -> None:
+        self.cache = _FakeRtxCache(accept)
+        self.context_config = None
+
+    def create_runtime_config(self) -> object:
+        engine = self
+
+        class Config:
+            def create_runtime_cache(self) -> _FakeRtxCache:
+                return engine.cache
+
+            def set_runtime_cache(self, cache: _FakeRtxCache) -> bool:
+                self.cache = cache
+                return True
+
+        return Config()
+
+    def create_execution_context(self, config: object) -> str:
+        self.context_config = config
+        return "context"
+
+
+@pytest.mark.parametrize("accept", [True, False])
+def test_rtx_runtime_cache_is_loaded_and_saved_beside_the_engine(tmp_path: Path, accept: bool) -> None:
+    from runtimes.trt_rt import TrtRuntime
+
+    cache_file = tmp_path / "model.fp16.rtx.runtime_cache"
+    cache_file.write_bytes(b"kernels from last run")
+    rt = TrtRuntime.__new__(TrtRuntime)
+    rt._engine = _FakeRtxEngine(accept)
+    assert rt._rtx_context_with_cache(cache_file) == "context"
+    assert rt._engine.context_config.cache is rt._engine.cache  # the context was made with the cache set
+    assert rt._engine.cache.blob == (b"kernels from last run" if accept else b"")
+    rt._save_runtime_cache()  # unchanged (accepted) or empty (rejected): the file is left alone
+    assert cache_file.read_bytes() == b"kernels from last run"
+    rt._engine.cache.blob = b"kernels compiled now"
+    rt._save_runtime_cache()
+    assert cache_file.read_bytes() == b"kernels compiled now"
