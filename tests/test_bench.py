@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from pipeline.bench import BenchOptions, bench, compare_reports, time_runtime
 from runtimes.base import Runtime
@@ -241,3 +242,23 @@ def test_a_bench_that_timed_nothing_keeps_the_last_report(default_folder: Path, 
     r = CliRunner().invoke(app, ["bench", str(folder), "--runtime", "ort", "--batch", "1", "--no-accuracy"])
     assert r.exit_code == 3 and "nothing was benchmarked: backend X is not installed" in r.output
     assert "NOTHING RAN" in r.output and (folder / "reports" / "bench.json").read_bytes() == last
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_bench_on_cuda_times_every_torch_mode(default_folder: Path, tmp_path: Path) -> None:
+    folder = copy_folder(default_folder, tmp_path / "f")
+    tf32 = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    rows = []
+    for extra in ({}, {"channels_last": True, "cuda_graph": True}, {"include_transfers": True}):
+        report = bench(BenchOptions(folder=folder, runtimes=("torch",), device="cuda", batches=(1, 8), iters=20,
+                                    warmup=2, warmup_seconds=0.0, min_seconds=0.0, accuracy_samples=256, **extra))
+        assert report.written and report.system["gpu"]["name"]
+        rows += report.rows
+    assert len(rows) == 12 and all(r.latency_ms for r in rows), [r.error for r in rows]
+    for r in rows:
+        lat = r.latency_ms
+        assert 0 < lat["min"] <= lat["p50"] <= lat["p99"] and r.device == "cuda"
+        assert r.accuracy_top1 > 80 and r.peak_mem_mb >= 0
+    assert {r.transfers_included for r in rows} == {False, True}
+    assert (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32) == tf32  # restored on close

@@ -94,10 +94,18 @@ def test_trt_engine_runs_on_gpu(default_folder: Path, tmp_path: Path) -> None:
     from pipeline.models import ModelSpec
     from pipeline.precisions import Precision
 
+    from runtimes.errors import IncompatibleArtifact
+
     r = export(ExportOptions(model=ModelSpec("default"), out=tmp_path / "e", precisions=(Precision.fp32, Precision.fp16),
                              engine="auto"))
-    entry = next(v for v in r.manifest.artifacts.values() if v["kind"] == "engine")
-    with open_runtime("trt", tmp_path / "e" / entry["file"], device="cuda", entry=entry) as rt:
+    entry = next((v for v in r.manifest.artifacts.values() if v["kind"] == "engine"), None)
+    if entry is None:
+        pytest.skip("no TensorRT flavour installed: no engine was built")
+    try:
+        rt = open_runtime("trt", tmp_path / "e" / entry["file"], device="cuda", entry=entry)
+    except IncompatibleArtifact as e:  # e.g. TensorRT-RTX engines on an H100 (sm_90)
+        pytest.skip(str(e))
+    with rt:
         out = rt.infer(_x(8))
         with pytest.raises(BadInput, match="outside the range"):
             rt.infer(_x(entry["profile"][2] + 1))
@@ -114,9 +122,17 @@ def test_ort_cuda_and_torch_cuda_fp16(default_folder: Path) -> None:
         got = rt.infer(_x(16))
         assert not torch.backends.cudnn.allow_tf32  # TF32 off while a CUDA torch runtime is open
     assert np.linalg.norm(got - want) / np.linalg.norm(want) < 1e-2
-    with open_runtime("ort", default_folder / "model.fp16.onnx", device="cuda", precision="fp16") as rt:
-        got = rt.infer(_x(16))
-    assert np.linalg.norm(got - want) / np.linalg.norm(want) < 1e-2
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        pytest.skip("onnxruntime-gpu is not installed: the torch half of this test ran")
+    for prefer_nhwc in (False, True):
+        with open_runtime("ort", default_folder / "model.fp16.onnx", device="cuda", precision="fp16",
+                          prefer_nhwc=prefer_nhwc) as rt:
+            got = rt.infer(_x(16))
+            on_device = rt.infer_async(torch.from_numpy(_x(16)).cuda())
+            assert on_device.is_cuda  # I/O binding: the output stays on the GPU
+        assert np.linalg.norm(got - want) / np.linalg.norm(want) < 1e-2
 
 
 def test_infer_all_respects_batch_range_and_pads_tail() -> None:

@@ -236,3 +236,16 @@ def test_tables_show_messages_literally() -> None:
     console.print(verify_table(report))
     text = console.export_text()
     assert "'resnetx[gpu]' [bold]" in text and "file [model.fp32.onnx] changed" in text
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA GPU")
+def test_verify_on_cuda_against_the_cpu_reference(default_folder: Path) -> None:
+    import onnxruntime as ort
+
+    runtimes = ("torch", "ort") if "CUDAExecutionProvider" in ort.get_available_providers() else ("torch",)
+    r = verify(VerifyOptions(folder=default_folder, device="cuda", runtimes=runtimes, samples=128))
+    ran = [x for x in r.rows if x.skipped is None]
+    assert {("torch", "fp32"), ("torch", "fp16")} <= {(x.runtime.split("-")[0], x.precision) for x in ran}, r.rows
+    assert r.passed, [(x.runtime, x.failures) for x in r.rows]
+    assert all(x.device == "cuda" for x in ran)
