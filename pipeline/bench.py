@@ -22,7 +22,7 @@ from pipeline.artifacts import check_sha, read_manifest, tool_versions
 from pipeline.data import calibration_overlap_note, iter_batches, open_dataset
 from pipeline.export import reference_if_here
 from runtimes.base import Runtime, open_runtime
-from runtimes.errors import BackendUnavailable, BadInput, ResnetxError
+from runtimes.errors import BackendUnavailable, BadInput, IncompatibleArtifact, ResnetxError
 
 __all__ = ["BenchOptions", "Timing", "BenchRow", "BenchReport", "time_runtime", "bench", "system_info", "compare_reports",
            "model_gflops"]
@@ -421,7 +421,7 @@ def _bench(opts: BenchOptions, folder: Path, manifest: Any, on_row: Callable[[Be
             mem0 = _mem_mb(opts.device)
             try:
                 rt = _open(t, opts, folder, missing, info.input_shape)
-            except BackendUnavailable as e:
+            except (BackendUnavailable, IncompatibleArtifact) as e:  # not for this machine: the rest still runs
                 device = "cuda" if t.backend in ("trt", "ort-trt") else opts.device
                 rows.append(BenchRow(f"{t.backend}-{device}-{t.precision}", t.backend, "", t.precision,
                                      device, 0, None, None, None, None, t.size_mb, None, error=str(e)))

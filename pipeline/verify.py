@@ -19,7 +19,7 @@ from pipeline.export import reference_if_here
 from pipeline.precisions import PRECISIONS, Precision, Tolerance
 from pipeline.reference import DEFAULT_SAMPLES, reference_file, stored_reference, verify_inputs
 from runtimes.base import Runtime, open_runtime
-from runtimes.errors import BackendUnavailable, BadInput, CheckFailed, ResnetxError
+from runtimes.errors import BackendUnavailable, BadInput, CheckFailed, IncompatibleArtifact, ResnetxError
 
 __all__ = [
     "VerifyOptions",
@@ -292,7 +292,7 @@ def verify(
 
                 got = rt.infer_all(x, batch, tick)
                 name = rt.name
-        except BackendUnavailable as e:
+        except (BackendUnavailable, IncompatibleArtifact) as e:  # not for this machine: the other rows still run
             rows.append(VerifyRow(c.key, f"{c.backend}-{c.device}-{c.precision}", c.precision, c.device, False,
                                   skipped=str(e)))
             continue

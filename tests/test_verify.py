@@ -249,3 +249,23 @@ def test_verify_on_cuda_against_the_cpu_reference(default_folder: Path) -> None:
     assert {("torch", "fp32"), ("torch", "fp16")} <= {(x.runtime.split("-")[0], x.precision) for x in ran}, r.rows
     assert r.passed, [(x.runtime, x.failures) for x in r.rows]
     assert all(x.device == "cuda" for x in ran)
+
+
+def test_an_artifact_for_another_gpu_is_skipped_not_fatal(default_folder: Path, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """An engine built for other GPUs (TensorRT-RTX on an H100) must not stop the other rows."""
+    import pipeline.verify
+    from runtimes.errors import IncompatibleArtifact
+
+    folder = copy_folder(default_folder, tmp_path / "f")
+    real = pipeline.verify.open_runtime
+
+    def picky(backend: str, path: object, **kw: object) -> object:
+        if kw.get("precision") == "fp16":
+            raise IncompatibleArtifact("model.fp16.x targets compute capabilities 8.6; this GPU is 9.0; rebuild it")
+        return real(backend, path, **kw)
+
+    monkeypatch.setattr(pipeline.verify, "open_runtime", picky)
+    r = verify(VerifyOptions(folder=folder, samples=64, precisions=("fp32", "fp16")))
+    rows = {x.artifact: x for x in r.rows}
+    assert "this GPU is 9.0" in rows["fp16"].skipped and rows["fp32"].passed and r.passed
