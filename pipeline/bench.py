@@ -19,7 +19,7 @@ import torch
 
 from exporters.onnx import INPUT_NAME
 from pipeline.artifacts import check_sha, read_manifest, tool_versions
-from pipeline.data import calibration_overlap_note, iter_batches, open_dataset
+from pipeline.data import calibration_overlap_note, iter_batches, label_order_note, open_dataset
 from pipeline.export import reference_if_here
 from runtimes.base import Runtime, open_runtime
 from runtimes.errors import BackendUnavailable, BadInput, IncompatibleArtifact, ResnetxError
@@ -407,6 +407,8 @@ def _bench(opts: BenchOptions, folder: Path, manifest: Any, on_row: Callable[[Be
             notes.append(f"accuracy n/a: {ds.name} has no labels for this model's {info.num_classes} classes")
         else:
             acc_name = f"{ds.name} ({min(len(ds), opts.accuracy_samples)} images)"
+            if order := label_order_note(ds.name, ds.class_names, info.class_names):
+                notes.append(order)
             acc_batches = [(b.x, b.y) for b in iter_batches(ds, info.preprocess, 256, limit=opts.accuracy_samples)
                            if b.y is not None]
     device_resident = opts.device == "cuda" and not opts.include_transfers

@@ -343,6 +343,19 @@ def calibration_overlap_note(calibration: dict | None, data: str) -> str | None:
             "cifar10, imagefolder:TRAIN_DIR) for an unbiased number")
 
 
+def label_order_note(name: str, data_classes: tuple[str, ...] | None,
+                     model_classes: tuple[str, ...] | None) -> str | None:
+    """Labels map to the model's classes by position (sorted folder names for imagefolder): say so when the
+    names differ, because then the accuracy columns may be about the wrong classes."""
+    if not data_classes or not model_classes or len(data_classes) != len(model_classes):
+        return None
+    if [c.lower() for c in data_classes] == [c.lower() for c in model_classes]:
+        return None
+    pairs = ", ".join(f"{a} -> {b}" for a, b in list(zip(data_classes, model_classes))[:3])
+    return (f"labels of {name} are matched to the model's classes by position ({pairs}, ...): if that is not "
+            "the model's class order, the accuracy columns are wrong (parity and agreement are not affected)")
+
+
 def open_dataset(
     name: str, *, split: str = "test", data_dir: Path | None = None, preprocess: Preprocess | None = None
 ) -> Dataset:

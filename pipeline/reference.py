@@ -44,6 +44,7 @@ class Inputs:
     labels: np.ndarray | None  # for the real images, when the dataset's classes are the model's
     data: str
     n_real: int
+    class_names: tuple[str, ...] | None = None  # the dataset's, in label order
 
 
 def verify_inputs(data: str, data_dir: Path | None, samples: int, pre: Preprocess, num_classes: int,
@@ -66,7 +67,7 @@ def verify_inputs(data: str, data_dir: Path | None, samples: int, pre: Preproces
     extremes = [np.zeros(shape), rng.standard_normal(shape), 3.0 * rng.standard_normal(shape), 5.0 * x[0]]
     for i in range(n_extreme):
         x[n_real + i] = extremes[i]
-    return Inputs(x, labels, ds.name, n_real)
+    return Inputs(x, labels, ds.name, n_real, ds.class_names)
 
 
 def reference_logits(model: torch.nn.Module, x: np.ndarray, batch: int = 16,

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from pipeline.artifacts import Manifest, atomic_write_text, check_sha, read_manifest
-from pipeline.data import calibration_overlap_note
+from pipeline.data import calibration_overlap_note, label_order_note
 from pipeline.export import reference_if_here
 from pipeline.precisions import PRECISIONS, Precision, Tolerance
 from pipeline.reference import DEFAULT_SAMPLES, reference_file, stored_reference, verify_inputs
@@ -311,6 +311,8 @@ def verify(
                 row.localization = {"error": str(e)}
             row.localization["seconds"] = round(time.perf_counter() - t_loc, 2)
         rows.append(row)
+    if labels is not None and (order := label_order_note(inputs.data, inputs.class_names, info.class_names)):
+        notes.append(order)
     if labels is not None and any(r.precision == "int8" and r.metrics is not None for r in rows):
         if overlap := calibration_overlap_note(manifest.calibration, opts.data):
             notes.append(overlap)

@@ -157,3 +157,13 @@ def test_real_fashion_mnist() -> None:
     ds = open_dataset("fashion-mnist", split="train")
     assert len(ds) == 60000
     assert len(open_dataset("fashion-mnist", split="test")) == 10000
+
+
+def test_label_order_note_only_when_names_differ() -> None:
+    from pipeline.data import FASHION_MNIST_CLASSES, label_order_note
+
+    assert label_order_note("sample", FASHION_MNIST_CLASSES, FASHION_MNIST_CLASSES) is None
+    assert label_order_note("x", ("cat", "dog"), None) is None  # a model without names: nothing to compare
+    assert label_order_note("x", ("Cat", "Dog"), ("cat", "dog")) is None
+    note = label_order_note("imagefolder:d", ("00_cat", "01_dog"), ("cat", "dog"))
+    assert note and "00_cat -> cat" in note and "by position" in note
