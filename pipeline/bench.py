@@ -48,6 +48,7 @@ class BenchOptions:
     channels_last: bool = False
     cuda_graph: bool = False
     compile: bool = False
+    compile_mode: str = "max-autotune-no-cudagraphs"  # torch.compile's mode (default: minutes, fastest kernels)
     prefer_nhwc: bool = False
     include_transfers: bool = False
     accuracy: bool = True
@@ -291,6 +292,7 @@ def _open(t: _Target, opts: BenchOptions, folder: Path, missing: str, input_shap
             raise BackendUnavailable(f"the torch runtime runs the PyTorch model: {missing}")
         return open_runtime("torch", t.artifact, device=opts.device, precision=t.precision,
                             channels_last=opts.channels_last, cuda_graph=opts.cuda_graph, compile=opts.compile,
+                            compile_mode=opts.compile_mode,
                             compile_cache=folder / "inductor_cache" if opts.compile else None)
     path = check_sha(folder, t.artifact)
     if t.backend == "trt":
@@ -466,7 +468,8 @@ def _bench(opts: BenchOptions, folder: Path, manifest: Any, on_row: Callable[[Be
         if overlap := calibration_overlap_note(manifest.calibration, opts.data):
             notes.append(overlap)
     if opts.compile and "torch" in (opts.runtimes or ("torch",)):
-        notes.append(f"torch.compile cache: {os.environ.get('TORCHINDUCTOR_CACHE_DIR', 'torch default')}")
+        notes.append(f"torch.compile mode {opts.compile_mode}, cache: "
+                     f"{os.environ.get('TORCHINDUCTOR_CACHE_DIR', 'torch default')}")
     for row in rows:
         if on_row:
             on_row(row)

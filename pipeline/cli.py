@@ -62,6 +62,13 @@ class CalibMethod(str, Enum):
     percentile = "percentile"
 
 
+class CompileMode(str, Enum):
+    max_autotune_no_cudagraphs = "max-autotune-no-cudagraphs"
+    max_autotune = "max-autotune"
+    reduce_overhead = "reduce-overhead"
+    default = "default"
+
+
 def _console():  # rich is imported on first use so `--help` stays light
     from rich.console import Console
 
@@ -406,6 +413,7 @@ def bench(
     channels_last: Annotated[bool, typer.Option(help="torch: channels_last memory format.", rich_help_panel=RUN_PANEL)] = False,
     cuda_graph: Annotated[bool, typer.Option(help="torch/trt: capture CUDA graphs per batch size.", rich_help_panel=RUN_PANEL)] = False,
     compile: Annotated[bool, typer.Option("--compile", help="torch: torch.compile (compile time reported apart).", rich_help_panel=RUN_PANEL)] = False,
+    compile_mode: Annotated[CompileMode, typer.Option(help="torch.compile mode: max-autotune-no-cudagraphs (minutes of autotuning, cached in the folder; --cuda-graph adds graphs), max-autotune, reduce-overhead, default (fastest to compile).", rich_help_panel=RUN_PANEL)] = CompileMode.max_autotune_no_cudagraphs,
     prefer_nhwc: Annotated[bool, typer.Option(help="ort CUDA: prefer NHWC kernels.", rich_help_panel=RUN_PANEL)] = False,
     include_transfers: Annotated[bool, typer.Option(help="GPU: time host->device->host copies too (CPU always does).")] = False,
     accuracy: Annotated[bool, typer.Option(help="Top-1 accuracy column on --data.")] = True,
@@ -420,7 +428,8 @@ def bench(
     opts = BenchOptions(folder=folder, runtimes=_csv(runtime) or None, precisions=_csv(precision) or None,
                         device=_device(device), batches=_ints(batch, "--batch"), warmup=warmup,
                         warmup_seconds=warmup_seconds, iters=iters, min_seconds=min_seconds, rounds=rounds, threads=threads,
-                        channels_last=channels_last, cuda_graph=cuda_graph, compile=compile, prefer_nhwc=prefer_nhwc,
+                        channels_last=channels_last, cuda_graph=cuda_graph, compile=compile,
+                        compile_mode=compile_mode.value, prefer_nhwc=prefer_nhwc,
                         include_transfers=include_transfers, accuracy=accuracy, data=data, data_dir=data_dir,
                         peak_tflops=peak_tflops)
     _nothing_ran(_do_bench(opts, compare))

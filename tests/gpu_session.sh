@@ -5,8 +5,12 @@
 #   tests/gpu_session.sh tests     pytest -m gpu, and the torchvision parity test
 #   tests/gpu_session.sh verify    ResNet-50 fp32+fp16 export; verify ort and torch on cuda vs the CPU reference
 #   tests/gpu_session.sh bench     ResNet-50 fp16, batch 1 and 256: torch eager, channels_last + CUDA graph, ort CUDA
-#   tests/gpu_session.sh compile   the same with torch.compile + CUDA graph (minutes of compile, cached in the folder)
-#   tests/gpu_session.sh compile_cached   again in a new process: compile time with the folder's cache
+#   tests/gpu_session.sh compile_fast     torch.compile mode default + CUDA graph, batch 1 and 256 (about a minute)
+#   tests/gpu_session.sh compile256       max-autotune at batch 256 (minutes; cached in the folder)
+#   tests/gpu_session.sh compile1         max-autotune at batch 1 (minutes; cached in the folder)
+#   tests/gpu_session.sh compile_cached   max-autotune at 1 and 256 in a new process: the compile time with the cache
+#
+# Each stage fits one device call (10 minutes): a stage is cut at 9 minutes (STAGE_LIMIT) with its table so far.
 #
 # Run each stage in its own device call, back to back (the machine keeps /tmp between calls only while
 # it stays warm); `verify` comes before `bench` and `compile` (they reuse /tmp/r50). Results go to $OUT (default /tmp/gpu_out): the terminal
@@ -57,11 +61,11 @@ stage_verify() {
   cp "$R50/reports/verify.json" "$OUT/verify-cuda.json"
 }
 
-bench_as() {  # bench_as NAME ARGS...: one bench run, its reports kept under NAME
+bench_as() {  # bench_as NAME ARGS...: one bench run, its reports kept under NAME (later --batch wins)
   local name=$1; shift
   rm -f "$R50/reports/bench.json" "$R50/reports/bench.md"  # never keep an older run's report under NAME
-  cli bench "$R50" --device cuda --precision fp16 --batch 1,256 --iters 200 --min-seconds 3 --no-accuracy \
-    --peak-tflops 725 "$@" \
+  timeout "${STAGE_LIMIT:-540}" "$PY" -m pipeline.cli bench "$R50" --device cuda --precision fp16 --batch 1,256 \
+    --iters 200 --min-seconds 3 --no-accuracy --peak-tflops 725 "$@" \
     2>&1 | tee "$OUT/bench-$name.txt"
   [ -f "$R50/reports/bench.json" ] && cp "$R50/reports/bench.json" "$OUT/bench-$name.json"
   [ -f "$R50/reports/bench.md" ] && cp "$R50/reports/bench.md" "$OUT/bench-$name.md"
@@ -75,18 +79,17 @@ stage_bench() {
   bench_as transfers --runtime torch --channels-last --cuda-graph --include-transfers
 }
 
-stage_compile() {  # max-autotune at batch 1 and 256: minutes; the graphs land in $R50/inductor_cache
-  bench_as compile --runtime torch --channels-last --compile --cuda-graph --iters 100
-}
+compiled() { bench_as "$@" --runtime torch --channels-last --compile --cuda-graph --iters 100; }
 
-stage_compile_cached() {  # the same in a fresh process: the cache in the folder should make it seconds
-  bench_as compile-cached --runtime torch --channels-last --compile --cuda-graph --iters 100
-}
+stage_compile_fast() { compiled compile-default --compile-mode default; }
+stage_compile256() { compiled compile-256 --batch 256; }  # max-autotune: minutes; graphs land in $R50/inductor_cache
+stage_compile1() { compiled compile-1 --batch 1; }
+stage_compile_cached() { compiled compile-cached; }  # a fresh process at 1 and 256: the folder's cache should make it seconds
 
 [ $# -gt 0 ] || set -- check
 for s in "$@"; do
   case $s in
-    check|tests|verify|bench|compile|compile_cached) "stage_$s" ;;
-    *) echo "unknown stage $s (check, tests, verify, bench, compile, compile_cached)"; exit 2 ;;
+    check|tests|verify|bench|compile_fast|compile256|compile1|compile_cached) "stage_$s" ;;
+    *) echo "unknown stage $s (check, tests, verify, bench, compile_fast, compile256, compile1, compile_cached)"; exit 2 ;;
   esac
 done

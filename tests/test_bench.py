@@ -170,7 +170,9 @@ def test_compile_time_is_apart_and_cached_in_the_folder(default_folder: Path, tm
         assert row["latency_ms"]["p99"] < 1000 * row["compile_s"]
     assert any((folder / "inductor_cache").rglob("*")), "nothing cached in the artifact folder"
     notes = json.loads((folder / "reports" / "bench.json").read_text())["notes"]
-    assert f"torch.compile cache: {folder / 'inductor_cache'}" in notes
+    assert f"torch.compile mode max-autotune-no-cudagraphs, cache: {folder / 'inductor_cache'}" in notes
+    assert json.loads((folder / "reports" / "bench.json").read_text())["options"]["compile_mode"] == \
+        "max-autotune-no-cudagraphs"
     assert second["compile_s"] < first["compile_s"] / 2, (first["compile_s"], second["compile_s"])
 
 
