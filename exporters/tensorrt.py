@@ -130,6 +130,7 @@ def build_engine(
     if not parser.parse_from_file(str(onnx_path)):
         msgs = [str(parser.get_error(i).desc()) for i in range(parser.num_errors)] or errors
         raise BadInput(f"{flavor} cannot parse {Path(onnx_path).name}: {'; '.join(msgs)[:400]}")
+    layers = _network_precision(trt, network, precision, Path(onnx_path).name) if strongly else {}
     config = builder.create_builder_config()
     if workspace_mb:
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mb << 20)
@@ -172,5 +173,34 @@ def build_engine(
         path=Path(dst), sha256=sha256_bytes(data), flavor=flavor, version=str(trt.__version__),
         precision=precision, profile=(lo, opt, hi), seconds=seconds, size_bytes=len(data),
         source_sha256=sha256_bytes(Path(onnx_path).read_bytes()),
-        target={**target, "strongly_typed": strongly, "opt_level": opt_level},
+        target={**target, "strongly_typed": strongly, "opt_level": opt_level, "network": layers},
     )
+
+
+def _network_precision(trt: Any, network: Any, precision: str, name: str) -> dict[str, int]:
+    """What the strongly typed network will compute in, checked before the build: an fp16 engine whose
+    convolutions all run in fp32 (or an int8 one without Q/DQ) is the silent failure users meet when
+    precision flags stop working, so it is refused here rather than shipped."""
+    compute = (trt.LayerType.CONVOLUTION, trt.LayerType.MATRIX_MULTIPLY)
+    producer: dict[str, Any] = {}
+    layers = [network.get_layer(i) for i in range(network.num_layers)]
+    for layer in layers:
+        for j in range(layer.num_outputs):
+            producer[layer.get_output(j).name] = layer.type
+    matmuls = [la for la in layers if la.type in compute]
+    counts = {
+        "compute_layers": len(matmuls),
+        "fp16_compute_layers": sum(la.get_input(0).dtype == trt.DataType.HALF for la in matmuls),
+        "int8_compute_layers": sum(producer.get(la.get_input(0).name) == trt.LayerType.DEQUANTIZE for la in matmuls),
+        "quantize_layers": sum(la.type == trt.LayerType.QUANTIZE for la in layers),
+    }
+    wrong = {
+        "fp16": counts["fp16_compute_layers"] == 0,
+        "int8": counts["int8_compute_layers"] == 0,
+        "fp32": counts["fp16_compute_layers"] > 0 or counts["quantize_layers"] > 0,
+    }.get(precision, False)
+    if wrong:
+        raise BadInput(f"{name} would not build a {precision} engine: of its {counts['compute_layers']} conv/matmul "
+                       f"layers {counts['fp16_compute_layers']} compute in fp16 and {counts['int8_compute_layers']} "
+                       f"take int8 (Q/DQ) inputs; re-export the {precision} ONNX with resnetx export --force")
+    return counts

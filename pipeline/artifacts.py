@@ -26,6 +26,8 @@ __all__ = [
     "write_manifest",
     "tool_versions",
     "check_sha",
+    "audit_folder",
+    "layer_note",
 ]
 
 MANIFEST = "manifest.json"
@@ -167,11 +169,21 @@ def audit_folder(folder: Path) -> dict[str, Any]:
             "verify": verify, "intact": all(r["status"] == "ok" for r in rows)}
 
 
+def layer_note(counts: dict[str, int] | None, precision: str) -> str:
+    """'22/22 conv/matmul in fp16': what an engine's network computes in, from the check before its build."""
+    if not counts:
+        return "network precision not recorded"
+    n = {"fp16": counts["fp16_compute_layers"], "int8": counts["int8_compute_layers"]}.get(
+        precision, counts["compute_layers"] - counts["fp16_compute_layers"])
+    return f"{n}/{counts['compute_layers']} conv/matmul in {precision}"
+
+
 def _engine_target(e: dict[str, Any]) -> str:
     """Where an engine runs: the TensorRT flavour and version it needs, its GPUs, its batch profile."""
     flavor = "TensorRT-RTX" if e.get("flavor") == "rtx" else "TensorRT"
     gpus = ", ".join(e.get("compute_capabilities") or []) or (
         f"{e.get('gpu') or 'the build GPU'} (compute capability {e.get('compute_capability') or 'unknown'})")
     lo, opt, hi = e.get("profile") or (None, None, None)
-    return f"{flavor} {e.get('trt_version')}, {gpus}, batch {lo}..{hi} (opt {opt})"
+    return (f"{flavor} {e.get('trt_version')}, {gpus}, batch {lo}..{hi} (opt {opt}), "
+            f"{layer_note(e.get('network'), e.get('precision', '?'))}")
 

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from exporters.onnx import DEFAULT_OPSET, OnnxArtifact, compare_graphs, export_onnx
-from pipeline.artifacts import MANIFEST, Manifest, export_lock, read_manifest, tool_versions, write_manifest
+from pipeline.artifacts import MANIFEST, Manifest, export_lock, layer_note, read_manifest, tool_versions, write_manifest
 from pipeline.data import calibration_split, iter_batches, open_dataset
 from pipeline.models import ModelInfo, ModelSpec, load_model
 from pipeline.precisions import PRECISIONS, Precision
@@ -369,7 +369,7 @@ def export(
                                    "source_sha256": e.source_sha256, "source_file": src["file"], "key": key,
                                    **e.target}
                 emit(StepEvent(f"engine {p.value}", "built", e.path.name, e.size_bytes, e.seconds,
-                               f"{flavor} {e.version}"))
+                               f"{flavor} {e.version}; " + layer_note(e.target.get("network"), p.value)))
 
         model_section = {**info.to_dict(), "spec": _spec_dict(opts.model), "state_sha256": weights_sha}
         if opts.model.arch == "default":

@@ -122,6 +122,7 @@ def test_engines_in_manifest(default_folder: Path, tmp_path: Path) -> None:
     audit = {r["artifact"]: r for r in audit_folder(folder)["artifacts"]}  # what `resnetx info DIR` prints
     assert audit["int8.rtx"]["source"] == "model.int8.onnx" and audit["int8.rtx"]["status"] == "ok"
     assert audit["int8.rtx"]["target"].startswith("TensorRT-RTX ") and "SM86" in audit["int8.rtx"]["target"]
+    assert audit["int8.rtx"]["target"].endswith("conv/matmul in int8")
     assert audit["fp32"]["source"] == "PyTorch model" and audit["fp32"]["target"] is None
 
 

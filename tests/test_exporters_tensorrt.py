@@ -20,6 +20,19 @@ def test_rtx_builds_each_precision(default_folder: Path, tmp_path: Path, precisi
     assert e.path.stat().st_size == e.size_bytes > 10_000
     assert e.target["compute_capabilities"] == ["SM86", "SM89"] and e.target["strongly_typed"]
     assert e.profile == (1, 16, 64) and e.version
+    net = e.target["network"]  # what the network computes in, checked before the build
+    assert net["compute_layers"] == 22
+    assert net["fp16_compute_layers"] == (22 if precision == "fp16" else 0)
+    assert net["int8_compute_layers"] == (20 if precision == "int8" else 0)  # stem conv and fc stay float
+
+
+@needs_rtx
+@pytest.mark.parametrize("graph,asked", [("fp32", "fp16"), ("fp32", "int8"), ("fp16", "fp32")])
+def test_engine_of_the_wrong_precision_is_refused(default_folder: Path, tmp_path: Path, graph: str, asked: str) -> None:
+    with pytest.raises(BadInput, match=f"would not build a {asked} engine"):
+        build_engine(default_folder / f"model.{graph}.onnx", tmp_path / "x.engine", flavor="rtx", precision=asked,
+                     input_chw=(1, 28, 28))
+    assert not (tmp_path / "x.engine").exists()
 
 
 @needs_rtx
