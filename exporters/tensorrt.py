@@ -135,6 +135,9 @@ def build_engine(
     if workspace_mb:
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mb << 20)
     config.builder_optimization_level = opt_level
+    tf32 = hasattr(trt.BuilderFlag, "TF32") and precision != "fp32"
+    if hasattr(trt.BuilderFlag, "TF32") and not tf32:  # on by default; an fp32 engine computes in fp32
+        config.clear_flag(trt.BuilderFlag.TF32)
     if not strongly:  # old TensorRT: precision from builder flags
         if precision in ("fp16", "int8"):
             config.set_flag(trt.BuilderFlag.FP16)
@@ -173,7 +176,7 @@ def build_engine(
         path=Path(dst), sha256=sha256_bytes(data), flavor=flavor, version=str(trt.__version__),
         precision=precision, profile=(lo, opt, hi), seconds=seconds, size_bytes=len(data),
         source_sha256=sha256_bytes(Path(onnx_path).read_bytes()),
-        target={**target, "strongly_typed": strongly, "opt_level": opt_level, "network": layers},
+        target={**target, "strongly_typed": strongly, "opt_level": opt_level, "tf32": tf32, "network": layers},
     )
 
 

@@ -351,7 +351,7 @@ def export(
                 src = artifacts[p.value]
                 name = f"{p.value}.{flavor}"
                 key = _key(step="engine", source=src["sha256"], flavor=flavor, profile=profile, ws=opts.workspace_mb,
-                           opt=opts.opt_level, ccs=ccs if flavor == "rtx" else None,
+                           opt=opts.opt_level, ccs=ccs if flavor == "rtx" else None, tf32=p != Precision.fp32,
                            trt=versions.get("tensorrt") or versions.get("tensorrt-rtx-cu13") or versions.get("tensorrt-cu13"))
                 if entry := folder.cached(name, key, opts.force):
                     artifacts[name] = entry

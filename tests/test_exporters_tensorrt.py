@@ -19,6 +19,7 @@ def test_rtx_builds_each_precision(default_folder: Path, tmp_path: Path, precisi
                      precision=precision, input_chw=(1, 28, 28), profile=(1, 16, 64), compute_capabilities=("SM86", "SM89"))
     assert e.path.stat().st_size == e.size_bytes > 10_000
     assert e.target["compute_capabilities"] == ["SM86", "SM89"] and e.target["strongly_typed"]
+    assert e.target["tf32"] is (precision != "fp32")  # TensorRT turns TF32 on by default: fp32 means fp32
     assert e.profile == (1, 16, 64) and e.version
     net = e.target["network"]  # what the network computes in, checked before the build
     assert net["compute_layers"] == 22
