@@ -391,7 +391,10 @@ def _do_bench(opts: Any, compare: Path | None = None) -> Any:
         console.print("[yellow]NOTHING RAN[/]: no report written (reports/bench.* keep the last run)")
         return report
     if compare is not None:
-        console.print(compare_table(compare_reports(report, compare), compare))
+        ratios = compare_reports(report, compare)
+        console.print(compare_table(ratios, compare) if ratios else
+                      f"[yellow]--compare:[/] no timed row of {escape(str(compare))} has this run's runtime, "
+                      "precision, device and batch size")
     console.print(f"reports: {escape(str(opts.folder / 'reports'))}/bench.{{json,md,csv,png}}")
     return report
 

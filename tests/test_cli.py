@@ -138,3 +138,13 @@ def test_info_on_a_folder_checks_every_file(default_folder: Path, tmp_path: Path
     r = invoke("info", folder)
     assert r.exit_code == 1 and "changed" in r.output and "missing" in r.output and "provenance is unknown" in r.output
     assert invoke("info", tmp_path / "nowhere").exit_code == 2
+
+
+def test_compare_with_a_report_that_shares_no_row(default_folder: Path, tmp_path: Path) -> None:
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({"rows": [{"runtime": "trt-cuda-fp16", "precision": "fp16", "device": "cuda",
+                                           "batch": 1, "latency_ms": {"p50": 1.0}}]}))
+    folder = copy_folder(default_folder, tmp_path / "f")
+    r = invoke("bench", folder, "--runtime", "ort", "--precision", "fp32", "--batch", "1", "--iters", "2",
+               "--min-seconds", "0", "--no-accuracy", "--compare", other)
+    assert r.exit_code == 0 and "no timed row of" in r.output
