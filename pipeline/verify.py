@@ -216,8 +216,11 @@ def _candidates(opts: VerifyOptions, manifest: Manifest) -> list[Candidate]:
             if p in precisions:
                 out.append(Candidate(f"torch-{p}", "torch", p, opts.device, None))
     if not out:
-        raise BadInput(f"nothing to verify in {opts.folder} for precision(s) {', '.join(precisions)} "
-                       f"and runtime(s) {', '.join(runtimes)}")
+        held = sorted({f"{e['precision']} ({'ort' if e['kind'] == 'onnx' else 'trt'})"
+                       for e in manifest.artifacts.values()})
+        raise BadInput(f"nothing to verify in {opts.folder} for precision(s) {', '.join(precisions)} and runtime(s) "
+                       f"{', '.join(runtimes)}: it holds {', '.join(held)}; export more with resnetx export "
+                       f"--precision ... --out {opts.folder}, or use --runtime torch")
     return out
 
 

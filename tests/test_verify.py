@@ -269,3 +269,10 @@ def test_an_artifact_for_another_gpu_is_skipped_not_fatal(default_folder: Path, 
     r = verify(VerifyOptions(folder=folder, samples=64, precisions=("fp32", "fp16")))
     rows = {x.artifact: x for x in r.rows}
     assert "this GPU is 9.0" in rows["fp16"].skipped and rows["fp32"].passed and r.passed
+
+
+def test_nothing_to_verify_says_what_the_folder_holds(small_folder: Path) -> None:
+    from runtimes.errors import BadInput
+
+    with pytest.raises(BadInput, match=r"it holds fp32 \(ort\); export more"):
+        verify(VerifyOptions(folder=small_folder, precisions=("int8",)))
