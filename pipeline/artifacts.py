@@ -82,6 +82,11 @@ class Manifest:
     created: str = field(default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
     version: int = MANIFEST_VERSION
 
+    def holdings(self) -> str:
+        """'fp32 (ort), int8 (trt)': the precisions and runners of what the folder holds, for messages."""
+        return ", ".join(sorted({f"{e['precision']} ({'ort' if e['kind'] == 'onnx' else 'trt'})"
+                                 for e in self.artifacts.values()}))
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "version": self.version,

@@ -282,7 +282,9 @@ def _targets(opts: BenchOptions, manifest: Any, model: torch.nn.Module | None) -
         backends = ("ort", "ort-trt") if entry["kind"] == "onnx" else ("trt",)
         out += [_Target(b, entry["precision"], entry, entry["size_bytes"] / 2**20) for b in backends if b in runtimes]
     if not out:
-        raise BadInput("nothing to benchmark for the chosen --runtime/--precision")
+        raise BadInput(f"nothing to benchmark for runtime(s) {', '.join(runtimes)} and precision(s) "
+                       f"{', '.join(precisions)}: {opts.folder} holds {manifest.holdings()} (torch runs fp32, and fp16 "
+                       "on cuda)")
     return out
 
 

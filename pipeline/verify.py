@@ -216,10 +216,8 @@ def _candidates(opts: VerifyOptions, manifest: Manifest) -> list[Candidate]:
             if p in precisions:
                 out.append(Candidate(f"torch-{p}", "torch", p, opts.device, None))
     if not out:
-        held = sorted({f"{e['precision']} ({'ort' if e['kind'] == 'onnx' else 'trt'})"
-                       for e in manifest.artifacts.values()})
         raise BadInput(f"nothing to verify in {opts.folder} for precision(s) {', '.join(precisions)} and runtime(s) "
-                       f"{', '.join(runtimes)}: it holds {', '.join(held)}; export more with resnetx export "
+                       f"{', '.join(runtimes)}: it holds {manifest.holdings()}; export more with resnetx export "
                        f"--precision ... --out {opts.folder}, or use --runtime torch")
     return out
 

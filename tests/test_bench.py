@@ -264,3 +264,8 @@ def test_bench_on_cuda_times_every_torch_mode(default_folder: Path, tmp_path: Pa
         assert r.accuracy_top1 > 80 and r.peak_mem_mb >= 0
     assert {r.transfers_included for r in rows} == {False, True}
     assert (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32) == tf32  # restored on close
+
+
+def test_nothing_to_benchmark_says_what_the_folder_holds(small_folder: Path) -> None:
+    with pytest.raises(BadInput, match=r"holds fp32 \(ort\)"):
+        bench(BenchOptions(folder=small_folder, runtimes=("ort",), precisions=("int8",)))
