@@ -179,6 +179,25 @@ def _mem_mb(device: str) -> float:
     return _rss_mb()
 
 
+def _reset_peak_rss() -> bool:
+    """Linux: restart the process's peak-RSS mark (VmHWM) so the next peak is this runtime's own."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def _peak_rss_mb() -> float | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 def _rss_mb() -> float:
     try:
         pages = int(Path("/proc/self/statm").read_text().split()[1])
@@ -425,6 +444,7 @@ def _bench(opts: BenchOptions, folder: Path, manifest: Any, on_row: Callable[[Be
         for t in _targets(opts, manifest, model):
             t0 = time.perf_counter()
             mem0 = _mem_mb(opts.device)
+            peak_tracked = opts.device == "cpu" and _reset_peak_rss()
             try:
                 rt = _open(t, opts, folder, missing, info.input_shape)
             except (BackendUnavailable, IncompatibleArtifact) as e:  # not for this machine: the rest still runs
@@ -438,9 +458,11 @@ def _bench(opts: BenchOptions, folder: Path, manifest: Any, on_row: Callable[[Be
             with contextlib.suppress(ResnetxError):  # allocate arenas at the largest batch before measuring
                 lo, hi = rt.batch_range or (1, max(opts.batches))
                 rt.infer(np.ones((min(max(opts.batches), hi), *info.input_shape), np.float32))
-            # what opening and running this runtime at the largest batch added: process RSS on the CPU,
-            # device memory in use on the GPU (all runtimes stay open for the rounds, so totals are shared)
-            added = max(0.0, _mem_mb(opts.device) - mem0)
+            # what opening and running this runtime at the largest batch took: on the CPU the peak RSS above
+            # the level before (Linux VmHWM, restarted per runtime; else the RSS left after), on the GPU the
+            # device memory in use it added (all runtimes stay open for the rounds, so totals are shared)
+            after = (_peak_rss_mb() if peak_tracked else None) or _mem_mb(opts.device)
+            added = max(0.0, after - mem0)
             cells += [_Cell(t, rt, b, load_s, acc, mem_mb=added) for b in opts.batches]
         _time_cells(cells, opts, info.input_shape, device_resident, on_progress)
     finally:

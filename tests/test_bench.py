@@ -269,3 +269,15 @@ def test_bench_on_cuda_times_every_torch_mode(default_folder: Path, tmp_path: Pa
 def test_nothing_to_benchmark_says_what_the_folder_holds(small_folder: Path) -> None:
     with pytest.raises(BadInput, match=r"holds fp32 \(ort\)"):
         bench(BenchOptions(folder=small_folder, runtimes=("ort",), precisions=("int8",)))
+
+
+def test_cpu_peak_memory_sees_a_transient_allocation() -> None:
+    from pipeline.bench import _peak_rss_mb, _reset_peak_rss, _rss_mb
+
+    if not _reset_peak_rss():
+        pytest.skip("no /proc/self/clear_refs here (not Linux)")
+    before = _rss_mb()
+    _reset_peak_rss()
+    block = np.ones(100 * 2**20 // 8)  # 100 MiB, touched, then freed before the peak is read
+    del block
+    assert _peak_rss_mb() - before >= 90 and _rss_mb() - before < 50
