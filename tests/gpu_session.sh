@@ -23,7 +23,6 @@ R50=${R50:-/tmp/r50}
 mkdir -p "$OUT"
 export PYTHONPATH=${PYTHONPATH:-}:$PWD
 PY=${PY:-python3}
-cli() { "$PY" -m pipeline.cli "$@"; }
 
 stage_check() {
   nvidia-smi | tee "$OUT/nvidia-smi.txt"
@@ -49,15 +48,17 @@ EOF
 }
 
 stage_tests() {
-  "$PY" -m pytest -m gpu -q -p no:cacheprovider -o addopts="" 2>&1 | tee "$OUT/pytest-gpu.txt"
-  "$PY" -m pytest -q -p no:cacheprovider -o addopts="" tests/test_models.py -k torchvision 2>&1 | tee "$OUT/pytest-torchvision.txt"
+  timeout 400 "$PY" -m pytest -m gpu -q -p no:cacheprovider -o addopts="" 2>&1 | tee "$OUT/pytest-gpu.txt"
+  timeout 150 "$PY" -m pytest -q -p no:cacheprovider -o addopts="" tests/test_models.py -k torchvision 2>&1 \
+    | tee "$OUT/pytest-torchvision.txt"
 }
 
 exporter() { "$PY" -c "import onnxscript" 2>/dev/null && echo dynamo || echo legacy; }
 
 stage_verify() {
-  cli export --model resnet50 --precision fp32,fp16 --exporter "$(exporter)" --out "$R50" 2>&1 | tee "$OUT/export.txt"
-  cli verify "$R50" --device cuda --runtime ort,torch 2>&1 | tee "$OUT/verify-cuda.txt"
+  timeout 240 "$PY" -m pipeline.cli export --model resnet50 --precision fp32,fp16 --exporter "$(exporter)" \
+    --out "$R50" 2>&1 | tee "$OUT/export.txt"
+  timeout 300 "$PY" -m pipeline.cli verify "$R50" --device cuda --runtime ort,torch 2>&1 | tee "$OUT/verify-cuda.txt"
   cp "$R50/reports/verify.json" "$OUT/verify-cuda.json"
 }
 
@@ -73,6 +74,7 @@ bench_as() {  # bench_as NAME ARGS...: one bench run, its reports kept under NAM
 }
 
 stage_bench() {
+  local STAGE_LIMIT=140  # four runs in one 10-minute call
   bench_as eager --runtime torch,ort
   bench_as graph --runtime torch --channels-last --cuda-graph
   bench_as ort-nhwc --runtime ort --prefer-nhwc
