@@ -90,6 +90,13 @@ def handled(fn: F) -> F:
                 raise
             typer.echo(f"error: {e}", err=True)
             raise typer.Exit(e.exit_code) from None
+        except OSError as e:  # a folder that cannot be written, a full disk: the user's to fix, not a crash
+            if debug:
+                raise
+            where = f" ({e.filename})" if e.filename else ""
+            typer.echo(f"error: {e.strerror or e}{where}; check the path and its permissions and free space "
+                       "(--debug shows the traceback)", err=True)
+            raise typer.Exit(2) from None
         except KeyboardInterrupt:
             typer.echo("interrupted", err=True)
             raise typer.Exit(130) from None

@@ -148,3 +148,9 @@ def test_compare_with_a_report_that_shares_no_row(default_folder: Path, tmp_path
     r = invoke("bench", folder, "--runtime", "ort", "--precision", "fp32", "--batch", "1", "--iters", "2",
                "--min-seconds", "0", "--no-accuracy", "--compare", other)
     assert r.exit_code == 0 and "no timed row of" in r.output
+
+
+def test_unwritable_out_is_one_line_exit_2(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("not a folder")
+    r = invoke("export", "--out", tmp_path / "file" / "sub")
+    assert r.exit_code == 2 and "check the path" in r.output and "Traceback" not in r.output
