@@ -338,7 +338,7 @@ def calibration_overlap_note(calibration: dict | None, data: str) -> str | None:
     """A note when int8 accuracy is measured on the images it was calibrated on (same one-split dataset)."""
     if not calibration or calibration.get("dataset") != data or calibration_split(data) == "train":
         return None
-    return (f"int8 was calibrated on {calibration['samples']} images drawn from {data}, the data measured here: its "
+    return (f"int8 was calibrated on images drawn from {data}, the data measured here: its "
             "accuracy is optimistic; export with --calib-data on other images (a train split: fashion-mnist, "
             "cifar10, imagefolder:TRAIN_DIR) for an unbiased number")
 
