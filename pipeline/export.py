@@ -318,7 +318,8 @@ def export(
             if cache.exists() and (opts.force or old_calib.get("key") != calib_key):
                 cache.unlink()  # stale: other weights, data, count, method or recipe
             key = _key(step="int8", calib=calib_key, keep=sorted(opts.keep_fp32), ends=opts.int8_quantize_ends)
-            calibration = {**calib, "key": calib_key, "cache_file": cache.name}
+            # "images": how many the ranges came from (a small dataset gives fewer than --calib-samples)
+            calibration = {**calib, "key": calib_key, "cache_file": cache.name, "images": old_calib.get("images")}
             if entry := folder.cached("int8", key, opts.force):
                 artifacts["int8"] = entry
                 emit(StepEvent("int8", "cached", entry["file"], entry["size_bytes"]))
@@ -333,6 +334,8 @@ def export(
                 progress("int8: checking against fp32")
                 check = compare_graphs(a.path, fp32_path, _check_images(opts, info))
                 artifacts["int8"] = {**_onnx_entry(a, key, fp32_sha), "check": check}
+                if not hit:
+                    calibration["images"] = a.details["calibration_images"]
                 note = "calibration cache reused" if hit else f"calibrated on {a.details['calibration_images']} images"
                 note += f"; top-1 vs fp32 {100 * check['top1_agree']:.1f}% on {check['samples']}"
                 emit(StepEvent("int8", "built", a.path.name, a.size_bytes, a.seconds, note))

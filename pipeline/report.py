@@ -130,7 +130,8 @@ def folder_notes(audit: dict[str, Any]) -> list[str]:
     lines = []
     c = audit.get("calibration")
     if c:
-        lines.append(f"int8 calibration: {c['samples']} images of {_esc(c['dataset'])} ({c['split']}), {c['method']}, "
+        lines.append(f"int8 calibration: {c.get('images') or c['samples']} images of {_esc(c['dataset'])} "
+                     f"({c['split']}), {c['method']}, "
                      f"{c['recipe']} recipe, seed {c['seed']}")
     if chk := audit.get("int8_check"):
         lines.append(f"int8 vs fp32 right after quantization: top-1 agreement {100 * chk['top1_agree']:.1f}% on "

@@ -30,6 +30,7 @@ def test_manifest_describes_everything(default_folder: Path) -> None:
     calib = m["calibration"]
     assert calib["dataset"] == "sample" and calib["samples"] == 256 and calib["method"] == "max"
     assert calib["recipe"] == "tensorrt" and (default_folder / calib["cache_file"]).is_file()
+    assert calib["images"] == 256 and calib["split"] == "all images"  # the sample has one set of images
     assert {"torch", "onnx", "onnxruntime"} <= set(m["versions"])
 
 
