@@ -478,9 +478,17 @@ def run(
 
     precisions = tuple(parse_precisions(precision))
     out = out or Path("artifacts") / model
+    dev = _device(device)
+    if dev == "cuda":  # before minutes of export: verify and bench could not run
+        import torch
+
+        from runtimes.errors import BackendUnavailable
+
+        if not torch.cuda.is_available():
+            raise BackendUnavailable("--device cuda asked for, but torch sees no CUDA device (install a CUDA build "
+                                     "of torch, or use --device cpu); nothing was exported")
     _do_export(ExportOptions(model=_model_spec(model, weights, num_classes, in_chans, image_size, False), out=out,
                              precisions=precisions, engine=engine.value))
-    dev = _device(device)
     report = _do_verify(VerifyOptions(folder=out, device=dev))
     timed = _do_bench(BenchOptions(folder=out, device=dev, batches=_ints(batch, "--batch")))
     _nothing_ran(timed, report)

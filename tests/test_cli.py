@@ -98,6 +98,8 @@ def test_cuda_missing_is_exit_3(default_folder: Path, tmp_path: Path) -> None:
     assert r.exit_code == 3 and "nothing was verified" in r.output and "NOTHING RAN" in r.output
     assert "no report written" in r.output
     assert (folder / "reports" / "verify.json").read_bytes() == passed, "a run that judged nothing replaced the verdict"
+    r = invoke("run", "--device", "cuda", "--out", tmp_path / "r")  # refused before minutes of export
+    assert r.exit_code == 3 and "nothing was exported" in r.output and not (tmp_path / "r").exists()
 
 
 def test_corrupt_checkpoint_exit_2(tmp_path: Path) -> None:
