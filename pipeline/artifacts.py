@@ -6,6 +6,7 @@ import contextlib
 import datetime as _dt
 import fcntl
 import json
+import os
 import platform
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ __all__ = [
     "check_sha",
     "audit_folder",
     "layer_note",
+    "system_info",
 ]
 
 MANIFEST = "manifest.json"
@@ -69,6 +71,41 @@ def tool_versions() -> dict[str, str]:
         with contextlib.suppress(metadata.PackageNotFoundError):
             out[dist] = metadata.version(dist)
     return out
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def system_info() -> dict[str, Any]:
+    """Where a run happened: CPU, cores, platform, GPU and driver, library versions (bench and verify reports)."""
+    info: dict[str, Any] = {"cpu": _cpu_name(), "cores": os.cpu_count(), "platform": platform.platform(),
+                            "versions": tool_versions(), "gpu": None}
+    import torch
+
+    if torch.cuda.is_available():
+        p = torch.cuda.get_device_properties(0)
+        info["gpu"] = {"name": p.name, "memory_gb": round(p.total_memory / 2**30, 1),
+                       "compute_capability": f"{p.major}.{p.minor}", "cuda": torch.version.cuda,
+                       "driver": _driver_version()}
+    return info
+
+
+def _driver_version() -> str | None:
+    try:
+        import subprocess
+
+        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=10)
+        return out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else None
+    except (OSError, subprocess.SubprocessError):
+        return None
 
 
 @dataclass

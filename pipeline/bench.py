@@ -7,7 +7,6 @@ import json
 import logging
 import math
 import os
-import platform
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -18,13 +17,13 @@ import numpy as np
 import torch
 
 from exporters.onnx import INPUT_NAME
-from pipeline.artifacts import check_sha, read_manifest, tool_versions
+from pipeline.artifacts import check_sha, read_manifest, system_info
 from pipeline.data import calibration_overlap_note, iter_batches, label_order_note, open_dataset
 from pipeline.export import reference_if_here
 from runtimes.base import Runtime, open_runtime
 from runtimes.errors import BackendUnavailable, BadInput, IncompatibleArtifact, ResnetxError
 
-__all__ = ["BenchOptions", "Timing", "BenchRow", "BenchReport", "time_runtime", "bench", "system_info", "compare_reports",
+__all__ = ["BenchOptions", "Timing", "BenchRow", "BenchReport", "time_runtime", "bench", "compare_reports",
            "model_gflops"]
 
 log = logging.getLogger(__name__)
@@ -139,38 +138,6 @@ def model_gflops(model: torch.nn.Module, input_shape: tuple[int, int, int]) -> f
 
 
 # --------------------------------------------------------------------------- system
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def system_info() -> dict[str, Any]:
-    info: dict[str, Any] = {"cpu": _cpu_name(), "cores": os.cpu_count(), "platform": platform.platform(),
-                            "versions": tool_versions(), "gpu": None}
-    if torch.cuda.is_available():
-        p = torch.cuda.get_device_properties(0)
-        info["gpu"] = {"name": p.name, "memory_gb": round(p.total_memory / 2**30, 1),
-                       "compute_capability": f"{p.major}.{p.minor}", "cuda": torch.version.cuda,
-                       "driver": _driver_version()}
-    return info
-
-
-def _driver_version() -> str | None:
-    try:
-        import subprocess
-
-        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-                             capture_output=True, text=True, timeout=10)
-        return out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else None
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
 def _mem_mb(device: str) -> float:
     """Memory in use: the GPU's (every allocator: torch, onnxruntime, TensorRT) on cuda, else the RSS."""
     if device == "cuda":

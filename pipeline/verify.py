@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipeline.artifacts import Manifest, atomic_write_text, check_sha, read_manifest
+from pipeline.artifacts import Manifest, atomic_write_text, check_sha, read_manifest, system_info
 from pipeline.data import calibration_overlap_note, label_order_note
 from pipeline.export import reference_if_here
 from pipeline.precisions import PRECISIONS, Precision, Tolerance
@@ -108,6 +108,7 @@ class VerifyReport:
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
     report_path: Path | None = None  # None when nothing ran: the last real verdict is kept
+    system: dict[str, Any] = field(default_factory=dict)  # where it ran: CPU, GPU, driver, library versions
 
     @property
     def nothing_ran(self) -> bool:
@@ -128,7 +129,7 @@ class VerifyReport:
             rows.append(d)
         return {"folder": str(self.folder), "reference": self.reference, "reference_stored": self.reference_stored,
                 "data": self.data, "samples": self.samples, "passed": self.passed, "seconds": round(self.seconds, 2),
-                "manifest_created": self.manifest_created, "notes": self.notes, "rows": rows}
+                "manifest_created": self.manifest_created, "system": self.system, "notes": self.notes, "rows": rows}
 
 
 # --------------------------------------------------------------------------- metrics
@@ -319,7 +320,7 @@ def verify(
             notes.append(overlap)
     report = VerifyReport(folder, rows, inputs.data, len(x), reference_stored=stored,
                           manifest_created=manifest.created, seconds=time.perf_counter() - start,
-                          notes=notes + _unverified_engines(opts, manifest))
+                          notes=notes + _unverified_engines(opts, manifest), system=system_info())
     if not report.nothing_ran:
         report.report_path = folder / "reports" / "verify.json"
         atomic_write_text(report.report_path, json.dumps(report.to_dict(), indent=2, default=_json) + "\n")

@@ -43,6 +43,7 @@ def test_clean_export_passes_each_precision(default_folder: Path) -> None:
     assert rows["int8"].tolerance == Tolerance(top1_agreement=0.97, accuracy_drop=0.5)
     report = json.loads((default_folder / "reports" / "verify.json").read_text())
     assert report["passed"] and {"runtime", "precision", "device", "metrics", "tolerance", "passed"} <= set(report["rows"][0])
+    assert report["system"]["versions"]["onnxruntime"] and report["system"]["cores"]  # where the verdict was made
     # calibrated on the bundled sample and measured on it: the report says the int8 accuracy is optimistic
     assert any("calibrated on images drawn from sample" in n for n in r.notes)
 
