@@ -115,12 +115,16 @@ class BenchReport:
     accuracy_data: str | None = None
     notes: list[str] = field(default_factory=list)
     gflops_per_image: float | None = None
-    written: bool = False  # reports/bench.* hold this run (not when nothing ran: the last real run is kept)
 
     @property
     def nothing_ran(self) -> bool:
         """No row was timed (every runtime missing or failing): no numbers to report."""
         return bool(self.rows) and all(r.latency_ms is None for r in self.rows)
+
+    @property
+    def written(self) -> bool:
+        """reports/bench.* hold this run; when nothing ran, the last real run is kept instead."""
+        return not self.nothing_ran
 
     def to_dict(self) -> dict[str, Any]:
         return {"folder": str(self.folder), "system": self.system, "options": self.options,
@@ -468,9 +472,8 @@ def _bench(opts: BenchOptions, folder: Path, manifest: Any, on_row: Callable[[Be
                          gflops_per_image=round(gflops, 4))
     from pipeline.report import write_bench_files
 
-    if not report.nothing_ran:
+    if report.written:
         write_bench_files(report, folder / "reports")
-        report.written = True
     return report
 
 

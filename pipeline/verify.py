@@ -107,13 +107,17 @@ class VerifyReport:
     manifest_created: str = ""  # which export this verdict is about
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
-    report_path: Path | None = None  # None when nothing ran: the last real verdict is kept
     system: dict[str, Any] = field(default_factory=dict)  # where it ran: CPU, GPU, driver, library versions
 
     @property
     def nothing_ran(self) -> bool:
         """Every candidate was skipped (missing backend or device): no verdict either way."""
         return bool(self.rows) and all(r.skipped for r in self.rows)
+
+    @property
+    def report_path(self) -> Path | None:
+        """reports/verify.json, which holds this verdict; None when nothing ran (the last real one is kept)."""
+        return None if self.nothing_ran else self.folder / "reports" / "verify.json"
 
     @property
     def passed(self) -> bool:
@@ -321,8 +325,7 @@ def verify(
     report = VerifyReport(folder, rows, inputs.data, len(x), reference_stored=stored,
                           manifest_created=manifest.created, seconds=time.perf_counter() - start,
                           notes=notes + _unverified_engines(opts, manifest), system=system_info())
-    if not report.nothing_ran:
-        report.report_path = folder / "reports" / "verify.json"
+    if report.report_path is not None:
         atomic_write_text(report.report_path, json.dumps(report.to_dict(), indent=2, default=_json) + "\n")
     return report
 
