@@ -20,7 +20,7 @@ from exporters.onnx import INPUT_NAME
 from pipeline.artifacts import check_sha, read_manifest, system_info
 from pipeline.data import calibration_overlap_note, iter_batches, label_order_note, open_dataset
 from pipeline.export import reference_if_here
-from runtimes.base import Runtime, open_runtime
+from runtimes.base import Runtime, open_runtime, require_cuda
 from runtimes.errors import BackendUnavailable, BadInput, IncompatibleArtifact, ResnetxError
 
 __all__ = ["BenchOptions", "Timing", "BenchRow", "BenchReport", "time_runtime", "bench", "compare_reports",
@@ -316,8 +316,8 @@ def bench(opts: BenchOptions, *, on_row: Callable[[BenchRow], None] | None = Non
     manifest = read_manifest(folder)
     if not opts.batches or min(opts.batches) < 1:
         raise BadInput("--batch needs sizes >= 1, e.g. --batch 1,8,32")
-    if opts.device == "cuda" and not torch.cuda.is_available():
-        raise BackendUnavailable("--device cuda asked for, but torch sees no CUDA device")
+    if opts.device == "cuda":
+        require_cuda()
     threads_before = torch.get_num_threads()
     if opts.threads:
         torch.set_num_threads(opts.threads)

@@ -480,13 +480,9 @@ def run(
     out = out or Path("artifacts") / model
     dev = _device(device)
     if dev == "cuda":  # before minutes of export: verify and bench could not run
-        import torch
+        from runtimes.base import require_cuda
 
-        from runtimes.errors import BackendUnavailable
-
-        if not torch.cuda.is_available():
-            raise BackendUnavailable("--device cuda asked for, but torch sees no CUDA device (install a CUDA build "
-                                     "of torch, or use --device cpu); nothing was exported")
+        require_cuda("; nothing was exported")
     _do_export(ExportOptions(model=_model_spec(model, weights, num_classes, in_chans, image_size, False), out=out,
                              precisions=precisions, engine=engine.value))
     report = _do_verify(VerifyOptions(folder=out, device=dev))

@@ -62,10 +62,10 @@ StepCallback = Callable[[int, int, dict[str, float]], None]
 def _device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        from runtimes.errors import BackendUnavailable
+    if name == "cuda":
+        from runtimes.base import require_cuda
 
-        raise BackendUnavailable("--device cuda asked for, but torch sees no CUDA device")
+        require_cuda()
     return torch.device(name)
 
 

@@ -14,6 +14,7 @@ __all__ = [
     "Runtime",
     "RUNTIMES",
     "open_runtime",
+    "require_cuda",
     "BackendUnavailable",
     "IncompatibleArtifact",
 ]
@@ -103,6 +104,15 @@ RUNTIMES: dict[str, tuple[str, str]] = {
     "ort": ("runtimes.ort_rt", "open_ort"),
     "trt": ("runtimes.trt_rt", "open_trt"),
 }
+
+
+def require_cuda(consequence: str = "") -> None:
+    """`--device cuda` was asked for: where torch sees no GPU, refuse at once and say what to do."""
+    import torch
+
+    if not torch.cuda.is_available():
+        raise BackendUnavailable("--device cuda asked for, but torch sees no CUDA device (install a CUDA build "
+                                 f"of torch, or use --device cpu){consequence}")
 
 
 def open_runtime(backend: str, artifact: Any, device: str = "cpu", **opts: Any) -> Runtime:

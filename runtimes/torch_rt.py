@@ -13,8 +13,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from runtimes.base import Runtime
-from runtimes.errors import BackendUnavailable, BadInput
+from runtimes.base import Runtime, require_cuda
+from runtimes.errors import BadInput
 
 __all__ = ["TorchRuntime", "open_torch"]
 
@@ -40,8 +40,8 @@ class TorchRuntime(Runtime):
         super().__init__(device=device, precision=precision, mode="+".join(modes))
         if precision not in ("fp32", "fp16"):
             raise BadInput(f"the torch runtime runs fp32 or fp16, not {precision}")
-        if device == "cuda" and not torch.cuda.is_available():
-            raise BackendUnavailable("--device cuda asked for, but torch sees no CUDA device (install a CUDA build of torch)")
+        if device == "cuda":
+            require_cuda()
         if cuda_graph and device != "cuda":
             raise BadInput("--cuda-graph needs --device cuda")
         if precision == "fp16" and device == "cpu":
