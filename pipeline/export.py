@@ -17,7 +17,7 @@ import torch
 
 from exporters.onnx import DEFAULT_OPSET, OnnxArtifact, compare_graphs, export_onnx
 from pipeline.artifacts import MANIFEST, Manifest, export_lock, layer_note, read_manifest, tool_versions, write_manifest
-from pipeline.data import calibration_split, iter_batches, open_dataset
+from pipeline.data import Dataset, calibration_split, iter_batches, open_dataset
 from pipeline.models import ModelInfo, ModelSpec, load_model
 from pipeline.precisions import PRECISIONS, Precision
 from pipeline.reference import DEFAULT_SAMPLES, reference_file, stored_reference, verify_inputs
@@ -170,8 +170,13 @@ def _onnx_entry(a: OnnxArtifact, key: str, source: str | None) -> dict[str, Any]
             "source_sha256": source, "key": key, **a.details}
 
 
-def _calib_batches(opts: ExportOptions, info: ModelInfo) -> Iterator[np.ndarray]:
-    ds = open_dataset(opts.calib_data, split="train", data_dir=opts.calib_dir, preprocess=info.preprocess)
+def _calib_dataset(opts: ExportOptions, info: ModelInfo) -> Dataset:
+    """Opened once per int8 build: calibration and the check after it draw from it (listing an image folder
+    the size of ImageNet's train split takes seconds)."""
+    return open_dataset(opts.calib_data, split="train", data_dir=opts.calib_dir, preprocess=info.preprocess)
+
+
+def _calib_batches(opts: ExportOptions, info: ModelInfo, ds: Dataset) -> Iterator[np.ndarray]:
     if opts.calib_samples < 1:
         raise BadInput("--calib-samples must be >= 1")
     if len(ds) < opts.calib_samples:
@@ -183,9 +188,8 @@ def _calib_batches(opts: ExportOptions, info: ModelInfo) -> Iterator[np.ndarray]
 INT8_CHECK_IMAGES = 64
 
 
-def _check_images(opts: ExportOptions, info: ModelInfo) -> np.ndarray:
+def _check_images(opts: ExportOptions, info: ModelInfo, ds: Dataset) -> np.ndarray:
     """Images for the check right after quantization: the calibration data, drawn with another seed."""
-    ds = open_dataset(opts.calib_data, split="train", data_dir=opts.calib_dir, preprocess=info.preprocess)
     return np.concatenate([b.x for b in iter_batches(ds, info.preprocess, INT8_CHECK_IMAGES, limit=INT8_CHECK_IMAGES,
                                                      seed=opts.seed + 1, shuffle=True)])
 
@@ -326,13 +330,14 @@ def export(
             else:
                 folder.before_write()
                 hit = cache.is_file()
+                ds = _calib_dataset(opts, info)
                 a = quantize_int8(fp32_path, out / PRECISIONS[Precision.int8].onnx_file,
-                                  None if hit else _calib_batches(opts, info), recipe=opts.int8_target,
+                                  None if hit else _calib_batches(opts, info, ds), recipe=opts.int8_target,
                                   method=opts.calib_method, cache=cache, exclude_nodes=opts.keep_fp32,
                                   quantize_ends=opts.int8_quantize_ends,
                                   on_images=lambda n: progress(f"int8: calibrated {n}/{opts.calib_samples} images"))
                 progress("int8: checking against fp32")
-                check = compare_graphs(a.path, fp32_path, _check_images(opts, info))
+                check = compare_graphs(a.path, fp32_path, _check_images(opts, info, ds))
                 artifacts["int8"] = {**_onnx_entry(a, key, fp32_sha), "check": check}
                 if not hit:
                     calibration["images"] = a.details["calibration_images"]
