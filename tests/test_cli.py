@@ -65,14 +65,15 @@ def test_bad_input_is_exit_2_one_line(args: list[str], msg: str, tmp_path: Path)
 
 def test_corrupt_onnx_behind_a_matching_hash_is_exit_2(default_folder: Path, tmp_path: Path) -> None:
     """The sha check cannot catch a file truncated before the manifest was re-hashed: loading must."""
-    import hashlib
+    from pipeline.artifacts import read_manifest, write_manifest
+    from pipeline.models import file_sha256
 
     folder = copy_folder(default_folder, tmp_path / "f")
     onnx_file = folder / "model.fp16.onnx"
     onnx_file.write_bytes(onnx_file.read_bytes()[:5000])
-    m = json.loads((folder / "manifest.json").read_text())
-    m["artifacts"]["fp16"]["sha256"] = hashlib.sha256(onnx_file.read_bytes()).hexdigest()
-    (folder / "manifest.json").write_text(json.dumps(m))
+    m = read_manifest(folder)
+    m.artifacts["fp16"]["sha256"] = file_sha256(onnx_file)
+    write_manifest(folder, m)
     for cmd in (["verify", folder, "--samples", "16"], ["bench", folder, "--batch", "1", "--iters", "2"]):
         r = invoke(*cmd, "--precision", "fp16")
         assert r.exit_code == 2, r.output
