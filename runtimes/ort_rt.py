@@ -102,7 +102,10 @@ class OrtRuntime(Runtime):
         binding = self._sess.io_binding()
         binding.bind_input(self._input, "cuda", 0, np.float32, tuple(x.shape), x.data_ptr())
         binding.bind_output(self._output, "cuda", 0, np.float32, tuple(out.shape), out.data_ptr())
-        self._sess.run_with_iobinding(binding)
+        # onnxruntime computes on a stream of its own and reads the bound address without waiting for torch's:
+        # the upload (or whatever kernel made the input) must be finished first (onnxruntime issue 26609)
+        torch.cuda.current_stream().synchronize()
+        self._sess.run_with_iobinding(binding)  # returns after onnxruntime's stream is synchronised
         self._last = (x, out)  # keep the buffers alive until the next call
         return out
 

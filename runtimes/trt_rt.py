@@ -125,6 +125,7 @@ class TrtRuntime(Runtime):
         n = int(batch.shape[0])
         x, y = self._buffers(n)
         src = batch if isinstance(batch, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(batch))
+        self._stream.wait_stream(torch.cuda.current_stream())  # an input made by torch's kernels is complete
         with torch.cuda.stream(self._stream):
             x.copy_(src, non_blocking=True)
             if n in self._graphs:
