@@ -50,6 +50,7 @@ class BenchOptions:
     cuda_graph: bool = False
     compile: bool = False
     compile_mode: str = "max-autotune-no-cudagraphs"  # torch.compile's mode (default: minutes, fastest kernels)
+    cudnn_benchmark: bool = True  # torch on cuda: cuDNN autotunes per shape (in warm-up), like ort's EXHAUSTIVE
     prefer_nhwc: bool = False
     include_transfers: bool = False
     accuracy: bool = True
@@ -326,7 +327,7 @@ def _open(t: _Target, opts: BenchOptions, folder: Path, missing: str, input_shap
             raise BackendUnavailable(f"the torch runtime runs the PyTorch model: {missing}")
         return open_runtime("torch", t.artifact, device=opts.device, precision=t.precision,
                             channels_last=opts.channels_last, cuda_graph=opts.cuda_graph, compile=opts.compile,
-                            compile_mode=opts.compile_mode,
+                            compile_mode=opts.compile_mode, cudnn_benchmark=opts.cudnn_benchmark,
                             compile_cache=folder / "inductor_cache" if opts.compile else None)
     path = check_sha(folder, t.artifact)
     if t.backend == "trt":
@@ -483,7 +484,7 @@ def _bench(opts: BenchOptions, folder: Path, manifest: Any, on_row: Callable[[Be
             cells += [_Cell(t, rt, b, load_s, acc, mem_mb=added) for b in opts.batches]
         _time_cells(cells, opts, info.input_shape, device_resident, on_progress)
     finally:
-        for rt in opened:
+        for rt in reversed(opened):  # each restores the process-wide flags it found (TF32, cuDNN autotuning)
             rt.close()
     for c in cells:
         if c.error or not c.samples:
@@ -508,6 +509,10 @@ def _bench(opts: BenchOptions, folder: Path, manifest: Any, on_row: Callable[[Be
     if any(r.precision == "int8" and r.accuracy_top1 is not None for r in rows):
         if overlap := calibration_overlap_note(manifest.calibration, opts.data):
             notes.append(overlap)
+    if opts.device == "cuda" and any(r.backend == "torch" and r.latency_ms for r in rows):
+        notes.append("torch on cuda: TF32 off; cuDNN autotuning (torch.backends.cudnn.benchmark) "
+                     + ("on, paid in warm-up like onnxruntime's EXHAUSTIVE search" if opts.cudnn_benchmark
+                        else "off (--no-cudnn-benchmark)"))
     if opts.compile and "torch" in (opts.runtimes or ("torch",)):
         notes.append(f"torch.compile mode {opts.compile_mode}, cache: "
                      f"{os.environ.get('TORCHINDUCTOR_CACHE_DIR', 'torch default')}")

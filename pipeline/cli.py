@@ -425,6 +425,7 @@ def bench(
     compile: Annotated[bool, typer.Option("--compile", help="torch: torch.compile (compile time reported apart).", rich_help_panel=RUN_PANEL)] = False,
     compile_mode: Annotated[CompileMode, typer.Option(help="torch.compile mode: max-autotune-no-cudagraphs (minutes of autotuning, cached in the folder; --cuda-graph adds graphs), max-autotune, reduce-overhead, default (fastest to compile).", rich_help_panel=RUN_PANEL)] = CompileMode.max_autotune_no_cudagraphs,
     prefer_nhwc: Annotated[bool, typer.Option(help="ort CUDA: prefer NHWC kernels.", rich_help_panel=RUN_PANEL)] = False,
+    cudnn_benchmark: Annotated[bool, typer.Option(help="torch CUDA: let cuDNN time its algorithms per shape (during warm-up), as onnxruntime's CUDA provider does here.", rich_help_panel=RUN_PANEL)] = True,
     include_transfers: Annotated[bool, typer.Option(help="GPU: time host->device->host copies too (CPU always does).")] = False,
     accuracy: Annotated[bool, typer.Option(help="Top-1 accuracy column on --data.")] = True,
     data: DataOpt = "sample",
@@ -439,7 +440,7 @@ def bench(
                         device=_device(device), batches=_ints(batch, "--batch"), warmup=warmup,
                         warmup_seconds=warmup_seconds, iters=iters, min_seconds=min_seconds, rounds=rounds, threads=threads,
                         channels_last=channels_last, cuda_graph=cuda_graph, compile=compile,
-                        compile_mode=compile_mode.value, prefer_nhwc=prefer_nhwc,
+                        compile_mode=compile_mode.value, prefer_nhwc=prefer_nhwc, cudnn_benchmark=cudnn_benchmark,
                         include_transfers=include_transfers, accuracy=accuracy, data=data, data_dir=data_dir,
                         peak_tflops=peak_tflops)
     _nothing_ran(_do_bench(opts, compare))

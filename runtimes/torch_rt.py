@@ -35,6 +35,7 @@ class TorchRuntime(Runtime):
         compile: bool = False,
         compile_mode: str = "max-autotune-no-cudagraphs",
         compile_cache: Path | None = None,
+        cudnn_benchmark: bool = False,
     ) -> None:
         modes = [m for m, on in (("cl", channels_last), ("graph", cuda_graph), ("compile", compile)) if on]
         super().__init__(device=device, precision=precision, mode="+".join(modes))
@@ -46,10 +47,12 @@ class TorchRuntime(Runtime):
             raise BadInput("--cuda-graph needs --device cuda")
         if precision == "fp16" and device == "cpu":
             log.warning("fp16 on the CPU is emulated by PyTorch and slow; it is for parity checks, not speed")
-        self._tf32_before: tuple[bool, bool] | None = None
+        self._flags_before: list[tuple[Any, str, bool]] = []  # process-wide torch flags, restored on close
         if device == "cuda":  # fp32 means fp32: no TF32 rounding in cuDNN convs or cuBLAS matmuls
-            self._tf32_before = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
-            torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+            self._set_flag(torch.backends.cudnn, "allow_tf32", False)
+            self._set_flag(torch.backends.cuda.matmul, "allow_tf32", False)
+            if cudnn_benchmark:  # cuDNN times its algorithms per shape, as onnxruntime's EXHAUSTIVE search does
+                self._set_flag(torch.backends.cudnn, "benchmark", True)
         self._dtype = torch.float16 if precision == "fp16" else torch.float32
         self._fmt = torch.channels_last if channels_last else torch.contiguous_format
         self._model = copy.deepcopy(model).eval().to(device=device, dtype=self._dtype, memory_format=self._fmt)
@@ -74,6 +77,10 @@ class TorchRuntime(Runtime):
         self._graphs: dict[tuple[int, ...], tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor]] = {}
         self._cuda_graph = cuda_graph
         self.static_shapes = compile or cuda_graph
+
+    def _set_flag(self, owner: Any, name: str, value: bool) -> None:
+        self._flags_before.append((owner, name, getattr(owner, name)))
+        setattr(owner, name, value)
 
     def _prepare(self, batch: Any) -> torch.Tensor:
         t = batch if isinstance(batch, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(batch))
@@ -125,8 +132,9 @@ class TorchRuntime(Runtime):
     def _close(self) -> None:
         self._graphs.clear()
         self._fn = self._model = None
-        if self._tf32_before is not None:
-            torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = self._tf32_before
+        for owner, name, value in reversed(self._flags_before):  # runtimes open together close in reverse order
+            setattr(owner, name, value)
+        self._flags_before.clear()
 
 
 def _use_cache_dir(path: Path) -> None:

@@ -250,12 +250,13 @@ def test_a_bench_that_timed_nothing_keeps_the_last_report(default_folder: Path, 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_bench_on_cuda_times_every_torch_mode(default_folder: Path, tmp_path: Path) -> None:
     folder = copy_folder(default_folder, tmp_path / "f")
-    tf32 = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    flags = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.benchmark
     rows = []
     for extra in ({}, {"channels_last": True, "cuda_graph": True}, {"include_transfers": True}):
         report = bench(BenchOptions(folder=folder, runtimes=("torch",), device="cuda", batches=(1, 8), iters=20,
                                     warmup=2, warmup_seconds=0.0, min_seconds=0.0, accuracy_samples=256, **extra))
         assert report.written and report.system["gpu"]["name"]
+        assert any("cuDNN autotuning (torch.backends.cudnn.benchmark) on" in n for n in report.notes)
         rows += report.rows
     assert len(rows) == 12 and all(r.latency_ms for r in rows), [r.error for r in rows]
     for r in rows:
@@ -263,7 +264,8 @@ def test_bench_on_cuda_times_every_torch_mode(default_folder: Path, tmp_path: Pa
         assert 0 < lat["min"] <= lat["p50"] <= lat["p99"] and r.device == "cuda"
         assert r.accuracy_top1 > 80 and r.peak_mem_mb >= 0
     assert {r.transfers_included for r in rows} == {False, True}
-    assert (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32) == tf32  # restored on close
+    assert (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32,
+            torch.backends.cudnn.benchmark) == flags  # restored on close (fp32 and fp16 were open together)
 
 
 def test_nothing_to_benchmark_says_what_the_folder_holds(small_folder: Path) -> None:
@@ -295,3 +297,35 @@ def test_memory_counts_each_runtime_after_earlier_work_in_the_process(default_fo
     assert all(1 <= m < 200 for m in mem.values()), mem
     ort = [mem[f"ort-cpu-{p}"] for p in ("fp32", "fp16", "int8")]
     assert max(ort) < 4 * min(ort), mem  # same model, same arenas: no row pays for loading onnxruntime
+
+
+def test_runtimes_close_in_reverse_order_so_process_flags_unwind(default_folder: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each torch CUDA runtime sets TF32 off (and cuDNN autotuning on) and restores what it found on close:
+    with fp32 and fp16 open together, closing in open order would leave the flags as the second one found them."""
+    import pipeline.bench as bench_mod
+    from runtimes.torch_rt import TorchRuntime
+
+    state = {"flag": "user's"}
+
+    class Flagging(FakeRuntime):
+        def __init__(self) -> None:
+            super().__init__([0.0001], [0.0])
+            self.before, state["flag"] = state["flag"], "set by a runtime"
+
+        def _close(self) -> None:
+            state["flag"] = self.before
+
+    monkeypatch.setattr(bench_mod, "_open", lambda *a, **k: Flagging())
+    bench(BenchOptions(folder=default_folder, runtimes=("ort",), batches=(1,), iters=2, warmup=0,
+                       warmup_seconds=0.0, min_seconds=0.0, accuracy=False))
+    assert state["flag"] == "user's"
+
+    model = torch.nn.Linear(4, 2)
+    before = torch.backends.cudnn.benchmark
+    a, b = TorchRuntime(model), TorchRuntime(model)
+    a._set_flag(torch.backends.cudnn, "benchmark", not before)
+    b._set_flag(torch.backends.cudnn, "benchmark", not before)
+    b.close()
+    a.close()
+    assert torch.backends.cudnn.benchmark == before
