@@ -12,6 +12,7 @@ import tempfile
 import time
 import warnings
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,8 @@ __all__ = [
     "save_onnx",
     "compare_with_torch",
     "compare_graphs",
+    "graph_batch",
+    "batch_chunks",
     "sha256_bytes",
     "atomic_write",
 ]
@@ -213,6 +216,24 @@ def _export_legacy(model: nn.Module, example: torch.Tensor, opset: int, dynamic_
     return onnx.load_from_string(buf.getvalue())
 
 
+def graph_batch(model: onnx.ModelProto) -> int | None:
+    """The batch size fixed in the graph's input (a --no-dynamic-batch export), or None when it is dynamic."""
+    dims = model.graph.input[0].type.tensor_type.shape.dim if model.graph.input else []
+    return int(dims[0].dim_value) if dims and dims[0].HasField("dim_value") else None
+
+
+def batch_chunks(x: np.ndarray, fixed: int | None, size: int = 16) -> Iterator[tuple[np.ndarray, int]]:
+    """(chunk, real rows) over x: chunks of `size`, or of exactly `fixed` rows for a graph whose batch is
+    fixed, the last one padded with copies of its final row (drop the padding rows from the outputs)."""
+    step = fixed or size
+    for i in range(0, len(x), step):
+        chunk = x[i : i + step]
+        n = len(chunk)
+        if fixed and n < fixed:
+            chunk = np.concatenate([chunk, np.repeat(chunk[-1:], fixed - n, 0)])
+        yield np.ascontiguousarray(chunk, np.float32), n
+
+
 def export_onnx(
     model: nn.Module,
     input_shape: tuple[int, int, int],
@@ -220,6 +241,7 @@ def export_onnx(
     *,
     opset: int = DEFAULT_OPSET,
     dynamic_batch: bool = True,
+    static_batch: int = 1,
     exporter: str = "dynamo",
     metadata: dict[str, str] | None = None,
     check_inputs: np.ndarray | None = None,
@@ -227,8 +249,8 @@ def export_onnx(
 ) -> OnnxArtifact:
     """Export `model` (eval mode) to ONNX at `dst`, check it, and compare it with PyTorch.
 
-    A graph that fails the checker or departs from PyTorch (rel. L2 > rtol_l2 on the check
-    inputs) raises, and nothing is written.
+    Without `dynamic_batch` the graph takes exactly `static_batch` images. A graph that fails the
+    checker or departs from PyTorch (rel. L2 > rtol_l2 on the check inputs) raises, and nothing is written.
     """
     if exporter not in EXPORTERS:
         raise BadInput(f"unknown exporter {exporter!r}; use one of {', '.join(EXPORTERS)}")
@@ -236,8 +258,11 @@ def export_onnx(
 
     if not 13 <= opset <= _ort_max_opset():
         raise BadInput(f"--opset {opset} is outside what onnxruntime {ort.__version__} runs (13..{_ort_max_opset()})")
+    if static_batch < 1:
+        raise BadInput(f"--static-batch must be >= 1; got {static_batch}")
     model = model.eval()
-    example = torch.randn(2, *input_shape, generator=torch.Generator().manual_seed(0))
+    # a dynamic batch is traced at 2: torch.export would specialise a batch of 1 into the graph
+    example = torch.randn(2 if dynamic_batch else static_batch, *input_shape, generator=torch.Generator().manual_seed(0))
     start = time.perf_counter()
     try:
         proto = (_export_dynamo if exporter == "dynamo" else _export_legacy)(model, example, opset, dynamic_batch)
@@ -264,7 +289,8 @@ def export_onnx(
     sha, size = save_onnx(proto, dst)
     return OnnxArtifact(
         path=Path(dst), sha256=sha, precision="fp32", opset=opset, size_bytes=size, seconds=seconds,
-        details={"exporter": exporter, "dynamic_batch": dynamic_batch, "parity": parity,
+        details={"exporter": exporter, "dynamic_batch": dynamic_batch, "static_batch": graph_batch(proto),
+                 "parity": parity,
                  "nodes": len(proto.graph.node), "modules": len(set(module_of.values()))},
     )
 
@@ -292,9 +318,10 @@ def _run_cpu(model: onnx.ModelProto | Path, x: np.ndarray) -> np.ndarray:
     opts.log_severity_level = 3
     src = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
     sess = ort.InferenceSession(src, opts, providers=["CPUExecutionProvider"])
-    chunks = [x[i:i + 16] for i in range(0, len(x), 16)]  # onnxruntime CPU is fastest per image at small batches
-    return np.concatenate([sess.run([OUTPUT_NAME], {INPUT_NAME: np.ascontiguousarray(c, np.float32)})[0]
-                           for c in chunks])
+    dim = sess.get_inputs()[0].shape[0]
+    # chunks of 16 (onnxruntime CPU is fastest per image at small batches), or the graph's fixed batch
+    return np.concatenate([sess.run([OUTPUT_NAME], {INPUT_NAME: c})[0][:n]
+                           for c, n in batch_chunks(x, dim if isinstance(dim, int) else None)])
 
 
 def compare_with_torch(proto: onnx.ModelProto, model: nn.Module, x: np.ndarray) -> dict[str, float]:

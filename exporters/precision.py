@@ -18,7 +18,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from exporters.onnx import INPUT_NAME, OnnxArtifact, atomic_write, check_onnx, load_onnx, save_onnx
+from exporters.onnx import (INPUT_NAME, OnnxArtifact, atomic_write, batch_chunks, check_onnx, graph_batch,
+                            load_onnx, save_onnx)
 from runtimes.errors import BackendUnavailable, BadInput, first_line
 
 __all__ = [
@@ -108,7 +109,8 @@ def to_fp16(
     return OnnxArtifact(
         path=Path(dst), sha256=sha, precision="fp16", opset=_opset(fp16), size_bytes=size,
         seconds=time.perf_counter() - start,
-        details={"converter": "onnxconverter-common float16", "keep_fp32_ops": list(keep_fp32_ops),
+        details={"converter": "onnxconverter-common float16", "static_batch": graph_batch(fp16),
+                 "keep_fp32_ops": list(keep_fp32_ops),
                  "keep_fp32_nodes": sorted(nodes), "overflow_nodes": overflow},
     )
 
@@ -180,21 +182,31 @@ def _nodes_with_large_weights(model: onnx.ModelProto, limit: float) -> list[str]
 
 
 # --------------------------------------------------------------------------- int8
-class _Reader:
-    """onnxruntime CalibrationDataReader over preprocessed float32 batches."""
+def _rebatch(batches: Iterable[np.ndarray], fixed: int | None) -> Iterator[tuple[np.ndarray, int]]:
+    """(batch, real images): as given, or in chunks of a graph's fixed batch (the last padded with copies)."""
+    for b in batches:
+        if fixed is None:
+            yield b, len(b)
+        else:
+            yield from batch_chunks(b, fixed)
 
-    def __init__(self, batches: Iterable[np.ndarray], on_images: Callable[[int], None] | None = None) -> None:
-        self._it: Iterator[np.ndarray] = iter(batches)
+
+class _Reader:
+    """onnxruntime CalibrationDataReader over preprocessed float32 batches, each with its count of real images."""
+
+    def __init__(self, batches: Iterable[tuple[np.ndarray, int]], on_images: Callable[[int], None] | None = None) -> None:
+        self._it: Iterator[tuple[np.ndarray, int]] = iter(batches)
         self._on_images = on_images
         self.count = 0
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         if self.count and self._on_images:  # the previous batch has been run through the model
             self._on_images(self.count)
-        batch = next(self._it, None)
-        if batch is None:
+        item = next(self._it, None)
+        if item is None:
             return None
-        self.count += len(batch)
+        batch, real = item
+        self.count += real
         return {INPUT_NAME: np.ascontiguousarray(batch, np.float32)}
 
     def rewind(self) -> None:  # pragma: no cover - single pass is all quantize_static needs
@@ -252,7 +264,8 @@ def quantize_int8(
     }
     if method == "percentile":
         extra["CalibPercentile"] = percentile
-    reader = _Reader(calib if calib is not None else [], on_images)
+    fixed = graph_batch(model)
+    reader = _Reader(_rebatch(calib, fixed) if calib is not None else [], on_images)
     start = time.perf_counter()
     dst = Path(dst)
     dst.parent.mkdir(parents=True, exist_ok=True)
@@ -289,7 +302,7 @@ def quantize_int8(
         seconds=time.perf_counter() - start,
         details={"quantizer": "onnxruntime.quantization.quantize_static (QDQ)", "recipe": recipe,
                  "activation": r.activation, "weights": "int8 per-channel symmetric",
-                 "bias": "int32" if r.quantize_bias else "float", "method": method,
+                 "bias": "int32" if r.quantize_bias else "float", "method": method, "static_batch": fixed,
                  "calibration_images": reader.count, "calibration_cache_hit": cached,
                  "qdq_pairs": ops.count("QuantizeLinear"), "excluded_nodes": sorted(excluded),
                  "float_ends": ends},

@@ -206,6 +206,7 @@ def audit_folder(folder: Path) -> dict[str, Any]:
             verify = {"passed": None, "error": "reports/verify.json is unreadable"}
     return {"folder": str(folder), "created": m.created, "model": m.model, "artifacts": rows,
             "calibration": m.calibration, "int8_check": m.artifacts.get("int8", {}).get("check"),
+            "static_batch": m.artifacts.get("fp32", {}).get("static_batch"),
             "versions": m.versions, "version_drift": drift,
             "references": sorted(p.name for p in (folder / "reports").glob("reference.*.npz")),
             "verify": verify, "intact": all(r["status"] == "ok" for r in rows)}

@@ -337,6 +337,8 @@ def _open(t: _Target, opts: BenchOptions, folder: Path, missing: str, input_shap
         lo, opt, hi = min(opts.batches), max(opts.batches), max(opts.batches)
         profile = {f"trt_profile_{k}_shapes": f"{INPUT_NAME}:{b}x{shape}" for k, b in (("min", lo), ("opt", opt),
                                                                                     ("max", hi))}
+        if t.artifact.get("static_batch"):  # a fixed-batch graph has its one shape: no profile to give
+            profile = {}
         return open_runtime("ort", path, device="cuda", precision=t.precision, provider="trt-ep",
                             provider_options=profile)
     return open_runtime("ort", path, device=opts.device, precision=t.precision, threads=opts.threads,
@@ -403,7 +405,8 @@ def _time_cells(cells: list[_Cell], opts: BenchOptions, shape: tuple[int, ...], 
                 continue
             lo, hi = c.rt.batch_range or (1, c.batch)
             if not lo <= c.batch <= hi:
-                c.error = f"batch {c.batch} outside the engine profile {c.rt.batch_range}"
+                c.error = (f"batch {c.batch} is outside the range {lo}..{hi} it was built for (engines: "
+                           "--batch-range; ONNX: a --no-dynamic-batch export takes its one batch size)")
                 continue
             if on_progress:
                 on_progress(f"round {r + 1}/{rounds}: {c.rt.name} batch {c.batch}")

@@ -276,7 +276,8 @@ def export(
     precision: Annotated[str, typer.Option(help="Comma-separated: fp32,fp16,int8 (fp32 is always made: it is the source).")] = "fp32",
     exporter: Annotated[Exporter, typer.Option(help="dynamo (torch.export) or legacy (TorchScript).")] = Exporter.dynamo,
     opset: Annotated[int, typer.Option(help="ONNX opset.")] = 18,
-    dynamic_batch: Annotated[bool, typer.Option(help="Dynamic batch dimension.")] = True,
+    dynamic_batch: Annotated[bool, typer.Option(help="Dynamic batch dimension (--no-dynamic-batch: the graph and engines take one batch size, --static-batch).")] = True,
+    static_batch: Annotated[int | None, typer.Option(min=1, help="Bake this batch size into the graph and engines (implies --no-dynamic-batch; default 1 with it).")] = None,
     calib_data: Annotated[str, typer.Option(help="INT8 calibration data (train split): sample, fashion-mnist, cifar10, imagefolder:DIR.", rich_help_panel="INT8")] = "sample",
     calib_dir: Annotated[Path | None, typer.Option(help="Calibration dataset directory.", rich_help_panel="INT8")] = None,
     calib_samples: Annotated[int, typer.Option(min=1, help="Calibration images (seeded random subset).", rich_help_panel="INT8")] = 512,
@@ -304,7 +305,7 @@ def export(
         model=_model_spec(model, weights, num_classes, in_chans, image_size, trust_checkpoint),
         out=out or Path("artifacts") / model,
         precisions=tuple(parse_precisions(precision)), exporter=exporter.value, opset=opset,
-        dynamic_batch=dynamic_batch, calib_data=calib_data, calib_dir=calib_dir, calib_samples=calib_samples,
+        dynamic_batch=dynamic_batch and static_batch is None, static_batch=static_batch or 1, calib_data=calib_data, calib_dir=calib_dir, calib_samples=calib_samples,
         calib_method=calib_method.value, int8_target=int8_target.value, keep_fp32=_csv(keep_fp32),
         int8_quantize_ends=int8_quantize_ends,
         engine=engine.value, batch_range=br, workspace_mb=workspace_mb, opt_level=opt_level,  # type: ignore[arg-type]

@@ -46,6 +46,7 @@ class ExportOptions:
     exporter: str = "dynamo"
     opset: int = DEFAULT_OPSET
     dynamic_batch: bool = True
+    static_batch: int = 1  # the batch baked into the graph (and engines) when not dynamic_batch
     calib_data: str = "sample"
     calib_dir: Path | None = None
     calib_samples: int = 512
@@ -204,6 +205,18 @@ def _int8_collapse(check: dict[str, Any] | None, out: Path) -> list[str]:
             "with --keep-fp32, or calibrate on more representative data"]
 
 
+def _engine_profile(opts: ExportOptions, info: ModelInfo) -> tuple[int, int, int]:
+    """MIN,OPT,MAX batch of the engines: --batch-range, the default for the input size, or the one batch a
+    --no-dynamic-batch graph takes."""
+    if opts.dynamic_batch:
+        return opts.batch_range or default_batch_range(info)
+    fixed = (opts.static_batch,) * 3
+    if opts.batch_range and tuple(opts.batch_range) != fixed:
+        raise BadInput(f"--batch-range {','.join(map(str, opts.batch_range))} does not fit a graph exported with the "
+                       f"fixed batch {opts.static_batch}; drop --batch-range, or export with --dynamic-batch")
+    return fixed
+
+
 def _resolve_engine(engine: str, notices: list[str]) -> str | None:
     from exporters.tensorrt import FLAVORS, available_flavors, import_flavor
 
@@ -249,6 +262,8 @@ def export(
 
     model, info = load_model(opts.model)
     flavor = _resolve_engine(opts.engine, notices)
+    if flavor:
+        _engine_profile(opts, info)  # a --batch-range that cannot fit is refused before minutes of work
     if flavor and Precision.int8 in opts.precisions and opts.int8_target == "cpu":
         raise BadInput("the cpu int8 recipe quantizes biases to int32, which TensorRT's parser rejects; "
                        "use --int8-target tensorrt for engines, or --engine none")
@@ -272,7 +287,8 @@ def export(
 
         # fp32 ONNX: the source of every other artifact
         key = _key(step="fp32", weights=weights_sha, info=info.to_dict(), exporter=opts.exporter, opset=opts.opset,
-                   dynamic=opts.dynamic_batch, torch=versions.get("torch"), onnx=versions.get("onnx"),
+                   dynamic=opts.dynamic_batch if opts.dynamic_batch else f"static {opts.static_batch}",
+                   torch=versions.get("torch"), onnx=versions.get("onnx"),
                    onnxscript=versions.get("onnxscript"))
         fp32_path = out / PRECISIONS[Precision.fp32].onnx_file
         if entry := folder.cached("fp32", key, opts.force):
@@ -287,6 +303,7 @@ def export(
                     "resnetx.weights_sha256": weights_sha, "resnetx.exporter": opts.exporter,
                     "resnetx.class_names": json.dumps(list(info.class_names or []))}
             a = export_onnx(model, info.input_shape, fp32_path, opset=opts.opset, dynamic_batch=opts.dynamic_batch,
+                            static_batch=opts.static_batch,
                             exporter=opts.exporter, metadata=meta)
             artifacts["fp32"] = _onnx_entry(a, key, None)
             emit(StepEvent("fp32", "built", fp32_path.name, a.size_bytes, a.seconds))
@@ -352,7 +369,7 @@ def export(
         if flavor:
             from exporters.tensorrt import RTX_PORTABLE_CCS, build_engine
 
-            profile = opts.batch_range or default_batch_range(info)
+            profile = _engine_profile(opts, info)
             ccs = tuple(opts.rtx_compute_capabilities or RTX_PORTABLE_CCS)
             timing = out / "timing.cache"
             for p in opts.precisions:

@@ -136,6 +136,9 @@ def folder_notes(audit: dict[str, Any]) -> list[str]:
     if chk := audit.get("int8_check"):
         lines.append(f"int8 vs fp32 right after quantization: top-1 agreement {100 * chk['top1_agree']:.1f}% on "
                      f"{chk['samples']} calibration-set images, rel. L2 {chk['rel_l2']:.2e}")
+    if audit.get("static_batch"):
+        lines.append(f"fixed batch {audit['static_batch']}: every graph and engine runs exactly that many images at "
+                     "a time (exported with --no-dynamic-batch / --static-batch)")
     for k, (then, now) in audit["version_drift"].items():
         lines.append(f"[yellow]{k} {then} at export, {now or 'not installed'} now[/]: "
                      "a re-export rebuilds what it shapes")

@@ -47,8 +47,8 @@ class Runtime:
         n = int(batch.shape[0])
         if self.batch_range and not self.batch_range[0] <= n <= self.batch_range[1]:
             lo, hi = self.batch_range
-            raise BadInput(f"batch {n} is outside the range {lo}..{hi} {self.name} was built for; "
-                           f"rebuild with --batch-range or use a batch in {lo}..{hi}")
+            raise BadInput(f"batch {n} is outside the range {lo}..{hi} {self.name} was built for; use a batch in "
+                           f"{lo}..{hi}, or re-export (engines: --batch-range; ONNX: dynamic batch)")
         return self._infer(batch)
 
     def infer_all(self, x: np.ndarray, batch: int, on_batch: Callable[[int], None] | None = None) -> np.ndarray:

@@ -87,6 +87,9 @@ class OrtRuntime(Runtime):
         active = self._sess.get_providers()
         if active[0] != wanted:  # never fall back silently to a slower provider
             raise BackendUnavailable(f"onnxruntime did not start {wanted} for {path.name} (got {active}); {_GPU_HINT}")
+        dim = self._sess.get_inputs()[0].shape[0]
+        if isinstance(dim, int):  # a graph exported with a fixed batch (--no-dynamic-batch) takes only that
+            self.batch_range = (dim, dim)
         self._input = self._sess.get_inputs()[0].name
         self._output = self._sess.get_outputs()[0].name
         self._bind = io_binding and self.device == "cuda"

@@ -139,3 +139,34 @@ def test_out_is_a_file(tmp_path: Path) -> None:
     (tmp_path / "f").write_text("x")
     with pytest.raises(BadInput, match="is a file"):
         export(ExportOptions(out=tmp_path / "f"))
+
+
+def test_static_batch_end_to_end(tmp_path: Path) -> None:
+    """--static-batch 4: every graph takes 4 images, calibration and the checks chunk to 4, engines are
+    built for 4..4, verify (with localisation) passes, bench times batch 4 and says why batch 1 did not run."""
+    import importlib.util
+
+    from pipeline.bench import BenchOptions, bench
+    from pipeline.verify import VerifyOptions, verify
+
+    rtx = importlib.util.find_spec("tensorrt_rtx") is not None
+    out = tmp_path / "s"
+    with pytest.raises(BadInput, match="does not fit a graph exported with the fixed batch 4"):
+        export(ExportOptions(model=ModelSpec("default"), out=out, precisions=ALL, dynamic_batch=False,
+                             static_batch=4, engine="rtx", batch_range=(1, 8, 64)))
+    assert not out.exists()  # refused before any work
+    r = export(ExportOptions(model=ModelSpec("default"), out=out, precisions=ALL, calib_samples=66,
+                             dynamic_batch=False, static_batch=4, engine="rtx" if rtx else "none"))
+    m = r.manifest
+    assert m.calibration["images"] == 66  # 17 batches of 4, the last padded: the padding is not counted
+    assert {m.artifacts[p.value]["static_batch"] for p in ALL} == {4} == {audit_folder(out)["static_batch"]}
+    assert m.artifacts["int8"]["check"]["top1_agree"] >= 0.9
+    engines = [e for e in m.artifacts.values() if e["kind"] == "engine"]
+    assert all(e["profile"] == [4, 4, 4] for e in engines) and len(engines) == (3 if rtx else 0)
+    v = verify(VerifyOptions(folder=out, samples=70, localize=True))
+    assert v.passed and all(row.localization and "error" not in row.localization for row in v.rows)
+    b = bench(BenchOptions(folder=out, runtimes=("ort",), precisions=("fp32",), batches=(1, 4), iters=3,
+                           warmup=0, warmup_seconds=0.0, min_seconds=0.0, accuracy_samples=50))
+    rows = {row.batch: row for row in b.rows}
+    assert rows[4].latency_ms and rows[4].accuracy_top1 > 80
+    assert rows[1].latency_ms is None and "outside the range 4..4" in rows[1].error
