@@ -149,7 +149,7 @@ def read_manifest(folder: Path) -> Manifest:
         raise BadInput(f"artifact folder {folder} does not exist; create it with 'resnetx export --out {folder}'")
     if not path.is_file():
         stray = [p.name for p in folder.glob("*.onnx")] + [p.name for p in folder.glob(_TMP_PREFIX + "*")]
-        hint = f" but holds {', '.join(sorted(stray)[:4])}: an export into it was interrupted, or it is not an artifact folder" if stray else ""
+        hint = f" but holds {', '.join(sorted(stray)[:4])}: an export into it failed or was interrupted, or it is not an artifact folder" if stray else ""
         raise BadInput(f"{folder} has no {MANIFEST}{hint}; run 'resnetx export --out {folder}'")
     try:
         d = json.loads(path.read_text())
