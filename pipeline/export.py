@@ -411,7 +411,14 @@ def export(
             path = reference_file("sample", opts.reference_samples)
             if opts.force:
                 (out / path).unlink(missing_ok=True)
-            _, made_by = stored_reference(out / path, weights_sha, model, inputs.x)
+            done = 0
+
+            def ref_tick(n: int) -> None:
+                nonlocal done
+                done += n
+                progress(f"reference: fp32 PyTorch logits, {done}/{len(inputs.x)} inputs")
+
+            _, made_by = stored_reference(out / path, weights_sha, model, inputs.x, on_batch=ref_tick)
             hit = made_by is not None
             emit(StepEvent("reference", "cached" if hit else "built", str(path), (out / path).stat().st_size,
                            0.0 if hit else time.perf_counter() - start,

@@ -155,8 +155,11 @@ def test_static_batch_end_to_end(tmp_path: Path) -> None:
         export(ExportOptions(model=ModelSpec("default"), out=out, precisions=ALL, dynamic_batch=False,
                              static_batch=4, engine="rtx", batch_range=(1, 8, 64)))
     assert not out.exists()  # refused before any work
+    said: list[str] = []
     r = export(ExportOptions(model=ModelSpec("default"), out=out, precisions=ALL, calib_samples=66,
-                             dynamic_batch=False, static_batch=4, engine="rtx" if rtx else "none"))
+                             dynamic_batch=False, static_batch=4, engine="rtx" if rtx else "none",
+                             reference_samples=70), on_progress=said.append)
+    assert "reference: fp32 PyTorch logits, 70/70 inputs" in said  # long steps say how far they are
     m = r.manifest
     assert m.calibration["images"] == 66  # 17 batches of 4, the last padded: the padding is not counted
     assert {m.artifacts[p.value]["static_batch"] for p in ALL} == {4} == {audit_folder(out)["static_batch"]}
