@@ -12,6 +12,16 @@
 #
 # Each stage fits one device call (10 minutes): a stage is cut at 9 minutes (STAGE_LIMIT) with its table so far.
 #
+# A session with 30 minutes of device time cannot run every stage: in this order, most needed first,
+#   1. the onnxruntime-gpu staging calls (../shared/gpu/stage.sh), the last one ending in
+#      `bash .gpu/cN/assemble.sh install && export PYTHONPATH=/tmp/site:$PWD && tests/gpu_session.sh check tests`
+#   2. verify       (issue #5: ort-cuda and torch-cuda fp16 against the CPU reference)
+#   3. bench        (issue #7: eager, CUDA graph, ort CUDA, transfers)
+#   4. compile256, then compile_cached (issue #7: the 22,000 img/s bar at batch 256, and its cached compile)
+#   5. compile_fast, compile1 only with time to spare (the batch-1 bar is met or missed by `bench` already).
+# Every call after staging starts with `export PYTHONPATH=/tmp/site:$PWD`; calls must follow each other
+# within the machine's 30 s idle release, or /tmp (the staged wheel, /tmp/r50) is gone.
+#
 # Run each stage in its own device call, back to back (the machine keeps /tmp between calls only while
 # it stays warm); `verify` comes before `bench` and `compile` (they reuse /tmp/r50). Results go to $OUT (default /tmp/gpu_out): the terminal
 # tables, verify.json, bench-*.json/md. For onnxruntime's CUDA provider, stage the onnxruntime-gpu
