@@ -12,7 +12,6 @@ import tempfile
 import time
 import warnings
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ import onnx
 import torch
 from torch import nn
 
+from runtimes.base import batch_chunks
 from runtimes.errors import BadInput, CheckFailed, ResnetxError, first_line
 
 __all__ = [
@@ -37,7 +37,6 @@ __all__ = [
     "compare_with_torch",
     "compare_graphs",
     "graph_batch",
-    "batch_chunks",
     "sha256_bytes",
     "atomic_write",
 ]
@@ -222,18 +221,6 @@ def graph_batch(model: onnx.ModelProto) -> int | None:
     return int(dims[0].dim_value) if dims and dims[0].HasField("dim_value") else None
 
 
-def batch_chunks(x: np.ndarray, fixed: int | None, size: int = 16) -> Iterator[tuple[np.ndarray, int]]:
-    """(chunk, real rows) over x: chunks of `size`, or of exactly `fixed` rows for a graph whose batch is
-    fixed, the last one padded with copies of its final row (drop the padding rows from the outputs)."""
-    step = fixed or size
-    for i in range(0, len(x), step):
-        chunk = x[i : i + step]
-        n = len(chunk)
-        if fixed and n < fixed:
-            chunk = np.concatenate([chunk, np.repeat(chunk[-1:], fixed - n, 0)])
-        yield np.ascontiguousarray(chunk, np.float32), n
-
-
 def export_onnx(
     model: nn.Module,
     input_shape: tuple[int, int, int],
@@ -320,8 +307,9 @@ def _run_cpu(model: onnx.ModelProto | Path, x: np.ndarray) -> np.ndarray:
     sess = ort.InferenceSession(src, opts, providers=["CPUExecutionProvider"])
     dim = sess.get_inputs()[0].shape[0]
     # chunks of 16 (onnxruntime CPU is fastest per image at small batches), or the graph's fixed batch
+    fixed = dim if isinstance(dim, int) else 0
     return np.concatenate([sess.run([OUTPUT_NAME], {INPUT_NAME: c})[0][:n]
-                           for c, n in batch_chunks(x, dim if isinstance(dim, int) else None)])
+                           for c, n in batch_chunks(x, fixed or 16, pad_to=fixed)])
 
 
 def compare_with_torch(proto: onnx.ModelProto, model: nn.Module, x: np.ndarray) -> dict[str, float]:

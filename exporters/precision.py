@@ -18,8 +18,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from exporters.onnx import (INPUT_NAME, OnnxArtifact, atomic_write, batch_chunks, check_onnx, graph_batch,
-                            load_onnx, save_onnx)
+from exporters.onnx import INPUT_NAME, OnnxArtifact, atomic_write, check_onnx, graph_batch, load_onnx, save_onnx
+from runtimes.base import batch_chunks
 from runtimes.errors import BackendUnavailable, BadInput, first_line
 
 __all__ = [
@@ -188,7 +188,7 @@ def _rebatch(batches: Iterable[np.ndarray], fixed: int | None) -> Iterator[tuple
         if fixed is None:
             yield b, len(b)
         else:
-            yield from batch_chunks(b, fixed)
+            yield from batch_chunks(b, fixed, pad_to=fixed)
 
 
 class _Reader:

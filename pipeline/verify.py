@@ -13,13 +13,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from exporters.onnx import INPUT_NAME, batch_chunks, graph_batch
+from exporters.onnx import INPUT_NAME, graph_batch
 from pipeline.artifacts import Manifest, atomic_write_text, check_sha, read_manifest, system_info
 from pipeline.data import calibration_overlap_note, label_order_note
 from pipeline.export import reference_if_here
 from pipeline.precisions import PRECISIONS, Precision, Tolerance
 from pipeline.reference import DEFAULT_SAMPLES, reference_file, stored_reference, verify_inputs
-from runtimes.base import Runtime, open_runtime
+from runtimes.base import Runtime, batch_chunks, open_runtime
 from runtimes.errors import BackendUnavailable, BadInput, CheckFailed, IncompatibleArtifact, ResnetxError
 
 __all__ = [
@@ -373,7 +373,8 @@ def _layer_outputs(model_bytes: bytes, x: np.ndarray) -> dict[str, tuple[str, np
     opts.log_severity_level = 3
     sess = ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"])
     names = [o.name for o in sess.get_outputs()]
-    runs = [(sess.run(names, {INPUT_NAME: c}), n) for c, n in batch_chunks(x, graph_batch(m), size=len(x))]
+    fixed = graph_batch(m) or 0
+    runs = [(sess.run(names, {INPUT_NAME: c}), n) for c, n in batch_chunks(x, fixed or len(x), pad_to=fixed)]
     values = {name: np.concatenate([out[k][:n] for out, n in runs]) for k, name in enumerate(names)}
     return {n: (op, values[out].astype(np.float32, copy=False)) for n, (op, out) in wanted.items() if out in values}
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -15,9 +15,21 @@ __all__ = [
     "RUNTIMES",
     "open_runtime",
     "require_cuda",
+    "batch_chunks",
     "BackendUnavailable",
     "IncompatibleArtifact",
 ]
+
+
+def batch_chunks(x: np.ndarray, size: int, pad_to: int = 0) -> Iterator[tuple[np.ndarray, int]]:
+    """(chunk, real rows) over x in chunks of `size` rows; a last chunk shorter than `pad_to` is padded with
+    copies of its final row (a fixed-batch graph, an engine's minimum batch): drop those rows from the outputs."""
+    for i in range(0, len(x), size):
+        chunk = x[i : i + size]
+        n = len(chunk)
+        if n < pad_to:
+            chunk = np.concatenate([chunk, np.repeat(chunk[-1:], pad_to - n, 0)])
+        yield np.ascontiguousarray(chunk, np.float32), n
 
 
 class Runtime:
@@ -57,13 +69,8 @@ class Runtime:
         static shapes (padding rows are dropped)."""
         lo, hi = self.batch_range or (1, batch)
         step = max(lo, min(batch, hi))
-        least = step if self.static_shapes else lo
         out = []
-        for i in range(0, len(x), step):
-            chunk = x[i : i + step]
-            n = len(chunk)
-            if n < least:
-                chunk = np.concatenate([chunk, np.repeat(chunk[-1:], least - n, 0)])
+        for chunk, n in batch_chunks(x, step, pad_to=step if self.static_shapes else lo):
             out.append(self.infer(chunk)[:n])
             if on_batch:
                 on_batch(n)

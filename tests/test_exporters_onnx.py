@@ -98,7 +98,8 @@ def test_corrupt_onnx(tmp_path: Path, content: bytes) -> None:
 
 @pytest.mark.parametrize("exporter", ["dynamo", "legacy"])
 def test_static_batch_export(tmp_path: Path, exporter: str) -> None:
-    from exporters.onnx import batch_chunks, compare_graphs, graph_batch
+    from exporters.onnx import compare_graphs, graph_batch
+    from runtimes.base import batch_chunks
 
     model, info = load_model(ModelSpec("resnet20"))
     a = export_onnx(model, info.input_shape, tmp_path / "s.onnx", exporter=exporter, dynamic_batch=False,
@@ -107,7 +108,7 @@ def test_static_batch_export(tmp_path: Path, exporter: str) -> None:
     x = np.random.default_rng(1).standard_normal((7, 3, 32, 32)).astype(np.float32)
     with pytest.raises(Exception, match="(?i)dimension|shape"):
         _run(a.path, x[:2])  # the graph takes exactly 3 images
-    chunks = list(batch_chunks(x, 3))
+    chunks = list(batch_chunks(x, 3, pad_to=3))
     assert [len(c) for c, _ in chunks] == [3, 3, 3] and [n for _, n in chunks] == [3, 3, 1]
     assert np.array_equal(chunks[-1][0][1:], np.repeat(x[-1:], 2, 0))  # the tail is padded with copies
     d = export_onnx(model, info.input_shape, tmp_path / "d.onnx", exporter=exporter)
