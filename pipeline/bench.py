@@ -309,7 +309,7 @@ def _targets(opts: BenchOptions, manifest: Any, model: torch.nn.Module | None) -
         torch_precisions = ["fp32"] + (["fp16"] if opts.device == "cuda" else [])
         out += [_Target("torch", p, model, params_mb and params_mb * (0.5 if p == "fp16" else 1))
                 for p in torch_precisions if p in precisions]
-    for key, entry in manifest.artifacts.items():
+    for entry in manifest.artifacts.values():
         if entry["precision"] not in precisions:
             continue
         backends = ("ort", "ort-trt") if entry["kind"] == "onnx" else ("trt",)
