@@ -403,10 +403,8 @@ def _time_cells(cells: list[_Cell], opts: BenchOptions, shape: tuple[int, ...], 
         for c in cells:
             if c.error:
                 continue
-            lo, hi = c.rt.batch_range or (1, c.batch)
-            if not lo <= c.batch <= hi:
-                c.error = (f"batch {c.batch} is outside the range {lo}..{hi} it was built for (engines: "
-                           "--batch-range; ONNX: a --no-dynamic-batch export takes its one batch size)")
+            if reason := c.rt.out_of_range(c.batch):
+                c.error = reason
                 continue
             if on_progress:
                 on_progress(f"round {r + 1}/{rounds}: {c.rt.name} batch {c.batch}")

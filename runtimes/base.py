@@ -56,12 +56,17 @@ class Runtime:
         """float32 NCHW batch (numpy or torch) -> float32 logits as numpy, synchronised."""
         if not self._open:
             raise RuntimeError(f"{self.name} is closed")
-        n = int(batch.shape[0])
-        if self.batch_range and not self.batch_range[0] <= n <= self.batch_range[1]:
-            lo, hi = self.batch_range
-            raise BadInput(f"batch {n} is outside the range {lo}..{hi} {self.name} was built for; use a batch in "
-                           f"{lo}..{hi}, or re-export (engines: --batch-range; ONNX: dynamic batch)")
+        if reason := self.out_of_range(int(batch.shape[0])):
+            raise BadInput(f"{self.name}: {reason}")
         return self._infer(batch)
+
+    def out_of_range(self, n: int) -> str | None:
+        """Why a batch of n cannot run here (an engine's profile, a fixed-batch graph), or None when it can."""
+        if self.batch_range is None or self.batch_range[0] <= n <= self.batch_range[1]:
+            return None
+        lo, hi = self.batch_range
+        return (f"batch {n} is outside the range {lo}..{hi} it was built for; use a batch in {lo}..{hi}, or "
+                "re-export (engines: --batch-range; ONNX: dynamic batch)")
 
     def infer_all(self, x: np.ndarray, batch: int, on_batch: Callable[[int], None] | None = None) -> np.ndarray:
         """Logits for any number of inputs: chunks of at most `batch` kept inside the artifact's
