@@ -6,6 +6,7 @@ import functools
 import logging
 import shlex
 import sys
+import traceback
 from collections.abc import Callable
 from enum import Enum
 from pathlib import Path
@@ -86,13 +87,13 @@ def handled(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except ResnetxError as e:
-            if debug:
-                raise
+            if debug:  # the traceback, and still the exit code scripts test for
+                traceback.print_exc()
             typer.echo(f"error: {e}", err=True)
             raise typer.Exit(e.exit_code) from None
         except OSError as e:  # a folder that cannot be written, a full disk: the user's to fix, not a crash
             if debug:
-                raise
+                traceback.print_exc()
             where = f" ({e.filename})" if e.filename else ""
             typer.echo(f"error: {e.strerror or e}{where}; check the path and its permissions and free space "
                        "(--debug shows the traceback)", err=True)
@@ -547,5 +548,21 @@ def info(
     _console().print(t)
 
 
+GLOBAL_FLAGS = ("--debug", "--quiet", "-q")
+
+
+def hoist_global_flags(argv: list[str]) -> list[str]:
+    """Global flags written after the command (`resnetx verify DIR --debug`, as the error messages suggest)
+    move in front of it, where click looks for them; nothing after a `--` moves."""
+    end = argv.index("--") if "--" in argv else len(argv)
+    flags = [a for a in argv[:end] if a in GLOBAL_FLAGS]
+    return flags + [a for a in argv[:end] if a not in GLOBAL_FLAGS] + argv[end:]
+
+
+def cli() -> None:
+    """The `resnetx` console script."""
+    app(args=hoist_global_flags(sys.argv[1:]), prog_name="resnetx")
+
+
 if __name__ == "__main__":
-    app()
+    cli()

@@ -534,7 +534,7 @@ def _pickle_reason(e: Exception) -> str:
     text = str(e)
     if "WeightsUnpickler error:" in text:
         return first_line(Exception(text.split("WeightsUnpickler error:", 1)[1]), 200)
-    return first_line(e, 200)
+    return first_line(e, 200).split(". ", 1)[0]  # the cause, not the advice torch appends (cut mid-sentence)
 
 
 def _load_checked(model: nn.Module, state: dict[str, Tensor], path: Path) -> None:

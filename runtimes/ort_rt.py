@@ -68,6 +68,8 @@ class OrtRuntime(Runtime):
             opts.intra_op_num_threads = threads
             opts.inter_op_num_threads = 1
         providers: list[Any] = [wanted]
+        if key != "cpu":  # torch's CUDA build loads the CUDA and cuDNN libraries the provider links against
+            import torch  # noqa: F401  (onnxruntime's docs: import torch first, or onnxruntime.preload_dlls())
         if key == "cuda":
             cuda_opts = {"prefer_nhwc": "1" if prefer_nhwc else "0", "cudnn_conv_algo_search": "EXHAUSTIVE",
                          "use_tf32": "0"}  # fp32 means fp32: TF32 would round every conv input to 10 bits

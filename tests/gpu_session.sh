@@ -13,8 +13,11 @@
 # Each stage fits one device call (10 minutes): a stage is cut at 9 minutes (STAGE_LIMIT) with its table so far.
 #
 # A session with 30 minutes of device time cannot run every stage: in this order, most needed first,
-#   1. the onnxruntime-gpu staging calls (../shared/gpu/stage.sh), the last one ending in
-#      `bash .gpu/cN/assemble.sh install && export PYTHONPATH=/tmp/site:$PWD && tests/gpu_session.sh check tests`
+#   1. the staging calls. Here, once:  ../shared/gpu/stage.sh $(tests/gpu_session.sh wheels)
+#      (onnxruntime-gpu for the CUDA provider; onnxconverter-common for the fp16 export; pytest and
+#      hypothesis, which the test modules import, in case the image lacks them: 5 folders, c0..c4);
+#      then one device call per folder, the last one ending in
+#      `bash .gpu/c4/assemble.sh install && export PYTHONPATH=/tmp/site:$PWD && tests/gpu_session.sh check tests`
 #   2. verify       (issue #5: ort-cuda and torch-cuda fp16 against the CPU reference)
 #   3. bench        (issue #7: eager, CUDA graph, ort CUDA, transfers)
 #   4. compile256, then compile_cached (issue #7: the 22,000 img/s bar at batch 256, and its cached compile)
@@ -98,7 +101,12 @@ stage_compile256() { compiled compile-256 --batch 256; }  # max-autotune: minute
 stage_compile1() { compiled compile-1 --batch 1; }
 stage_compile_cached() { compiled compile-cached; }  # a fresh process at 1 and 256: the folder's cache should make it seconds
 
+# what the GPU image may lack (its pip list: torch 2.11, onnx 1.23, onnxruntime 1.30 CPU, onnxscript, no
+# onnxconverter-common or pytest seen); staged with --no-deps, so their own dependencies are listed too
+WHEELS="onnxruntime-gpu==1.31.1 onnxslim onnxconverter-common pytest pluggy iniconfig hypothesis sortedcontainers attrs"
+
 [ $# -gt 0 ] || set -- check
+[ "$1" = wheels ] && { echo "$WHEELS"; exit 0; }
 for s in "$@"; do
   case $s in
     check|tests|verify|bench|compile_fast|compile256|compile1|compile_cached) "stage_$s" ;;

@@ -25,6 +25,22 @@ def test_help_and_version() -> None:
     assert invoke("--version").exit_code == 0
 
 
+def test_global_flags_go_after_the_command_too() -> None:
+    """Errors say "--debug shows the traceback": appending it to the command that failed must work."""
+    import subprocess
+    import sys
+
+    from pipeline.cli import hoist_global_flags
+
+    assert hoist_global_flags(["verify", "d", "--debug", "-q"]) == ["--debug", "-q", "verify", "d"]
+    assert hoist_global_flags(["verify", "--", "--debug"]) == ["verify", "--", "--debug"]
+    cmd = [sys.executable, "-m", "pipeline.cli", "verify", "/nonexistent/folder"]
+    plain = subprocess.run(cmd, capture_output=True, text=True)
+    debug = subprocess.run([*cmd, "--debug"], capture_output=True, text=True)
+    assert plain.returncode == 2 and "Traceback" not in plain.stderr
+    assert debug.returncode == 2 and "Traceback" in debug.stderr, debug.stderr
+
+
 def test_export_verify_bench_default(tmp_path: Path) -> None:
     out = tmp_path / "a"
     r = invoke("export", "--out", out, "--precision", "fp32,fp16", "--exporter", "legacy")
