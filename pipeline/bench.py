@@ -361,6 +361,12 @@ def bench(opts: BenchOptions, *, on_row: Callable[[BenchRow], None] | None = Non
     manifest = read_manifest(folder)
     if not opts.batches or min(opts.batches) < 1:
         raise BadInput("--batch needs sizes >= 1, e.g. --batch 1,8,32")
+    if opts.device != "cuda":  # flags that would change nothing on the CPU, yet label its rows
+        cuda_only = [flag for flag, on in (("--prefer-nhwc", opts.prefer_nhwc), ("--cuda-graph", opts.cuda_graph),
+                                           ("--include-transfers", opts.include_transfers)) if on]
+        if cuda_only:
+            raise BadInput(f"{', '.join(cuda_only)} needs --device cuda (onnxruntime's CUDA provider layout, "
+                           "CUDA graph replay, host<->device copies); on the CPU leave it out")
     if opts.device == "cuda":
         require_cuda()
     threads_before = torch.get_num_threads()

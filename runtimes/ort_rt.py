@@ -51,6 +51,8 @@ class OrtRuntime(Runtime):
         key = provider or device
         if key not in PROVIDERS:
             raise BadInput(f"unknown onnxruntime device/provider {key!r}; use one of {', '.join(PROVIDERS)}")
+        if prefer_nhwc and key != "cuda":
+            raise BadInput("prefer_nhwc is an option of onnxruntime's CUDA provider; it needs device cuda")
         mode = "trt-ep" if key == "trt-ep" else ("nhwc" if prefer_nhwc else "")
         super().__init__(device="cuda" if key != "cpu" else "cpu", precision=precision, mode=mode)
         wanted = PROVIDERS[key]

@@ -220,6 +220,20 @@ def test_ort_tensorrt_provider_is_opt_in(default_folder: Path) -> None:
     assert sorted(t.backend for t in _targets(chosen, manifest, None)) == ["ort", "ort-trt"]
 
 
+@pytest.mark.parametrize("flag", ["prefer_nhwc", "cuda_graph", "include_transfers"])
+def test_gpu_only_flags_are_refused_on_the_cpu(default_folder: Path, flag: str) -> None:
+    """They would change nothing there, yet the rows would carry their label (ort-nhwc-cpu-fp32)."""
+    before = sorted((default_folder / "reports").iterdir())
+    with pytest.raises(BadInput, match=f"--{flag.replace('_', '-')} needs --device cuda"):
+        bench(BenchOptions(folder=default_folder, batches=(1,), iters=1, **{flag: True}))
+    assert sorted((default_folder / "reports").iterdir()) == before
+    if flag == "prefer_nhwc":
+        from runtimes.ort_rt import OrtRuntime
+
+        with pytest.raises(BadInput, match="CUDA provider"):
+            OrtRuntime(default_folder / "model.fp32.onnx", prefer_nhwc=True)
+
+
 def test_a_bench_that_timed_nothing_keeps_the_last_report(default_folder: Path, tmp_path: Path,
                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     from typer.testing import CliRunner
