@@ -225,6 +225,9 @@ SizeOpt = Annotated[int | None, typer.Option(min=1, help="Input height = width (
 TrustOpt = Annotated[bool, typer.Option(help="Allow pickled Python objects in the checkpoint (runs code from the file!).", rich_help_panel=MODEL_PANEL)]
 OutOpt = Annotated[Path | None, typer.Option("--out", "-o", help="Artifact folder (default artifacts/<model>).")]
 DirArg = Annotated[Path, typer.Argument(help="Artifact folder written by resnetx export.")]
+CalibDataOpt = Annotated[str, typer.Option(help="INT8 calibration data (train split): sample, fashion-mnist, cifar10, imagefolder:DIR.", rich_help_panel="INT8")]
+CalibDirOpt = Annotated[Path | None, typer.Option(help="Calibration dataset directory.", rich_help_panel="INT8")]
+Int8TargetOpt = Annotated[Int8Target, typer.Option(help="tensorrt: symmetric int8 activations, float bias; cpu: uint8 activations for onnxruntime x86.", rich_help_panel="INT8")]
 DataOpt = Annotated[str, typer.Option(help="Data: sample (bundled), fashion-mnist, cifar10, imagefolder:DIR, synthetic.", rich_help_panel=DATA_PANEL)]
 DataDirOpt = Annotated[Path | None, typer.Option(help="Dataset directory (default: the dataset's standard place).", rich_help_panel=DATA_PANEL)]
 
@@ -279,11 +282,11 @@ def export(
     opset: Annotated[int, typer.Option(help="ONNX opset.")] = 18,
     dynamic_batch: Annotated[bool, typer.Option(help="Dynamic batch dimension (--no-dynamic-batch: the graph and engines take one batch size, --static-batch).")] = True,
     static_batch: Annotated[int | None, typer.Option(min=1, help="Bake this batch size into the graph and engines (implies --no-dynamic-batch; default 1 with it).")] = None,
-    calib_data: Annotated[str, typer.Option(help="INT8 calibration data (train split): sample, fashion-mnist, cifar10, imagefolder:DIR.", rich_help_panel="INT8")] = "sample",
-    calib_dir: Annotated[Path | None, typer.Option(help="Calibration dataset directory.", rich_help_panel="INT8")] = None,
+    calib_data: CalibDataOpt = "sample",
+    calib_dir: CalibDirOpt = None,
     calib_samples: Annotated[int, typer.Option(min=1, help="Calibration images (seeded random subset).", rich_help_panel="INT8")] = 512,
     calib_method: Annotated[CalibMethod, typer.Option(help="Range estimate.", rich_help_panel="INT8")] = CalibMethod.max,
-    int8_target: Annotated[Int8Target, typer.Option(help="tensorrt: symmetric int8 activations, float bias; cpu: uint8 activations for onnxruntime x86.", rich_help_panel="INT8")] = Int8Target.tensorrt,
+    int8_target: Int8TargetOpt = Int8Target.tensorrt,
     keep_fp32: Annotated[str | None, typer.Option(help="Layers (module paths, e.g. layer3.1.conv2) kept in fp32 in fp16 graphs and unquantized in int8.", rich_help_panel="INT8")] = None,
     int8_quantize_ends: Annotated[bool, typer.Option(help="Also quantize the stem conv and the classifier (kept float by default: most accuracy, least speed).", rich_help_panel="INT8")] = False,
     engine: Annotated[Engine, typer.Option(help="TensorRT engines: auto (tensorrt, else rtx, else none), tensorrt, rtx, none.", rich_help_panel="TensorRT")] = Engine.none,
@@ -467,29 +470,45 @@ def run(
     num_classes: ClassesOpt = None,
     in_chans: ChansOpt = None,
     image_size: SizeOpt = None,
+    trust_checkpoint: TrustOpt = False,
     out: OutOpt = None,
     precision: Annotated[str, typer.Option(help="Precisions to export, verify and bench.")] = "fp32,fp16,int8",
     engine: Annotated[Engine, typer.Option(help="TensorRT engines to build (auto/tensorrt/rtx/none).")] = Engine.auto,
     device: Annotated[Device, typer.Option(help="Where verify and bench run.")] = Device.auto,
     batch: Annotated[str, typer.Option(help="Bench batch sizes.")] = "1,8,32",
+    data: DataOpt = "sample",
+    data_dir: DataDirOpt = None,
+    calib_data: CalibDataOpt = "sample",
+    calib_dir: CalibDirOpt = None,
+    int8_target: Int8TargetOpt = Int8Target.tensorrt,
 ) -> None:
-    """export -> verify -> bench with defaults: the whole job in one command."""
+    """export -> verify -> bench with defaults: the whole job in one command (--data: what verify and bench's
+    accuracy use; --calib-data: what int8 is calibrated on)."""
     from pipeline.bench import BenchOptions
     from pipeline.export import ExportOptions
     from pipeline.precisions import parse_precisions
     from pipeline.verify import VerifyOptions
+    from runtimes.errors import BadInput
 
     precisions = tuple(parse_precisions(precision))
+    batches = _ints(batch, "--batch")  # bad options fail before minutes of export, not after
+    if min(batches) < 1:
+        raise BadInput("--batch needs sizes >= 1, e.g. --batch 1,8,32")
+    from pipeline.data import open_dataset
+
+    open_dataset(data, data_dir=data_dir)  # a dataset that cannot be read, named before the export
     out = out or Path("artifacts") / model
     dev = _device(device)
     if dev == "cuda":  # before minutes of export: verify and bench could not run
         from runtimes.base import require_cuda
 
         require_cuda("; nothing was exported")
-    _do_export(ExportOptions(model=_model_spec(model, weights, num_classes, in_chans, image_size, False), out=out,
-                             precisions=precisions, engine=engine.value))
-    report = _do_verify(VerifyOptions(folder=out, device=dev))
-    timed = _do_bench(BenchOptions(folder=out, device=dev, batches=_ints(batch, "--batch")))
+    _do_export(ExportOptions(model=_model_spec(model, weights, num_classes, in_chans, image_size, trust_checkpoint),
+                             out=out, precisions=precisions, engine=engine.value, calib_data=calib_data,
+                             calib_dir=calib_dir, int8_target=int8_target.value, reference_data=data,
+                             reference_data_dir=data_dir))
+    report = _do_verify(VerifyOptions(folder=out, device=dev, data=data, data_dir=data_dir))
+    timed = _do_bench(BenchOptions(folder=out, device=dev, batches=batches, data=data, data_dir=data_dir))
     _nothing_ran(timed, report)
     if not report.passed:
         raise typer.Exit(1)

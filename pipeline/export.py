@@ -62,6 +62,8 @@ class ExportOptions:
     seed: int = 0
     force: bool = False
     reference_samples: int = DEFAULT_SAMPLES  # PyTorch logits stored for verify's default inputs; 0: none
+    reference_data: str = "sample"  # the data those inputs come from (`run --data` stores them for its verify)
+    reference_data_dir: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -405,10 +407,11 @@ def export(
         else:
             write_manifest(out, manifest)
         if opts.reference_samples:  # after the manifest: a kill here leaves a complete folder, minus this
-            progress(f"reference: fp32 PyTorch logits on verify's {opts.reference_samples} default inputs")
+            progress(f"reference: fp32 PyTorch logits on verify's {opts.reference_samples} inputs from {opts.reference_data}")
             start = time.perf_counter()
-            inputs = verify_inputs("sample", None, opts.reference_samples, info.preprocess, info.num_classes)
-            path = reference_file("sample", opts.reference_samples)
+            inputs = verify_inputs(opts.reference_data, opts.reference_data_dir, opts.reference_samples,
+                                   info.preprocess, info.num_classes)
+            path = reference_file(opts.reference_data, opts.reference_samples)
             if opts.force:
                 (out / path).unlink(missing_ok=True)
             done = 0

@@ -119,6 +119,22 @@ def test_cuda_missing_is_exit_3(default_folder: Path, tmp_path: Path) -> None:
     assert r.exit_code == 3 and "nothing was exported" in r.output and not (tmp_path / "r").exists()
 
 
+def test_run_takes_the_data_and_the_int8_recipe(tmp_path: Path) -> None:
+    out = tmp_path / "r"
+    for bad, msg in ((["--data", "nope"], "unknown dataset"), (["--batch", "0"], "sizes >= 1")):
+        r = invoke("run", "--out", out, *bad)  # refused before the export, not after it
+        assert r.exit_code == 2 and msg in r.output and not out.exists(), r.output
+    r = invoke("run", "--out", out, "--precision", "fp32,int8", "--engine", "none", "--batch", "1",
+               "--data", "synthetic", "--int8-target", "cpu")
+    assert r.exit_code == 0, r.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["artifacts"]["int8"]["recipe"] == "cpu"
+    # export stored the reference for the data run verifies on, so verify did not run PyTorch again
+    assert (out / "reports" / "reference.synthetic.512.npz").is_file() and "stored reference logits" in r.output
+    assert json.loads((out / "reports" / "verify.json").read_text())["data"] == "synthetic"
+    assert json.loads((out / "reports" / "bench.json").read_text())["accuracy_data"] is None  # no labels
+
+
 def test_corrupt_checkpoint_exit_2(tmp_path: Path) -> None:
     bad = tmp_path / "w.pth"
     bad.write_bytes(b"\x80\x04garbage")
