@@ -345,13 +345,16 @@ def _open(t: _Target, opts: BenchOptions, folder: Path, missing: str, input_shap
                         prefer_nhwc=opts.prefer_nhwc)
 
 
-def _accuracy(rt: Runtime, batches: list[tuple[np.ndarray, np.ndarray]], batch: int) -> float:
-    """Top-1 in chunks of a benchmarked batch size: a compiled or captured runtime sees no new shape."""
-    correct = total = 0
+def _accuracy(rt: Runtime, batches: list[tuple[np.ndarray, np.ndarray]], batch: int) -> tuple[float, int]:
+    """(top-1 %, inputs whose logits hold NaN/Inf), in chunks of a benchmarked batch size: a compiled or
+    captured runtime sees no new shape."""
+    correct = total = broken = 0
     for x, y in batches:
-        correct += int((rt.infer_all(x, batch).argmax(1) == y).sum())
+        logits = rt.infer_all(x, batch)
+        correct += int((logits.argmax(1) == y).sum())
+        broken += int((~np.isfinite(logits)).any(1).sum())
         total += len(y)
-    return 100.0 * correct / max(total, 1)
+    return 100.0 * correct / max(total, 1), broken
 
 
 def bench(opts: BenchOptions, *, on_row: Callable[[BenchRow], None] | None = None,
@@ -479,10 +482,14 @@ def _bench(opts: BenchOptions, folder: Path, manifest: Any, on_row: Callable[[Be
                 continue
             opened.append(rt)
             load_s = time.perf_counter() - t0
-            acc = _accuracy(rt, acc_batches, max(opts.batches)) if acc_batches else None
+            acc, broken = _accuracy(rt, acc_batches, max(opts.batches)) if acc_batches else (None, 0)
             with contextlib.suppress(ResnetxError):  # allocate arenas at the largest batch before measuring
                 lo, hi = rt.batch_range or (1, max(opts.batches))
-                rt.infer(np.ones((min(max(opts.batches), hi), *info.input_shape), np.float32))
+                y = rt.infer(np.ones((min(max(opts.batches), hi), *info.input_shape), np.float32))
+                broken += int((~np.isfinite(y)).any(1).sum())
+            if broken:  # timing a model that answers NaN is no benchmark: say so beside its rows
+                notes.append(f"{rt.name} gave NaN/Inf logits for {broken} input(s): its rows time a broken "
+                             f"artifact; resnetx verify {folder} says where it breaks")
             # what opening and running this runtime at the largest batch took: on the CPU the peak RSS above
             # the level before (Linux VmHWM, restarted per runtime; else the RSS left after), on the GPU the
             # device memory in use it added (all runtimes stay open for the rounds, so totals are shared)

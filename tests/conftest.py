@@ -41,3 +41,24 @@ def copy_folder(src: Path, dst: Path) -> Path:
 
     shutil.copytree(src, dst)
     return dst
+
+
+def tamper_weight(folder: Path, name: str, fn, rehash: bool = True) -> None:
+    """Change one initializer of the fp32 graph; optionally re-hash so only parity can catch it."""
+    import onnx
+    from onnx import numpy_helper
+
+    from pipeline.artifacts import read_manifest, write_manifest
+    from pipeline.models import file_sha256
+
+    path = folder / "model.fp32.onnx"
+    m = onnx.load(str(path))
+    init = next(i for i in m.graph.initializer if i.name == name)
+    w = numpy_helper.to_array(init).copy()
+    fn(w)
+    init.CopyFrom(numpy_helper.from_array(w, name))
+    onnx.save(m, str(path))
+    if rehash:
+        man = read_manifest(folder)
+        man.artifacts["fp32"]["sha256"] = file_sha256(path)
+        write_manifest(folder, man)

@@ -16,7 +16,7 @@ import torch
 from pipeline.bench import BenchOptions, bench, compare_reports, time_runtime
 from runtimes.base import Runtime
 from runtimes.errors import BadInput
-from tests.conftest import copy_folder
+from tests.conftest import copy_folder, tamper_weight
 
 
 class FakeRuntime(Runtime):
@@ -232,6 +232,17 @@ def test_gpu_only_flags_are_refused_on_the_cpu(default_folder: Path, flag: str) 
 
         with pytest.raises(BadInput, match="CUDA provider"):
             OrtRuntime(default_folder / "model.fp32.onnx", prefer_nhwc=True)
+
+
+def test_a_model_that_answers_nan_is_flagged_beside_its_timings(default_folder: Path, tmp_path: Path) -> None:
+    folder = copy_folder(default_folder, tmp_path / "f")
+    tamper_weight(folder, "layer3.0.conv2.weight", lambda w: w.__setitem__((0, 0, 0, 0), np.nan))
+    r = bench(BenchOptions(folder=folder, runtimes=("ort",), precisions=("fp32", "fp16"), batches=(1,), iters=2,
+                           min_seconds=0.0, warmup=1, accuracy_samples=64))
+    flagged = [n for n in r.notes if "NaN/Inf" in n]
+    assert len(flagged) == 1 and flagged[0].startswith("ort-cpu-fp32 gave NaN/Inf logits for 65 input(s)"), r.notes
+    assert "resnetx verify" in flagged[0] and all(row.latency_ms for row in r.rows)  # still timed, not hidden
+    assert "NaN/Inf" in (folder / "reports" / "bench.md").read_text()
 
 
 def test_a_bench_that_timed_nothing_keeps_the_last_report(default_folder: Path, tmp_path: Path,

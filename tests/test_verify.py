@@ -6,30 +6,12 @@ import json
 from pathlib import Path
 
 import numpy as np
-import onnx
 import pytest
-from onnx import numpy_helper
 
-from pipeline.artifacts import read_manifest, write_manifest
-from pipeline.models import file_sha256
+from pipeline.artifacts import read_manifest
 from pipeline.precisions import Tolerance
 from pipeline.verify import VerifyOptions, compare, judge, verify
-from tests.conftest import copy_folder
-
-
-def _tamper(folder: Path, name: str, fn, rehash: bool = True) -> None:
-    """Change one initializer of the fp32 graph; optionally re-hash so only parity can catch it."""
-    path = folder / "model.fp32.onnx"
-    m = onnx.load(str(path))
-    init = next(i for i in m.graph.initializer if i.name == name)
-    w = numpy_helper.to_array(init).copy()
-    fn(w)
-    init.CopyFrom(numpy_helper.from_array(w, name))
-    onnx.save(m, str(path))
-    if rehash:
-        man = read_manifest(folder)
-        man.artifacts["fp32"]["sha256"] = file_sha256(path)
-        write_manifest(folder, man)
+from tests.conftest import copy_folder, tamper_weight
 
 
 def test_clean_export_passes_each_precision(default_folder: Path) -> None:
@@ -60,7 +42,7 @@ def test_calibration_overlap_only_without_a_train_split() -> None:
 
 def test_perturbed_conv_fails_and_is_localised(default_folder: Path, tmp_path: Path) -> None:
     folder = copy_folder(default_folder, tmp_path / "f")
-    _tamper(folder, "layer2.1.conv1.weight", lambda w: w.__imul__(-0.5))
+    tamper_weight(folder, "layer2.1.conv1.weight", lambda w: w.__imul__(-0.5))
     r = verify(VerifyOptions(folder=folder, samples=64, precisions=("fp32",)))
     assert not r.passed
     row = r.rows[0]
@@ -73,7 +55,7 @@ def test_perturbed_conv_fails_and_is_localised(default_folder: Path, tmp_path: P
 
 def test_edited_file_fails_sha_check(default_folder: Path, tmp_path: Path) -> None:
     folder = copy_folder(default_folder, tmp_path / "f")
-    _tamper(folder, "fc.bias", lambda w: w.__iadd__(0.0), rehash=False)  # same values, re-serialised bytes
+    tamper_weight(folder, "fc.bias", lambda w: w.__iadd__(0.0), rehash=False)  # same values, re-serialised bytes
     with open(folder / "model.fp16.onnx", "ab") as f:
         f.write(b"\0")
     r = verify(VerifyOptions(folder=folder, samples=32))
@@ -85,7 +67,7 @@ def test_edited_file_fails_sha_check(default_folder: Path, tmp_path: Path) -> No
 
 def test_nan_weight_fails(default_folder: Path, tmp_path: Path) -> None:
     folder = copy_folder(default_folder, tmp_path / "f")
-    _tamper(folder, "layer3.0.conv2.weight", lambda w: w.__setitem__((0, 0, 0, 0), np.nan))
+    tamper_weight(folder, "layer3.0.conv2.weight", lambda w: w.__setitem__((0, 0, 0, 0), np.nan))
     r = verify(VerifyOptions(folder=folder, samples=32, precisions=("fp32",)))
     assert not r.passed and "NaN/Inf" in r.rows[0].failures[0]
     assert r.rows[0].metrics.nonfinite > 0
