@@ -155,10 +155,30 @@ def read_manifest(folder: Path) -> Manifest:
         d = json.loads(path.read_text())
         if d.get("version") != MANIFEST_VERSION:
             raise BadInput(f"{path} has manifest version {d.get('version')}; this resnetx reads {MANIFEST_VERSION}")
-        return Manifest(model=d["model"], artifacts=d.get("artifacts", {}), calibration=d.get("calibration"),
-                        versions=d.get("versions", {}), created=d.get("created", ""), version=d["version"])
-    except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
+        m = Manifest(model=d["model"], artifacts=d.get("artifacts", {}), calibration=d.get("calibration"),
+                     versions=d.get("versions", {}), created=d.get("created", ""), version=d["version"])
+        _check_fields(m)
+        return m
+    except (json.JSONDecodeError, KeyError, TypeError, AttributeError, ValueError) as e:
         raise BadInput(f"{path} is not a valid resnetx manifest ({e}); re-run resnetx export") from e
+
+
+_MODEL_FIELDS = ("arch", "family", "num_classes", "in_chans", "image_size", "preprocess")
+_ENTRY_FIELDS = ("file", "sha256", "precision", "kind")
+
+
+def _check_fields(m: Manifest) -> None:
+    """Every field later steps read is there: a hand-edited manifest fails here in one line, not deep in a step."""
+    from pipeline.models import ModelInfo
+
+    missing = [f"model.{k}" for k in _MODEL_FIELDS if k not in m.model]
+    missing += [f"artifacts.{name}.{k}" for name, e in m.artifacts.items() for k in _ENTRY_FIELDS if k not in e]
+    if missing:
+        raise ValueError(f"missing {', '.join(missing)}")
+    try:
+        ModelInfo.from_dict(m.model)  # the preprocessing spec and field types
+    except KeyError as e:
+        raise ValueError(f"missing model.preprocess.{e.args[0]}") from e
 
 
 def check_sha(folder: Path, entry: dict[str, Any]) -> Path:

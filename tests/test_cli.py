@@ -135,6 +135,22 @@ def test_run_takes_the_data_and_the_int8_recipe(tmp_path: Path) -> None:
     assert json.loads((out / "reports" / "bench.json").read_text())["accuracy_data"] is None  # no labels
 
 
+@pytest.mark.parametrize("edit,msg", [
+    (lambda d: d["model"].pop("arch"), "missing model.arch"),
+    (lambda d: d["artifacts"]["fp16"].pop("sha256"), "missing artifacts.fp16.sha256"),
+    (lambda d: d["model"].update(preprocess={"mean": [0.5]}), "missing model.preprocess."),
+])
+def test_hand_edited_manifest_is_one_line_exit_2(default_folder: Path, tmp_path: Path, edit, msg: str) -> None:
+    folder = copy_folder(default_folder, tmp_path / "f")
+    d = json.loads((folder / "manifest.json").read_text())
+    edit(d)
+    (folder / "manifest.json").write_text(json.dumps(d))
+    for cmd in (["info", folder], ["verify", folder, "--samples", "16"], ["bench", folder, "--batch", "1"]):
+        r = invoke(*cmd)
+        assert r.exit_code == 2 and "not a valid resnetx manifest" in r.output and msg in r.output, r.output
+        assert "Traceback" not in r.output
+
+
 def test_corrupt_checkpoint_exit_2(tmp_path: Path) -> None:
     bad = tmp_path / "w.pth"
     bad.write_bytes(b"\x80\x04garbage")
