@@ -28,6 +28,7 @@ __all__ = [
     "INT8_RECIPES",
     "CALIB_METHODS",
     "Int8Recipe",
+    "INT8_GRAPH_REVISION",
     "to_fp16",
     "quantize_int8",
 ]
@@ -35,6 +36,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 FP16_MAX = 65504.0
+INT8_GRAPH_REVISION = 2  # bumped when quantize_int8 makes a different graph from the same inputs (export's cache key)
 # Ops whose fp16 form loses too much or has no fp16 kernel on common runtimes; ResNets have
 # none of the first kind, but user graphs may (Softmax over many classes, reductions).
 DEFAULT_FP16_BLOCK_OPS = ("Softmax", "LogSoftmax", "ReduceSum", "ReduceMean", "ReduceL2", "Exp", "Log", "Pow", "Sqrt")
@@ -288,6 +290,7 @@ def quantize_int8(
             first = first_line(e)
             raise BadInput(f"int8 calibration failed: {first}") from e
         q = onnx.load(str(out))
+    _float_inputs(q, excluded)
     if not cached and reader.count == 0:
         raise BadInput("int8 calibration saw no images; check --calib-data and --calib-samples")
     if cache is not None and not cached:  # onnxruntime writes the ranges in set order: sort them, same run same bytes
@@ -307,6 +310,32 @@ def quantize_int8(
                  "qdq_pairs": ops.count("QuantizeLinear"), "excluded_nodes": sorted(excluded),
                  "float_ends": ends},
     )
+
+
+def _float_inputs(model: onnx.ModelProto, excluded: set[str]) -> None:
+    """An excluded layer reads the float tensor, not its fake-quantized copy. onnxruntime leaves the layer's
+    own weights float but, when another consumer of its input is quantized (a residual add, a downsample
+    conv), feeds it through that consumer's Q/DQ pair: the layer kept in fp32 still saw int8 rounding, and
+    TensorRT counted it as an int8 layer. Q/DQ pairs left without consumers are removed."""
+    g = model.graph
+    producer = {o: n for n in g.node for o in n.output}
+    for node in g.node:
+        if node.name not in excluded:
+            continue
+        for i, name in enumerate(node.input):
+            dq = producer.get(name)
+            q = producer.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" else None
+            if q is not None and q.op_type == "QuantizeLinear":  # an activation's pair (weights have no Q node)
+                node.input[i] = q.input[0]
+    outputs = {o.name for o in g.output}
+    while True:  # drop DQ nodes nobody reads, then the Q nodes that fed only them
+        used = {i for n in g.node for i in n.input} | outputs
+        dead = [n for n in g.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")
+                and not any(o in used for o in n.output)]
+        if not dead:
+            break
+        for n in dead:
+            g.node.remove(n)
 
 
 def _end_layers(model: onnx.ModelProto) -> list[str]:

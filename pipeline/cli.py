@@ -295,7 +295,7 @@ def export(
     opt_level: Annotated[int, typer.Option(min=0, max=5, help="Builder optimization level.", rich_help_panel="TensorRT")] = 3,
     rtx_compute_capability: Annotated[str | None, typer.Option(help="TensorRT-RTX targets, e.g. SM86,SM89 (default SM80,SM86,SM89,SM120).", rich_help_panel="TensorRT")] = None,
     reference_samples: Annotated[int, typer.Option(min=0, help="Store fp32 PyTorch logits on verify's default inputs (sample data) in reports/reference.sample.N.npz, so verify need not re-run PyTorch; 0: skip.")] = 512,
-    force: Annotated[bool, typer.Option(help="Rebuild everything, ignoring the cache.")] = False,
+    force: Annotated[bool, typer.Option(help="Rebuild everything asked for, ignoring the cache; the folder then holds only what this export made.")] = False,
 ) -> None:
     """Export a model to ONNX (fp32, fp16, int8) and TensorRT engines, with a manifest."""
     from pipeline.export import ExportOptions
@@ -323,7 +323,7 @@ def export(
 def _do_verify(opts: Any) -> Any:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-    from pipeline.report import localization_table, verify_table
+    from pipeline.report import localization_table, verify_reasons, verify_table
     from pipeline.verify import verify as run_verify
 
     console = _console()
@@ -338,9 +338,13 @@ def _do_verify(opts: Any) -> Any:
 
         report = run_verify(opts, on_progress=on_progress)
     console.print(verify_table(report))
+    for line in verify_reasons(report):
+        console.print(line)
     for r in report.rows:
         if r.localization and "error" not in r.localization:
             console.print(localization_table(r.artifact, r.localization))
+            if r.localization.get("suggestion"):  # one line however long: it is a command to copy
+                console.print(f"try: {escape(r.localization['suggestion'])}", soft_wrap=True)
         elif r.localization:
             console.print(f"[yellow]localisation of {r.artifact} failed:[/] {escape(r.localization['error'])}")
     for n in report.notes:

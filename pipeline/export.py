@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 import logging
+import shlex
+import shutil
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -16,6 +17,7 @@ import numpy as np
 import torch
 
 from exporters.onnx import DEFAULT_OPSET, OnnxArtifact, compare_graphs, export_onnx
+from exporters.tensorrt import RTX_PORTABLE_CCS
 from pipeline.artifacts import MANIFEST, Manifest, export_lock, layer_note, read_manifest, tool_versions, write_manifest
 from pipeline.data import Dataset, calibration_split, iter_batches, open_dataset
 from pipeline.models import ModelInfo, ModelSpec, load_model
@@ -69,7 +71,7 @@ class ExportOptions:
 @dataclass(frozen=True)
 class StepEvent:
     step: str  # "fp32", "fp16", "int8", "engine fp16 rtx", ...
-    status: str  # "built" | "cached" | "skipped"
+    status: str  # "built" | "cached" | "kept" (from an earlier export, not asked for) | "skipped"
     file: str | None = None
     size_bytes: int = 0
     seconds: float = 0.0
@@ -165,6 +167,29 @@ class _Folder:
         if not self._dirty:
             (self.path / MANIFEST).unlink(missing_ok=True)
             self._dirty = True
+
+
+def _kept_from_before(old: Manifest | None, made: dict[str, dict[str, Any]], out: Path) -> dict[str, dict[str, Any]]:
+    """What an earlier export made, this one was not asked for, and is still made from the same graphs, its
+    file intact: it stays in the manifest (exporting int8 again, say with --keep-fp32, must not drop the
+    folder's fp16 graph and engines). An fp32 graph made anew (other weights, exporter, batch) drops it all."""
+    if old is None or "fp32" not in made:
+        return {}
+    from pipeline.models import file_sha256
+
+    kept: dict[str, dict[str, Any]] = {}
+    graphs = {e["precision"]: e["sha256"] for e in made.values() if e["kind"] == "onnx"}
+    for kind in ("onnx", "engine"):  # graphs first: an engine stays only if the graph it came from does
+        for name, e in old.artifacts.items():
+            if name in made or e["kind"] != kind:
+                continue
+            source = made["fp32"]["sha256"] if kind == "onnx" else graphs.get(e["precision"])
+            f = out / e["file"]
+            if e.get("source_sha256") == source and f.is_file() and file_sha256(f) == e["sha256"]:
+                kept[name] = e
+                if kind == "onnx":
+                    graphs[e["precision"]] = e["sha256"]
+    return kept
 
 
 def _onnx_entry(a: OnnxArtifact, key: str, source: str | None) -> dict[str, Any]:
@@ -327,20 +352,19 @@ def export(
                 emit(StepEvent("fp16", "built", a.path.name, a.size_bytes, a.seconds, note))
 
         if Precision.int8 in opts.precisions:
-            from exporters.precision import quantize_int8
+            from exporters.precision import INT8_GRAPH_REVISION, INT8_RECIPES, quantize_int8
 
             calib = {"dataset": opts.calib_data, "data_dir": str(opts.calib_dir) if opts.calib_dir else None,
                      "split": calibration_split(opts.calib_data), "samples": opts.calib_samples, "method": opts.calib_method,
                      "recipe": opts.int8_target, "seed": opts.seed, "preprocess": info.preprocess.to_dict()}
-            from exporters.precision import INT8_RECIPES
-
             calib_key = _key(source=fp32_sha, **calib, ort=versions.get("onnxruntime"),
                              op_types=INT8_RECIPES[opts.int8_target].op_types)
             cache = out / f"calib.{opts.int8_target}.{opts.calib_method}.json"
             old_calib = (old.calibration or {}) if old else {}
             if cache.exists() and (opts.force or old_calib.get("key") != calib_key):
                 cache.unlink()  # stale: other weights, data, count, method or recipe
-            key = _key(step="int8", calib=calib_key, keep=sorted(opts.keep_fp32), ends=opts.int8_quantize_ends)
+            key = _key(step="int8", calib=calib_key, keep=sorted(opts.keep_fp32), ends=opts.int8_quantize_ends,
+                       rev=INT8_GRAPH_REVISION)
             # "images": how many the ranges came from (a small dataset gives fewer than --calib-samples)
             calibration = {**calib, "key": calib_key, "cache_file": cache.name, "images": old_calib.get("images")}
             if entry := folder.cached("int8", key, opts.force):
@@ -369,7 +393,7 @@ def export(
                                "inputs; use --calib-data with images like the ones you deploy on")
 
         if flavor:
-            from exporters.tensorrt import RTX_PORTABLE_CCS, build_engine
+            from exporters.tensorrt import build_engine
 
             profile = _engine_profile(opts, info)
             ccs = tuple(opts.rtx_compute_capabilities or RTX_PORTABLE_CCS)
@@ -401,6 +425,15 @@ def export(
         model_section = {**info.to_dict(), "spec": _spec_dict(opts.model), "state_sha256": weights_sha}
         if opts.model.arch == "default":
             model_section["spec"] = {"arch": "default", "weights": None}
+        for name, entry in ({} if opts.force else _kept_from_before(old, artifacts, out)).items():
+            artifacts[name] = entry
+            step = entry["precision"] if entry["kind"] == "onnx" else f"engine {entry['precision']}"
+            emit(StepEvent(step, "kept", entry["file"], entry["size_bytes"], note="from an earlier export"))
+            if name == "int8" and calibration is None and old is not None:
+                calibration = old.calibration
+        order = [p.value for p in Precision]
+        artifacts = dict(sorted(artifacts.items(), key=lambda kv: (kv[1]["kind"] != "onnx",
+                                                                   order.index(kv[1]["precision"]), kv[0])))
         manifest = Manifest(model=model_section, artifacts=artifacts, calibration=calibration, versions=versions)
         if old and not folder.written and old.to_dict() | {"created": ""} == manifest.to_dict() | {"created": ""}:
             manifest = old  # nothing changed: keep the folder byte-for-byte as it was
@@ -427,3 +460,38 @@ def export(
                            0.0 if hit else time.perf_counter() - start,
                            f"fp32 PyTorch logits, {len(inputs.x)} inputs, for verify"))
     return ExportResult(out, manifest, events, info, notices)
+
+
+def export_command(manifest: Manifest, folder: Path, precision: str, keep_fp32: tuple[str, ...] = ()) -> str:
+    """The `resnetx export` line that makes this folder's `precision` graph (and its engine) again as it was
+    made, with `keep_fp32` layers added to those it already keeps: what verify suggests, runnable as printed
+    (without the model, calibration and folder options it would export the default model elsewhere)."""
+    spec = manifest.model.get("spec") or {}
+    entry = manifest.artifacts.get(precision, {})
+    args = ["resnetx", "export", "--model", str(spec.get("arch") or manifest.model["arch"])]
+    for opt, key in (("--weights", "weights"), ("--num-classes", "num_classes"), ("--in-chans", "in_chans"),
+                     ("--image-size", "image_size")):
+        if spec.get(key) is not None:
+            args += [opt, str(spec[key])]
+    args += ["--out", str(folder), "--precision", precision]
+    if entry.get("static_batch"):
+        args += ["--static-batch", str(entry["static_batch"])]
+    if entry.get("opset", DEFAULT_OPSET) != DEFAULT_OPSET:
+        args += ["--opset", str(entry["opset"])]
+    kept = set(entry.get("keep_fp32_nodes", ())) - set(entry.get("overflow_nodes", ()))  # fp16: minus automatic ones
+    kept |= set(entry.get("excluded_nodes", ())) - set(entry.get("float_ends", ()))  # int8: minus the float ends
+    cal = manifest.calibration
+    if precision == "int8" and cal:
+        args += ["--calib-data", cal["dataset"]] + (["--calib-dir", str(cal["data_dir"])] if cal.get("data_dir") else [])
+        args += ["--calib-samples", str(cal["samples"]), "--calib-method", cal["method"], "--int8-target", cal["recipe"]]
+        if entry.get("float_ends") == []:
+            args.append("--int8-quantize-ends")
+    engine = next((e for e in manifest.artifacts.values() if e["kind"] == "engine" and e["precision"] == precision), None)
+    if engine:
+        args += ["--engine", engine["flavor"], "--batch-range", ",".join(map(str, engine["profile"]))]
+        ccs = engine.get("compute_capabilities")
+        if engine["flavor"] == "rtx" and ccs and tuple(ccs) != RTX_PORTABLE_CCS:
+            args += ["--rtx-compute-capability", ",".join(ccs)]
+    if kept | set(keep_fp32):
+        args += ["--keep-fp32", ",".join(sorted(kept | set(keep_fp32)))]
+    return " ".join(shlex.quote(a) for a in args)

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 __all__ = [
     "export_table",
     "verify_table",
+    "verify_reasons",
     "localization_table",
     "bench_table",
     "bench_not_run",
@@ -66,32 +67,54 @@ def verify_table(report: VerifyReport) -> Table:
 
     t = Table(title=f"resnetx verify: {report.samples} inputs from {_esc(report.data)} vs {report.reference}",
               title_justify="left")
-    for c in ("artifact", "runtime", "max abs", "rel L2", "min cos", "top-1 agree", "top-5 overlap", "NaN/Inf",
-              "acc ref", "acc", "delta", "verdict"):
+    cols = ("artifact", "runtime", "max abs", "mean abs", "rel L2", "min cos", "top-1 agree", "top-5 overlap",
+            "NaN/Inf", "acc ref top-1/5", "acc top-1/5", "delta", "verdict")
+    for c in cols:
         t.add_column(c, justify="left" if c in ("artifact", "runtime", "verdict") else "right")
-    for r in report.rows:
+    blank = [""] * (len(cols) - 3)
+    for r in report.rows:  # the verdict's reasons go below the table (verify_reasons), whole lines, not wrapped
         if r.skipped:
-            t.add_row(r.artifact, r.runtime, *[""] * 9, f"[yellow]skipped[/]: {_esc(r.skipped)}")
+            t.add_row(r.artifact, r.runtime, *blank, "[yellow]skipped[/]")
             continue
         m = r.metrics
-        verdict = "[green]pass[/]" if r.passed else "[red]FAIL[/]: " + _esc("; ".join(r.failures))
+        verdict = "[green]pass[/]" if r.passed else "[red]FAIL[/]"
         if m is None:
-            t.add_row(r.artifact, r.runtime, *[""] * 9, verdict)
+            t.add_row(r.artifact, r.runtime, *blank, verdict)
             continue
         drop = m.accuracy_drop
-        t.add_row(r.artifact, r.runtime, _f(m.max_abs, ".2e"), _f(m.rel_l2, ".2e"), _f(m.min_cosine, ".6f"),
-                  f"{100 * m.top1_agreement:.2f}%", f"{100 * m.top5_overlap:.2f}%", str(m.nonfinite),
-                  _f(m.ref_top1, ".2f"), _f(m.top1, ".2f"), _f(None if drop is None else -drop, "+.2f"), verdict)
+        t.add_row(r.artifact, r.runtime, _f(m.max_abs, ".2e"), _f(m.mean_abs, ".2e"), _f(m.rel_l2, ".2e"),
+                  _f(m.min_cosine, ".6f"), f"{100 * m.top1_agreement:.2f}%", f"{100 * m.top5_overlap:.2f}%",
+                  str(m.nonfinite), _acc(m.ref_top1, m.ref_top5), _acc(m.top1, m.top5),
+                  _f(None if drop is None else -drop + 0.0, "+.2f"), verdict)  # + 0.0: no "-0.00"
     return t
 
 
-def localization_table(artifact: str, loc: dict[str, Any], limit: int = 12) -> Table:
+def verify_reasons(report: VerifyReport) -> list[str]:
+    """Why each row failed or was skipped, one line per row (below the table)."""
+    out = []
+    for r in report.rows:
+        if r.skipped:
+            out.append(f"[yellow]skipped[/] {r.artifact} ({r.runtime}): {_esc(r.skipped)}")
+        elif not r.passed:
+            out.append(f"[red]FAIL[/] {r.artifact} ({r.runtime}): {_esc('; '.join(r.failures))}")
+    return out
+
+
+def _acc(top1: float | None, top5: float | None) -> str:
+    return "n/a" if top1 is None else f"{top1:.2f}" + ("" if top5 is None else f" / {top5:.2f}")
+
+
+def localization_table(artifact: str, loc: dict[str, Any], limit: int = 12) -> Any:
+    """The error-by-depth table between its heading and the first divergent layer, as lines of their own: in
+    the table's title they wrapped at its (narrow) width. The suggested command is the caller's to print
+    unwrapped (soft_wrap), so that it can be copied whole."""
+    from rich.console import Group
     from rich.table import Table
 
     first, jump = loc.get("first_divergent_layer"), loc.get("largest_jump_layer")
-    t = Table(title=f"{artifact}: error by depth vs {loc.get('baseline')} (layer bar rel. L2 {loc.get('layer_tolerance')})"
-              f"\nfirst divergent layer: {first or 'none'}   largest jump: {jump or 'none'}"
-              + (f"\ntry: {_esc(loc['suggestion'])}" if loc.get("suggestion") else ""), title_justify="left")
+    head = f"{artifact}: error by depth vs {_esc(loc.get('baseline'))} (layer bar rel. L2 {loc.get('layer_tolerance')})"
+    foot = f"first divergent layer: {first or 'none'}   largest jump: {jump or 'none'}"
+    t = Table()
     t.add_column("layer")
     t.add_column("op")
     t.add_column("rel L2", justify="right")
@@ -103,7 +126,7 @@ def localization_table(artifact: str, loc: dict[str, Any], limit: int = 12) -> T
         if i in keep:
             mark = " <" if r["layer"] in (first, jump) else ""
             t.add_row(r["layer"] + mark, r["op"], _f(r["rel_l2"], ".2e"))
-    return t
+    return Group(head, t, foot)
 
 
 def folder_table(audit: dict[str, Any]) -> Table:

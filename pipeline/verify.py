@@ -16,7 +16,7 @@ import torch
 from exporters.onnx import INPUT_NAME, graph_batch
 from pipeline.artifacts import Manifest, atomic_write_text, check_sha, read_manifest, system_info
 from pipeline.data import calibration_overlap_note, label_order_note
-from pipeline.export import reference_if_here
+from pipeline.export import export_command, reference_if_here
 from pipeline.precisions import PRECISIONS, Precision, Tolerance
 from pipeline.reference import DEFAULT_SAMPLES, reference_file, stored_reference, verify_inputs
 from runtimes.base import Runtime, batch_chunks, open_runtime
@@ -435,7 +435,7 @@ def localize(
         "first_divergent_layer": first.layer if first else None,
         "module": module,
         "largest_jump_layer": jump.layer if jump else None,
-        "suggestion": (f"resnetx export --precision {entry['precision']} --keep-fp32 {jump.layer}"
+        "suggestion": (export_command(manifest, folder, entry["precision"], (jump.layer,))
                        if jump and entry["precision"] != "fp32" else None),
         "by_depth": [asdict(layer) for layer in layers if layer.op in ("Conv", "Gemm", "MatMul", "Add")],
     }

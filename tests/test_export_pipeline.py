@@ -76,9 +76,23 @@ def test_force_and_changed_options_rebuild(default_folder: Path, tmp_path: Path)
     r = export(ExportOptions(model=ModelSpec("default"), out=folder, precisions=ALL, calib_samples=128))
     assert [e.status for e in r.events] == ["cached", "cached", "built", "cached"]  # only int8 depends on the count
     assert "calibrated on 128 images" in r.events[2].note
+    # without --force, what was not asked for and still comes from the same fp32 graph stays
+    r = export(ExportOptions(model=ModelSpec("default"), out=folder, precisions=(Precision.fp32,)))
+    assert [(e.step, e.status) for e in r.events] == [("fp32", "cached"), ("fp16", "kept"), ("int8", "kept"),
+                                                      ("reference", "cached")]
+    assert set(read_manifest(folder).artifacts) == {"fp32", "fp16", "int8"}
+    assert read_manifest(folder).calibration["samples"] == 128  # int8's calibration record went with it
+    # --force: the folder holds exactly what this export made
     r = export(ExportOptions(model=ModelSpec("default"), out=folder, precisions=(Precision.fp32,), force=True))
     assert [(e.step, e.status) for e in r.events] == [("fp32", "built"), ("reference", "built")]
     assert set(read_manifest(folder).artifacts) == {"fp32"}
+
+
+def test_an_artifact_from_another_fp32_graph_is_not_kept(default_folder: Path, tmp_path: Path) -> None:
+    folder = copy_folder(default_folder, tmp_path / "f")
+    r = export(ExportOptions(model=ModelSpec("default"), out=folder, precisions=(Precision.fp32,),
+                             exporter="legacy"))  # another exporter: another fp32 graph
+    assert [e.status for e in r.events][0] == "built" and set(r.manifest.artifacts) == {"fp32"}
 
 
 def test_repeat_export_gives_same_bytes_and_scales(default_folder: Path, tmp_path: Path) -> None:

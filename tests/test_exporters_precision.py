@@ -93,13 +93,27 @@ def _fed_by_dq(m: onnx.ModelProto, node_name: str) -> bool:
     return producers.get(node.input[1]) == "DequantizeLinear"
 
 
-def test_int8_exclusions_and_float_ends(default_folder: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("recipe", ["tensorrt", "cpu"])
+def test_int8_exclusions_and_float_ends(default_folder: Path, tmp_path: Path, recipe: str) -> None:
     src = default_folder / "model.fp32.onnx"
-    a = quantize_int8(src, tmp_path / "q.onnx", _calib(default_folder, 64), exclude_nodes=["layer2.0.conv1"])
+    a = quantize_int8(src, tmp_path / "q.onnx", _calib(default_folder, 64), exclude_nodes=["layer2.0.conv1"],
+                      recipe=recipe)
     m = onnx.load(str(a.path))
     assert a.details["float_ends"] == ["conv1", "fc"]
     assert not _fed_by_dq(m, "conv1") and not _fed_by_dq(m, "fc") and not _fed_by_dq(m, "layer2.0.conv1")
     assert _fed_by_dq(m, "layer2.0.conv2")
+    # a kept layer reads the float tensor, not the int8-rounded copy made for its input's other consumers
+    # (layer2.0.conv1 shares its input with the quantized downsample conv), and no Q/DQ pair is left unread
+    producers = {o: n.op_type for n in m.graph.node for o in n.output}
+    for name in ("layer2.0.conv1", "fc"):
+        node = next(n for n in m.graph.node if n.name == name)
+        assert producers.get(node.input[0]) != "DequantizeLinear", (name, node.input[0])
+    read = {i for n in m.graph.node for i in n.input} | {o.name for o in m.graph.output}
+    assert all(o in read for n in m.graph.node if n.op_type.endswith("QuantizeLinear") for o in n.output)
+    import onnxruntime as ort
+
+    x = np.random.default_rng(0).standard_normal((2, 1, 28, 28)).astype(np.float32)
+    assert np.isfinite(ort.InferenceSession(str(a.path)).run(None, {"input": x})[0]).all()
     b = quantize_int8(src, tmp_path / "q2.onnx", _calib(default_folder, 64), quantize_ends=True)
     assert _fed_by_dq(onnx.load(str(b.path)), "conv1") and b.details["float_ends"] == []
     with pytest.raises(BadInput, match="unknown layer"):

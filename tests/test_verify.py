@@ -87,11 +87,35 @@ def test_localize_on_request(default_folder: Path) -> None:
     r = verify(VerifyOptions(folder=default_folder, samples=32, precisions=("int8",), localize=True))
     loc = r.rows[0].localization
     assert loc["baseline"] == "model.fp32.onnx" and loc["largest_jump_layer"]
-    assert loc["suggestion"].startswith("resnetx export --precision int8 --keep-fp32 ")
     errs = [x["rel_l2"] for x in loc["by_depth"]]
     assert all(0 <= e < 1 for e in errs) and max(errs) > 1e-3
     conv1 = next(x for x in loc["by_depth"] if x["layer"] == "conv1")
     assert conv1["rel_l2"] < 1e-5  # the stem stays float in the default int8 recipe
+
+
+def test_the_suggested_command_remakes_the_artifact_with_the_layer_kept(default_folder: Path, tmp_path: Path) -> None:
+    """Run as printed: it names the model, the folder and the calibration the artifact was made with (without
+    them it would export the default model into artifacts/default, calibrated otherwise)."""
+    import shlex
+
+    from typer.testing import CliRunner
+
+    from pipeline.cli import app
+
+    folder = copy_folder(default_folder, tmp_path / "f")
+    before = read_manifest(folder).artifacts
+    loc = verify(VerifyOptions(folder=folder, samples=32, precisions=("int8",), localize=True)).rows[0].localization
+    cmd, jump = loc["suggestion"], loc["largest_jump_layer"]
+    assert cmd.startswith(f"resnetx export --model default --out {folder} --precision int8 --calib-data sample "
+                          "--calib-samples 256 --calib-method max --int8-target tensorrt --keep-fp32 "), cmd
+    r = CliRunner().invoke(app, shlex.split(cmd)[1:], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    after = read_manifest(folder).artifacts
+    assert jump.split("/")[0] in after["int8"]["excluded_nodes"] and after["int8"]["sha256"] != before["int8"]["sha256"]
+    assert {k: after[k]["sha256"] for k in ("fp32", "fp16")} == {k: before[k]["sha256"] for k in ("fp32", "fp16")}
+    # the second suggestion keeps the first layer too
+    loc = verify(VerifyOptions(folder=folder, samples=32, precisions=("int8",), localize=True)).rows[0].localization
+    assert jump.split("/")[0] in loc["suggestion"].split("--keep-fp32 ")[1].split(",")
 
 
 def test_torch_runtime_candidates(default_folder: Path) -> None:
@@ -208,7 +232,7 @@ def test_tables_show_messages_literally() -> None:
     """A skip reason naming a pip extra (resnetx[gpu]) must not be eaten as rich markup."""
     from rich.console import Console
 
-    from pipeline.report import verify_table
+    from pipeline.report import verify_reasons, verify_table
     from pipeline.verify import VerifyReport, VerifyRow
 
     reason = "no CUDAExecutionProvider; pip install 'resnetx[gpu]' [bold]"
@@ -217,6 +241,8 @@ def test_tables_show_messages_literally() -> None:
                                                      failures=["file [model.fp32.onnx] changed"])], "sample", 16)
     console = Console(width=400, record=True, force_terminal=False)
     console.print(verify_table(report))
+    for line in verify_reasons(report):
+        console.print(line)
     text = console.export_text()
     assert "'resnetx[gpu]' [bold]" in text and "file [model.fp32.onnx] changed" in text
 
