@@ -337,7 +337,7 @@ def _do_verify(opts: Any) -> Any:
             bar.update(tasks[name], completed=done)
 
         report = run_verify(opts, on_progress=on_progress)
-    console.print(verify_table(report))
+    console.print(verify_table(report, width=console.width))
     for line in verify_reasons(report):
         console.print(line)
     for r in report.rows:

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 
     from pipeline.bench import BenchReport, BenchRow
     from pipeline.export import ExportResult
-    from pipeline.verify import VerifyReport
+    from pipeline.verify import VerifyReport, VerifyRow
 
 __all__ = [
     "export_table",
@@ -62,30 +62,53 @@ def export_table(result: ExportResult) -> Table:
     return t
 
 
-def verify_table(report: VerifyReport) -> Table:
-    from rich.table import Table
+# verify's columns, most needed first: a narrow terminal loses them from the end of this list (all are in verify.json)
+_VERIFY_DROP_ORDER = ("mean abs", "acc ref top-1/5", "acc top-1/5", "top-5 overlap", "min cos", "max abs", "NaN/Inf",
+                      "acc ref")
 
+
+def verify_table(report: VerifyReport, width: int | None = None) -> Table:
+    """One row per artifact, verdict beside the name. Every cell keeps its whole value: where `width` (the
+    terminal's) cannot hold them all, the least needed columns go, in _VERIFY_DROP_ORDER (top-1/5 accuracy
+    falls back to top-1), rather than numbers being cut."""
+    from rich.table import Table
+    from rich.text import Text
+
+    def cells(r: VerifyRow) -> dict[str, str]:
+        m = r.metrics
+        verdict = "[yellow]skipped[/]" if r.skipped else "[green]pass[/]" if r.passed else "[red]FAIL[/]"
+        out = {"artifact": _esc(r.artifact), "runtime": _esc(r.runtime), "verdict": verdict}
+        if r.skipped or m is None:
+            return out
+        drop = m.accuracy_drop
+        return out | {
+            "max abs": _f(m.max_abs, ".2e"), "mean abs": _f(m.mean_abs, ".2e"), "rel L2": _f(m.rel_l2, ".2e"),
+            "min cos": _f(m.min_cosine, ".6f"), "top-1 agree": f"{100 * m.top1_agreement:.2f}%",
+            "top-5 overlap": f"{100 * m.top5_overlap:.2f}%", "NaN/Inf": str(m.nonfinite),
+            "acc ref top-1/5": _acc(m.ref_top1, m.ref_top5), "acc top-1/5": _acc(m.top1, m.top5),
+            "acc ref": _acc(m.ref_top1, None), "acc": _acc(m.top1, None),
+            "delta": _f(None if drop is None else -drop + 0.0, "+.2f"),  # + 0.0: no "-0.00"
+        }
+
+    rows = [cells(r) for r in report.rows]
+    cols = ["artifact", "runtime", "verdict", "max abs", "mean abs", "rel L2", "min cos", "top-1 agree",
+            "top-5 overlap", "NaN/Inf", "acc ref top-1/5", "acc top-1/5", "delta"]
+
+    def need(c: str) -> int:  # the column's width: its widest cell, its header wrapped to words at worst
+        cell = max((len(Text.from_markup(row.get(c, "")).plain) for row in rows), default=0)
+        return max(cell, *(len(w) for w in c.split()))
+
+    for c in _VERIFY_DROP_ORDER:
+        if width is None or sum(need(k) + 3 for k in cols) + 1 <= width:
+            break
+        i = cols.index(c)
+        cols[i : i + 1] = {"acc ref top-1/5": ["acc ref"], "acc top-1/5": ["acc"]}.get(c, [])
     t = Table(title=f"resnetx verify: {report.samples} inputs from {_esc(report.data)} vs {report.reference}",
               title_justify="left")
-    cols = ("artifact", "runtime", "max abs", "mean abs", "rel L2", "min cos", "top-1 agree", "top-5 overlap",
-            "NaN/Inf", "acc ref top-1/5", "acc top-1/5", "delta", "verdict")
     for c in cols:
-        t.add_column(c, justify="left" if c in ("artifact", "runtime", "verdict") else "right")
-    blank = [""] * (len(cols) - 3)
-    for r in report.rows:  # the verdict's reasons go below the table (verify_reasons), whole lines, not wrapped
-        if r.skipped:
-            t.add_row(r.artifact, r.runtime, *blank, "[yellow]skipped[/]")
-            continue
-        m = r.metrics
-        verdict = "[green]pass[/]" if r.passed else "[red]FAIL[/]"
-        if m is None:
-            t.add_row(r.artifact, r.runtime, *blank, verdict)
-            continue
-        drop = m.accuracy_drop
-        t.add_row(r.artifact, r.runtime, _f(m.max_abs, ".2e"), _f(m.mean_abs, ".2e"), _f(m.rel_l2, ".2e"),
-                  _f(m.min_cosine, ".6f"), f"{100 * m.top1_agreement:.2f}%", f"{100 * m.top5_overlap:.2f}%",
-                  str(m.nonfinite), _acc(m.ref_top1, m.ref_top5), _acc(m.top1, m.top5),
-                  _f(None if drop is None else -drop + 0.0, "+.2f"), verdict)  # + 0.0: no "-0.00"
+        t.add_column(c, justify="left" if c in ("artifact", "runtime", "verdict") else "right", min_width=need(c))
+    for row in rows:
+        t.add_row(*(row.get(c, "") for c in cols))
     return t
 
 

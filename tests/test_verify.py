@@ -247,6 +247,21 @@ def test_tables_show_messages_literally() -> None:
     assert "'resnetx[gpu]' [bold]" in text and "file [model.fp32.onnx] changed" in text
 
 
+@pytest.mark.parametrize("width", [80, 120, 200])
+def test_the_table_fits_the_terminal_without_cutting_a_number(default_folder: Path, width: int) -> None:
+    from rich.console import Console
+
+    from pipeline.report import verify_table
+
+    r = verify(VerifyOptions(folder=default_folder, samples=16))
+    console = Console(width=width, record=True, force_terminal=False)
+    console.print(verify_table(r, width=width))
+    text = console.export_text()
+    assert "…" not in text and max(len(line) for line in text.splitlines()) <= width, text
+    assert "ort-cpu-int8" in text and "pass" in text and "delta" in text
+    assert ("mean abs" in text) == (width >= 180) and "rel L2" in text
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA GPU")
 def test_verify_on_cuda_against_the_cpu_reference(default_folder: Path) -> None:
