@@ -398,7 +398,7 @@ def _do_bench(opts: Any, compare: Path | None = None) -> Any:
                           + (f"{row.latency_ms['p50']:.3f} ms" if row.latency_ms else escape(row.error or "")))
 
         report = run_bench(opts, on_row=on_row, on_progress=lambda text: status.update(escape(text)))
-    console.print(bench_table(report))
+    console.print(bench_table(report, width=console.width))
     for line in bench_not_run(report):
         console.print(line)
     for n in report.notes:

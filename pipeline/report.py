@@ -71,8 +71,6 @@ def verify_table(report: VerifyReport, width: int | None = None) -> Table:
     """One row per artifact, verdict beside the name. Every cell keeps its whole value: where `width` (the
     terminal's) cannot hold them all, the least needed columns go, in _VERIFY_DROP_ORDER (top-1/5 accuracy
     falls back to top-1), rather than numbers being cut."""
-    from rich.table import Table
-    from rich.text import Text
 
     def cells(r: VerifyRow) -> dict[str, str]:
         m = r.metrics
@@ -90,23 +88,33 @@ def verify_table(report: VerifyReport, width: int | None = None) -> Table:
             "delta": _f(None if drop is None else -drop + 0.0, "+.2f"),  # + 0.0: no "-0.00"
         }
 
-    rows = [cells(r) for r in report.rows]
     cols = ["artifact", "runtime", "verdict", "max abs", "mean abs", "rel L2", "min cos", "top-1 agree",
             "top-5 overlap", "NaN/Inf", "acc ref top-1/5", "acc top-1/5", "delta"]
+    return _fitted_table(f"resnetx verify: {report.samples} inputs from {_esc(report.data)} vs {report.reference}",
+                         cols, [cells(r) for r in report.rows], width, _VERIFY_DROP_ORDER,
+                         {"acc ref top-1/5": "acc ref", "acc top-1/5": "acc"}, left=("artifact", "runtime", "verdict"))
 
-    def need(c: str) -> int:  # the column's width: its widest cell, its header wrapped to words at worst
-        cell = max((len(Text.from_markup(row.get(c, "")).plain) for row in rows), default=0)
-        return max(cell, *(len(w) for w in c.split()))
 
-    for c in _VERIFY_DROP_ORDER:
+def _fitted_table(title: str, cols: list[str], rows: list[dict[str, str]], width: int | None,
+                  drop_order: tuple[str, ...], fallback: dict[str, str], left: tuple[str, ...]) -> Table:
+    """A table whose cells keep their whole values: while it is wider than `width` (the terminal's), columns go
+    in `drop_order` (or give way to their shorter `fallback`); a cell is never cut to "1.19…"."""
+    from rich.table import Table
+    from rich.text import Text
+
+    def need(c: str) -> int:  # the column's natural width: its widest cell or its header (rich crops, not wraps)
+        return max(len(c), *(len(Text.from_markup(row.get(c, "")).plain) for row in rows))
+
+    cols = list(cols)
+    for c in drop_order:
         if width is None or sum(need(k) + 3 for k in cols) + 1 <= width:
             break
-        i = cols.index(c)
-        cols[i : i + 1] = {"acc ref top-1/5": ["acc ref"], "acc top-1/5": ["acc"]}.get(c, [])
-    t = Table(title=f"resnetx verify: {report.samples} inputs from {_esc(report.data)} vs {report.reference}",
-              title_justify="left")
+        if c in cols:
+            i = cols.index(c)
+            cols[i : i + 1] = [fallback[c]] if c in fallback else []
+    t = Table(title=title, title_justify="left")
     for c in cols:
-        t.add_column(c, justify="left" if c in ("artifact", "runtime", "verdict") else "right", min_width=need(c))
+        t.add_column(c, justify="left" if c in left else "right", min_width=need(c))
     for row in rows:
         t.add_row(*(row.get(c, "") for c in cols))
     return t
@@ -212,9 +220,11 @@ def _sort_key(r: BenchRow) -> tuple[Any, ...]:
     return (r.batch, r.latency_ms["p50"] if r.latency_ms else float("inf"))
 
 
-def bench_table(report: BenchReport) -> Table:
-    from rich.table import Table
+# bench's columns, least needed first: a narrow terminal loses them in this order (all are in bench.json/md/csv)
+_BENCH_DROP_ORDER = ("p90 ms", "load s", "size MB", "mean ms", "TFLOP/s", "mem MB", "p99 ms")
 
+
+def bench_table(report: BenchReport, width: int | None = None) -> Table:
     sys = report.system
     gpu = sys.get("gpu") or {}
     title = f"resnetx bench: {sys.get('cpu')} ({sys.get('cores')} cores)" + (f", {gpu.get('name')}" if gpu else "")
@@ -222,30 +232,26 @@ def bench_table(report: BenchReport) -> Table:
         title += f"; accuracy on {_esc(report.accuracy_data)}"
     if report.gflops_per_image:
         title += f"; {report.gflops_per_image:.3g} GFLOP/image"
-    t = Table(title=title, title_justify="left")
     cols = ["batch", "runtime", "p50 ms", "p90 ms", "p99 ms", "mean ms", "img/s", "TFLOP/s", "top-1 %", "mem MB",
             "size MB", "load s"]
-    peak = any(r.peak_pct is not None for r in report.rows)
-    if peak:
+    if any(r.peak_pct is not None for r in report.rows):
         cols.insert(8, "% peak")
-    one_time = any(r.one_time_s is not None for r in report.rows)
-    if one_time:
+    if any(r.one_time_s is not None for r in report.rows):
         cols.append("compile/build s")  # paid once, never inside the latency
-    for c in cols:
-        t.add_column(c, justify="left" if c == "runtime" else "right")
+    rows = []
     for r in sorted(report.rows, key=_sort_key):
+        row = {"batch": str(r.batch or ""), "runtime": _esc(r.runtime)}
         if r.latency_ms is None:
-            t.add_row(str(r.batch or ""), r.runtime, "[yellow]not run[/]", *[""] * (len(cols) - 3))
+            rows.append(row | {"p50 ms": "[yellow]not run[/]"})
             continue
         lat = r.latency_ms
-        cells = [str(r.batch), r.runtime, f"{lat['p50']:.3f}", f"{lat['p90']:.3f}", f"{lat['p99']:.3f}",
-                 f"{lat['mean']:.3f}", f"{r.throughput_ips:,.0f}", _f(r.tflops, ".3g"),
-                 *([_f(r.peak_pct, ".1f")] if peak else []), _f(r.accuracy_top1, ".2f"),
-                 _f(r.peak_mem_mb, ".0f"), _f(r.size_mb, ".2f"), _f(r.load_s, ".2f")]
-        if one_time:
-            cells.append(_f(r.one_time_s, ".1f"))
-        t.add_row(*cells)
-    return t
+        rows.append(row | {
+            "p50 ms": f"{lat['p50']:.3f}", "p90 ms": f"{lat['p90']:.3f}", "p99 ms": f"{lat['p99']:.3f}",
+            "mean ms": f"{lat['mean']:.3f}", "img/s": f"{r.throughput_ips:,.0f}", "TFLOP/s": _f(r.tflops, ".3g"),
+            "% peak": _f(r.peak_pct, ".1f"), "top-1 %": _f(r.accuracy_top1, ".2f"), "mem MB": _f(r.peak_mem_mb, ".0f"),
+            "size MB": _f(r.size_mb, ".2f"), "load s": _f(r.load_s, ".2f"), "compile/build s": _f(r.one_time_s, ".1f"),
+        })
+    return _fitted_table(title, cols, rows, width, _BENCH_DROP_ORDER, {}, left=("runtime",))
 
 
 def bench_not_run(report: BenchReport) -> list[str]:

@@ -245,6 +245,24 @@ def test_a_model_that_answers_nan_is_flagged_beside_its_timings(default_folder: 
     assert "NaN/Inf" in (folder / "reports" / "bench.md").read_text()
 
 
+@pytest.mark.parametrize("width", [80, 200])
+def test_the_table_fits_the_terminal_without_cutting_a_number(default_folder: Path, tmp_path: Path,
+                                                               width: int) -> None:
+    from rich.console import Console
+
+    from pipeline.report import bench_table
+
+    folder = copy_folder(default_folder, tmp_path / "f")
+    r = bench(BenchOptions(folder=folder, runtimes=("ort",), batches=(1,), iters=2, min_seconds=0.0, warmup=1,
+                           accuracy_samples=32))
+    console = Console(width=width, record=True, force_terminal=False)
+    console.print(bench_table(r, width=width))
+    text = console.export_text()
+    assert "…" not in text and max(len(line) for line in text.splitlines()) <= width, text
+    assert all(c in text for c in ("ort-cpu-int8", "p50 ms", "img/s", "top-1 %"))
+    assert ("p90 ms" in text) == (width == 200)  # the first to go on a narrow terminal; bench.md keeps it
+
+
 def test_a_bench_that_timed_nothing_keeps_the_last_report(default_folder: Path, tmp_path: Path,
                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     from typer.testing import CliRunner
