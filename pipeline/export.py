@@ -19,7 +19,7 @@ import torch
 from exporters.onnx import DEFAULT_OPSET, OnnxArtifact, compare_graphs, export_onnx
 from exporters.tensorrt import RTX_PORTABLE_CCS
 from pipeline.artifacts import MANIFEST, Manifest, export_lock, layer_note, read_manifest, tool_versions, write_manifest
-from pipeline.data import Dataset, calibration_split, iter_batches, open_dataset
+from pipeline.data import FASHION_MNIST_CLASSES, Dataset, calibration_split, iter_batches, open_dataset
 from pipeline.models import ModelInfo, ModelSpec, load_model
 from pipeline.precisions import PRECISIONS, Precision
 from pipeline.reference import DEFAULT_SAMPLES, reference_file, stored_reference, verify_inputs
@@ -391,6 +391,10 @@ def export(
             if opts.calib_data == "synthetic":
                 notices.append("int8 was calibrated on synthetic noise, not images: its ranges may not fit real "
                                "inputs; use --calib-data with images like the ones you deploy on")
+            elif opts.calib_data == "sample" and tuple(info.class_names or ()) != FASHION_MNIST_CLASSES:
+                notices.append(f"int8 was calibrated on the bundled sample (Fashion-MNIST: grey clothing photos), "
+                               f"not on images like {info.arch}'s: its ranges can cost accuracy on real inputs; "
+                               "calibrate with --calib-data imagefolder:DIR on a few hundred of your training images")
 
         if flavor:
             from exporters.tensorrt import build_engine

@@ -187,3 +187,18 @@ def test_static_batch_end_to_end(tmp_path: Path) -> None:
     rows = {row.batch: row for row in b.rows}
     assert rows[4].latency_ms and rows[4].accuracy_top1 > 80
     assert rows[1].latency_ms is None and "outside the range 4..4" in rows[1].error
+
+
+def test_calibrating_on_the_bundled_sample_is_flagged_for_other_models(default_folder: Path, tmp_path: Path) -> None:
+    """The sample is Fashion-MNIST: fine for the default model, unrepresentative for an ImageNet or CIFAR one."""
+    flag = "calibrated on the bundled sample"
+    r = export(ExportOptions(model=ModelSpec("resnet20"), out=tmp_path / "r20", exporter="legacy",
+                             precisions=(Precision.fp32, Precision.int8), calib_samples=64, reference_samples=0))
+    assert any(flag in n and "--calib-data imagefolder:DIR" in n for n in r.notices), r.notices
+    again = export(ExportOptions(model=ModelSpec("default"), out=copy_folder(default_folder, tmp_path / "d"),
+                                 precisions=ALL, calib_samples=256))
+    assert not any(flag in n for n in again.notices)
+    synthetic = export(ExportOptions(model=ModelSpec("resnet20"), out=tmp_path / "r20", exporter="legacy",
+                                     precisions=(Precision.fp32, Precision.int8), calib_data="synthetic",
+                                     calib_samples=64, reference_samples=0))
+    assert not any(flag in n for n in synthetic.notices) and any("synthetic noise" in n for n in synthetic.notices)
