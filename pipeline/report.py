@@ -62,7 +62,7 @@ def export_table(result: ExportResult) -> Table:
     return t
 
 
-# verify's columns, most needed first: a narrow terminal loses them from the end of this list (all are in verify.json)
+# verify's columns, least needed first: a narrow terminal loses them in this order (all are in verify.json)
 _VERIFY_DROP_ORDER = ("mean abs", "acc ref top-1/5", "acc top-1/5", "top-5 overlap", "min cos", "max abs", "NaN/Inf",
                       "acc ref")
 
@@ -103,7 +103,7 @@ def _fitted_table(title: str, cols: list[str], rows: list[dict[str, str]], width
     from rich.text import Text
 
     def need(c: str) -> int:  # the column's natural width: its widest cell or its header (rich crops, not wraps)
-        return max(len(c), *(len(Text.from_markup(row.get(c, "")).plain) for row in rows))
+        return max([len(c), *(len(Text.from_markup(row.get(c, "")).plain) for row in rows)])
 
     cols = list(cols)
     for c in drop_order:
@@ -125,9 +125,9 @@ def verify_reasons(report: VerifyReport) -> list[str]:
     out = []
     for r in report.rows:
         if r.skipped:
-            out.append(f"[yellow]skipped[/] {r.artifact} ({r.runtime}): {_esc(r.skipped)}")
+            out.append(f"[yellow]skipped[/] {_esc(r.artifact)} ({_esc(r.runtime)}): {_esc(r.skipped)}")
         elif not r.passed:
-            out.append(f"[red]FAIL[/] {r.artifact} ({r.runtime}): {_esc('; '.join(r.failures))}")
+            out.append(f"[red]FAIL[/] {_esc(r.artifact)} ({_esc(r.runtime)}): {_esc('; '.join(r.failures))}")
     return out
 
 
