@@ -56,7 +56,13 @@ def export_table(result: ExportResult) -> Table:
     t = Table(title=f"resnetx export -> {_esc(result.folder)}", title_justify="left")
     for c in ("step", "status", "file", "size", "seconds", "note"):
         t.add_column(c, justify="right" if c in ("size", "seconds") else "left")
-    for e in result.events:
+    precisions = ("fp32", "fp16", "int8")
+
+    def order(e: Any) -> tuple[bool, bool, int]:  # graphs, then engines, by precision; the reference last
+        last = e.step.split()[-1]
+        return e.step == "reference", e.step.startswith("engine"), precisions.index(last) if last in precisions else 9
+
+    for e in sorted(result.events, key=order):  # kept rows come after the builds, but read in artifact order
         t.add_row(e.step, e.status, _esc(e.file or ""), _mb(e.size_bytes),
                   f"{e.seconds:.2f}" if e.status == "built" else "", _esc(e.note))
     return t
