@@ -25,8 +25,8 @@ from pipeline.export import reference_if_here
 from runtimes.base import Runtime, open_runtime, require_cuda
 from runtimes.errors import BackendUnavailable, BadInput, IncompatibleArtifact, ResnetxError
 
-__all__ = ["BenchOptions", "Timing", "BenchRow", "BenchReport", "time_runtime", "bench", "compare_reports",
-           "model_gflops"]
+__all__ = ["BenchOptions", "Timing", "BenchRow", "BenchReport", "time_runtime", "bench", "check_batches",
+           "compare_reports", "model_gflops"]
 
 log = logging.getLogger(__name__)
 N_BUFFERS = 4  # inputs rotated so caches cannot flatter small models
@@ -352,9 +352,21 @@ def _accuracy(rt: Runtime, batches: list[tuple[np.ndarray, np.ndarray]], batch: 
     for x, y in batches:
         logits = rt.infer_all(x, batch)
         correct += int((logits.argmax(1) == y).sum())
-        broken += int((~np.isfinite(logits)).any(1).sum())
+        broken += _nonfinite_rows(logits)
         total += len(y)
     return 100.0 * correct / max(total, 1), broken
+
+
+def _nonfinite_rows(logits: np.ndarray) -> int:
+    """How many inputs got a NaN or Inf among their logits."""
+    return int((~np.isfinite(logits)).any(1).sum())
+
+
+def check_batches(batches: tuple[int, ...]) -> tuple[int, ...]:
+    """--batch as given, or the one-line reason it cannot be benchmarked."""
+    if not batches or min(batches) < 1:
+        raise BadInput("--batch needs sizes >= 1, e.g. --batch 1,8,32")
+    return batches
 
 
 def bench(opts: BenchOptions, *, on_row: Callable[[BenchRow], None] | None = None,
@@ -362,8 +374,7 @@ def bench(opts: BenchOptions, *, on_row: Callable[[BenchRow], None] | None = Non
     """Run the matrix; write reports/bench.{json,md,csv,png} (unless nothing could be timed)."""
     folder = Path(opts.folder)
     manifest = read_manifest(folder)
-    if not opts.batches or min(opts.batches) < 1:
-        raise BadInput("--batch needs sizes >= 1, e.g. --batch 1,8,32")
+    check_batches(opts.batches)
     if opts.device != "cuda":  # flags that would change nothing on the CPU, yet label its rows
         cuda_only = [flag for flag, on in (("--prefer-nhwc", opts.prefer_nhwc), ("--cuda-graph", opts.cuda_graph),
                                            ("--include-transfers", opts.include_transfers)) if on]
@@ -486,7 +497,7 @@ def _bench(opts: BenchOptions, folder: Path, manifest: Any, on_row: Callable[[Be
             with contextlib.suppress(ResnetxError):  # allocate arenas at the largest batch before measuring
                 lo, hi = rt.batch_range or (1, max(opts.batches))
                 y = rt.infer(np.ones((min(max(opts.batches), hi), *info.input_shape), np.float32))
-                broken += int((~np.isfinite(y)).any(1).sum())
+                broken += _nonfinite_rows(y)
             if broken:  # timing a model that answers NaN is no benchmark: say so beside its rows
                 notes.append(f"{rt.name} gave NaN/Inf logits for {broken} input(s): its rows time a broken "
                              f"artifact; resnetx verify {folder} says where it breaks")

@@ -488,16 +488,13 @@ def run(
 ) -> None:
     """export -> verify -> bench with defaults: the whole job in one command (--data: what verify and bench's
     accuracy use; --calib-data: what int8 is calibrated on)."""
-    from pipeline.bench import BenchOptions
+    from pipeline.bench import BenchOptions, check_batches
     from pipeline.export import ExportOptions
     from pipeline.precisions import parse_precisions
     from pipeline.verify import VerifyOptions
-    from runtimes.errors import BadInput
 
     precisions = tuple(parse_precisions(precision))
-    batches = _ints(batch, "--batch")  # bad options fail before minutes of export, not after
-    if min(batches) < 1:
-        raise BadInput("--batch needs sizes >= 1, e.g. --batch 1,8,32")
+    batches = check_batches(_ints(batch, "--batch"))  # bad options fail before minutes of export, not after
     from pipeline.data import open_dataset
 
     open_dataset(data, data_dir=data_dir)  # a dataset that cannot be read, named before the export

@@ -154,10 +154,7 @@ class _Folder:
         entry = self.old.artifacts.get(name)
         if not entry or entry.get("key") != key:
             return None
-        from pipeline.models import file_sha256
-
-        f = self.path / entry["file"]
-        return entry if f.is_file() and file_sha256(f) == entry["sha256"] else None
+        return entry if _intact(self.path, entry) else None
 
     @property
     def written(self) -> bool:
@@ -169,14 +166,20 @@ class _Folder:
             self._dirty = True
 
 
+def _intact(out: Path, entry: dict[str, Any]) -> bool:
+    """The entry's file is there with the sha256 the manifest recorded."""
+    from pipeline.models import file_sha256
+
+    f = out / entry["file"]
+    return f.is_file() and file_sha256(f) == entry["sha256"]
+
+
 def _kept_from_before(old: Manifest | None, made: dict[str, dict[str, Any]], out: Path) -> dict[str, dict[str, Any]]:
     """What an earlier export made, this one was not asked for, and is still made from the same graphs, its
     file intact: it stays in the manifest (exporting int8 again, say with --keep-fp32, must not drop the
     folder's fp16 graph and engines). An fp32 graph made anew (other weights, exporter, batch) drops it all."""
     if old is None or "fp32" not in made:
         return {}
-    from pipeline.models import file_sha256
-
     kept: dict[str, dict[str, Any]] = {}
     graphs = {e["precision"]: e["sha256"] for e in made.values() if e["kind"] == "onnx"}
     for kind in ("onnx", "engine"):  # graphs first: an engine stays only if the graph it came from does
@@ -184,8 +187,7 @@ def _kept_from_before(old: Manifest | None, made: dict[str, dict[str, Any]], out
             if name in made or e["kind"] != kind:
                 continue
             source = made["fp32"]["sha256"] if kind == "onnx" else graphs.get(e["precision"])
-            f = out / e["file"]
-            if e.get("source_sha256") == source and f.is_file() and file_sha256(f) == e["sha256"]:
+            if e.get("source_sha256") == source and _intact(out, e):
                 kept[name] = e
                 if kind == "onnx":
                     graphs[e["precision"]] = e["sha256"]

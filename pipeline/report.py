@@ -56,7 +56,9 @@ def export_table(result: ExportResult) -> Table:
     t = Table(title=f"resnetx export -> {_esc(result.folder)}", title_justify="left")
     for c in ("step", "status", "file", "size", "seconds", "note"):
         t.add_column(c, justify="right" if c in ("size", "seconds") else "left")
-    precisions = ("fp32", "fp16", "int8")
+    from pipeline.precisions import Precision
+
+    precisions = [p.value for p in Precision]  # the manifest's order too
 
     def order(e: Any) -> tuple[bool, bool, int]:  # graphs, then engines, by precision; the reference last
         last = e.step.split()[-1]
