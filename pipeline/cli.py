@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import shlex
 import sys
 import traceback
@@ -73,8 +74,9 @@ class CompileMode(str, Enum):
 def _console():  # rich is imported on first use so `--help` stays light
     from rich.console import Console
 
-    # Piped or captured output gets full-width tables instead of rich's 80-column default.
-    return Console(highlight=False, width=None if sys.stdout.isatty() else 180)
+    # Piped or captured output gets full-width tables instead of rich's 80-column default; COLUMNS still rules.
+    wide = not sys.stdout.isatty() and not os.environ.get("COLUMNS")
+    return Console(highlight=False, width=180 if wide else None)
 
 
 def handled(fn: F) -> F:
@@ -421,7 +423,7 @@ def bench(
     folder: DirArg = Path("artifacts/default"),
     runtime: Annotated[str | None, typer.Option(help="Runtimes: torch, ort, trt, ort-trt (default torch,ort; +trt on cuda; ort-trt = onnxruntime's TensorRT provider, on request).", rich_help_panel=RUN_PANEL)] = None,
     precision: Annotated[str | None, typer.Option(help="Only these precisions.", rich_help_panel=RUN_PANEL)] = None,
-    device: Annotated[Device, typer.Option(help="cpu or cuda.", rich_help_panel=RUN_PANEL)] = Device.cpu,
+    device: Annotated[Device, typer.Option(help="cpu, cuda, or auto (cuda when a GPU is visible).", rich_help_panel=RUN_PANEL)] = Device.cpu,
     batch: Annotated[str, typer.Option(help="Batch sizes, comma-separated.")] = "1,8,32",
     warmup: Annotated[int, typer.Option(min=0, help="Warm-up runs (at least).")] = 10,
     warmup_seconds: Annotated[float, typer.Option(min=0, help="Warm-up time (at least).")] = 0.5,

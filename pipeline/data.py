@@ -280,7 +280,7 @@ def _decode_image(path: Path, pre: Preprocess | None) -> np.ndarray:
                 im = im.crop((left, top, left + pre.image_size, top + pre.image_size))
             a = np.asarray(im, np.uint8)
     except Exception as e:
-        raise BadInput(f"image {path} cannot be decoded ({e})") from e
+        raise BadInput(f"image {path} cannot be decoded ({e}); remove or replace it") from e
     return a if a.ndim == 3 else a[..., None]
 
 

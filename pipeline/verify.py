@@ -18,7 +18,7 @@ from pipeline.artifacts import Manifest, atomic_write_text, check_sha, read_mani
 from pipeline.data import calibration_overlap_note, label_order_note
 from pipeline.export import export_command, reference_if_here
 from pipeline.precisions import PRECISIONS, Precision, Tolerance
-from pipeline.reference import DEFAULT_SAMPLES, reference_file, stored_reference, verify_inputs
+from pipeline.reference import DEFAULT_SAMPLES, Inputs, reference_file, stored_reference, verify_inputs
 from runtimes.base import Runtime, batch_chunks, open_runtime
 from runtimes.errors import BackendUnavailable, BadInput, CheckFailed, IncompatibleArtifact, ResnetxError
 
@@ -266,6 +266,7 @@ def verify(
     batch = opts.batch_size or (16 if info.image_size >= 96 else 64)
     inputs = verify_inputs(opts.data, opts.data_dir, opts.samples, info.preprocess, info.num_classes, seed=opts.seed)
     x, labels = inputs.x, inputs.labels
+    notes = _input_notes(inputs, opts.samples, info.num_classes)
     t_ref = time.perf_counter()
     done_ref = 0
 
@@ -278,7 +279,6 @@ def verify(
     ref, made_by = stored_reference(folder / reference_file(opts.data, opts.samples),
                                     manifest.model["state_sha256"], model, x, on_batch=ref_tick, missing=missing)
     stored = made_by is not None
-    notes = []
     if model is None:
         notes.append(f"{missing}: the reference is the stored fp32 PyTorch logits (computed with torch {made_by})")
     log.debug("reference: %d inputs, %s in %.1f s", len(x), "stored" if stored else "computed",
@@ -329,6 +329,18 @@ def verify(
     if report.report_path is not None:
         atomic_write_text(report.report_path, json.dumps(report.to_dict(), indent=2, default=_json) + "\n")
     return report
+
+
+def _input_notes(inputs: Inputs, asked: int, num_classes: int) -> list[str]:
+    """Say when the data gave less than was asked: fewer images, or labels that cannot score this model."""
+    notes = []
+    if len(inputs.x) < asked:
+        notes.append(f"{inputs.data} has {inputs.n_real} image(s): {len(inputs.x)} inputs ({inputs.n_real} + "
+                     f"{len(inputs.x) - inputs.n_real} extreme), not the {asked} --samples asked for")
+    if inputs.labels is None and inputs.class_names and len(inputs.class_names) != num_classes:
+        notes.append(f"accuracy n/a: {inputs.data} has {len(inputs.class_names)} classes, the model "
+                     f"{num_classes}; parity and agreement are measured all the same")
+    return notes
 
 
 def _unverified_engines(opts: VerifyOptions, manifest: Manifest) -> list[str]:

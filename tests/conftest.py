@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ from pipeline.export import ExportOptions, export
 from pipeline.models import ModelSpec
 from pipeline.precisions import Precision
 
+os.environ.pop("COLUMNS", None)  # captured CLI output is 180 columns wide, whatever terminal ran pytest
 HAS_RTX = importlib.util.find_spec("tensorrt_rtx") is not None
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 needs_rtx = pytest.mark.skipif(not HAS_RTX, reason="tensorrt_rtx not installed (pip install 'resnetx[tensorrt-rtx]')")

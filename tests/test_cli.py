@@ -199,6 +199,13 @@ def test_compare_with_a_report_that_shares_no_row(default_folder: Path, tmp_path
     r = invoke("bench", folder, "--runtime", "ort", "--precision", "fp32", "--batch", "1", "--iters", "2",
                "--min-seconds", "0", "--no-accuracy", "--compare", other)
     assert r.exit_code == 0 and "no timed row of" in r.output
+    earlier = tmp_path / "earlier.json"
+    earlier.write_bytes((folder / "reports" / "bench.json").read_bytes())
+    r = invoke("bench", folder, "--runtime", "ort", "--precision", "fp32", "--batch", "1", "--iters", "2",
+               "--min-seconds", "0", "--no-accuracy", "--compare", earlier)
+    assert r.exit_code == 0 and "(speedup > 1: faster now)" in r.output, r.output
+    row = next(line for line in r.output.splitlines() if line.strip("│ ").startswith("ort-cpu-fp32") and "x" in line)
+    assert row.count("x") >= 2, row  # speedup and throughput ratio
 
 
 def test_unwritable_out_is_one_line_exit_2(tmp_path: Path) -> None:

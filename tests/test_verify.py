@@ -104,8 +104,14 @@ def test_the_suggested_command_remakes_the_artifact_with_the_layer_kept(default_
 
     folder = copy_folder(default_folder, tmp_path / "f")
     before = read_manifest(folder).artifacts
-    loc = verify(VerifyOptions(folder=folder, samples=32, precisions=("int8",), localize=True)).rows[0].localization
-    cmd, jump = loc["suggestion"], loc["largest_jump_layer"]
+    shown = CliRunner().invoke(app, ["verify", str(folder), "--samples", "32", "--precision", "int8", "--localize"],
+                               catch_exceptions=False).output  # what the user sees
+    assert "error by depth vs model.fp32.onnx" in shown and "first divergent layer:" in shown, shown
+    tried = [line for line in shown.splitlines() if line.startswith("try: ")]
+    assert len(tried) == 1, shown  # one line, never wrapped, however long
+    cmd = tried[0].removeprefix("try: ")
+    jump = json.loads((folder / "reports" / "verify.json").read_text())["rows"][0]["localization"]["largest_jump_layer"]
+    assert f"largest jump: {jump}" in shown
     assert cmd.startswith(f"resnetx export --model default --out {folder} --precision int8 --calib-data sample "
                           "--calib-samples 256 --calib-method max --int8-target tensorrt --keep-fp32 "), cmd
     r = CliRunner().invoke(app, shlex.split(cmd)[1:], catch_exceptions=False)
@@ -300,3 +306,22 @@ def test_nothing_to_verify_says_what_the_folder_holds(small_folder: Path) -> Non
 
     with pytest.raises(BadInput, match=r"it holds fp32 \(ort\); export more"):
         verify(VerifyOptions(folder=small_folder, precisions=("int8",)))
+
+
+def test_notes_say_when_the_data_gives_less_than_asked(default_folder: Path, tmp_path: Path) -> None:
+    """A folder of 6 images in 2 classes, for a 10-class model: fewer inputs than --samples and no accuracy,
+    both said in a note rather than left to be read off the table's title and its n/a."""
+    from PIL import Image
+
+    rng = np.random.default_rng(3)
+    for cls in ("cat", "dog"):
+        (tmp_path / "imgs" / cls).mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(rng.integers(0, 256, (30, 30, 3), dtype=np.uint8)).save(tmp_path / "imgs" / cls / f"{i}.png")
+    r = verify(VerifyOptions(folder=copy_folder(default_folder, tmp_path / "f"), data=f"imagefolder:{tmp_path / 'imgs'}",
+                             samples=32, precisions=("fp32",)))
+    assert r.passed and r.samples == 10
+    assert any("has 6 image(s): 10 inputs (6 + 4 extreme), not the 32 --samples" in n for n in r.notes), r.notes
+    assert any("accuracy n/a" in n and "has 2 classes, the model 10" in n for n in r.notes), r.notes
+    full = verify(VerifyOptions(folder=default_folder, samples=32, precisions=("fp32",)))
+    assert not any("--samples" in n or "accuracy n/a" in n for n in full.notes), full.notes
