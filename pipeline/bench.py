@@ -381,6 +381,9 @@ def bench(opts: BenchOptions, *, on_row: Callable[[BenchRow], None] | None = Non
         if cuda_only:
             raise BadInput(f"{', '.join(cuda_only)} needs --device cuda (onnxruntime's CUDA provider layout, "
                            "CUDA graph replay, host<->device copies); on the CPU leave it out")
+    if opts.compile and opts.cuda_graph and opts.compile_mode in ("reduce-overhead", "max-autotune"):
+        raise BadInput(f"--compile-mode {opts.compile_mode} captures CUDA graphs itself, and one cannot be captured "
+                       "inside another: leave out --cuda-graph, or use --compile-mode max-autotune-no-cudagraphs")
     if opts.device == "cuda":
         require_cuda()
     threads_before = torch.get_num_threads()

@@ -372,3 +372,11 @@ def test_runtimes_close_in_reverse_order_so_process_flags_unwind(default_folder:
     b.close()
     a.close()
     assert torch.backends.cudnn.benchmark == before
+
+
+@pytest.mark.parametrize("mode", ["reduce-overhead", "max-autotune"])
+def test_cuda_graph_inside_a_compile_mode_that_captures_graphs_is_refused(default_folder: Path, mode: str) -> None:
+    """Those modes capture CUDA graphs themselves; --cuda-graph would try to capture one inside another."""
+    with pytest.raises(BadInput, match=f"--compile-mode {mode} captures CUDA graphs itself"):
+        bench(BenchOptions(folder=default_folder, device="cuda", batches=(1,), iters=1, compile=True,
+                           cuda_graph=True, compile_mode=mode))
