@@ -71,3 +71,28 @@ def test_shipped_model_accuracy_full_test_set() -> None:
     ds = open_dataset("fashion-mnist", split="test")
     assert evaluate(model, ds, info.preprocess) >= 92.0
     assert sum(len(b.x) for b in iter_batches(ds, info.preprocess, 1000)) == 10000
+
+
+def test_train_then_export_through_the_cli(tmp_path: Path) -> None:
+    """The README's flow: resnetx train writes a checkpoint and its card; export --weights takes it."""
+    from typer.testing import CliRunner
+
+    from pipeline.cli import app
+
+    (tmp_path / "fm").mkdir()
+    _tiny_fashion(tmp_path / "fm")
+    ckpt = tmp_path / "m.pt"
+    r = CliRunner().invoke(app, ["train", "--model", "resnet8", "--data-dir", str(tmp_path / "fm"), "--epochs", "2",
+                                 "--batch-size", "32", "--limit", "256", "--eval-limit", "64", "--device", "cpu",
+                                 "--out", str(ckpt)], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    assert "epoch   2:" in r.output and "best test top-1" in r.output and ckpt.is_file()
+    card = json.loads(ckpt.with_suffix(".json").read_text())
+    assert len(card["history"]) == 2 and card["config"]["limit"] == 256 and card["best_epoch"] in (1, 2)
+    r = CliRunner().invoke(app, ["export", "--model", "resnet8", "--weights", str(ckpt), "--precision", "fp32",
+                                 "--exporter", "legacy", "--reference-samples", "0", "--out", str(tmp_path / "a")],
+                           catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    model = json.loads((tmp_path / "a" / "manifest.json").read_text())["model"]
+    assert model["arch"] == "resnet8" and (model["in_chans"], model["image_size"]) == (1, 28)
+    assert model["weights"] == str(ckpt.resolve()) and model["class_names"][0] == "T-shirt/top"
