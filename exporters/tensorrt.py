@@ -19,6 +19,7 @@ __all__ = [
     "import_flavor",
     "available_flavors",
     "build_engine",
+    "gpu_target",
 ]
 
 log = logging.getLogger(__name__)
@@ -82,7 +83,7 @@ def _logger(trt: Any, sink: list[str]) -> Any:
     return _Log()
 
 
-def _gpu_target() -> dict[str, Any]:
+def gpu_target() -> dict[str, Any]:
     try:
         import torch
 
@@ -159,7 +160,7 @@ def build_engine(
             config.set_compute_capability(getattr(trt.ComputeCapability, cc), i)
         target = {"compute_capabilities": list(ccs)}
     else:
-        target = _gpu_target()
+        target = gpu_target()
         cache_bytes = timing_cache.read_bytes() if timing_cache and timing_cache.is_file() else b""
         cache = config.create_timing_cache(cache_bytes)
         config.set_timing_cache(cache, ignore_mismatch=False)

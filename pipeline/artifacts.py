@@ -187,11 +187,13 @@ def check_sha(folder: Path, entry: dict[str, Any]) -> Path:
 
     path = Path(folder) / entry["file"]
     if not path.is_file():
-        raise BadInput(f"{path} named in the manifest is missing; re-run resnetx export")
+        raise BadInput(f"{path} named in the manifest is missing; restore it, or re-run the resnetx export that made "
+                       f"{folder} (--out {folder}, with its model options)")
     if file_sha256(path) != entry["sha256"]:
         raise CheckFailed(
             f"{path.name} changed after export (sha256 differs from manifest.json); "
-            "its provenance is unknown: re-run resnetx export --force"
+            f"its provenance is unknown: re-run the resnetx export that made {folder} (--out {folder}, with its "
+            "model options) with --force"
         )
     return path
 

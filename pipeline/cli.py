@@ -252,8 +252,9 @@ def _announce_model(info: Any) -> None:
 
 
 # --------------------------------------------------------------------------- export
-def _do_export(opts: Any) -> Any:
-    from pipeline.export import export as run_export
+def _do_export(opts: Any, engines_only: tuple[Any, ...] | None = None) -> Any:
+    """Export (or, given engines_only, the precisions whose engines to build from the folder's graphs; () for all)."""
+    from pipeline.export import export as run_export, export_engines
     from pipeline.report import export_table
 
     console = _console()
@@ -261,8 +262,12 @@ def _do_export(opts: Any) -> Any:
         def on_step(ev: Any) -> None:
             status.update(f"{ev.step}: {ev.status} {ev.file or ''}")
 
-        result = run_export(opts, on_step=on_step, on_progress=status.update)
-    _announce_model(result.info)
+        if engines_only is None:
+            result = run_export(opts, on_step=on_step, on_progress=status.update)
+        else:
+            result = export_engines(opts, engines_only or None, on_step=on_step, on_progress=status.update)
+    if engines_only is None:
+        _announce_model(result.info)
     console.print(export_table(result))
     for n in result.notices:
         console.print(f"[yellow]note:[/] {escape(n)}")
@@ -279,7 +284,7 @@ def export(
     image_size: SizeOpt = None,
     trust_checkpoint: TrustOpt = False,
     out: OutOpt = None,
-    precision: Annotated[str, typer.Option(help="Comma-separated: fp32,fp16,int8 (fp32 is always made: it is the source).")] = "fp32",
+    precision: Annotated[str | None, typer.Option(help="Comma-separated: fp32,fp16,int8 (fp32 is always made: it is the source). Default fp32; with --engines-only, every graph in the folder.")] = None,
     exporter: Annotated[Exporter, typer.Option(help="dynamo (torch.export) or legacy (TorchScript).")] = Exporter.dynamo,
     opset: Annotated[int, typer.Option(help="ONNX opset.")] = 18,
     dynamic_batch: Annotated[bool, typer.Option(help="Dynamic batch dimension (--no-dynamic-batch: the graph and engines take one batch size, --static-batch).")] = True,
@@ -298,19 +303,35 @@ def export(
     rtx_compute_capability: Annotated[str | None, typer.Option(help="TensorRT-RTX targets, e.g. SM86,SM89 (default SM80,SM86,SM89,SM120).", rich_help_panel="TensorRT")] = None,
     reference_samples: Annotated[int, typer.Option(min=0, help="Store fp32 PyTorch logits on verify's default inputs (sample data) in reports/reference.sample.N.npz, so verify need not re-run PyTorch; 0: skip.")] = 512,
     force: Annotated[bool, typer.Option(help="Rebuild everything asked for, ignoring the cache; the folder then holds only what this export made.")] = False,
+    engines_only: Annotated[bool, typer.Option(help="Build engines from the ONNX graphs already in --out, without the model or its weights: for a folder copied to the GPU it will run on (engines are tied to their GPU and TensorRT version).", rich_help_panel="TensorRT")] = False,
 ) -> None:
     """Export a model to ONNX (fp32, fp16, int8) and TensorRT engines, with a manifest."""
     from pipeline.export import ExportOptions
-    from pipeline.precisions import parse_precisions
+    from pipeline.precisions import Precision, parse_precisions
     from runtimes.errors import BadInput
 
     br = _ints(batch_range, "--batch-range") if batch_range else None
     if br is not None and len(br) != 3:
         raise BadInput(f"--batch-range takes MIN,OPT,MAX; got {batch_range!r}")
+    if engines_only:
+        model_opts = [o for o, given in (("--model", model != "default"), ("--weights", weights), ("--keep-fp32", keep_fp32),
+                                         ("--static-batch", static_batch), ("--calib-data", calib_data != "sample"))
+                      if given]
+        if model_opts:
+            raise BadInput(f"--engines-only builds from the graphs already in the folder; {', '.join(model_opts)} "
+                           "would change those graphs: export them first without --engines-only")
+        asked = parse_precisions(precision) if precision else None
+        if asked and "fp32" not in precision.lower():  # parse_precisions adds fp32, the source of an export
+            asked.remove(Precision.fp32)
+        _do_export(ExportOptions(out=out or Path("artifacts") / model, engine=engine.value, batch_range=br,
+                                 workspace_mb=workspace_mb, opt_level=opt_level, force=force,  # type: ignore[arg-type]
+                                 rtx_compute_capabilities=_csv(rtx_compute_capability) or None),
+                   engines_only=tuple(asked) if asked else ())
+        return
     opts = ExportOptions(
         model=_model_spec(model, weights, num_classes, in_chans, image_size, trust_checkpoint),
         out=out or Path("artifacts") / model,
-        precisions=tuple(parse_precisions(precision)), exporter=exporter.value, opset=opset,
+        precisions=tuple(parse_precisions(precision or "fp32")), exporter=exporter.value, opset=opset,
         dynamic_batch=dynamic_batch and static_batch is None, static_batch=static_batch or 1, calib_data=calib_data, calib_dir=calib_dir, calib_samples=calib_samples,
         calib_method=calib_method.value, int8_target=int8_target.value, keep_fp32=_csv(keep_fp32),
         int8_quantize_ends=int8_quantize_ends,

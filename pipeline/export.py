@@ -9,7 +9,7 @@ import shlex
 import shutil
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,8 @@ import torch
 
 from exporters.onnx import DEFAULT_OPSET, OnnxArtifact, compare_graphs, export_onnx
 from exporters.tensorrt import RTX_PORTABLE_CCS
-from pipeline.artifacts import MANIFEST, Manifest, export_lock, layer_note, read_manifest, tool_versions, write_manifest
+from pipeline.artifacts import (MANIFEST, Manifest, check_sha, export_lock, layer_note, read_manifest, tool_versions,
+                                write_manifest)
 from pipeline.data import FASHION_MNIST_CLASSES, Dataset, calibration_split, iter_batches, open_dataset
 from pipeline.models import ModelInfo, ModelSpec, load_model
 from pipeline.precisions import PRECISIONS, Precision
@@ -30,6 +31,7 @@ __all__ = [
     "StepEvent",
     "ExportResult",
     "export",
+    "export_engines",
     "state_sha256",
     "engine_file",
     "default_batch_range",
@@ -399,34 +401,7 @@ def export(
                                "calibrate with --calib-data imagefolder:DIR on a few hundred of your training images")
 
         if flavor:
-            from exporters.tensorrt import build_engine
-
-            profile = _engine_profile(opts, info)
-            ccs = tuple(opts.rtx_compute_capabilities or RTX_PORTABLE_CCS)
-            timing = out / "timing.cache"
-            for p in opts.precisions:
-                src = artifacts[p.value]
-                name = f"{p.value}.{flavor}"
-                key = _key(step="engine", source=src["sha256"], flavor=flavor, profile=profile, ws=opts.workspace_mb,
-                           opt=opts.opt_level, ccs=ccs if flavor == "rtx" else None, tf32=p != Precision.fp32,
-                           trt=versions.get("tensorrt") or versions.get("tensorrt-rtx-cu13") or versions.get("tensorrt-cu13"))
-                if entry := folder.cached(name, key, opts.force):
-                    artifacts[name] = entry
-                    emit(StepEvent(f"engine {p.value}", "cached", entry["file"], entry["size_bytes"]))
-                    continue
-                folder.before_write()
-                progress(f"engine {p.value}: building with {flavor}")
-                e = build_engine(out / src["file"], out / engine_file(p.value, flavor), flavor=flavor,
-                                 precision=p.value, input_chw=info.input_shape, profile=profile,
-                                 workspace_mb=opts.workspace_mb, opt_level=opts.opt_level,
-                                 timing_cache=timing if flavor == "tensorrt" else None, compute_capabilities=ccs)
-                artifacts[name] = {"kind": "engine", "file": e.path.name, "sha256": e.sha256, "precision": p.value,
-                                   "flavor": flavor, "trt_version": e.version, "profile": list(e.profile),
-                                   "build_seconds": round(e.seconds, 3), "size_bytes": e.size_bytes,
-                                   "source_sha256": e.source_sha256, "source_file": src["file"], "key": key,
-                                   **e.target}
-                emit(StepEvent(f"engine {p.value}", "built", e.path.name, e.size_bytes, e.seconds,
-                               f"{flavor} {e.version}; " + layer_note(e.target.get("network"), p.value)))
+            _build_engines(opts, info, out, folder, artifacts, opts.precisions, flavor, versions, emit, progress)
 
         model_section = {**info.to_dict(), "spec": _spec_dict(opts.model), "state_sha256": weights_sha}
         if opts.model.arch == "default":
@@ -437,9 +412,7 @@ def export(
             emit(StepEvent(step, "kept", entry["file"], entry["size_bytes"], note="from an earlier export"))
             if name == "int8" and calibration is None and old is not None:
                 calibration = old.calibration
-        order = [p.value for p in Precision]
-        artifacts = dict(sorted(artifacts.items(), key=lambda kv: (kv[1]["kind"] != "onnx",
-                                                                   order.index(kv[1]["precision"]), kv[0])))
+        artifacts = _in_artifact_order(artifacts)
         manifest = Manifest(model=model_section, artifacts=artifacts, calibration=calibration, versions=versions)
         if old and not folder.written and old.to_dict() | {"created": ""} == manifest.to_dict() | {"created": ""}:
             manifest = old  # nothing changed: keep the folder byte-for-byte as it was
@@ -465,6 +438,105 @@ def export(
             emit(StepEvent("reference", "cached" if hit else "built", str(path), (out / path).stat().st_size,
                            0.0 if hit else time.perf_counter() - start,
                            f"fp32 PyTorch logits, {len(inputs.x)} inputs, for verify"))
+    return ExportResult(out, manifest, events, info, notices)
+
+
+def _build_engines(opts: ExportOptions, info: ModelInfo, out: Path, folder: _Folder, artifacts: dict[str, dict[str, Any]],
+                   precisions: tuple[Precision, ...], flavor: str, versions: dict[str, str],
+                   emit: Callable[[StepEvent], None], progress: Callable[[str], None]) -> None:
+    """One engine per precision from its ONNX graph in `artifacts`, cached by graph, options, TensorRT version and,
+    for enterprise TensorRT (whose engines are tied to the GPU they were built on), this GPU."""
+    from exporters.tensorrt import build_engine, gpu_target
+
+    profile = _engine_profile(opts, info)
+    ccs = tuple(opts.rtx_compute_capabilities or RTX_PORTABLE_CCS)
+    gpu = gpu_target() if flavor == "tensorrt" else None
+    timing = out / "timing.cache"
+    for p in precisions:
+        src = artifacts[p.value]
+        name = f"{p.value}.{flavor}"
+        key = _key(step="engine", source=src["sha256"], flavor=flavor, profile=profile, ws=opts.workspace_mb,
+                   opt=opts.opt_level, ccs=ccs if flavor == "rtx" else None, tf32=p != Precision.fp32, gpu=gpu,
+                   trt=versions.get("tensorrt") or versions.get("tensorrt-rtx-cu13") or versions.get("tensorrt-cu13"))
+        if entry := folder.cached(name, key, opts.force):
+            artifacts[name] = entry
+            emit(StepEvent(f"engine {p.value}", "cached", entry["file"], entry["size_bytes"]))
+            continue
+        folder.before_write()
+        progress(f"engine {p.value}: building with {flavor}")
+        e = build_engine(out / src["file"], out / engine_file(p.value, flavor), flavor=flavor,
+                         precision=p.value, input_chw=info.input_shape, profile=profile,
+                         workspace_mb=opts.workspace_mb, opt_level=opts.opt_level,
+                         timing_cache=timing if flavor == "tensorrt" else None, compute_capabilities=ccs)
+        artifacts[name] = {"kind": "engine", "file": e.path.name, "sha256": e.sha256, "precision": p.value,
+                           "flavor": flavor, "trt_version": e.version, "profile": list(e.profile),
+                           "build_seconds": round(e.seconds, 3), "size_bytes": e.size_bytes,
+                           "source_sha256": e.source_sha256, "source_file": src["file"], "key": key,
+                           **e.target}
+        emit(StepEvent(f"engine {p.value}", "built", e.path.name, e.size_bytes, e.seconds,
+                       f"{flavor} {e.version}; " + layer_note(e.target.get("network"), p.value)))
+
+
+def _in_artifact_order(artifacts: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Graphs, then engines, each by precision (the Precision enum's order), as the manifest lists them."""
+    order = [p.value for p in Precision]
+    return dict(sorted(artifacts.items(), key=lambda kv: (kv[1]["kind"] != "onnx", order.index(kv[1]["precision"]),
+                                                          kv[0])))
+
+
+def export_engines(
+    opts: ExportOptions,
+    precisions: tuple[Precision, ...] | None = None,
+    on_step: Callable[[StepEvent], None] | None = None,
+    on_progress: Callable[[str], None] | None = None,
+) -> ExportResult:
+    """Engines from the ONNX graphs already in opts.out, without the model or its weights (`export --engines-only`).
+
+    TensorRT engines are tied to the GPU and TensorRT version they are built with: a folder exported on a
+    workstation and copied to where it runs (a Jetson, another server) gets its engines built there, from
+    the very graphs the manifest pins (each checked against its sha256 first). `precisions` None: every graph."""
+    out = Path(opts.out)
+    old = read_manifest(out)
+    notices: list[str] = []
+    flavor = _resolve_engine("auto" if opts.engine == "none" else opts.engine, notices)
+    if flavor is None:
+        from runtimes.errors import BackendUnavailable
+
+        raise BackendUnavailable("--engines-only found no TensorRT to build with: pip install tensorrt-cu13 (or "
+                                 "tensorrt-rtx-cu13 for RTX GPUs), then give --engine tensorrt or rtx")
+    graphs = {e["precision"]: e for e in old.artifacts.values() if e["kind"] == "onnx"}
+    wanted = precisions or tuple(p for p in Precision if p.value in graphs)
+    if missing := [p.value for p in wanted if p.value not in graphs]:
+        raise BadInput(f"{out} holds no {', '.join(missing)} ONNX graph ({old.holdings()}); export it first, or "
+                       "leave it out of --precision")
+    for p in wanted:
+        check_sha(out, graphs[p.value])  # an engine from a graph changed after export would carry a false provenance
+    if Precision.int8 in wanted and (old.calibration or {}).get("recipe") == "cpu":
+        raise BadInput("the int8 graph uses the cpu recipe (int32 biases), which TensorRT's parser rejects; "
+                       "re-export int8 with --int8-target tensorrt, or leave int8 out of --precision")
+    info = ModelInfo.from_dict(old.model)
+    fixed = graphs[wanted[0].value].get("static_batch")
+    opts = replace(opts, dynamic_batch=not fixed, static_batch=fixed or 1)
+    _engine_profile(opts, info)  # a --batch-range that does not fit a fixed-batch graph: refused before any build
+    events: list[StepEvent] = []
+
+    def emit(ev: StepEvent) -> None:
+        events.append(ev)
+        if on_step:
+            on_step(ev)
+
+    versions = {**old.versions, **{k: v for k, v in tool_versions().items() if k.startswith("tensorrt")}}
+    with export_lock(out):
+        folder = _Folder(out, old)
+        artifacts = dict(old.artifacts)
+        _build_engines(opts, info, out, folder, artifacts, wanted, flavor, versions, emit,
+                       on_progress or (lambda _msg: None))
+        manifest = Manifest(model=old.model, artifacts=_in_artifact_order(artifacts), calibration=old.calibration,
+                            versions=versions)
+        if folder.written:
+            write_manifest(out, manifest)
+        else:
+            manifest = old  # every engine was cached: the folder stays byte-for-byte as it was
     return ExportResult(out, manifest, events, info, notices)
 
 

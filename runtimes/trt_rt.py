@@ -12,7 +12,7 @@ import numpy as np
 from runtimes.base import Runtime
 from runtimes.errors import BackendUnavailable, BadInput, IncompatibleArtifact
 
-__all__ = ["TrtRuntime", "open_trt", "check_engine_compatible"]
+__all__ = ["TrtRuntime", "open_trt", "check_engine_compatible", "rebuild_command"]
 
 log = logging.getLogger(__name__)
 _MODULES = {"tensorrt": ("tensorrt", "tensorrt-cu13"), "rtx": ("tensorrt_rtx", "tensorrt-rtx-cu13")}
@@ -30,19 +30,37 @@ def _gpu() -> tuple[str, str]:
     return torch.cuda.get_device_name(0), f"{major}.{minor}"
 
 
-def check_engine_compatible(entry: dict[str, Any], installed_version: str, gpu_cc: str) -> None:
+def rebuild_command(folder: Path, entry: dict[str, Any], gpu_cc: str | None = None) -> str:
+    """The command that builds this engine again on this machine, from the folder's own ONNX graph: it needs
+    neither the model nor its weights, which a folder copied to its target GPU may not have."""
+    import shlex
+
+    flavor = entry.get("flavor", "tensorrt")
+    if flavor == "rtx" and gpu_cc and gpu_cc not in _RTX_CCS.values():  # a GPU TensorRT-RTX does not target
+        flavor = "tensorrt"
+    args = ["resnetx", "export", "--out", str(folder), "--engines-only", "--engine", flavor,
+            "--precision", str(entry.get("precision", "fp32"))]
+    if entry.get("profile"):
+        args += ["--batch-range", ",".join(map(str, entry["profile"]))]
+    if flavor == "rtx" and gpu_cc:
+        args += ["--rtx-compute-capability", "SM" + gpu_cc.replace(".", "")]
+    return " ".join(shlex.quote(a) for a in [*args, "--force"])
+
+
+def check_engine_compatible(entry: dict[str, Any], installed_version: str, gpu_cc: str,
+                            folder: Path = Path("DIR")) -> None:
     """Refuse an engine built for another TensorRT version or GPU, before touching its bytes."""
     flavor = entry.get("flavor", "?")
-    rebuild = "rebuild it here with: resnetx export --engine " + flavor + " --force"
+    rebuild = "rebuild it here with: " + rebuild_command(folder, entry, gpu_cc)
     if entry.get("trt_version") != installed_version:
         raise IncompatibleArtifact(
             f"{entry['file']} was built with {flavor} {entry.get('trt_version')}, this machine has {installed_version}; {rebuild}")
     if flavor == "rtx":
         ccs = [_RTX_CCS.get(c, c) for c in entry.get("compute_capabilities", [])]
         if gpu_cc not in ccs:
+            why = " (TensorRT-RTX does not run on 9.0 H100/H200: use --engine tensorrt there)" if gpu_cc == "9.0" else ""
             raise IncompatibleArtifact(
-                f"{entry['file']} targets compute capabilities {', '.join(ccs)}; this GPU is {gpu_cc} "
-                f"(TensorRT-RTX does not run on 9.0 H100/H200); {rebuild} --rtx-compute-capability ...")
+                f"{entry['file']} targets compute capabilities {', '.join(ccs)}; this GPU is {gpu_cc}{why}; {rebuild}")
     elif entry.get("compute_capability") and entry["compute_capability"] != gpu_cc:
         raise IncompatibleArtifact(
             f"{entry['file']} was built on a {entry.get('gpu')} (compute {entry['compute_capability']}); "
@@ -63,7 +81,7 @@ class TrtRuntime(Runtime):
         except ImportError as e:
             raise BackendUnavailable(f"{module} is not installed: pip install {pip}") from e
         _, cc = _gpu()
-        check_engine_compatible(entry, str(trt.__version__), cc)
+        check_engine_compatible(entry, str(trt.__version__), cc, Path(path).parent)
         import torch
 
         self._torch = torch
@@ -71,7 +89,8 @@ class TrtRuntime(Runtime):
         runtime = trt.Runtime(self._trt_logger)
         self._engine = runtime.deserialize_cuda_engine(Path(path).read_bytes())
         if self._engine is None:
-            raise IncompatibleArtifact(f"{Path(path).name} could not be deserialized; rebuild it with resnetx export --force")
+            raise IncompatibleArtifact(f"{Path(path).name} could not be deserialized; rebuild it with: "
+                                       f"{rebuild_command(Path(path).parent, entry, cc)}")
         self._cache_file: Path | None = None
         if flavor == "rtx":  # kernels are JIT-compiled for this GPU here: reuse the ones a past run compiled
             self._ctx = self._rtx_context_with_cache(Path(path).with_suffix(".runtime_cache"))

@@ -202,3 +202,59 @@ def test_calibrating_on_the_bundled_sample_is_flagged_for_other_models(default_f
                                      precisions=(Precision.fp32, Precision.int8), calib_data="synthetic",
                                      calib_samples=64, reference_samples=0))
     assert not any(flag in n for n in synthetic.notices) and any("synthetic noise" in n for n in synthetic.notices)
+
+
+@needs_rtx
+def test_engines_only_builds_from_the_folder_without_the_weights(default_folder: Path, tmp_path: Path) -> None:
+    """A folder copied to its target GPU, the checkpoint left behind: engines are built there from the graphs
+    the manifest pins, and the rebuild command the TensorRT runner prints runs as printed."""
+    import shlex
+
+    from typer.testing import CliRunner
+
+    from pipeline.artifacts import write_manifest
+    from pipeline.cli import app
+    from runtimes.trt_rt import rebuild_command
+
+    def cli(*args: object) -> object:
+        return CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=False)
+
+    folder = copy_folder(default_folder, tmp_path / "f")
+    m = read_manifest(folder)
+    m.model["spec"] = {**m.model["spec"], "weights": "/elsewhere/resnet20.pth"}  # not on this machine
+    write_manifest(folder, m)
+    graphs = {k: e["sha256"] for k, e in m.artifacts.items()}
+    r = cli("export", "--out", folder, "--engines-only", "--engine", "rtx", "--precision", "fp16,int8",
+            "--rtx-compute-capability", "SM86")
+    assert r.exit_code == 0, r.output
+    after = read_manifest(folder)
+    assert set(after.artifacts) == {"fp32", "fp16", "int8", "fp16.rtx", "int8.rtx"}  # fp32 asked for nothing
+    assert {k: after.artifacts[k]["sha256"] for k in graphs} == graphs  # the graphs are untouched
+    for p in ("fp16", "int8"):
+        e = after.artifacts[f"{p}.rtx"]
+        assert e["source_sha256"] == graphs[p] and e["compute_capabilities"] == ["SM86"]
+    assert audit_folder(folder)["intact"]
+    before = (folder / "manifest.json").read_bytes()
+    again = cli("export", "--out", folder, "--engines-only", "--engine", "rtx", "--precision", "fp16,int8",
+                "--rtx-compute-capability", "SM86")
+    assert again.output.count("cached") == 2 and (folder / "manifest.json").read_bytes() == before
+    cmd = rebuild_command(folder, after.artifacts["int8.rtx"], "8.9")
+    r = CliRunner().invoke(app, shlex.split(cmd)[1:], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    assert read_manifest(folder).artifacts["int8.rtx"]["compute_capabilities"] == ["SM89"]
+    assert read_manifest(folder).artifacts["fp16.rtx"]["compute_capabilities"] == ["SM86"]  # the others stay
+
+    for args, code, msg in (
+        (["--weights", "w.pth"], 2, "--weights would change those graphs"),
+        (["--precision", "int8", "--batch-range", "1,2"], 2, "MIN,OPT,MAX"),
+    ):
+        r = cli("export", "--out", folder, "--engines-only", "--engine", "rtx", *args)
+        assert r.exit_code == code and msg in r.output, r.output
+    fp32_only = tmp_path / "g"
+    export(ExportOptions(out=fp32_only, reference_samples=0))
+    r = cli("export", "--out", fp32_only, "--engines-only", "--engine", "rtx", "--precision", "int8")
+    assert r.exit_code == 2 and "holds no int8 ONNX graph" in r.output, r.output
+    with open(folder / "model.fp16.onnx", "ab") as f:  # an engine from a changed graph would lie about its source
+        f.write(b"\0")
+    r = cli("export", "--out", folder, "--engines-only", "--engine", "rtx", "--precision", "fp16", "--force")
+    assert r.exit_code == 1 and "changed after export" in r.output, r.output

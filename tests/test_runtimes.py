@@ -78,6 +78,23 @@ def test_engine_compatibility_checked_before_bytes() -> None:
         check_engine_compatible(ent, "10.9", "9.0")
 
 
+def test_the_rebuild_command_needs_only_the_folder() -> None:
+    """It builds from the folder's graphs (--engines-only): a folder copied to its GPU may lack the weights.
+    It names a flavor and a target that this GPU takes."""
+    from runtimes.trt_rt import rebuild_command
+
+    sm89 = {**ENTRY, "compute_capabilities": ["SM89"]}
+    with pytest.raises(IncompatibleArtifact) as e:
+        check_engine_compatible(sm89, "1.7.1.116", "8.6", Path("/a/f"))
+    assert str(e.value).endswith("rebuild it here with: resnetx export --out /a/f --engines-only --engine rtx "
+                                 "--precision fp16 --batch-range 1,8,64 --rtx-compute-capability SM86 --force")
+    with pytest.raises(IncompatibleArtifact, match="use --engine tensorrt there") as e:
+        check_engine_compatible(ENTRY, "1.7.1.116", "9.0", Path("/a/f"))
+    assert "--engines-only --engine tensorrt --precision fp16 --batch-range 1,8,64 --force" in str(e.value)
+    assert rebuild_command(Path("my dir"), {"flavor": "tensorrt", "precision": "int8"}, "8.7") == \
+        "resnetx export --out 'my dir' --engines-only --engine tensorrt --precision int8 --force"
+
+
 def test_trt_runner_without_gpu_says_so(tmp_path: Path) -> None:
     if torch.cuda.is_available():
         pytest.skip("a GPU is present")
