@@ -145,10 +145,11 @@ class _Folder:
     """Writes into the artifact folder; the first write removes the old manifest, so a crash
     between here and the new manifest leaves a folder that every command reports as incomplete."""
 
-    def __init__(self, path: Path, old: Manifest | None) -> None:
+    def __init__(self, path: Path, old: Manifest | None, *, keep_manifest: bool = False) -> None:
         self.path = path
         self.old = old
         self._dirty = False
+        self._keep_manifest = keep_manifest  # the caller rewrites it after each step instead
 
     def cached(self, name: str, key: str, force: bool) -> dict[str, Any] | None:
         if force or self.old is None:
@@ -163,9 +164,9 @@ class _Folder:
         return self._dirty
 
     def before_write(self) -> None:
-        if not self._dirty:
+        if not self._dirty and not self._keep_manifest:
             (self.path / MANIFEST).unlink(missing_ok=True)
-            self._dirty = True
+        self._dirty = True
 
 
 def _intact(out: Path, entry: dict[str, Any]) -> bool:
@@ -527,16 +528,23 @@ def export_engines(
 
     versions = {**old.versions, **{k: v for k, v in tool_versions().items() if k.startswith("tensorrt")}}
     with export_lock(out):
-        folder = _Folder(out, old)
+        # The manifest is not removed first, as export does: without the model this folder cannot be exported
+        # again here. Engine files are replaced atomically, and the manifest is rewritten after every engine
+        # (a failed build keeps the ones before it), so each entry always describes the file beside it.
+        folder = _Folder(out, old, keep_manifest=True)
         artifacts = dict(old.artifacts)
-        _build_engines(opts, info, out, folder, artifacts, wanted, flavor, versions, emit,
+        manifest = old  # every engine cached: the folder stays byte-for-byte as it was
+
+        def record(ev: StepEvent) -> None:
+            nonlocal manifest
+            if ev.status == "built":
+                manifest = Manifest(model=old.model, artifacts=_in_artifact_order(artifacts),
+                                    calibration=old.calibration, versions=versions)
+                write_manifest(out, manifest)
+            emit(ev)
+
+        _build_engines(opts, info, out, folder, artifacts, wanted, flavor, versions, record,
                        on_progress or (lambda _msg: None))
-        manifest = Manifest(model=old.model, artifacts=_in_artifact_order(artifacts), calibration=old.calibration,
-                            versions=versions)
-        if folder.written:
-            write_manifest(out, manifest)
-        else:
-            manifest = old  # every engine was cached: the folder stays byte-for-byte as it was
     return ExportResult(out, manifest, events, info, notices)
 
 

@@ -258,3 +258,28 @@ def test_engines_only_builds_from_the_folder_without_the_weights(default_folder:
         f.write(b"\0")
     r = cli("export", "--out", folder, "--engines-only", "--engine", "rtx", "--precision", "fp16", "--force")
     assert r.exit_code == 1 and "changed after export" in r.output, r.output
+
+
+@needs_rtx
+def test_engines_only_failure_keeps_the_manifest_and_the_engines_before_it(default_folder: Path, tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without the model the folder cannot be exported again there: a failed engine build must not take the
+    manifest with it (export removes it first), and the engines built before it stay listed."""
+    import exporters.tensorrt as trt_exporter
+    from pipeline.export import export_engines
+    from runtimes.errors import ResnetxError
+
+    folder = copy_folder(default_folder, tmp_path / "f")
+    real = trt_exporter.build_engine
+
+    def int8_fails(*args, **kwargs):
+        if kwargs["precision"] == "int8":
+            raise ResnetxError("rtx failed to build an engine from model.int8.onnx: out of memory")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(trt_exporter, "build_engine", int8_fails)
+    with pytest.raises(ResnetxError, match="out of memory"):
+        export_engines(ExportOptions(out=folder, engine="rtx", rtx_compute_capabilities=("SM89",)))
+    m = read_manifest(folder)
+    assert set(m.artifacts) == {"fp32", "fp16", "int8", "fp32.rtx", "fp16.rtx"}
+    assert audit_folder(folder)["intact"] and not (folder / "model.int8.rtx.engine").exists()
