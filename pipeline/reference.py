@@ -92,6 +92,31 @@ def _key(state_sha256: str, x: np.ndarray) -> str:
     return hashlib.sha256(state_sha256.encode() + str(x.shape).encode() + x.tobytes()).hexdigest()
 
 
+def _row_keys(state_sha256: str, x: np.ndarray) -> list[str]:
+    """One hash per input: a stored reference serves any subset of its inputs (verify --samples 64 after an
+    export stored 512: the first real images and the extreme ones are the same arrays)."""
+    return [hashlib.sha256(state_sha256.encode() + str(r.shape).encode() + r.tobytes()).hexdigest() for r in x]
+
+
+def _from_stored_rows(folder: Path, state_sha256: str, model: torch.nn.Module | None,
+                      x: np.ndarray) -> tuple[np.ndarray, str] | None:
+    """Logits for x gathered from a stored reference whose inputs include every row of x, if one does."""
+    wanted: list[str] | None = None
+    for f in sorted(folder.glob("reference.*.npz")):
+        try:
+            with np.load(f) as z:
+                made_by = str(z["torch"])
+                if "rows" not in z.files or (model is not None and made_by != torch.__version__):
+                    continue
+                index = {k: i for i, k in enumerate(z["rows"].tolist())}
+                wanted = wanted or _row_keys(state_sha256, x)
+                if all(k in index for k in wanted):
+                    return z["logits"][[index[k] for k in wanted]], made_by
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+            continue
+    return None
+
+
 def stored_reference(path: Path, state_sha256: str, model: torch.nn.Module | None, x: np.ndarray,
                      on_batch: Callable[[int], None] | None = None,
                      missing: str = "") -> tuple[np.ndarray, str | None]:
@@ -110,11 +135,15 @@ def stored_reference(path: Path, state_sha256: str, model: torch.nn.Module | Non
                     return z["logits"], made_by
         except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
             pass  # unreadable, truncated or an older format: recompute
+    if path.parent.is_dir() and (found := _from_stored_rows(path.parent, state_sha256, model, x)):
+        return found
     if model is None:
         raise BadInput(f"{missing}, and no stored reference logits match these inputs (export stores them "
-                       f"for --data sample --samples {DEFAULT_SAMPLES}); restore the weights, or verify with those")
+                       f"for --data sample --samples {DEFAULT_SAMPLES}, which serve any smaller --samples too); restore the "
+                       "weights, or verify with those")
     ref = reference_logits(model, x, on_batch=on_batch)
     buf = io.BytesIO()
-    np.savez(buf, key=np.array(key), torch=np.array(torch.__version__), logits=ref)
+    np.savez(buf, key=np.array(key), torch=np.array(torch.__version__), logits=ref,
+             rows=np.array(_row_keys(state_sha256, x)))
     atomic_write_bytes(path, buf.getvalue())
     return ref, None

@@ -144,6 +144,7 @@ def test_reference_logits_are_cached(default_folder: Path, tmp_path: Path, monke
     import pipeline.reference as r
 
     folder = copy_folder(default_folder, tmp_path / "f")
+    (folder / r.reference_file("sample", r.DEFAULT_SAMPLES)).unlink()  # export's, which holds these 40 inputs too
     first = verify(VerifyOptions(folder=folder, samples=40, precisions=("fp32",)))
     assert (folder / "reports" / "reference.sample.40.npz").is_file() and not first.reference_stored
 
@@ -155,6 +156,16 @@ def test_reference_logits_are_cached(default_folder: Path, tmp_path: Path, monke
     assert again.reference_stored and again.rows[0].metrics.rel_l2 == first.rows[0].metrics.rel_l2
     with pytest.raises(AssertionError, match="recomputed"):  # other inputs: a new reference
         verify(VerifyOptions(folder=folder, samples=41, precisions=("fp32",)))
+    monkeypatch.undo()
+    other = copy_folder(default_folder, tmp_path / "g")
+    (other / r.reference_file("sample", r.DEFAULT_SAMPLES)).unlink()
+    fresh = verify(VerifyOptions(folder=other, samples=20, precisions=("fp32",)))
+    assert not fresh.reference_stored
+    monkeypatch.setattr(r, "reference_logits", boom)
+    subset = verify(VerifyOptions(folder=folder, samples=20, precisions=("fp32",)))  # its 20 inputs are among the 40
+    got, want = subset.rows[0].metrics, fresh.rows[0].metrics  # the same inputs' logits (batching may move last bits)
+    assert subset.reference_stored and got.samples == want.samples == 20 and got.ref_top1 == want.ref_top1
+    assert got.max_abs == pytest.approx(want.max_abs, abs=1e-5) and got.top1_agreement == want.top1_agreement
 
 
 def test_export_stores_the_reference_that_default_verify_uses(default_folder: Path, tmp_path: Path,
@@ -181,7 +192,7 @@ def test_a_corrupt_stored_reference_is_recomputed(default_folder: Path, tmp_path
     import pipeline.reference as r
 
     folder = copy_folder(default_folder, tmp_path / "f")
-    (folder / r.reference_file("sample", 64)).parent.mkdir(exist_ok=True)
+    (folder / r.reference_file("sample", r.DEFAULT_SAMPLES)).unlink()  # export's, which holds these 64 inputs too
     (folder / r.reference_file("sample", 64)).write_bytes(b"PK\x03\x04 truncated")
     report = verify(VerifyOptions(folder=folder, samples=64, precisions=("fp32",)))
     assert not report.reference_stored and report.passed
@@ -222,8 +233,9 @@ def test_a_folder_without_its_checkpoint_verifies_against_stored_logits(tmp_path
     assert "not on this machine" in report.notes[0]
     torch_row = verify(VerifyOptions(folder=folder, runtimes=("torch",), precisions=("fp32",))).rows[0]
     assert torch_row.skipped and "not on this machine" in torch_row.skipped
+    assert verify(VerifyOptions(folder=folder, samples=64)).reference_stored  # 64 of the 512 export stored
     with pytest.raises(BadInput, match="no stored reference logits match"):
-        verify(VerifyOptions(folder=folder, samples=64))
+        verify(VerifyOptions(folder=folder, samples=600))
     rows = bench(BenchOptions(folder=folder, batches=(2,), iters=3, warmup=0, warmup_seconds=0.0, min_seconds=0.0,
                               rounds=1, accuracy=False)).rows
     assert {r.backend: bool(r.latency_ms) for r in rows} == {"torch": False, "ort": True}
