@@ -254,6 +254,11 @@ def test_engines_only_builds_from_the_folder_without_the_weights(default_folder:
     export(ExportOptions(out=fp32_only, reference_samples=0))
     r = cli("export", "--out", fp32_only, "--engines-only", "--engine", "rtx", "--precision", "int8")
     assert r.exit_code == 2 and "holds no int8 ONNX graph" in r.output, r.output
+    cpu_recipe = tmp_path / "c"
+    export(ExportOptions(out=cpu_recipe, precisions=(Precision.fp32, Precision.int8), int8_target="cpu",
+                         calib_samples=64, reference_samples=0))
+    r = cli("export", "--out", cpu_recipe, "--engines-only", "--engine", "rtx")
+    assert r.exit_code == 2 and "cpu recipe" in r.output and "model.fp32.rtx.engine" not in r.output, r.output
     with open(folder / "model.fp16.onnx", "ab") as f:  # an engine from a changed graph would lie about its source
         f.write(b"\0")
     r = cli("export", "--out", folder, "--engines-only", "--engine", "rtx", "--precision", "fp16", "--force")
