@@ -556,6 +556,7 @@ def info(
         console.print(folder_table(audit))
         for line in folder_notes(audit):
             console.print(line)
+        console.print(f"re-make with: {escape(_remake_command(folder))}", soft_wrap=True)  # one line to copy
         if not audit["intact"]:
             raise typer.Exit(1)
         return
@@ -589,6 +590,15 @@ def info(
     t.add_row("default model", str(DEFAULT_WEIGHTS) if DEFAULT_WEIGHTS.exists() else "missing (random ResNet-20)")
     t.add_row("models", ", ".join(known_models()))
     _console().print(t)
+
+
+def _remake_command(folder: Path) -> str:
+    """The export line that makes the folder's graphs (and engines of one flavour) again, as they were made."""
+    from pipeline.artifacts import read_manifest
+    from pipeline.export import export_command
+
+    m = read_manifest(folder)
+    return export_command(m, folder, tuple(e["precision"] for e in m.artifacts.values() if e["kind"] == "onnx"))
 
 
 GLOBAL_FLAGS = ("--debug", "--quiet", "-q")

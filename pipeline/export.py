@@ -548,36 +548,46 @@ def export_engines(
     return ExportResult(out, manifest, events, info, notices)
 
 
-def export_command(manifest: Manifest, folder: Path, precision: str, keep_fp32: tuple[str, ...] = ()) -> str:
-    """The `resnetx export` line that makes this folder's `precision` graph (and its engine) again as it was
-    made, with `keep_fp32` layers added to those it already keeps: what verify suggests, runnable as printed
-    (without the model, calibration and folder options it would export the default model elsewhere)."""
+def export_command(manifest: Manifest, folder: Path, precisions: str | tuple[str, ...],
+                   keep_fp32: tuple[str, ...] = ()) -> str:
+    """The `resnetx export` line that makes this folder's `precisions` graphs (and their engines) again as they
+    were made, with `keep_fp32` layers added to those already kept: what verify suggests and `info DIR` shows,
+    runnable as printed (without the model, exporter, calibration and folder options it would export the
+    default model elsewhere, or make a new fp32 graph that drops the rest)."""
+    wanted = (precisions,) if isinstance(precisions, str) else tuple(precisions)
     spec = manifest.model.get("spec") or {}
-    entry = manifest.artifacts.get(precision, {})
+    fp32 = manifest.artifacts.get("fp32", {})
     args = ["resnetx", "export", "--model", str(spec.get("arch") or manifest.model["arch"])]
     for opt, key in (("--weights", "weights"), ("--num-classes", "num_classes"), ("--in-chans", "in_chans"),
                      ("--image-size", "image_size")):
         if spec.get(key) is not None:
             args += [opt, str(spec[key])]
-    args += ["--out", str(folder), "--precision", precision]
-    if entry.get("static_batch"):
-        args += ["--static-batch", str(entry["static_batch"])]
-    if entry.get("opset", DEFAULT_OPSET) != DEFAULT_OPSET:
-        args += ["--opset", str(entry["opset"])]
-    kept = set(entry.get("keep_fp32_nodes", ())) - set(entry.get("overflow_nodes", ()))  # fp16: minus automatic ones
-    kept |= set(entry.get("excluded_nodes", ())) - set(entry.get("float_ends", ()))  # int8: minus the float ends
+    args += ["--out", str(folder), "--precision", ",".join(wanted)]
+    if fp32.get("exporter", "dynamo") != "dynamo":
+        args += ["--exporter", fp32["exporter"]]
+    if fp32.get("static_batch"):
+        args += ["--static-batch", str(fp32["static_batch"])]
+    if fp32.get("opset", DEFAULT_OPSET) != DEFAULT_OPSET:
+        args += ["--opset", str(fp32["opset"])]
+    kept: set[str] = set(keep_fp32)
+    for p in wanted:  # --keep-fp32 serves both: fp32 nodes in fp16, unquantized ones in int8
+        entry = manifest.artifacts.get(p, {})
+        kept |= set(entry.get("keep_fp32_nodes", ())) - set(entry.get("overflow_nodes", ()))  # minus automatic ones
+        kept |= set(entry.get("excluded_nodes", ())) - set(entry.get("float_ends", ()))  # minus the float ends
     cal = manifest.calibration
-    if precision == "int8" and cal:
+    if "int8" in wanted and cal:
         args += ["--calib-data", cal["dataset"]] + (["--calib-dir", str(cal["data_dir"])] if cal.get("data_dir") else [])
         args += ["--calib-samples", str(cal["samples"]), "--calib-method", cal["method"], "--int8-target", cal["recipe"]]
-        if entry.get("float_ends") == []:
+        if manifest.artifacts.get("int8", {}).get("float_ends") == []:
             args.append("--int8-quantize-ends")
-    engine = next((e for e in manifest.artifacts.values() if e["kind"] == "engine" and e["precision"] == precision), None)
+    engine = next((e for e in manifest.artifacts.values() if e["kind"] == "engine" and e["precision"] in wanted), None)
     if engine:
         args += ["--engine", engine["flavor"], "--batch-range", ",".join(map(str, engine["profile"]))]
         ccs = engine.get("compute_capabilities")
         if engine["flavor"] == "rtx" and ccs and tuple(ccs) != RTX_PORTABLE_CCS:
             args += ["--rtx-compute-capability", ",".join(ccs)]
-    if kept | set(keep_fp32):
-        args += ["--keep-fp32", ",".join(sorted(kept | set(keep_fp32)))]
+        if engine.get("opt_level", 3) != 3:
+            args += ["--opt-level", str(engine["opt_level"])]
+    if kept:
+        args += ["--keep-fp32", ",".join(sorted(kept))]
     return " ".join(shlex.quote(a) for a in args)

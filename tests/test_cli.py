@@ -212,3 +212,28 @@ def test_unwritable_out_is_one_line_exit_2(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("not a folder")
     r = invoke("export", "--out", tmp_path / "file" / "sub")
     assert r.exit_code == 2 and "check the path" in r.output and "Traceback" not in r.output
+
+
+def test_info_prints_the_export_line_that_remakes_the_folder(default_folder: Path, tmp_path: Path) -> None:
+    """Run into a fresh folder, the line `info` prints gives the same bytes: the export is reproducible from
+    the manifest alone, and the line names everything that shaped the graphs (model, calibration, exporter)."""
+    import shlex
+
+    from pipeline.artifacts import read_manifest
+
+    r = invoke("info", default_folder)
+    line = next(x for x in r.output.splitlines() if x.startswith("re-make with: "))
+    args = shlex.split(line.removeprefix("re-make with: "))[1:]
+    assert args[args.index("--precision") + 1] == "fp32,fp16,int8" and "--calib-samples" in args
+    args[args.index("--out") + 1] = str(tmp_path / "again")
+    assert invoke(*args, "--reference-samples", "0").exit_code == 0
+    made, again = read_manifest(default_folder).artifacts, read_manifest(tmp_path / "again").artifacts
+    assert {k: e["sha256"] for k, e in again.items()} == {k: e["sha256"] for k, e in made.items()}
+
+    legacy = copy_folder(default_folder, tmp_path / "legacy")  # a graph from the TorchScript exporter says so
+    m = read_manifest(legacy)
+    m.artifacts["fp32"]["exporter"] = "legacy"
+    from pipeline.artifacts import write_manifest
+
+    write_manifest(legacy, m)
+    assert "--exporter legacy" in invoke("info", legacy).output
