@@ -497,7 +497,7 @@ def export_engines(
     workstation and copied to where it runs (a Jetson, another server) gets its engines built there, from
     the very graphs the manifest pins (each checked against its sha256 first). `precisions` None: every graph."""
     out = Path(opts.out)
-    old = read_manifest(out)
+    read_manifest(out)  # a folder that is not an export says so before the lock would create it
     notices: list[str] = []
     flavor = _resolve_engine("auto" if opts.engine == "none" else opts.engine, notices)
     if flavor is None:
@@ -505,20 +505,6 @@ def export_engines(
 
         raise BackendUnavailable("--engines-only found no TensorRT to build with: pip install tensorrt-cu13 (or "
                                  "tensorrt-rtx-cu13 for RTX GPUs), then give --engine tensorrt or rtx")
-    graphs = {e["precision"]: e for e in old.artifacts.values() if e["kind"] == "onnx"}
-    wanted = precisions or tuple(p for p in Precision if p.value in graphs)
-    if missing := [p.value for p in wanted if p.value not in graphs]:
-        raise BadInput(f"{out} holds no {', '.join(missing)} ONNX graph ({old.holdings()}); export it first, or "
-                       "leave it out of --precision")
-    for p in wanted:
-        check_sha(out, graphs[p.value])  # an engine from a graph changed after export would carry a false provenance
-    if Precision.int8 in wanted and (old.calibration or {}).get("recipe") == "cpu":
-        raise BadInput("the int8 graph uses the cpu recipe (int32 biases), which TensorRT's parser rejects; "
-                       "re-export int8 with --int8-target tensorrt, or leave int8 out of --precision")
-    info = ModelInfo.from_dict(old.model)
-    fixed = graphs[wanted[0].value].get("static_batch")
-    opts = replace(opts, dynamic_batch=not fixed, static_batch=fixed or 1)
-    _engine_profile(opts, info)  # a --batch-range that does not fit a fixed-batch graph: refused before any build
     events: list[StepEvent] = []
 
     def emit(ev: StepEvent) -> None:
@@ -526,8 +512,23 @@ def export_engines(
         if on_step:
             on_step(ev)
 
-    versions = {**old.versions, **{k: v for k, v in tool_versions().items() if k.startswith("tensorrt")}}
     with export_lock(out):
+        old = read_manifest(out)  # under the lock: what an export that just finished wrote
+        graphs = {e["precision"]: e for e in old.artifacts.values() if e["kind"] == "onnx"}
+        wanted = precisions or tuple(p for p in Precision if p.value in graphs)
+        if missing := [p.value for p in wanted if p.value not in graphs]:
+            raise BadInput(f"{out} holds no {', '.join(missing)} ONNX graph ({old.holdings()}); export it first, or "
+                           "leave it out of --precision")
+        for p in wanted:
+            check_sha(out, graphs[p.value])  # an engine from a graph changed after export: a false provenance
+        if Precision.int8 in wanted and (old.calibration or {}).get("recipe") == "cpu":
+            raise BadInput("the int8 graph uses the cpu recipe (int32 biases), which TensorRT's parser rejects; "
+                           "re-export int8 with --int8-target tensorrt, or leave int8 out of --precision")
+        info = ModelInfo.from_dict(old.model)
+        fixed = graphs[wanted[0].value].get("static_batch")
+        opts = replace(opts, dynamic_batch=not fixed, static_batch=fixed or 1)
+        _engine_profile(opts, info)  # a --batch-range that does not fit a fixed-batch graph: refused before building
+        versions = {**old.versions, **{k: v for k, v in tool_versions().items() if k.startswith("tensorrt")}}
         # The manifest is not removed first, as export does: without the model this folder cannot be exported
         # again here. Engine files are replaced atomically, and the manifest is rewritten after every engine
         # (a failed build keeps the ones before it), so each entry always describes the file beside it.
