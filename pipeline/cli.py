@@ -252,8 +252,8 @@ def _announce_model(info: Any) -> None:
 
 
 # --------------------------------------------------------------------------- export
-def _do_export(opts: Any, engines_only: tuple[Any, ...] | None = None) -> Any:
-    """Export (or, given engines_only, the precisions whose engines to build from the folder's graphs; () for all)."""
+def _do_export(opts: Any, engines_only: bool = False, precisions: tuple[Any, ...] | None = None) -> Any:
+    """Export; or with engines_only, build engines from the folder's graphs (`precisions`, None: every graph)."""
     from pipeline.export import export as run_export, export_engines
     from pipeline.report import export_table
 
@@ -262,12 +262,11 @@ def _do_export(opts: Any, engines_only: tuple[Any, ...] | None = None) -> Any:
         def on_step(ev: Any) -> None:
             status.update(f"{ev.step}: {ev.status} {ev.file or ''}")
 
-        if engines_only is None:
-            result = run_export(opts, on_step=on_step, on_progress=status.update)
+        if engines_only:
+            result = export_engines(opts, precisions, on_step=on_step, on_progress=status.update)
         else:
-            result = export_engines(opts, engines_only or None, on_step=on_step, on_progress=status.update)
-    if engines_only is None:
-        _announce_model(result.info)
+            result = run_export(opts, on_step=on_step, on_progress=status.update)
+            _announce_model(result.info)
     console.print(export_table(result))
     for n in result.notices:
         console.print(f"[yellow]note:[/] {escape(n)}")
@@ -307,7 +306,7 @@ def export(
 ) -> None:
     """Export a model to ONNX (fp32, fp16, int8) and TensorRT engines, with a manifest."""
     from pipeline.export import ExportOptions
-    from pipeline.precisions import Precision, parse_precisions
+    from pipeline.precisions import parse_precisions
     from runtimes.errors import BadInput
 
     br = _ints(batch_range, "--batch-range") if batch_range else None
@@ -320,13 +319,11 @@ def export(
         if model_opts:
             raise BadInput(f"--engines-only builds from the graphs already in the folder; {', '.join(model_opts)} "
                            "would change those graphs: export them first without --engines-only")
-        asked = parse_precisions(precision) if precision else None
-        if asked and "fp32" not in precision.lower():  # parse_precisions adds fp32, the source of an export
-            asked.remove(Precision.fp32)
         _do_export(ExportOptions(out=out or Path("artifacts") / model, engine=engine.value, batch_range=br,
                                  workspace_mb=workspace_mb, opt_level=opt_level, force=force,  # type: ignore[arg-type]
                                  rtx_compute_capabilities=_csv(rtx_compute_capability) or None),
-                   engines_only=tuple(asked) if asked else ())
+                   engines_only=True,
+                   precisions=tuple(parse_precisions(precision, with_source=False)) if precision else None)
         return
     opts = ExportOptions(
         model=_model_spec(model, weights, num_classes, in_chans, image_size, trust_checkpoint),

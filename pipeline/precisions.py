@@ -56,11 +56,12 @@ PRECISIONS: dict[Precision, PrecisionSpec] = {
 }
 
 
-def parse_precisions(text: str) -> list[Precision]:
-    """'fp32,fp16' -> [Precision.fp32, Precision.fp16]; fp32 always comes first (it is the source)."""
+def parse_precisions(text: str, *, with_source: bool = True) -> list[Precision]:
+    """'fp16,int8' -> [Precision.fp32, Precision.fp16, Precision.int8], in Precision order. fp32 is added unless
+    with_source is False: an export makes it anyway (it is the source); building engines does not."""
     names = [t.strip().lower() for t in text.split(",") if t.strip()]
     bad = [n for n in names if n not in Precision.__members__]
     if bad or not names:
         raise BadInput(f"unknown precision {', '.join(bad) or repr(text)}; choose from {', '.join(Precision.__members__)}")
-    chosen = {Precision(n) for n in names} | {Precision.fp32}
+    chosen = {Precision(n) for n in names} | ({Precision.fp32} if with_source else set())
     return [p for p in Precision if p in chosen]

@@ -135,7 +135,7 @@ def stored_reference(path: Path, state_sha256: str, model: torch.nn.Module | Non
                     return z["logits"], made_by
         except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
             pass  # unreadable, truncated or an older format: recompute
-    if path.parent.is_dir() and (found := _from_stored_rows(path.parent, state_sha256, model, x)):
+    if found := _from_stored_rows(path.parent, state_sha256, model, x):
         return found
     if model is None:
         raise BadInput(f"{missing}, and no stored reference logits match these inputs (export stores them "

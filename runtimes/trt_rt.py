@@ -58,7 +58,8 @@ def check_engine_compatible(entry: dict[str, Any], installed_version: str, gpu_c
     if flavor == "rtx":
         ccs = [_RTX_CCS.get(c, c) for c in entry.get("compute_capabilities", [])]
         if gpu_cc not in ccs:
-            why = " (TensorRT-RTX does not run on 9.0 H100/H200: use --engine tensorrt there)" if gpu_cc == "9.0" else ""
+            why = (f" (TensorRT-RTX targets only {', '.join(sorted(set(_RTX_CCS.values()), key=float))}: use --engine "
+                   "tensorrt there)" if gpu_cc not in _RTX_CCS.values() else "")
             raise IncompatibleArtifact(
                 f"{entry['file']} targets compute capabilities {', '.join(ccs)}; this GPU is {gpu_cc}{why}; {rebuild}")
     elif entry.get("compute_capability") and entry["compute_capability"] != gpu_cc:
