@@ -4,31 +4,37 @@ from __future__ import annotations
 
 import ast
 import contextlib
-import hashlib
 import io
 import logging
-import os
-import tempfile
 import time
 import warnings
 from collections import Counter
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import onnx
-import torch
-from torch import nn
 
-from runtimes.base import batch_chunks
-from runtimes.errors import BadInput, CheckFailed, ResnetxError, first_line
+from resnetx.batching import batch_chunks
+from resnetx.contract import INPUT_NAME, OUTPUT_NAME
+from resnetx.errors import BadInput, CheckFailed, ExportFailed, ResnetxError, first_line
+from resnetx.files import atomic_write, sha256_bytes
+from resnetx.lazy import lazy_import
+
+if TYPE_CHECKING:
+    import onnx
+    import torch
+    from torch import nn
+else:
+    onnx = lazy_import("onnx")
+    torch = lazy_import("torch")
 
 __all__ = [
     "INPUT_NAME",
     "OUTPUT_NAME",
     "DEFAULT_OPSET",
-    "EXPORTERS",
+    "Exporter",
     "OnnxArtifact",
     "export_onnx",
     "check_onnx",
@@ -37,19 +43,17 @@ __all__ = [
     "compare_with_torch",
     "compare_graphs",
     "graph_batch",
-    "sha256_bytes",
-    "atomic_write",
 ]
 
 log = logging.getLogger(__name__)
 
-INPUT_NAME = "input"
-OUTPUT_NAME = "logits"
 DEFAULT_OPSET = 18
-EXPORTERS = ("dynamo", "legacy")
 _TWO_GB = 2**31 - 1
-_UMASK = os.umask(0)
-os.umask(_UMASK)
+
+
+class Exporter(str, Enum):
+    dynamo = "dynamo"  # torch.export (needs onnxscript)
+    legacy = "legacy"  # TorchScript
 
 
 @dataclass
@@ -62,11 +66,8 @@ class OnnxArtifact:
     opset: int
     size_bytes: int
     seconds: float
-    details: dict[str, Any] = field(default_factory=dict)
-
-
-def sha256_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
+    static_batch: int | None = None  # the batch baked into the graph; None: dynamic
+    details: dict[str, Any] = field(default_factory=dict)  # what the converter did, for the manifest
 
 
 def load_onnx(path: Path) -> onnx.ModelProto:
@@ -129,23 +130,6 @@ def save_onnx(model: onnx.ModelProto, dst: Path) -> tuple[str, int]:
     return sha256_bytes(data), len(data) + (dst.parent / (dst.name + ".data")).stat().st_size
 
 
-def atomic_write(dst: Path, data: bytes) -> None:
-    """Write to a temporary name beside `dst`, fsync, rename: `dst` is old or new, never half."""
-    dst = Path(dst)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{dst.name}.", dir=dst.parent)
-    try:
-        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; artifacts are ordinary files
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, dst)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 # --------------------------------------------------------------------------- node naming
 def _module_of(node: onnx.NodeProto, initializers: set[str]) -> str | None:
     """The PyTorch module a node comes from, e.g. 'layer3.4.conv2', or None if unknown."""
@@ -189,22 +173,22 @@ def name_nodes_by_module(model: onnx.ModelProto) -> dict[str, str]:
 
 
 # --------------------------------------------------------------------------- export
-def _export_dynamo(model: nn.Module, example: torch.Tensor, opset: int, dynamic_batch: bool) -> onnx.ModelProto:
-    dynamic = {"x": {0: torch.export.Dim("batch", min=1, max=65536)}} if dynamic_batch else None
+def _export_dynamo(model: nn.Module, example: torch.Tensor, opset: int, dynamic: bool) -> onnx.ModelProto:
+    shapes = {"x": {0: torch.export.Dim("batch", min=1, max=65536)}} if dynamic else None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         program = torch.onnx.export(
             model, (example,), dynamo=True, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-            dynamic_shapes=dynamic, opset_version=opset, verbose=False, optimize=True,
+            dynamic_shapes=shapes, opset_version=opset, verbose=False, optimize=True,
         )
     if program is None:
-        raise ResnetxError("torch.onnx.export returned nothing")
+        raise ExportFailed("torch.onnx.export returned nothing")
     return program.model_proto
 
 
-def _export_legacy(model: nn.Module, example: torch.Tensor, opset: int, dynamic_batch: bool) -> onnx.ModelProto:
+def _export_legacy(model: nn.Module, example: torch.Tensor, opset: int, dynamic: bool) -> onnx.ModelProto:
     buf = io.BytesIO()
-    axes = {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}} if dynamic_batch else None
+    axes = {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}} if dynamic else None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(
@@ -216,9 +200,20 @@ def _export_legacy(model: nn.Module, example: torch.Tensor, opset: int, dynamic_
 
 
 def graph_batch(model: onnx.ModelProto) -> int | None:
-    """The batch size fixed in the graph's input (a --no-dynamic-batch export), or None when it is dynamic."""
+    """The batch size fixed in the graph's input (a --static-batch export), or None when it is dynamic."""
     dims = model.graph.input[0].type.tensor_type.shape.dim if model.graph.input else []
     return int(dims[0].dim_value) if dims and dims[0].HasField("dim_value") else None
+
+
+def _trace(model: nn.Module, example: torch.Tensor, exporter: Exporter, opset: int, dynamic: bool) -> onnx.ModelProto:
+    try:
+        fn = _export_dynamo if exporter is Exporter.dynamo else _export_legacy
+        return fn(model, example, opset, dynamic)
+    except ResnetxError:
+        raise
+    except Exception as e:
+        hint = " (try --exporter legacy)" if exporter is Exporter.dynamo else ""
+        raise ExportFailed(f"ONNX export with the {exporter.value} exporter failed: {first_line(e)}{hint}") from e
 
 
 def export_onnx(
@@ -227,38 +222,29 @@ def export_onnx(
     dst: Path,
     *,
     opset: int = DEFAULT_OPSET,
-    dynamic_batch: bool = True,
-    static_batch: int = 1,
-    exporter: str = "dynamo",
+    batch: int | None = None,
+    exporter: Exporter | str = Exporter.dynamo,
     metadata: dict[str, str] | None = None,
     check_inputs: np.ndarray | None = None,
     rtol_l2: float = 1e-5,
 ) -> OnnxArtifact:
     """Export `model` (eval mode) to ONNX at `dst`, check it, and compare it with PyTorch.
 
-    Without `dynamic_batch` the graph takes exactly `static_batch` images. A graph that fails the
-    checker or departs from PyTorch (rel. L2 > rtol_l2 on the check inputs) raises, and nothing is written.
+    `batch` None gives a dynamic batch dimension; a number bakes that batch into the graph. A graph that fails
+    the checker or departs from PyTorch (rel. L2 > rtol_l2 on the check inputs) raises, and nothing is written.
     """
-    if exporter not in EXPORTERS:
-        raise BadInput(f"unknown exporter {exporter!r}; use one of {', '.join(EXPORTERS)}")
+    exporter = Exporter(exporter)
     import onnxruntime as ort
 
     if not 13 <= opset <= _ort_max_opset():
         raise BadInput(f"--opset {opset} is outside what onnxruntime {ort.__version__} runs (13..{_ort_max_opset()})")
-    if static_batch < 1:
-        raise BadInput(f"--static-batch must be >= 1; got {static_batch}")
+    if batch is not None and batch < 1:
+        raise BadInput(f"--static-batch must be >= 1; got {batch}")
     model = model.eval()
     # a dynamic batch is traced at 2: torch.export would specialise a batch of 1 into the graph
-    example = torch.randn(2 if dynamic_batch else static_batch, *input_shape, generator=torch.Generator().manual_seed(0))
+    example = torch.randn(batch or 2, *input_shape, generator=torch.Generator().manual_seed(0))
     start = time.perf_counter()
-    try:
-        proto = (_export_dynamo if exporter == "dynamo" else _export_legacy)(model, example, opset, dynamic_batch)
-    except ResnetxError:
-        raise
-    except Exception as e:
-        first = first_line(e)
-        hint = " (try --exporter legacy)" if exporter == "dynamo" else ""
-        raise ResnetxError(f"ONNX export with the {exporter} exporter failed: {first}{hint}") from e
+    proto = _trace(model, example, exporter, opset, dynamic=batch is None)
     seconds = time.perf_counter() - start
     module_of = name_nodes_by_module(proto)
     _strip_noise(proto)
@@ -266,19 +252,17 @@ def export_onnx(
     for k, v in sorted((metadata or {}).items()):
         proto.metadata_props.append(onnx.StringStringEntryProto(key=k, value=str(v)))
     check_onnx(proto, where=f"exported {dst.name}")
-    inputs = check_inputs if check_inputs is not None else example.numpy()
-    parity = compare_with_torch(proto, model, inputs)
+    parity = compare_with_torch(proto, model, check_inputs if check_inputs is not None else example.numpy())
     if not parity["rel_l2"] <= rtol_l2:
-        raise CheckFailed(
-            f"exported ONNX departs from PyTorch: rel. L2 {parity['rel_l2']:.2e} > {rtol_l2:.0e} "
-            f"(max abs {parity['max_abs']:.2e}); try --exporter {'legacy' if exporter == 'dynamo' else 'dynamo'}"
-        )
+        other = Exporter.legacy if exporter is Exporter.dynamo else Exporter.dynamo
+        raise CheckFailed(f"exported ONNX departs from PyTorch: rel. L2 {parity['rel_l2']:.2e} > {rtol_l2:.0e} "
+                          f"(max abs {parity['max_abs']:.2e}); try --exporter {other.value}")
     sha, size = save_onnx(proto, dst)
     return OnnxArtifact(
         path=Path(dst), sha256=sha, precision="fp32", opset=opset, size_bytes=size, seconds=seconds,
-        details={"exporter": exporter, "dynamic_batch": dynamic_batch, "static_batch": graph_batch(proto),
-                 "parity": parity,
-                 "nodes": len(proto.graph.node), "modules": len(set(module_of.values()))},
+        static_batch=graph_batch(proto),
+        details={"exporter": exporter.value, "parity": parity, "nodes": len(proto.graph.node),
+                 "modules": len(set(module_of.values()))},
     )
 
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from runtimes.errors import BadInput
+from resnetx.errors import BadInput
 
 __all__ = [
     "Preprocess",
@@ -27,6 +27,10 @@ __all__ = [
     "select_indices",
     "read_idx",
     "write_idx",
+    "calibration_split",
+    "calibration_overlap_note",
+    "label_order_note",
+    "make_sample",
 ]
 
 log = logging.getLogger(__name__)
@@ -334,9 +338,9 @@ def calibration_split(name: str) -> str:
     return "train" if name.partition(":")[0] in SPLIT_DATASETS else "all images"
 
 
-def calibration_overlap_note(calibration: dict | None, data: str) -> str | None:
+def calibration_overlap_note(calibrated_on: str | None, data: str) -> str | None:
     """A note when int8 accuracy is measured on the images it was calibrated on (same one-split dataset)."""
-    if not calibration or calibration.get("dataset") != data or calibration_split(data) == "train":
+    if calibrated_on != data or calibration_split(data) == "train":
         return None
     return (f"int8 was calibrated on images drawn from {data}, the data measured here: its "
             "accuracy is optimistic; export with --calib-data on other images (a train split: fashion-mnist, "
@@ -351,7 +355,7 @@ def label_order_note(name: str, data_classes: tuple[str, ...] | None,
         return None
     if [c.lower() for c in data_classes] == [c.lower() for c in model_classes]:
         return None
-    pairs = ", ".join(f"{a} -> {b}" for a, b in list(zip(data_classes, model_classes))[:3])
+    pairs = ", ".join(f"{a} -> {b}" for a, b in list(zip(data_classes, model_classes, strict=True))[:3])
     return (f"labels of {name} are matched to the model's classes by position ({pairs}, ...): if that is not "
             "the model's class order, the accuracy columns are wrong (parity and agreement are not affected)")
 

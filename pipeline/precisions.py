@@ -1,13 +1,19 @@
-"""The one table that drives precision: how each is made, what it needs, how it is judged."""
+"""The one table that drives precision: how each is made, what it is called on disk, how it is judged.
+
+A new precision is one row here plus the function that makes its graph (named by `maker`, in
+pipeline/graphs.py) and the exporter function that function calls.
+"""
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
 from enum import Enum
+from typing import Any
 
-from runtimes.errors import BadInput
+from resnetx.errors import BadInput
 
-__all__ = ["Precision", "PrecisionSpec", "Tolerance", "PRECISIONS", "parse_precisions"]
+__all__ = ["Precision", "PrecisionSpec", "Tolerance", "PRECISIONS", "parse_precisions", "tolerance_help"]
 
 
 class Precision(str, Enum):
@@ -32,36 +38,53 @@ class Tolerance:
 class PrecisionSpec:
     precision: Precision
     onnx_file: str
-    needs_calibration: bool
     tolerance: Tolerance
-    help: str
+    maker: str  # the function of pipeline.graphs that returns the export step making this graph
+    torch_runs: bool  # the torch runtime can run the model in it (fp32, fp16; int8 is a graph, not a dtype)
+    gpu_tolerance: Tolerance | None = None  # the bar when the candidate runs on a GPU, where it differs
+
+    def engine_file(self, flavor: str) -> str:
+        return f"model.{self.precision.value}.{flavor}.engine"
+
+    def tolerance_on(self, device: str) -> Tolerance:
+        return self.gpu_tolerance if device == "cuda" and self.gpu_tolerance else self.tolerance
+
+    def graph_step(self, ctx: Any) -> Any:
+        """The export step (a pipeline.steps.Step) that makes this precision's ONNX graph, from an ExportContext."""
+        graphs = importlib.import_module("pipeline.graphs")  # late: graphs imports this table
+        return getattr(graphs, self.maker)(ctx)
 
 
 PRECISIONS: dict[Precision, PrecisionSpec] = {
     Precision.fp32: PrecisionSpec(
-        Precision.fp32, "model.fp32.onnx", False,
-        Tolerance(rel_l2=1e-4, top1_agreement=1.0),
-        "exported graph, float32 everywhere",
+        Precision.fp32, "model.fp32.onnx", Tolerance(rel_l2=1e-4, top1_agreement=1.0), "fp32_step", True,
+        gpu_tolerance=Tolerance(rel_l2=1e-3, top1_agreement=0.99),  # GPU kernels reassociate sums (TF32 off)
     ),
     Precision.fp16: PrecisionSpec(
-        Precision.fp16, "model.fp16.onnx", False,
-        Tolerance(rel_l2=1e-2, top1_agreement=0.99),
-        "float16 weights and compute, float32 input/logits",
+        Precision.fp16, "model.fp16.onnx", Tolerance(rel_l2=1e-2, top1_agreement=0.99), "fp16_step", True,
     ),
     Precision.int8: PrecisionSpec(
-        Precision.int8, "model.int8.onnx", True,
-        Tolerance(top1_agreement=0.97, accuracy_drop=0.5),
-        "explicit Q/DQ int8 from calibration on real images",
+        Precision.int8, "model.int8.onnx", Tolerance(top1_agreement=0.97, accuracy_drop=0.5), "int8_step", False,
     ),
 }
 
 
-def parse_precisions(text: str, *, with_source: bool = True) -> list[Precision]:
-    """'fp16,int8' -> [Precision.fp32, Precision.fp16, Precision.int8], in Precision order. fp32 is added unless
-    with_source is False: an export makes it anyway (it is the source); building engines does not."""
-    names = [t.strip().lower() for t in text.split(",") if t.strip()]
+def parse_precisions(text: str | tuple[str | Precision, ...], *, with_source: bool = True) -> tuple[Precision, ...]:
+    """'fp16,int8' -> (fp32, fp16, int8), in Precision order. fp32 is added unless with_source is False: an
+    export makes it anyway (it is the source); building engines or choosing what to verify does not."""
+    parts = text.split(",") if isinstance(text, str) else [getattr(t, "value", t) for t in text]
+    names = [t.strip().lower() for t in parts if t.strip()]
     bad = [n for n in names if n not in Precision.__members__]
     if bad or not names:
-        raise BadInput(f"unknown precision {', '.join(bad) or repr(text)}; choose from {', '.join(Precision.__members__)}")
+        raise BadInput(f"unknown precision {', '.join(bad) or repr(text)}; choose from "
+                       f"{', '.join(Precision.__members__)}")
     chosen = {Precision(n) for n in names} | ({Precision.fp32} if with_source else set())
-    return [p for p in Precision if p in chosen]
+    return tuple(p for p in Precision if p in chosen)
+
+
+def tolerance_help(metric: str, *, percent: bool = False) -> str:
+    """'fp32 1e-04, fp16 0.01, int8 none': the defaults of one bar, for help text that cannot go stale."""
+    def fmt(v: float | None) -> str:
+        return "none" if v is None else (f"{v:g}" if not percent else f"{100 * v:g}%")
+
+    return ", ".join(f"{p.value} {fmt(getattr(s.tolerance, metric))}" for p, s in PRECISIONS.items())

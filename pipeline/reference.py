@@ -21,15 +21,64 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.artifacts import atomic_write_bytes
+from pipeline.artifacts import Manifest
 from pipeline.data import Preprocess, iter_batches, open_dataset
-from runtimes.errors import BadInput
+from pipeline.export_options import DEFAULT_REFERENCE_SAMPLES as DEFAULT_SAMPLES
+from pipeline.zoo import ModelInfo, load_model, state_sha256
+from resnetx.errors import BackendUnavailable, BadInput
+from resnetx.files import atomic_write
 
-__all__ = ["N_EXTREME", "DEFAULT_SAMPLES", "Inputs", "verify_inputs", "reference_logits", "reference_file",
-           "stored_reference"]
+__all__ = ["N_EXTREME", "DEFAULT_SAMPLES", "Inputs", "Reference", "verify_inputs", "reference_logits",
+           "reference_file", "load_stored", "compute_and_store"]
 
 N_EXTREME = 4  # zeros, unit noise, wide noise, a real image x5: the inputs real data never shows
-DEFAULT_SAMPLES = 512
+
+
+@dataclass
+class Reference:
+    """The fp32 PyTorch model the artifacts came from, or why it is not on this machine.
+
+    A weights file absent here (a folder copied elsewhere) is not an error: the stored logits stand in for
+    the model where they can. Weights that differ from the ones exported always are.
+    """
+
+    info: ModelInfo
+    state_sha256: str
+    model: torch.nn.Module | None
+    why_missing: str = ""
+
+    @classmethod
+    def of(cls, manifest: Manifest) -> Reference:
+        section = manifest.model
+        weights = section.spec.weights
+        if weights and not Path(weights).is_file():
+            return cls(section.info, section.state_sha256, None,
+                       f"the reference weights {weights} are not on this machine")
+        model, info = load_model(section.spec)
+        if state_sha256(model) != section.state_sha256:
+            raise BadInput("the reference model's weights differ from the ones exported (state sha256 mismatch); "
+                           "re-run resnetx export --force")
+        return cls(info, section.state_sha256, model)
+
+    def require_model(self, purpose: str) -> torch.nn.Module:
+        """The model, or BackendUnavailable saying what cannot run without it."""
+        if self.model is None:
+            raise BackendUnavailable(f"{purpose}: {self.why_missing}")
+        return self.model
+
+    def logits(self, folder: Path, inputs: Inputs, *, samples: int,
+               on_batch: Callable[[int], None] | None = None) -> tuple[np.ndarray, str | None]:
+        """(reference logits for the inputs, the torch version that computed them when they were stored, else
+        None). Stored logits count only if this torch computed them, unless the model is not here: then stored
+        logits for these inputs are the reference, whatever torch computed them, and anything else is an error."""
+        path = Path(folder) / reference_file(inputs.data_spec, samples)
+        if found := load_stored(path, self.state_sha256, inputs.x, any_torch=self.model is None):
+            return found
+        if self.model is None:
+            raise BadInput(f"{self.why_missing}, and no stored reference logits match these inputs (export stores "
+                           f"them for --data sample --samples {DEFAULT_SAMPLES}, which serve any smaller --samples "
+                           "too); restore the weights, or verify with those")
+        return compute_and_store(path, self.state_sha256, self.model, inputs.x, on_batch), None
 
 
 def reference_file(data: str, samples: int) -> Path:
@@ -45,6 +94,7 @@ class Inputs:
     data: str
     n_real: int
     class_names: tuple[str, ...] | None = None  # the dataset's, in label order
+    data_spec: str = ""  # what the user named (--data): the stored reference's file name comes from it
 
 
 def verify_inputs(data: str, data_dir: Path | None, samples: int, pre: Preprocess, num_classes: int,
@@ -67,7 +117,7 @@ def verify_inputs(data: str, data_dir: Path | None, samples: int, pre: Preproces
     extremes = [np.zeros(shape), rng.standard_normal(shape), 3.0 * rng.standard_normal(shape), 5.0 * x[0]]
     for i in range(n_extreme):
         x[n_real + i] = extremes[i]
-    return Inputs(x, labels, ds.name, n_real, ds.class_names)
+    return Inputs(x, labels, ds.name, n_real, ds.class_names, data)
 
 
 def reference_logits(model: torch.nn.Module, x: np.ndarray, batch: int = 16,
@@ -98,15 +148,16 @@ def _row_keys(state_sha256: str, x: np.ndarray) -> list[str]:
     return [hashlib.sha256(state_sha256.encode() + str(r.shape).encode() + r.tobytes()).hexdigest() for r in x]
 
 
-def _from_stored_rows(folder: Path, state_sha256: str, model: torch.nn.Module | None,
+def _from_stored_rows(folder: Path, state_sha256: str, torch_version: str | None,
                       x: np.ndarray) -> tuple[np.ndarray, str] | None:
-    """Logits for x gathered from a stored reference whose inputs include every row of x, if one does."""
+    """Logits for x gathered from a stored reference whose inputs include every row of x, if one does (computed
+    by `torch_version`, unless it is None)."""
     wanted: list[str] | None = None
     for f in sorted(folder.glob("reference.*.npz")):
         try:
             with np.load(f) as z:
                 made_by = str(z["torch"])
-                if "rows" not in z.files or (model is not None and made_by != torch.__version__):
+                if "rows" not in z.files or (torch_version is not None and made_by != torch_version):
                     continue
                 index = {k: i for i, k in enumerate(z["rows"].tolist())}
                 wanted = wanted or _row_keys(state_sha256, x)
@@ -117,33 +168,28 @@ def _from_stored_rows(folder: Path, state_sha256: str, model: torch.nn.Module | 
     return None
 
 
-def stored_reference(path: Path, state_sha256: str, model: torch.nn.Module | None, x: np.ndarray,
-                     on_batch: Callable[[int], None] | None = None,
-                     missing: str = "") -> tuple[np.ndarray, str | None]:
-    """(reference logits for x, the torch version that computed them when reused from `path`, else None).
-
-    With the model, stored logits count only if this torch computed them; otherwise they are computed
-    and stored. Without it (`missing` says why), stored logits for exactly these inputs are used
-    whatever torch computed them, and anything else is an error.
-    """
+def load_stored(path: Path, state_sha256: str, x: np.ndarray, *,
+                any_torch: bool = False) -> tuple[np.ndarray, str] | None:
+    """(logits, torch version) for x from the stored reference at `path`, or from another stored one whose inputs
+    include every row of x; None when none does. Unless `any_torch`, only logits this torch computed count."""
     key = _key(state_sha256, x)
     if path.is_file():
         try:
             with np.load(path) as z:
                 made_by = str(z["torch"])
-                if str(z["key"]) == key and (model is None or made_by == torch.__version__):
+                if str(z["key"]) == key and (any_torch or made_by == torch.__version__):
                     return z["logits"], made_by
         except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
             pass  # unreadable, truncated or an older format: recompute
-    if found := _from_stored_rows(path.parent, state_sha256, model, x):
-        return found
-    if model is None:
-        raise BadInput(f"{missing}, and no stored reference logits match these inputs (export stores them "
-                       f"for --data sample --samples {DEFAULT_SAMPLES}, which serve any smaller --samples too); restore the "
-                       "weights, or verify with those")
+    return _from_stored_rows(path.parent, state_sha256, None if any_torch else torch.__version__, x)
+
+
+def compute_and_store(path: Path, state_sha256: str, model: torch.nn.Module, x: np.ndarray,
+                      on_batch: Callable[[int], None] | None = None) -> np.ndarray:
+    """fp32 PyTorch logits for x, stored at `path` keyed by the weights and the input bytes (whole and per row)."""
     ref = reference_logits(model, x, on_batch=on_batch)
     buf = io.BytesIO()
-    np.savez(buf, key=np.array(key), torch=np.array(torch.__version__), logits=ref,
+    np.savez(buf, key=np.array(_key(state_sha256, x)), torch=np.array(torch.__version__), logits=ref,
              rows=np.array(_row_keys(state_sha256, x)))
-    atomic_write_bytes(path, buf.getvalue())
-    return ref, None
+    atomic_write(path, buf.getvalue())
+    return ref

@@ -9,13 +9,16 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pipeline.artifacts import atomic_write_bytes, atomic_write_text
+from pipeline.precisions import Precision
+from resnetx.files import atomic_write, atomic_write_text
 
 if TYPE_CHECKING:
     from rich.table import Table
 
+    from pipeline.artifacts import EngineEntry, FolderAudit
     from pipeline.bench import BenchReport, BenchRow
     from pipeline.export import ExportResult
+    from pipeline.localize import Localization
     from pipeline.verify import VerifyReport, VerifyRow
 
 __all__ = [
@@ -23,10 +26,14 @@ __all__ = [
     "verify_table",
     "verify_reasons",
     "localization_table",
+    "folder_table",
+    "folder_notes",
+    "engine_target",
     "bench_table",
     "bench_not_run",
     "compare_table",
     "write_bench_files",
+    "write_verify_json",
     "bench_markdown",
 ]
 
@@ -56,8 +63,6 @@ def export_table(result: ExportResult) -> Table:
     t = Table(title=f"resnetx export -> {_esc(result.folder)}", title_justify="left")
     for c in ("step", "status", "file", "size", "seconds", "note"):
         t.add_column(c, justify="right" if c in ("size", "seconds") else "left")
-    from pipeline.precisions import Precision
-
     precisions = [p.value for p in Precision]  # the manifest's order too
 
     def order(e: Any) -> tuple[bool, bool, int]:  # graphs, then engines, by precision; the reference last
@@ -143,85 +148,98 @@ def _acc(top1: float | None, top5: float | None) -> str:
     return "n/a" if top1 is None else f"{top1:.2f}" + ("" if top5 is None else f" / {top5:.2f}")
 
 
-def localization_table(artifact: str, loc: dict[str, Any], limit: int = 12) -> Any:
+def localization_table(artifact: str, loc: Localization, limit: int = 12) -> Any:
     """The error-by-depth table between its heading and the first divergent layer, as lines of their own: in
     the table's title they wrapped at its (narrow) width. The suggested command is the caller's to print
     unwrapped (soft_wrap), so that it can be copied whole."""
     from rich.console import Group
     from rich.table import Table
 
-    first, jump = loc.get("first_divergent_layer"), loc.get("largest_jump_layer")
-    head = f"{artifact}: error by depth vs {_esc(loc.get('baseline'))} (layer bar rel. L2 {loc.get('layer_tolerance')})"
+    first, jump = loc.first_divergent_layer, loc.largest_jump_layer
+    head = f"{artifact}: error by depth vs {_esc(loc.baseline)} (layer bar rel. L2 {loc.layer_tolerance})"
     foot = f"first divergent layer: {first or 'none'}   largest jump: {jump or 'none'}"
     t = Table()
     t.add_column("layer")
     t.add_column("op")
     t.add_column("rel L2", justify="right")
-    rows = loc.get("by_depth", [])
-    keep = {0, len(rows) - 1} | {i for i, r in enumerate(rows) if r["layer"] in (first, jump)}
-    step = max(1, len(rows) // limit)
-    keep |= set(range(0, len(rows), step))
+    rows = loc.by_depth
+    keep = {0, len(rows) - 1} | {i for i, r in enumerate(rows) if r.layer in (first, jump)}
+    keep |= set(range(0, len(rows), max(1, len(rows) // limit)))
     for i, r in enumerate(rows):
         if i in keep:
-            mark = " <" if r["layer"] in (first, jump) else ""
-            t.add_row(r["layer"] + mark, r["op"], _f(r["rel_l2"], ".2e"))
+            mark = " <" if r.layer in (first, jump) else ""
+            t.add_row(r.layer + mark, r.op, _f(r.rel_l2, ".2e"))
     return Group(head, t, foot)
 
 
-def folder_table(audit: dict[str, Any]) -> Table:
+def folder_table(audit: FolderAudit) -> Table:
     """resnetx info DIR: provenance of an artifact folder, every file checked against the manifest."""
     from rich.table import Table
 
-    m = audit["model"]
-    weights = m.get("weights") or "random init"
-    t = Table(title=f"{_esc(audit['folder'])}: {m['arch']}, {m['num_classes']} classes, input "
-              f"{m['in_chans']}x{m['image_size']}x{m['image_size']}, weights {_esc(weights)} "
-              f"(state sha256 {m['state_sha256'][:12]}), exported {audit['created']}", title_justify="left")
+    section = audit.manifest.model
+    m = section.info
+    t = Table(title=f"{_esc(audit.folder)}: {m.arch}, {m.num_classes} classes, input "
+              f"{m.in_chans}x{m.image_size}x{m.image_size}, weights {_esc(m.weights or 'random init')} "
+              f"(state sha256 {section.state_sha256[:12]}), exported {audit.manifest.created}", title_justify="left")
     for c in ("artifact", "file", "precision", "size MB", "sha256", "made from", "file check"):
         t.add_column(c, justify="right" if c == "size MB" else "left")
     colour = {"ok": "green", "changed": "red", "missing": "red"}
-    for r in audit["artifacts"]:
-        size = None if r["size_bytes"] is None else r["size_bytes"] / 2**20
-        t.add_row(r["artifact"], _esc(r["file"]), r["precision"], _f(size, ".2f"), r["sha256"][:12], _esc(r["source"]),
-                  f"[{colour[r['status']]}]{r['status']}[/]")
+    for r in audit.rows:
+        e = r.entry
+        t.add_row(e.name, _esc(e.file), e.precision.value, _f(e.size_bytes / 2**20, ".2f"), e.sha256[:12],
+                  _esc(r.source), f"[{colour[r.status]}]{r.status}[/]")
     return t
 
 
-def folder_notes(audit: dict[str, Any]) -> list[str]:
+def engine_target(e: EngineEntry) -> str:
+    """Where an engine runs: the TensorRT flavour and version it needs, its GPUs, its batch profile."""
+    from resnetx.flavors import FLAVORS
+
+    gpus = ", ".join(e.compute_capabilities) or (
+        f"{e.gpu or 'the build GPU'} (compute capability {e.compute_capability or 'unknown'})")
+    lo, opt, hi = e.profile
+    counts = e.network.note(e.precision.value) if e.network else "network precision not recorded"
+    return f"{FLAVORS[e.flavor].name} {e.trt_version}, {gpus}, batch {lo}..{hi} (opt {opt}), {counts}"
+
+
+def folder_notes(audit: FolderAudit) -> list[str]:
     """The lines under the folder table: calibration, version drift, references, last verify."""
-    lines = []
-    c = audit.get("calibration")
-    if c:
-        lines.append(f"int8 calibration: {c.get('images') or c['samples']} images of {_esc(c['dataset'])} "
-                     f"({c['split']}), {c['method']}, "
-                     f"{c['recipe']} recipe, seed {c['seed']}")
-    if chk := audit.get("int8_check"):
-        lines.append(f"int8 vs fp32 right after quantization: top-1 agreement {100 * chk['top1_agree']:.1f}% on "
-                     f"{chk['samples']} calibration-set images, rel. L2 {chk['rel_l2']:.2e}")
-    if audit.get("static_batch"):
-        lines.append(f"fixed batch {audit['static_batch']}: every graph and engine runs exactly that many images at "
-                     "a time (exported with --no-dynamic-batch / --static-batch)")
-    for k, (then, now) in audit["version_drift"].items():
+    from pipeline.artifacts import EngineEntry
+
+    lines: list[str] = []
+    m = audit.manifest
+    if c := m.calibration:
+        lines.append(f"int8 calibration: {c.images or c.samples} images of {_esc(c.dataset)} ({c.split}), {c.method}, "
+                     f"{c.recipe} recipe, seed {c.seed}")
+    int8 = m.graphs.get(Precision.int8)
+    if int8 is not None and (chk := int8.check):
+        lines.append(f"int8 vs fp32 right after quantization: top-1 agreement {100 * chk.top1_agree:.1f}% on "
+                     f"{chk.samples} calibration-set images, rel. L2 {chk.rel_l2:.2e}")
+    if audit.static_batch:
+        lines.append(f"fixed batch {audit.static_batch}: every graph and engine runs exactly that many images at "
+                     "a time (exported with --static-batch)")
+    for k, (then, now) in audit.version_drift.items():
         lines.append(f"[yellow]{k} {then} at export, {now or 'not installed'} now[/]: "
                      "a re-export rebuilds what it shapes")
-    for r in audit["artifacts"]:
-        if r["target"]:
-            lines.append(_esc(f"{r['file']}: {r['target']}"))
-    refs = audit["references"]
+    lines += [_esc(f"{e.file}: {engine_target(e)}") for e in m.entries() if isinstance(e, EngineEntry)]
+    refs = audit.references
     lines.append(f"stored reference logits: {_esc(', '.join(refs))}" if refs else "no stored reference logits")
-    v = audit["verify"]
-    if v is None:
-        lines.append("not verified yet: resnetx verify " + _esc(audit["folder"]))
-    elif v.get("passed") is None:
-        lines.append(f"[yellow]{_esc(v.get('error', 'verify.json holds no verdict'))}[/]")
-    else:
-        verdict = "[green]PASS[/]" if v["passed"] else "[red]FAIL[/]"
-        stale = "" if v["current"] else " [yellow](from an earlier export: verify again)[/]"
-        lines.append(f"last verify: {verdict} on {v['samples']} inputs from {_esc(v['data'])}{stale}")
-    if not audit["intact"]:
+    lines.append(_last_verify_line(audit))
+    if not audit.intact:
         lines.append("[red]files differ from the manifest: their provenance is unknown; "
                      "re-run resnetx export --force[/]")
     return lines
+
+
+def _last_verify_line(audit: FolderAudit) -> str:
+    v = audit.verify
+    if v is None:
+        return "not verified yet: resnetx verify " + _esc(audit.folder)
+    if v.get("passed") is None:
+        return f"[yellow]{_esc(v.get('error', 'verify.json holds no verdict'))}[/]"
+    verdict = "[green]PASS[/]" if v["passed"] else "[red]FAIL[/]"
+    stale = "" if v["current"] else " [yellow](from an earlier export: verify again)[/]"
+    return f"last verify: {verdict} on {v['samples']} inputs from {_esc(v['data'])}{stale}"
 
 
 def _sort_key(r: BenchRow) -> tuple[Any, ...]:
@@ -377,6 +395,22 @@ def write_bench_files(report: BenchReport, folder: Path) -> list[Path]:
     atomic_write_text(paths[2], buf.getvalue())
     png = _png(report) if plot else None
     if png:
-        atomic_write_bytes(folder / "bench.png", png)
+        atomic_write(folder / "bench.png", png)
         paths.append(folder / "bench.png")
     return paths
+
+
+def write_verify_json(report: VerifyReport) -> Path | None:
+    """reports/verify.json, unless nothing was verified (then the last real verdict stays)."""
+    path = report.report_path
+    if path is not None:
+        atomic_write_text(path, json.dumps(report.to_dict(), indent=2, default=_json_value) + "\n")
+    return path
+
+
+def _json_value(o: Any) -> Any:
+    if isinstance(o, Path):
+        return str(o)
+    if isinstance(o, float) and not math.isfinite(o):
+        return str(o)
+    raise TypeError(type(o))

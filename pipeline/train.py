@@ -16,10 +16,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.artifacts import atomic_write_text
 from pipeline.data import Dataset, Preprocess, open_dataset
-from pipeline.models import build_model, save_checkpoint
-from runtimes.errors import BadInput
+from pipeline.zoo import build_model, save_checkpoint
+from resnetx.errors import BadInput
+from resnetx.files import atomic_write_text
 
 __all__ = ["TrainConfig", "TrainResult", "train", "evaluate"]
 
@@ -45,6 +45,17 @@ class TrainConfig:
     eval_limit: int | None = None
     device: str = "auto"
     out: Path = Path("model.pt")
+
+    def __post_init__(self) -> None:
+        if self.schedule not in ("cosine", "step"):
+            raise BadInput(f"unknown schedule {self.schedule!r}; use cosine or step")
+        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
+            raise BadInput("--epochs and --batch-size must be >= 1 and --lr > 0")
+        if self.model == "default":
+            raise BadInput("--model default is the shipped model; train an architecture, e.g. --model resnet20")
+        if self.data == "sample":  # its one split is a slice of the test set: the score would be on training images
+            raise BadInput("--data sample is 1,000 Fashion-MNIST test images with no train split of its own; "
+                           "train on fashion-mnist, cifar10 or imagefolder:DIR")
 
 
 @dataclass
@@ -126,21 +137,19 @@ def _lr_at(cfg: TrainConfig, step: int, total: int, per_epoch: int) -> float:
     return cfg.lr * (0.1 ** sum(epoch >= m * cfg.epochs for m in (0.5, 0.75)))
 
 
-def train(cfg: TrainConfig, *, on_step: StepCallback | None = None,
-          on_epoch: Callable[[dict[str, float]], None] | None = None,
-          command: str | None = None) -> TrainResult:
-    """Train cfg.model on cfg.data, evaluate each epoch on the test split, keep the best checkpoint."""
-    if cfg.schedule not in ("cosine", "step"):
-        raise BadInput(f"unknown schedule {cfg.schedule!r}; use cosine or step")
-    if cfg.epochs < 1 or cfg.batch_size < 1 or cfg.lr <= 0:
-        raise BadInput("--epochs and --batch-size must be >= 1 and --lr > 0")
-    if cfg.model == "default":
-        raise BadInput("--model default is the shipped model; train an architecture, e.g. --model resnet20")
-    if cfg.data == "sample":  # its one split is a slice of the test set: the score would be on training images
-        raise BadInput("--data sample is 1,000 Fashion-MNIST test images with no train split of its own; "
-                       "train on fashion-mnist, cifar10 or imagefolder:DIR")
-    torch.manual_seed(cfg.seed)
-    device = _device(cfg.device)
+@dataclass
+class _Data:
+    """The training split in memory as uint8 tensors, the test split, and the preprocessing learned from them."""
+
+    train: Dataset
+    test: Dataset
+    pre: Preprocess
+    images: torch.Tensor  # N x C x H x W uint8
+    labels: torch.Tensor
+    class_names: tuple[str, ...]
+
+
+def _load(cfg: TrainConfig) -> _Data:
     train_ds = open_dataset(cfg.data, split="train", data_dir=cfg.data_dir)
     test_ds = open_dataset(cfg.data, split="test", data_dir=cfg.data_dir)
     if train_ds.labels is None or train_ds.class_names is None:
@@ -149,71 +158,90 @@ def train(cfg: TrainConfig, *, on_step: StepCallback | None = None,
     channels = 1 if sample.ndim == 3 else sample.shape[-1]
     size = sample.shape[1]
     mean, std = _stats(train_ds, channels)
-    pre = Preprocess(image_size=size, resize=size, channels=channels, mean=mean, std=std)
-    num_classes = len(train_ds.class_names)
-    model = build_model(cfg.model, num_classes=num_classes, in_chans=channels)
-    model = model.to(device).to(memory_format=torch.channels_last)
+    n_train = len(train_ds) if cfg.limit is None else min(cfg.limit, len(train_ds))
+    images = train_ds.raw(np.arange(n_train))
+    images_t = torch.from_numpy(images if images.ndim == 4 else images[..., None]).permute(0, 3, 1, 2)
+    return _Data(train_ds, test_ds, Preprocess(image_size=size, resize=size, channels=channels, mean=mean, std=std),
+                 images_t, torch.from_numpy(train_ds.labels[:n_train].astype(np.int64)), train_ds.class_names)
 
-    decay = [p for n, p in model.named_parameters() if p.ndim > 1]
-    no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]
-    opt = torch.optim.SGD(
+
+def _optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+    """SGD with Nesterov momentum; weight decay on conv/linear weights only."""
+    decay = [p for _, p in model.named_parameters() if p.ndim > 1]
+    no_decay = [p for _, p in model.named_parameters() if p.ndim <= 1]
+    return torch.optim.SGD(
         [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
         lr=cfg.lr, momentum=cfg.momentum, nesterov=True,
     )
-    n_train = len(train_ds) if cfg.limit is None else min(cfg.limit, len(train_ds))
+
+
+def _epoch(cfg: TrainConfig, d: _Data, model: nn.Module, opt: torch.optim.Optimizer, epoch: int, step: int,
+           gen: torch.Generator, device: torch.device, on_step: StepCallback | None) -> tuple[float, float, int]:
+    """One pass over the training images: (mean loss, accuracy %, the global step after it)."""
+    n_train = len(d.labels)
     per_epoch = math.ceil(n_train / cfg.batch_size)
     total = per_epoch * cfg.epochs
-    pad = cfg.pad if cfg.pad is not None else max(1, size // 8)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    mean_t = torch.tensor(mean).view(1, -1, 1, 1)
-    std_t = torch.tensor(std).view(1, -1, 1, 1)
-    images = train_ds.raw(np.arange(n_train))
-    images_t = torch.from_numpy(images if images.ndim == 4 else images[..., None]).permute(0, 3, 1, 2)
-    labels_t = torch.from_numpy(train_ds.labels[:n_train].astype(np.int64))
+    pad = cfg.pad if cfg.pad is not None else max(1, d.pre.image_size // 8)
+    mean_t = torch.tensor(d.pre.mean).view(1, -1, 1, 1)
+    std_t = torch.tensor(d.pre.std).view(1, -1, 1, 1)
+    model.train()
+    order = torch.randperm(n_train, generator=gen)
+    seen = correct = 0
+    loss_sum = 0.0
+    for i in range(per_epoch):
+        idx = order[i * cfg.batch_size : (i + 1) * cfg.batch_size]
+        x = _augment(d.images[idx].float().div_(255.0), pad, cfg.flip, gen)
+        x = ((x - mean_t) / std_t).to(device).contiguous(memory_format=torch.channels_last)
+        y = d.labels[idx].to(device)
+        for g in opt.param_groups:
+            g["lr"] = _lr_at(cfg, step, total, per_epoch)
+        logits = model(x)
+        loss = F.cross_entropy(logits, y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        step += 1
+        seen += len(y)
+        correct += int((logits.argmax(1) == y).sum())
+        loss_sum += float(loss.detach()) * len(y)
+        if on_step:
+            on_step(epoch, i + 1, {"loss": loss_sum / seen, "acc": 100.0 * correct / seen,
+                                   "lr": opt.param_groups[0]["lr"]})
+    return loss_sum / seen, 100.0 * correct / seen, step
 
+
+def _checkpoint_meta(cfg: TrainConfig, d: _Data, top1: float, epoch: int) -> dict[str, Any]:
+    """What the checkpoint carries beside its weights: the model's shape, preprocessing, classes, accuracy."""
+    images = len(d.test) if cfg.eval_limit is None else min(cfg.eval_limit, len(d.test))
+    return {"arch": cfg.model, "num_classes": len(d.class_names), "in_chans": d.pre.channels,
+            "image_size": d.pre.image_size, "preprocess": d.pre.to_dict(), "class_names": list(d.class_names),
+            "accuracy": {"dataset": f"{cfg.data}:test", "top1": round(top1, 2), "images": images}, "epoch": epoch}
+
+
+def train(cfg: TrainConfig, *, on_step: StepCallback | None = None,
+          on_epoch: Callable[[dict[str, float]], None] | None = None,
+          command: str | None = None) -> TrainResult:
+    """Train cfg.model on cfg.data, evaluate each epoch on the test split, keep the best checkpoint."""
+    torch.manual_seed(cfg.seed)
+    device = _device(cfg.device)
+    d = _load(cfg)
+    model = build_model(cfg.model, num_classes=len(d.class_names), in_chans=d.pre.channels)
+    model = model.to(device).to(memory_format=torch.channels_last)
+    opt = _optimizer(cfg, model)
+    gen = torch.Generator().manual_seed(cfg.seed)
     best, best_epoch, history, start, step = -1.0, -1, [], time.perf_counter(), 0
     for epoch in range(cfg.epochs):
-        model.train()
-        order = torch.randperm(n_train, generator=gen)
-        seen = correct = 0
-        loss_sum = 0.0
-        for i in range(per_epoch):
-            idx = order[i * cfg.batch_size : (i + 1) * cfg.batch_size]
-            x = images_t[idx].float().div_(255.0)
-            x = _augment(x, pad, cfg.flip, gen)
-            x = ((x - mean_t) / std_t).to(device).contiguous(memory_format=torch.channels_last)
-            y = labels_t[idx].to(device)
-            for g in opt.param_groups:
-                g["lr"] = _lr_at(cfg, step, total, per_epoch)
-            logits = model(x)
-            loss = F.cross_entropy(logits, y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            step += 1
-            seen += len(y)
-            correct += int((logits.argmax(1) == y).sum())
-            loss_sum += float(loss.detach()) * len(y)
-            if on_step:
-                on_step(epoch, i + 1, {"loss": loss_sum / seen, "acc": 100.0 * correct / seen,
-                                       "lr": opt.param_groups[0]["lr"]})
-        top1 = evaluate(model, test_ds, pre, limit=cfg.eval_limit, device=device)
-        row = {"epoch": epoch + 1, "train_loss": round(loss_sum / seen, 4),
-               "train_acc": round(100.0 * correct / seen, 2), "test_top1": round(top1, 2),
-               "seconds": round(time.perf_counter() - start, 1)}
+        loss, acc, step = _epoch(cfg, d, model, opt, epoch, step, gen, device, on_step)
+        top1 = evaluate(model, d.test, d.pre, limit=cfg.eval_limit, device=device)
+        row = {"epoch": epoch + 1, "train_loss": round(loss, 4), "train_acc": round(acc, 2),
+               "test_top1": round(top1, 2), "seconds": round(time.perf_counter() - start, 1)}
         history.append(row)
         if on_epoch:
             on_epoch(row)
         if top1 > best:
             best, best_epoch = top1, epoch + 1
-            meta: dict[str, Any] = {
-                "arch": cfg.model, "num_classes": num_classes, "in_chans": channels, "image_size": size,
-                "preprocess": pre.to_dict(), "class_names": list(train_ds.class_names),
-                "accuracy": {"dataset": f"{cfg.data}:test", "top1": round(top1, 2),
-                             "images": len(test_ds) if cfg.eval_limit is None else min(cfg.eval_limit, len(test_ds))},
-                "epoch": epoch + 1,
-            }
-            save_checkpoint(cfg.out, model.to("cpu").to(memory_format=torch.contiguous_format), meta)
+            save_checkpoint(cfg.out, model.to("cpu").to(memory_format=torch.contiguous_format),
+                            _checkpoint_meta(cfg, d, top1, epoch + 1))
             model.to(device).to(memory_format=torch.channels_last)
     seconds = time.perf_counter() - start
     card = {"command": command, "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()},
@@ -221,4 +249,3 @@ def train(cfg: TrainConfig, *, on_step: StepCallback | None = None,
             "torch": torch.__version__, "device": str(device), "history": history}
     atomic_write_text(Path(cfg.out).with_suffix(".json"), json.dumps(card, indent=2) + "\n")
     return TrainResult(Path(cfg.out), best, best_epoch, seconds, history)
-

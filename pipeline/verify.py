@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Callable
@@ -13,46 +12,56 @@ from typing import Any
 import numpy as np
 import torch
 
-from exporters.onnx import INPUT_NAME, graph_batch
-from pipeline.artifacts import Manifest, atomic_write_text, check_sha, read_manifest, system_info
+from pipeline.artifacts import EngineEntry, GraphEntry, Manifest, read_manifest, system_info
 from pipeline.data import calibration_overlap_note, label_order_note
-from pipeline.export import export_command, reference_if_here
-from pipeline.precisions import PRECISIONS, Precision, Tolerance
-from pipeline.reference import DEFAULT_SAMPLES, Inputs, reference_file, stored_reference, verify_inputs
-from runtimes.base import Runtime, batch_chunks, open_runtime
-from runtimes.errors import BackendUnavailable, BadInput, CheckFailed, IncompatibleArtifact, ResnetxError
+from pipeline.localize import Localization, localize
+from pipeline.precisions import PRECISIONS, Precision, Tolerance, parse_precisions
+from pipeline.reference import DEFAULT_SAMPLES, Inputs, Reference, verify_inputs
+from pipeline.targets import Target, open_target, select_targets
+from resnetx.errors import BackendUnavailable, BadInput, CheckFailed, IncompatibleArtifact, ResnetxError
+from runtimes.base import Device, runtime_spec
 
 __all__ = [
     "VerifyOptions",
     "Metrics",
     "VerifyRow",
     "VerifyReport",
-    "Candidate",
     "compare",
     "verify",
     "judge",
-    "localize",
-    "LayerError",
 ]
 
 log = logging.getLogger(__name__)
+ProgressFn = Callable[[str, int, int], None]
 
 
 @dataclass(frozen=True)
 class VerifyOptions:
     folder: Path
-    device: str = "cpu"
+    device: str = "cpu"  # or a Device; auto resolves here
     samples: int = DEFAULT_SAMPLES
     data: str = "sample"
     data_dir: Path | None = None
     batch_size: int | None = None  # None: 16 at ImageNet sizes, 64 for small images
-    precisions: tuple[str, ...] | None = None  # None: all in the manifest
+    precisions: tuple[Precision, ...] | None = None  # None: all in the manifest
     runtimes: tuple[str, ...] | None = None  # None: ort (+ trt on cuda when engines exist)
     rel_l2: float | None = None  # overrides of the per-precision defaults
     top1_agreement: float | None = None
     accuracy_drop: float | None = None
     localize: bool = False
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "folder", Path(self.folder))
+        object.__setattr__(self, "device", Device(self.device).resolve())
+        if self.precisions is not None:
+            object.__setattr__(self, "precisions", parse_precisions(self.precisions, with_source=False))
+        for name in self.runtimes or ():
+            runtime_spec(name)
+        if self.samples < 1:
+            raise BadInput("--samples must be >= 1")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise BadInput("--batch-size must be >= 1")
 
 
 @dataclass
@@ -76,15 +85,8 @@ class Metrics:
 
 
 @dataclass
-class LayerError:
-    layer: str
-    op: str
-    rel_l2: float
-
-
-@dataclass
 class VerifyRow:
-    artifact: str  # manifest key, e.g. "fp16" or "int8.rtx", or "torch-fp16"
+    artifact: str  # manifest name, e.g. "fp16" or "int8.rtx", or "torch-fp16"
     runtime: str
     precision: str
     device: str
@@ -94,7 +96,8 @@ class VerifyRow:
     failures: list[str] = field(default_factory=list)
     skipped: str | None = None
     seconds: float = 0.0
-    localization: dict[str, Any] | None = None
+    localization: Localization | None = None
+    localization_error: str | None = None  # why localisation could not run
 
 
 @dataclass
@@ -138,7 +141,8 @@ class VerifyReport:
 
 
 # --------------------------------------------------------------------------- metrics
-def compare(ref: np.ndarray, got: np.ndarray, labels: np.ndarray | None = None, task_rows: int | None = None) -> Metrics:
+def compare(ref: np.ndarray, got: np.ndarray, labels: np.ndarray | None = None,
+            task_rows: int | None = None) -> Metrics:
     """Element-wise and task metrics of `got` against `ref` (both N x classes logits).
 
     Element-wise metrics and the NaN/Inf count use every row; top-1/top-5 agreement use the
@@ -190,145 +194,88 @@ def judge(m: Metrics, tol: Tolerance) -> list[str]:
     return out
 
 
-# --------------------------------------------------------------------------- candidates
-@dataclass
-class Candidate:
-    key: str
-    backend: str
-    precision: str
-    device: str
-    entry: dict[str, Any] | None  # manifest entry; None for the torch runtime
-
-
-def _candidates(opts: VerifyOptions, manifest: Manifest) -> list[Candidate]:
-    precisions = opts.precisions or tuple(p.value for p in Precision)
-    unknown = [p for p in precisions if p not in Precision.__members__]
-    if unknown:
-        raise BadInput(f"unknown precision {', '.join(unknown)}; choose from fp32, fp16, int8")
-    runtimes = opts.runtimes or (("ort", "trt") if opts.device == "cuda" else ("ort",))
-    bad = [r for r in runtimes if r not in ("ort", "trt", "torch")]
-    if bad:
-        raise BadInput(f"unknown runtime {', '.join(bad)}; choose from ort, trt, torch")
-    out = []
-    for key, entry in manifest.artifacts.items():
-        if entry["precision"] not in precisions:
-            continue
-        if entry["kind"] == "onnx" and "ort" in runtimes:
-            out.append(Candidate(key, "ort", entry["precision"], opts.device, entry))
-        elif entry["kind"] == "engine" and "trt" in runtimes:
-            out.append(Candidate(key, "trt", entry["precision"], "cuda", entry))
-    if "torch" in runtimes:
-        for p in ("fp32", "fp16"):
-            if p in precisions:
-                out.append(Candidate(f"torch-{p}", "torch", p, opts.device, None))
-    if not out:
-        raise BadInput(f"nothing to verify in {opts.folder} for precision(s) {', '.join(precisions)} and runtime(s) "
-                       f"{', '.join(runtimes)}: it holds {manifest.holdings()}; export more with resnetx export "
-                       f"--precision ... --out {opts.folder}, or use --runtime torch")
-    return out
-
-
-def _open(c: Candidate, folder: Path, model: torch.nn.Module | None, missing: str) -> Runtime:
-    if c.backend == "torch":
-        if model is None:
-            raise BackendUnavailable(f"the torch runtime runs the PyTorch model: {missing}")
-        return open_runtime("torch", model, device=c.device, precision=c.precision)
-    path = check_sha(folder, c.entry or {})
-    if c.backend == "trt":
-        return open_runtime("trt", path, device="cuda", entry=c.entry)
-    return open_runtime("ort", path, device=c.device, precision=c.precision)
-
-
-def _tolerance(opts: VerifyOptions, c: Candidate) -> Tolerance:
-    tol = PRECISIONS[Precision(c.precision)].tolerance
-    if c.precision == "fp32" and c.device == "cuda":
-        tol = tol.merged(rel_l2=1e-3, top1_agreement=0.99)  # GPU kernels reassociate sums (TF32 off)
+# --------------------------------------------------------------------------- verify
+def _tolerance(opts: VerifyOptions, t: Target) -> Tolerance:
+    tol = PRECISIONS[t.precision].tolerance_on(t.device)
     return tol.merged(rel_l2=opts.rel_l2, top1_agreement=opts.top1_agreement, accuracy_drop=opts.accuracy_drop)
 
 
-def verify(
-    opts: VerifyOptions,
-    *,
-    on_progress: Callable[[str, int, int], None] | None = None,
-) -> VerifyReport:
-    """Compare each selected artifact with the fp32 PyTorch reference; write reports/verify.json.
+def _ticker(on_progress: ProgressFn | None, name: str, total: int) -> Callable[[int], None]:
+    """A callback counting inputs done, for a progress bar named `name`."""
+    done = 0
 
-    When every candidate was skipped (no GPU, no provider) nothing is written: a run that judged nothing
-    must not replace the verdict of one that did.
-    """
-    start = time.perf_counter()
-    folder = Path(opts.folder)
-    manifest = read_manifest(folder)
-    if opts.samples < 1:
-        raise BadInput("--samples must be >= 1")
-    torch.manual_seed(opts.seed)
-    model, info, missing = reference_if_here(manifest)
-    batch = opts.batch_size or (16 if info.image_size >= 96 else 64)
-    inputs = verify_inputs(opts.data, opts.data_dir, opts.samples, info.preprocess, info.num_classes, seed=opts.seed)
-    x, labels = inputs.x, inputs.labels
-    notes = _input_notes(inputs, opts.samples, info.num_classes)
-    t_ref = time.perf_counter()
-    done_ref = 0
-
-    def ref_tick(n: int) -> None:
-        nonlocal done_ref
-        done_ref += n
+    def tick(n: int) -> None:
+        nonlocal done
+        done += n
         if on_progress:
-            on_progress("torch-cpu-fp32 reference", done_ref, len(x))
+            on_progress(name, done, total)
 
-    ref, made_by = stored_reference(folder / reference_file(opts.data, opts.samples),
-                                    manifest.model["state_sha256"], model, x, on_batch=ref_tick, missing=missing)
-    stored = made_by is not None
-    if model is None:
-        notes.append(f"{missing}: the reference is the stored fp32 PyTorch logits (computed with torch {made_by})")
-    log.debug("reference: %d inputs, %s in %.1f s", len(x), "stored" if stored else "computed",
-              time.perf_counter() - t_ref)
-    rows: list[VerifyRow] = []
-    for c in _candidates(opts, manifest):
-        t0 = time.perf_counter()
-        tol = _tolerance(opts, c)
+    return tick
+
+
+@dataclass(frozen=True)
+class _Run:
+    """What every target of one verify is compared on."""
+
+    opts: VerifyOptions
+    folder: Path
+    manifest: Manifest
+    reference: Reference
+    inputs: Inputs
+    ref_logits: np.ndarray
+    batch: int
+
+
+def verify(opts: VerifyOptions, *, on_progress: ProgressFn | None = None) -> VerifyReport:
+    """Compare each selected artifact with the fp32 PyTorch reference. The report says where it belongs
+    (`report_path`); writing it is the caller's (a run that judged nothing must not replace a real verdict)."""
+    start = time.perf_counter()
+    folder = opts.folder
+    manifest = read_manifest(folder)
+    targets = select_targets(manifest, folder, command="verify", runtimes=opts.runtimes, precisions=opts.precisions,
+                             device=opts.device)
+    torch.manual_seed(opts.seed)
+    ref = Reference.of(manifest)
+    info = ref.info
+    inputs = verify_inputs(opts.data, opts.data_dir, opts.samples, info.preprocess, info.num_classes, seed=opts.seed)
+    notes = _input_notes(inputs, opts.samples, info.num_classes)
+    logits, made_by = ref.logits(folder, inputs, samples=opts.samples,
+                                 on_batch=_ticker(on_progress, "torch-cpu-fp32 reference", len(inputs.x)))
+    if ref.model is None:
+        notes.append(f"{ref.why_missing}: the reference is the stored fp32 PyTorch logits (computed with torch "
+                     f"{made_by})")
+    run = _Run(opts, folder, manifest, ref, inputs, logits, opts.batch_size or (16 if info.image_size >= 96 else 64))
+    rows = [_verify_one(run, t, on_progress) for t in targets]
+    notes += _data_notes(run, rows) + _unverified_engines(opts, manifest)
+    return VerifyReport(folder, rows, inputs.data, len(inputs.x), reference_stored=made_by is not None,
+                        manifest_created=manifest.created, seconds=time.perf_counter() - start, notes=notes,
+                        system=system_info())
+
+
+def _verify_one(run: _Run, t: Target, on_progress: ProgressFn | None) -> VerifyRow:
+    t0 = time.perf_counter()
+    tol = _tolerance(run.opts, t)
+    x = run.inputs.x
+    try:
+        with open_target(t, run.folder, run.manifest, run.reference) as rt:
+            got = rt.infer_all(x, run.batch, _ticker(on_progress, rt.name, len(x)))
+            name = rt.name
+    except (BackendUnavailable, IncompatibleArtifact) as e:  # not for this machine: the other rows still run
+        return VerifyRow(t.key, t.label, t.precision.value, t.device, False, skipped=str(e))
+    except CheckFailed as e:  # sha mismatch: provenance broken
+        return VerifyRow(t.key, t.label, t.precision.value, t.device, False, tolerance=tol, failures=[str(e)])
+    m = compare(run.ref_logits, got, run.inputs.labels, task_rows=run.inputs.n_real)
+    fails = judge(m, tol)
+    row = VerifyRow(t.key, name, t.precision.value, t.device, not fails, metrics=m, tolerance=tol, failures=fails,
+                    seconds=time.perf_counter() - t0)
+    if isinstance(t.entry, GraphEntry) and t.runtime.name == "ort" and (run.opts.localize or fails):
+        t_loc = time.perf_counter()
         try:
-            with _open(c, folder, model, missing) as rt:
-                done = 0
-
-                def tick(n: int) -> None:
-                    nonlocal done
-                    done += n
-                    if on_progress:
-                        on_progress(rt.name, done, len(x))
-
-                got = rt.infer_all(x, batch, tick)
-                name = rt.name
-        except (BackendUnavailable, IncompatibleArtifact) as e:  # not for this machine: the other rows still run
-            rows.append(VerifyRow(c.key, f"{c.backend}-{c.device}-{c.precision}", c.precision, c.device, False,
-                                  skipped=str(e)))
-            continue
-        except CheckFailed as e:  # sha mismatch: provenance broken
-            rows.append(VerifyRow(c.key, f"{c.backend}-{c.device}-{c.precision}", c.precision, c.device, False,
-                                  tolerance=tol, failures=[str(e)]))
-            continue
-        m = compare(ref, got, labels, task_rows=inputs.n_real)
-        fails = judge(m, tol)
-        row = VerifyRow(c.key, name, c.precision, c.device, not fails, m, tol, fails, seconds=time.perf_counter() - t0)
-        if c.backend == "ort" and (opts.localize or fails):
-            t_loc = time.perf_counter()
-            try:
-                row.localization = localize(folder, manifest, c.entry or {}, model, info, x[: min(8, len(x))], tol)
-            except ResnetxError as e:
-                row.localization = {"error": str(e)}
-            row.localization["seconds"] = round(time.perf_counter() - t_loc, 2)
-        rows.append(row)
-    if labels is not None and (order := label_order_note(inputs.data, inputs.class_names, info.class_names)):
-        notes.append(order)
-    if labels is not None and any(r.precision == "int8" and r.metrics is not None for r in rows):
-        if overlap := calibration_overlap_note(manifest.calibration, opts.data):
-            notes.append(overlap)
-    report = VerifyReport(folder, rows, inputs.data, len(x), reference_stored=stored,
-                          manifest_created=manifest.created, seconds=time.perf_counter() - start,
-                          notes=notes + _unverified_engines(opts, manifest), system=system_info())
-    if report.report_path is not None:
-        atomic_write_text(report.report_path, json.dumps(report.to_dict(), indent=2, default=_json) + "\n")
-    return report
+            row.localization = localize(run.folder, run.manifest, t.entry, run.reference, x[: min(8, len(x))], tol)
+            row.localization.seconds = round(time.perf_counter() - t_loc, 2)
+        except ResnetxError as e:
+            row.localization_error = str(e)
+    return row
 
 
 def _input_notes(inputs: Inputs, asked: int, num_classes: int) -> list[str]:
@@ -343,111 +290,22 @@ def _input_notes(inputs: Inputs, asked: int, num_classes: int) -> list[str]:
     return notes
 
 
+def _data_notes(run: _Run, rows: list[VerifyRow]) -> list[str]:
+    """Labels matched by position to other class names; int8 measured on its own calibration images."""
+    notes = []
+    if run.inputs.labels is None:
+        return notes
+    if order := label_order_note(run.inputs.data, run.inputs.class_names, run.reference.info.class_names):
+        notes.append(order)
+    if any(r.precision == "int8" and r.metrics is not None for r in rows):
+        cal = run.manifest.calibration
+        if overlap := calibration_overlap_note(cal.dataset if cal else None, run.opts.data):
+            notes.append(overlap)
+    return notes
+
+
 def _unverified_engines(opts: VerifyOptions, manifest: Manifest) -> list[str]:
-    engines = [e["file"] for e in manifest.artifacts.values() if e["kind"] == "engine"]
+    engines = [e.file for e in manifest.entries() if isinstance(e, EngineEntry)]
     if engines and opts.device != "cuda" and not (opts.runtimes and "trt" in opts.runtimes):
         return [f"{len(engines)} TensorRT engine(s) not run: engines run on --device cuda only ({', '.join(engines)})"]
     return []
-
-
-def _json(o: Any) -> Any:
-    if isinstance(o, Path):
-        return str(o)
-    if isinstance(o, float) and not np.isfinite(o):
-        return str(o)
-    raise TypeError(type(o))
-
-
-# --------------------------------------------------------------------------- localisation
-def _layer_outputs(model_bytes: bytes, x: np.ndarray) -> dict[str, tuple[str, np.ndarray]]:
-    """Run a graph with every node's first output exposed: {node name: (op, value as fp32)}."""
-    import onnx
-    import onnxruntime as ort
-
-    m = onnx.load_from_string(model_bytes)
-    inferred = onnx.shape_inference.infer_shapes(m)
-    types = {vi.name: vi for vi in [*inferred.graph.value_info, *inferred.graph.output]}
-    have = {o.name for o in m.graph.output}
-    wanted: dict[str, tuple[str, str]] = {}
-    for node in m.graph.node:
-        if node.op_type in ("QuantizeLinear", "DequantizeLinear", "Cast", "Constant") or not node.output:
-            continue
-        out = node.output[0]
-        if out not in types and out not in have:
-            continue
-        wanted[node.name] = (node.op_type, out)
-        if out not in have:
-            m.graph.output.append(types[out])
-            have.add(out)
-    opts = ort.SessionOptions()
-    # basic rewrites only (constant folding, no fusions), and every layer's value is a graph output
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-    opts.log_severity_level = 3
-    sess = ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-    names = [o.name for o in sess.get_outputs()]
-    fixed = graph_batch(m) or 0
-    runs = [(sess.run(names, {INPUT_NAME: c}), n) for c, n in batch_chunks(x, fixed or len(x), pad_to=fixed)]
-    values = {name: np.concatenate([out[k][:n] for out, n in runs]) for k, name in enumerate(names)}
-    return {n: (op, values[out].astype(np.float32, copy=False)) for n, (op, out) in wanted.items() if out in values}
-
-
-def localize(
-    folder: Path, manifest: Manifest, entry: dict[str, Any], model: torch.nn.Module | None, info: Any,
-    x: np.ndarray, tol: Tolerance,
-) -> dict[str, Any]:
-    """First layer whose output departs from the fp32 baseline, by the module it comes from.
-
-    Baseline: the fp32 ONNX in the folder for fp16/int8 graphs; a fresh export of the PyTorch
-    reference for the fp32 graph itself. Layers are matched by name (module paths).
-    """
-    from exporters.onnx import export_onnx
-
-    candidate = (folder / entry["file"]).read_bytes()
-    if entry["precision"] == "fp32":
-        import tempfile
-
-        if model is None:
-            raise BadInput("localising an fp32 graph compares it with a fresh export of the PyTorch model, "
-                           "whose weights are not on this machine")
-
-        with tempfile.TemporaryDirectory() as tmp:
-            a = export_onnx(model, info.input_shape, Path(tmp) / "ref.onnx", exporter="legacy",
-                            opset=entry.get("opset", 18))
-            baseline = a.path.read_bytes()
-    else:
-        fp32 = manifest.artifacts.get("fp32")
-        if fp32 is None:
-            raise BadInput("localisation needs model.fp32.onnx in the folder")
-        baseline = check_sha(folder, fp32).read_bytes()
-    base = _layer_outputs(baseline, x)
-    cand = _layer_outputs(candidate, x)
-    layers: list[LayerError] = []
-    for name, (op, b) in base.items():
-        if name in cand and cand[name][1].shape == b.shape:
-            c = cand[name][1]
-            err = float(np.linalg.norm((c - b).astype(np.float64)) / max(np.linalg.norm(b.astype(np.float64)), 1e-30))
-            layers.append(LayerError(name, op, err if np.isfinite(err) else float("inf")))
-    if not layers:
-        raise BadInput("no layer names are shared by the two graphs; re-export both with resnetx")
-    bar = tol.rel_l2 if tol.rel_l2 is not None else 0.05
-    first = next((layer for layer in layers if not layer.rel_l2 <= bar), None)
-    weighted = [layer for layer in layers if layer.op in ("Conv", "Gemm", "MatMul")]
-    jump, prev = None, 1e-12
-    best = 0.0
-    for layer in weighted:  # the weighted layer whose error grows most over the one before it
-        ratio = layer.rel_l2 / max(prev, 1e-12) if np.isfinite(layer.rel_l2) else float("inf")
-        if ratio > best and layer.rel_l2 > 1e-6:
-            best, jump = ratio, layer
-        prev = max(prev, layer.rel_l2) if np.isfinite(layer.rel_l2) else prev
-    culprit = first if first is not None else jump
-    module = culprit.layer.split("/")[0] if culprit else None
-    return {
-        "baseline": "pytorch reference (re-exported fp32)" if entry["precision"] == "fp32" else "model.fp32.onnx",
-        "layer_tolerance": bar,
-        "first_divergent_layer": first.layer if first else None,
-        "module": module,
-        "largest_jump_layer": jump.layer if jump else None,
-        "suggestion": (export_command(manifest, folder, entry["precision"], (jump.layer,))
-                       if jump and entry["precision"] != "fp32" else None),
-        "by_depth": [asdict(layer) for layer in layers if layer.op in ("Conv", "Gemm", "MatMul", "Add")],
-    }

@@ -1,64 +1,77 @@
-"""One runner shape for every backend: open -> infer(batch) -> logits -> close."""
+"""One runner shape for every backend: open -> infer(batch) -> logits -> close; and the runtime registry."""
 
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import Enum
 from typing import Any
 
 import numpy as np
 
-from runtimes.errors import BackendUnavailable, BadInput, IncompatibleArtifact
+from resnetx.batching import batch_chunks
+from resnetx.errors import BackendUnavailable, BadInput
 
-__all__ = [
-    "Runtime",
-    "RUNTIMES",
-    "open_runtime",
-    "require_cuda",
-    "batch_chunks",
-    "BackendUnavailable",
-    "IncompatibleArtifact",
-]
+__all__ = ["Device", "Runtime", "RuntimeSpec", "RUNTIMES", "runtime_spec", "open_runtime", "require_cuda"]
 
 
-def batch_chunks(x: np.ndarray, size: int, pad_to: int = 0) -> Iterator[tuple[np.ndarray, int]]:
-    """(chunk, real rows) over x in chunks of `size` rows; a last chunk shorter than `pad_to` is padded with
-    copies of its final row (a fixed-batch graph, an engine's minimum batch): drop those rows from the outputs."""
-    for i in range(0, len(x), size):
-        chunk = x[i : i + size]
-        n = len(chunk)
-        if n < pad_to:
-            chunk = np.concatenate([chunk, np.repeat(chunk[-1:], pad_to - n, 0)])
-        yield np.ascontiguousarray(chunk, np.float32), n
+class Device(str, Enum):
+    auto = "auto"  # cuda when torch sees a GPU, else cpu
+    cpu = "cpu"
+    cuda = "cuda"
+
+    def resolve(self) -> str:
+        """'cpu' or 'cuda'."""
+        if self is Device.auto:
+            import torch
+
+            return "cuda" if torch.cuda.is_available() else "cpu"
+        return self.value
 
 
 class Runtime:
-    """Base runner. Backends fill `_infer` (and `_close`); the public methods check state once.
-
-    `name` (e.g. 'ort-cpu-fp32') is what reports print verbatim.
-    """
+    """Base runner. The public methods check state once, then call the hooks each backend fills:
+    `_infer` (and, where the backend can leave results on the device, `_infer_async` and `_synchronize`),
+    `_close`. `name` (e.g. 'ort-cpu-fp32') is what reports print verbatim."""
 
     backend = "base"
 
-    def __init__(self, *, device: str, precision: str, mode: str = "", batch_range: tuple[int, int] | None = None) -> None:
+    def __init__(self, *, device: str, precision: str, mode: str = "",
+                 batch_range: tuple[int, int] | None = None) -> None:
         self.device = device
         self.precision = precision
         self.mode = mode
         self.batch_range = batch_range  # (min, max) batch the artifact accepts, None = any
         self.static_shapes = False  # each new batch size costs a compile or a capture: infer_all pads
+        self.one_time_seconds: dict[int, float] = {}  # batch size -> its first call's compile or capture
         self._open = True
 
     @property
     def name(self) -> str:
         return "-".join(p for p in (self.backend, self.mode, self.device, self.precision) if p)
 
-    def infer(self, batch: Any) -> np.ndarray:
-        """float32 NCHW batch (numpy or torch) -> float32 logits as numpy, synchronised."""
+    def _check(self, batch: Any) -> None:
         if not self._open:
             raise RuntimeError(f"{self.name} is closed")
         if reason := self.out_of_range(int(batch.shape[0])):
             raise BadInput(f"{self.name}: {reason}")
+
+    def infer(self, batch: Any) -> np.ndarray:
+        """float32 NCHW batch (numpy or torch) -> float32 logits as numpy, synchronised."""
+        self._check(batch)
         return self._infer(batch)
+
+    def infer_async(self, batch: Any) -> Any:
+        """Enqueue without copying the result to the host, for timing device-resident runs; `synchronize` ends
+        the work. Backends that cannot do better run `_infer`."""
+        self._check(batch)
+        return self._infer_async(batch)
+
+    def synchronize(self) -> None:
+        """Wait for all work enqueued by infer_async."""
+        if self._open:
+            self._synchronize()
 
     def out_of_range(self, n: int) -> str | None:
         """Why a batch of n cannot run here (an engine's profile, a fixed-batch graph), or None when it can."""
@@ -81,16 +94,6 @@ class Runtime:
                 on_batch(n)
         return np.concatenate(out).astype(np.float32)
 
-    def infer_async(self, batch: Any) -> Any:
-        """Enqueue without copying the result to the host; for timing device-resident runs.
-
-        Backends that cannot do better fall back to `infer`. `synchronize` ends the work.
-        """
-        return self.infer(batch)
-
-    def synchronize(self) -> None:
-        """Wait for all work enqueued by infer_async."""
-
     def close(self) -> None:
         if self._open:
             self._close()
@@ -105,17 +108,48 @@ class Runtime:
     def _infer(self, batch: Any) -> np.ndarray:
         raise NotImplementedError
 
+    def _infer_async(self, batch: Any) -> Any:
+        return self._infer(batch)
+
+    def _synchronize(self) -> None:
+        pass
+
     def _close(self) -> None:
         pass
 
 
-# name -> (module, opener function); modules are imported on first use, so a missing backend
-# costs nothing until it is asked for.
-RUNTIMES: dict[str, tuple[str, str]] = {
-    "torch": ("runtimes.torch_rt", "open_torch"),
-    "ort": ("runtimes.ort_rt", "open_ort"),
-    "trt": ("runtimes.trt_rt", "open_trt"),
-}
+@dataclass(frozen=True)
+class RuntimeSpec:
+    """One entry of the registry: what `--runtime NAME` runs, with what, where, and when by default."""
+
+    name: str
+    module: str  # imported on first use: a missing backend costs nothing until it is asked for
+    opener: str
+    runs: str  # "module" (the PyTorch model), "graph" (an ONNX file) or "engine" (a TensorRT engine)
+    devices: tuple[str, ...]
+    default_for: tuple[str, ...] = ()  # the commands ("verify", "bench") that run it unless --runtime says
+    options: tuple[tuple[str, Any], ...] = ()  # fixed options for the opener (ort-trt: the provider)
+    help: str = ""
+
+
+RUNTIMES: dict[str, RuntimeSpec] = {s.name: s for s in (
+    RuntimeSpec("torch", "runtimes.torch_rt", "open_torch", "module", ("cpu", "cuda"), ("bench",),
+                help="PyTorch itself: eager, channels_last, CUDA graphs, torch.compile"),
+    RuntimeSpec("ort", "runtimes.ort_rt", "open_ort", "graph", ("cpu", "cuda"), ("verify", "bench"),
+                help="onnxruntime: CPU, or CUDA with I/O binding"),
+    # opt-in: it needs onnxruntime-gpu built with TensorRT AND TensorRT's libraries, yet onnxruntime lists the
+    # provider even where those are missing
+    RuntimeSpec("ort-trt", "runtimes.ort_rt", "open_ort", "graph", ("cuda",), options=(("provider", "trt-ep"),),
+                help="onnxruntime's TensorRT execution provider"),
+    RuntimeSpec("trt", "runtimes.trt_rt", "open_trt", "engine", ("cuda",), ("verify", "bench"),
+                help="the TensorRT engines built by export"),
+)}
+
+
+def runtime_spec(name: str) -> RuntimeSpec:
+    if name not in RUNTIMES:
+        raise BadInput(f"unknown runtime {name!r}; known: {', '.join(RUNTIMES)}")
+    return RUNTIMES[name]
 
 
 def require_cuda(consequence: str = "") -> None:
@@ -127,11 +161,8 @@ def require_cuda(consequence: str = "") -> None:
                                  f"of torch, or use --device cpu){consequence}")
 
 
-def open_runtime(backend: str, artifact: Any, device: str = "cpu", **opts: Any) -> Runtime:
-    """Open `artifact` (an nn.Module for torch, a file for ort/trt) on `device` with `backend`."""
-    if backend not in RUNTIMES:
-        raise BadInput(f"unknown runtime {backend!r}; known: {', '.join(RUNTIMES)}")
-    module, fn = RUNTIMES[backend]
-    opener: Callable[..., Runtime] = getattr(importlib.import_module(module), fn)
-    return opener(artifact, device=device, **opts)
-
+def open_runtime(name: str, artifact: Any, device: str = "cpu", **opts: Any) -> Runtime:
+    """Open `artifact` (an nn.Module for torch, a file for the others) on `device` with the runtime `name`."""
+    spec = runtime_spec(name)
+    opener: Callable[..., Runtime] = getattr(importlib.import_module(spec.module), spec.opener)
+    return opener(artifact, device=device, **dict(spec.options), **opts)

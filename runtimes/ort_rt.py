@@ -1,4 +1,7 @@
-"""onnxruntime runner: CPU (thread count), CUDA with I/O binding, TensorRT execution provider."""
+"""onnxruntime runner: CPU (thread count), CUDA with I/O binding, TensorRT execution provider.
+
+`ort_session` is the loader (it makes the session); `OrtRuntime` only runs one.
+"""
 
 from __future__ import annotations
 
@@ -9,10 +12,11 @@ from typing import Any
 
 import numpy as np
 
+from resnetx.contract import INPUT_NAME
+from resnetx.errors import BackendUnavailable, BadInput, first_line
 from runtimes.base import Runtime
-from runtimes.errors import BackendUnavailable, BadInput, first_line
 
-__all__ = ["OrtRuntime", "open_ort", "PROVIDERS"]
+__all__ = ["OrtRuntime", "ort_session", "open_ort", "PROVIDERS"]
 
 log = logging.getLogger(__name__)
 
@@ -32,71 +36,79 @@ def _import_ort() -> Any:
     return ort
 
 
+def _providers(key: str, path: Path, precision: str, prefer_nhwc: bool,
+               trt_profile: tuple[int, int, int] | None, input_chw: tuple[int, ...] | None) -> list[Any]:
+    """The provider list with its options; the wanted provider first, never a silent slower one instead."""
+    wanted = PROVIDERS[key]
+    if key == "cuda":
+        cuda_opts = {"prefer_nhwc": "1" if prefer_nhwc else "0", "cudnn_conv_algo_search": "EXHAUSTIVE",
+                     "use_tf32": "0"}  # fp32 means fp32: TF32 would round every conv input to 10 bits
+        return [(wanted, cuda_opts), "CPUExecutionProvider"]
+    if key == "trt-ep":  # one engine for the whole batch range, built once, cached beside the graph
+        cache = str(path.parent / "ort_trt_cache")
+        os.makedirs(cache, exist_ok=True)
+        trt_opts: dict[str, Any] = {"trt_engine_cache_enable": True, "trt_engine_cache_path": cache,
+                                    "trt_fp16_enable": precision == "fp16"}
+        if trt_profile and input_chw:
+            shape = "x".join(map(str, input_chw))
+            for k, b in zip(("min", "opt", "max"), trt_profile, strict=True):
+                trt_opts[f"trt_profile_{k}_shapes"] = f"{INPUT_NAME}:{b}x{shape}"
+        return [(wanted, trt_opts), "CUDAExecutionProvider", "CPUExecutionProvider"]
+    return [wanted]
+
+
+def ort_session(path: Path, *, device: str = "cpu", provider: str | None = None, precision: str = "fp32",
+                threads: int | None = None, prefer_nhwc: bool = False,
+                trt_profile: tuple[int, int, int] | None = None, input_chw: tuple[int, ...] | None = None) -> Any:
+    """An onnxruntime InferenceSession on the provider for `device` (or `provider`), which must really start."""
+    ort = _import_ort()
+    key = provider or device
+    if key not in PROVIDERS:
+        raise BadInput(f"unknown onnxruntime device/provider {key!r}; use one of {', '.join(PROVIDERS)}")
+    if prefer_nhwc and key != "cuda":
+        raise BadInput("prefer_nhwc is an option of onnxruntime's CUDA provider; it needs device cuda")
+    wanted = PROVIDERS[key]
+    if wanted not in ort.get_available_providers():
+        raise BackendUnavailable(f"onnxruntime {ort.__version__} here has no {wanted} (it has "
+                                 f"{', '.join(ort.get_available_providers())}); {_GPU_HINT}")
+    path = Path(path)
+    if not path.is_file():
+        raise BadInput(f"ONNX file {path} does not exist")
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if threads:
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+    if key != "cpu":  # torch's CUDA build loads the CUDA and cuDNN libraries the provider links against
+        import torch  # noqa: F401  (onnxruntime's docs: import torch first, or onnxruntime.preload_dlls())
+    try:
+        sess = ort.InferenceSession(str(path), opts, providers=_providers(key, path, precision, prefer_nhwc,
+                                                                          trt_profile, input_chw))
+    except Exception as e:
+        raise BadInput(f"onnxruntime cannot load {path.name} ({first_line(e)}); the file is corrupt or not ONNX: "
+                       f"re-create it with resnetx export --force") from e
+    if sess.get_providers()[0] != wanted:  # never fall back silently to a slower provider
+        raise BackendUnavailable(f"onnxruntime did not start {wanted} for {path.name} (got {sess.get_providers()}); "
+                                 f"{_GPU_HINT}")
+    return sess
+
+
 class OrtRuntime(Runtime):
+    """Runs one onnxruntime session; on CUDA with I/O binding, so outputs can stay on the device."""
+
     backend = "ort"
 
-    def __init__(
-        self,
-        path: Path,
-        *,
-        device: str = "cpu",
-        precision: str = "fp32",
-        threads: int | None = None,
-        provider: str | None = None,
-        prefer_nhwc: bool = False,
-        io_binding: bool = True,
-        provider_options: dict[str, Any] | None = None,
-    ) -> None:
-        ort = _import_ort()
-        key = provider or device
-        if key not in PROVIDERS:
-            raise BadInput(f"unknown onnxruntime device/provider {key!r}; use one of {', '.join(PROVIDERS)}")
-        if prefer_nhwc and key != "cuda":
-            raise BadInput("prefer_nhwc is an option of onnxruntime's CUDA provider; it needs device cuda")
-        mode = "trt-ep" if key == "trt-ep" else ("nhwc" if prefer_nhwc else "")
-        super().__init__(device="cuda" if key != "cpu" else "cpu", precision=precision, mode=mode)
-        wanted = PROVIDERS[key]
-        if wanted not in ort.get_available_providers():
-            raise BackendUnavailable(
-                f"onnxruntime {ort.__version__} here has no {wanted} (it has {', '.join(ort.get_available_providers())}); {_GPU_HINT}"
-            )
-        path = Path(path)
-        if not path.is_file():
-            raise BadInput(f"ONNX file {path} does not exist")
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if threads:
-            opts.intra_op_num_threads = threads
-            opts.inter_op_num_threads = 1
-        providers: list[Any] = [wanted]
-        if key != "cpu":  # torch's CUDA build loads the CUDA and cuDNN libraries the provider links against
-            import torch  # noqa: F401  (onnxruntime's docs: import torch first, or onnxruntime.preload_dlls())
-        if key == "cuda":
-            cuda_opts = {"prefer_nhwc": "1" if prefer_nhwc else "0", "cudnn_conv_algo_search": "EXHAUSTIVE",
-                         "use_tf32": "0"}  # fp32 means fp32: TF32 would round every conv input to 10 bits
-            providers = [(wanted, cuda_opts), "CPUExecutionProvider"]
-        elif key == "trt-ep":
-            cache = str(path.parent / "ort_trt_cache")
-            os.makedirs(cache, exist_ok=True)
-            trt_opts = {"trt_engine_cache_enable": True, "trt_engine_cache_path": cache,
-                        "trt_fp16_enable": precision == "fp16", **(provider_options or {})}
-            providers = [(wanted, trt_opts), "CUDAExecutionProvider", "CPUExecutionProvider"]
-        try:
-            self._sess = ort.InferenceSession(str(path), opts, providers=providers)
-        except Exception as e:
-            first = first_line(e)
-            raise BadInput(f"onnxruntime cannot load {path.name} ({first}); the file is corrupt or not ONNX: "
-                           f"re-create it with resnetx export --force") from e
-        active = self._sess.get_providers()
-        if active[0] != wanted:  # never fall back silently to a slower provider
-            raise BackendUnavailable(f"onnxruntime did not start {wanted} for {path.name} (got {active}); {_GPU_HINT}")
-        dim = self._sess.get_inputs()[0].shape[0]
-        if isinstance(dim, int):  # a graph exported with a fixed batch (--no-dynamic-batch) takes only that
-            self.batch_range = (dim, dim)
-        self._input = self._sess.get_inputs()[0].name
-        self._output = self._sess.get_outputs()[0].name
-        self._bind = io_binding and self.device == "cuda"
+    def __init__(self, session: Any, *, precision: str = "fp32", mode: str = "") -> None:
+        device = "cpu" if session.get_providers()[0] == PROVIDERS["cpu"] else "cuda"
+        dim = session.get_inputs()[0].shape[0]
+        # a graph exported with a fixed batch (--static-batch) takes only that
+        super().__init__(device=device, precision=precision, mode=mode,
+                         batch_range=(dim, dim) if isinstance(dim, int) else None)
+        self._sess = session
+        self._input = session.get_inputs()[0].name
+        self._output = session.get_outputs()[0].name
+        self._classes = session.get_outputs()[0].shape[1]
         self._last: Any = None
 
     def _run_bound(self, batch: Any) -> Any:
@@ -105,7 +117,7 @@ class OrtRuntime(Runtime):
 
         x = batch if isinstance(batch, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(batch))
         x = x.to("cuda", torch.float32).contiguous()
-        out = torch.empty((x.shape[0], self._sess.get_outputs()[0].shape[1]), device="cuda", dtype=torch.float32)
+        out = torch.empty((x.shape[0], self._classes), device="cuda", dtype=torch.float32)
         binding = self._sess.io_binding()
         binding.bind_input(self._input, "cuda", 0, np.float32, tuple(x.shape), x.data_ptr())
         binding.bind_output(self._output, "cuda", 0, np.float32, tuple(out.shape), out.data_ptr())
@@ -116,11 +128,11 @@ class OrtRuntime(Runtime):
         self._last = (x, out)  # keep the buffers alive until the next call
         return out
 
-    def infer_async(self, batch: Any) -> Any:
-        return self._run_bound(batch) if self._bind else self._infer(batch)
+    def _infer_async(self, batch: Any) -> Any:
+        return self._run_bound(batch) if self.device == "cuda" else self._infer(batch)
 
     def _infer(self, batch: Any) -> np.ndarray:
-        if self._bind:
+        if self.device == "cuda":
             return self._run_bound(batch).cpu().numpy()
         if not isinstance(batch, np.ndarray):
             batch = batch.detach().cpu().numpy()
@@ -131,5 +143,9 @@ class OrtRuntime(Runtime):
         self._last = None
 
 
-def open_ort(path: Path, *, device: str = "cpu", **opts: Any) -> OrtRuntime:
-    return OrtRuntime(Path(path), device=device, **opts)
+def open_ort(path: Path, *, device: str = "cpu", precision: str = "fp32", provider: str | None = None,
+             prefer_nhwc: bool = False, **loader: Any) -> OrtRuntime:
+    mode = "trt-ep" if provider == "trt-ep" else ("nhwc" if prefer_nhwc else "")
+    sess = ort_session(Path(path), device=device, provider=provider, precision=precision, prefer_nhwc=prefer_nhwc,
+                       **loader)
+    return OrtRuntime(sess, precision=precision, mode=mode)

@@ -6,19 +6,37 @@ import copy
 import logging
 import os
 import time
+from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-from torch import nn
 
+from resnetx.errors import BadInput
+from resnetx.lazy import lazy_import
 from runtimes.base import Runtime, require_cuda
-from runtimes.errors import BadInput
 
-__all__ = ["TorchRuntime", "open_torch"]
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+else:
+    torch = lazy_import("torch")
+
+__all__ = ["CompileMode", "TorchRuntime", "open_torch", "use_compile_cache_dir"]
 
 log = logging.getLogger(__name__)
+
+
+class CompileMode(str, Enum):
+    max_autotune_no_cudagraphs = "max-autotune-no-cudagraphs"  # minutes of autotuning, the fastest kernels
+    max_autotune = "max-autotune"
+    reduce_overhead = "reduce-overhead"
+    default = "default"  # fastest to compile
+
+    @property
+    def captures_graphs(self) -> bool:
+        """It captures CUDA graphs itself: one cannot be captured inside another (--cuda-graph)."""
+        return self in (CompileMode.max_autotune, CompileMode.reduce_overhead)
 
 
 class TorchRuntime(Runtime):
@@ -33,7 +51,7 @@ class TorchRuntime(Runtime):
         channels_last: bool = False,
         cuda_graph: bool = False,
         compile: bool = False,
-        compile_mode: str = "max-autotune-no-cudagraphs",
+        compile_mode: CompileMode | str = CompileMode.max_autotune_no_cudagraphs,
         compile_cache: Path | None = None,
         cudnn_benchmark: bool = False,
     ) -> None:
@@ -57,10 +75,9 @@ class TorchRuntime(Runtime):
         self._fmt = torch.channels_last if channels_last else torch.contiguous_format
         self._model = copy.deepcopy(model).eval().to(device=device, dtype=self._dtype, memory_format=self._fmt)
         self._fn: Any = self._model
-        self.compile_seconds: dict[int, float] = {}  # batch size -> first call (compile / graph capture) seconds
         if compile:
             if compile_cache is not None:  # autotuning results persist: the next run skips most compile time
-                _use_cache_dir(Path(compile_cache))
+                use_compile_cache_dir(Path(compile_cache))
                 os.environ.setdefault("TORCHINDUCTOR_FX_GRAPH_CACHE", "1")
                 os.environ.setdefault("TORCHINDUCTOR_AUTOTUNE_LOCAL_CACHE", "1")
             from torch import _dynamo
@@ -73,7 +90,7 @@ class TorchRuntime(Runtime):
             for fail in ("fail_on_recompile_limit_hit", "fail_on_cache_limit_hit"):
                 if hasattr(cfg, fail):
                     setattr(cfg, fail, True)
-            self._fn = torch.compile(self._model, mode=compile_mode, dynamic=False)
+            self._fn = torch.compile(self._model, mode=CompileMode(compile_mode).value, dynamic=False)
         self._graphs: dict[tuple[int, ...], tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor]] = {}
         self._cuda_graph = cuda_graph
         self.static_shapes = compile or cuda_graph
@@ -86,17 +103,17 @@ class TorchRuntime(Runtime):
         t = batch if isinstance(batch, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(batch))
         return t.to(device=self.device, dtype=self._dtype, non_blocking=True).contiguous(memory_format=self._fmt)
 
-    @torch.inference_mode()
     def _run(self, x: torch.Tensor) -> torch.Tensor:
         n = int(x.shape[0])
         # the first call per batch size compiles and/or captures: a one-time cost, reported apart
-        first = self.static_shapes and n not in self.compile_seconds
+        first = self.static_shapes and n not in self.one_time_seconds
         start = time.perf_counter() if first else 0.0
-        out = self._replay(x) if self._cuda_graph else self._fn(x)
+        with torch.inference_mode():
+            out = self._replay(x) if self._cuda_graph else self._fn(x)
         if first:
             if self.device == "cuda":
                 torch.cuda.synchronize()
-            self.compile_seconds[n] = time.perf_counter() - start
+            self.one_time_seconds[n] = time.perf_counter() - start
         return out
 
     def _replay(self, x: torch.Tensor) -> torch.Tensor:
@@ -118,10 +135,10 @@ class TorchRuntime(Runtime):
         graph.replay()
         return static_out
 
-    def infer_async(self, batch: Any) -> Any:
+    def _infer_async(self, batch: Any) -> Any:
         return self._run(self._prepare(batch))
 
-    def synchronize(self) -> None:
+    def _synchronize(self) -> None:
         if self.device == "cuda":
             torch.cuda.synchronize()
 
@@ -137,7 +154,7 @@ class TorchRuntime(Runtime):
         self._flags_before.clear()
 
 
-def _use_cache_dir(path: Path) -> None:
+def use_compile_cache_dir(path: Path) -> None:
     """Point inductor's cache at `path` unless the user chose one. torch itself fills in
     TORCHINDUCTOR_CACHE_DIR with its default the first time anything asks (even a FLOP count), so
     that default counts as unset."""
@@ -153,6 +170,6 @@ def _use_cache_dir(path: Path) -> None:
 
 
 def open_torch(model: nn.Module, *, device: str = "cpu", **opts: Any) -> TorchRuntime:
-    if not isinstance(model, nn.Module):
+    if not isinstance(model, torch.nn.Module):
         raise BadInput("the torch runtime needs the PyTorch model, rebuilt from the manifest")
     return TorchRuntime(model, device=device, **opts)

@@ -2,145 +2,131 @@
 
 from __future__ import annotations
 
-import importlib
 import logging
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from resnetx.contract import INPUT_NAME, OUTPUT_NAME
+from resnetx.errors import BackendUnavailable, BadInput, IncompatibleArtifact
+from resnetx.files import atomic_write
+from resnetx.flavors import FLAVORS, RTX_CCS, EngineTarget, Flavor, import_flavor
 from runtimes.base import Runtime
-from runtimes.errors import BackendUnavailable, BadInput, IncompatibleArtifact
 
-__all__ = ["TrtRuntime", "open_trt", "check_engine_compatible", "rebuild_command"]
+__all__ = ["TrtRuntime", "RuntimeCacheFile", "open_trt", "check_engine_compatible"]
 
 log = logging.getLogger(__name__)
-_MODULES = {"tensorrt": ("tensorrt", "tensorrt-cu13"), "rtx": ("tensorrt_rtx", "tensorrt-rtx-cu13")}
-_RTX_CCS = {"SM75": "7.5", "SM80": "8.0", "SM86": "8.6", "SM89": "8.9", "SM120": "12.0", "SM121": "12.1"}
 
 
-def _gpu() -> tuple[str, str]:
+def _gpu_cc() -> str:
     try:
         import torch
     except ImportError as e:
         raise BackendUnavailable("the TensorRT runner uses torch for CUDA buffers: pip install torch") from e
     if not torch.cuda.is_available():
-        raise BackendUnavailable("TensorRT engines need a CUDA GPU; none is visible (torch.cuda.is_available() is False)")
+        raise BackendUnavailable("TensorRT engines need a CUDA GPU; none is visible (torch.cuda.is_available() is "
+                                 "False)")
     major, minor = torch.cuda.get_device_capability(0)
-    return torch.cuda.get_device_name(0), f"{major}.{minor}"
+    return f"{major}.{minor}"
 
 
-def rebuild_command(folder: Path, entry: dict[str, Any], gpu_cc: str | None = None) -> str:
-    """The command that builds this engine again on this machine, from the folder's own ONNX graph: it needs
-    neither the model nor its weights, which a folder copied to its target GPU may not have."""
-    import shlex
+def check_engine_compatible(target: EngineTarget, installed_version: str, gpu_cc: str,
+                            name: str = "the engine") -> None:
+    """Refuse an engine built for another TensorRT version or GPU, before touching its bytes. The error names the
+    GPU at hand (`gpu_cc`) so that the caller can say how to rebuild it here."""
+    flavor = target.flavor.value
+    if target.trt_version != installed_version:
+        raise IncompatibleArtifact(f"{name} was built with {flavor} {target.trt_version}, this machine has "
+                                   f"{installed_version}", gpu_cc=gpu_cc)
+    runs_on = target.gpus()
+    if target.flavor is Flavor.rtx and gpu_cc not in runs_on:
+        why = ""
+        if gpu_cc not in RTX_CCS.values():
+            why = (f" ({FLAVORS[Flavor.rtx].name} targets only "
+                   f"{', '.join(sorted(set(RTX_CCS.values()), key=float))}: use --engine tensorrt there)")
+        raise IncompatibleArtifact(f"{name} targets compute capabilities {', '.join(runs_on)}; this GPU is "
+                                   f"{gpu_cc}{why}", gpu_cc=gpu_cc)
+    if target.flavor is Flavor.tensorrt and runs_on and gpu_cc not in runs_on:
+        raise IncompatibleArtifact(f"{name} was built on a {target.gpu} (compute {target.compute_capability}); "
+                                   f"this GPU is compute {gpu_cc}", gpu_cc=gpu_cc)
 
-    flavor = entry.get("flavor", "tensorrt")
-    if flavor == "rtx" and gpu_cc and gpu_cc not in _RTX_CCS.values():  # a GPU TensorRT-RTX does not target
-        flavor = "tensorrt"
-    args = ["resnetx", "export", "--out", str(folder), "--engines-only", "--engine", flavor,
-            "--precision", str(entry.get("precision", "fp32"))]
-    if entry.get("profile"):
-        args += ["--batch-range", ",".join(map(str, entry["profile"]))]
-    if flavor == "rtx" and gpu_cc:
-        args += ["--rtx-compute-capability", "SM" + gpu_cc.replace(".", "")]
-    return " ".join(shlex.quote(a) for a in [*args, "--force"])
 
+class RuntimeCacheFile:
+    """TensorRT-RTX's runtime cache (the kernels it JIT-compiles for the GPU at hand) kept in a file beside the
+    engine, so the next load skips the compile. TensorRT-RTX itself refuses a cache made on another GPU, driver
+    or version; then it compiles afresh and the file is replaced."""
 
-def check_engine_compatible(entry: dict[str, Any], installed_version: str, gpu_cc: str,
-                            folder: Path = Path("DIR")) -> None:
-    """Refuse an engine built for another TensorRT version or GPU, before touching its bytes."""
-    flavor = entry.get("flavor", "?")
-    rebuild = "rebuild it here with: " + rebuild_command(folder, entry, gpu_cc)
-    if entry.get("trt_version") != installed_version:
-        raise IncompatibleArtifact(
-            f"{entry['file']} was built with {flavor} {entry.get('trt_version')}, this machine has {installed_version}; {rebuild}")
-    if flavor == "rtx":
-        ccs = [_RTX_CCS.get(c, c) for c in entry.get("compute_capabilities", [])]
-        if gpu_cc not in ccs:
-            why = (f" (TensorRT-RTX targets only {', '.join(sorted(set(_RTX_CCS.values()), key=float))}: use --engine "
-                   "tensorrt there)" if gpu_cc not in _RTX_CCS.values() else "")
-            raise IncompatibleArtifact(
-                f"{entry['file']} targets compute capabilities {', '.join(ccs)}; this GPU is {gpu_cc}{why}; {rebuild}")
-    elif entry.get("compute_capability") and entry["compute_capability"] != gpu_cc:
-        raise IncompatibleArtifact(
-            f"{entry['file']} was built on a {entry.get('gpu')} (compute {entry['compute_capability']}); "
-            f"this GPU is compute {gpu_cc}; {rebuild}")
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self._loaded = b""
+        self._config: Any = None
+        self._cache: Any = None
+
+    def context(self, engine: Any) -> Any:
+        """An execution context of `engine` that uses (and fills) the cache."""
+        self._config = engine.create_runtime_config()
+        self._cache = self._config.create_runtime_cache()
+        if self.path.is_file():
+            blob = self.path.read_bytes()
+            if self._cache.deserialize(blob):
+                self._loaded = blob
+            else:
+                log.info("%s was made for another GPU, driver or TensorRT-RTX: compiling afresh", self.path.name)
+        self._config.set_runtime_cache(self._cache)
+        return engine.create_execution_context(self._config)
+
+    def save(self) -> None:
+        """Write the cache back when it holds kernels it did not hold when loaded."""
+        if self._cache is None:
+            return
+        try:
+            blob = bytes(memoryview(self._cache.serialize()))
+            if blob and blob != self._loaded:
+                atomic_write(self.path, blob)
+        except (OSError, TypeError, ValueError) as e:  # a cache that cannot be saved costs time, not results
+            log.warning("could not save the TensorRT-RTX runtime cache %s: %s", self.path, e)
 
 
 class TrtRuntime(Runtime):
     backend = "trt"
 
-    def __init__(self, path: Path, entry: dict[str, Any], *, cuda_graph: bool = False) -> None:
-        flavor = entry.get("flavor", "tensorrt")
-        super().__init__(device="cuda", precision=entry.get("precision", "fp32"),
-                         mode=flavor + ("+graph" if cuda_graph else ""),
-                         batch_range=(entry["profile"][0], entry["profile"][2]))
-        module, pip = _MODULES[flavor]
-        try:
-            trt = importlib.import_module(module)
-        except ImportError as e:
-            raise BackendUnavailable(f"{module} is not installed: pip install {pip}") from e
-        _, cc = _gpu()
-        check_engine_compatible(entry, str(trt.__version__), cc, Path(path).parent)
+    def __init__(self, path: Path, target: EngineTarget, *, cuda_graph: bool = False) -> None:
+        super().__init__(device="cuda", precision=target.precision,
+                         mode=target.flavor.value + ("+graph" if cuda_graph else ""),
+                         batch_range=(target.profile[0], target.profile[2]))
+        trt = import_flavor(target.flavor)
+        path = Path(path)
+        check_engine_compatible(target, str(trt.__version__), _gpu_cc(), path.name)
         import torch
 
         self._torch = torch
         self._trt_logger = trt.Logger(trt.Logger.WARNING)
-        runtime = trt.Runtime(self._trt_logger)
-        self._engine = runtime.deserialize_cuda_engine(Path(path).read_bytes())
+        self._engine = trt.Runtime(self._trt_logger).deserialize_cuda_engine(path.read_bytes())
         if self._engine is None:
-            raise IncompatibleArtifact(f"{Path(path).name} could not be deserialized; rebuild it with: "
-                                       f"{rebuild_command(Path(path).parent, entry, cc)}")
-        self._cache_file: Path | None = None
-        if flavor == "rtx":  # kernels are JIT-compiled for this GPU here: reuse the ones a past run compiled
-            self._ctx = self._rtx_context_with_cache(Path(path).with_suffix(".runtime_cache"))
+            raise IncompatibleArtifact(f"{path.name} could not be deserialized", gpu_cc=_gpu_cc())
+        self._cache: RuntimeCacheFile | None = None
+        if target.flavor is Flavor.rtx:  # kernels are JIT-compiled for this GPU here: reuse a past run's
+            self._cache = RuntimeCacheFile(path.with_suffix(".runtime_cache"))
+            self._ctx = self._cache.context(self._engine)
         else:
             self._ctx = self._engine.create_execution_context()
         self._stream = torch.cuda.Stream()
         self._cuda_graph = cuda_graph
         self._graphs: dict[int, Any] = {}
         self._bufs: dict[int, tuple[Any, Any]] = {}
-        self._in, self._out = "input", "logits"
-
-    def _rtx_context_with_cache(self, cache_file: Path) -> Any:
-        """TensorRT-RTX execution context whose runtime cache (JIT-compiled kernels) lives beside the engine."""
-        self._rtx_config = self._engine.create_runtime_config()
-        self._rtx_cache = self._rtx_config.create_runtime_cache()
-        self._cache_bytes = b""
-        if cache_file.is_file():
-            blob = cache_file.read_bytes()
-            if self._rtx_cache.deserialize(blob):  # False: another GPU, driver or version; it is rebuilt
-                self._cache_bytes = blob
-            else:
-                log.info("%s was made for another GPU, driver or TensorRT-RTX: compiling afresh", cache_file.name)
-        self._rtx_config.set_runtime_cache(self._rtx_cache)
-        self._cache_file = cache_file
-        return self._engine.create_execution_context(self._rtx_config)
-
-    def _save_runtime_cache(self) -> None:
-        if self._cache_file is None:
-            return
-        try:
-            blob = bytes(memoryview(self._rtx_cache.serialize()))
-            if blob and blob != self._cache_bytes:
-                from exporters.onnx import atomic_write
-
-                atomic_write(self._cache_file, blob)
-        except (OSError, TypeError, ValueError) as e:  # a cache that cannot be saved costs time, not results
-            log.warning("could not save the TensorRT-RTX runtime cache %s: %s", self._cache_file, e)
 
     def _buffers(self, n: int) -> tuple[Any, Any]:
         if n not in self._bufs:
             torch = self._torch
-            shape = tuple(self._engine.get_tensor_shape(self._in))[1:]
-            classes = int(self._engine.get_tensor_shape(self._out)[-1])
+            shape = tuple(self._engine.get_tensor_shape(INPUT_NAME))[1:]
+            classes = int(self._engine.get_tensor_shape(OUTPUT_NAME)[-1])
             x = torch.empty((n, *shape), device="cuda", dtype=torch.float32)
             y = torch.empty((n, classes), device="cuda", dtype=torch.float32)
             self._bufs[n] = (x, y)
         return self._bufs[n]
 
-    def infer_async(self, batch: Any) -> Any:
+    def _infer_async(self, batch: Any) -> Any:
         torch = self._torch
         n = int(batch.shape[0])
         x, y = self._buffers(n)
@@ -151,9 +137,9 @@ class TrtRuntime(Runtime):
             if n in self._graphs:
                 self._graphs[n].replay()
                 return y
-            self._ctx.set_input_shape(self._in, tuple(x.shape))
-            self._ctx.set_tensor_address(self._in, x.data_ptr())
-            self._ctx.set_tensor_address(self._out, y.data_ptr())
+            self._ctx.set_input_shape(INPUT_NAME, tuple(x.shape))
+            self._ctx.set_tensor_address(INPUT_NAME, x.data_ptr())
+            self._ctx.set_tensor_address(OUTPUT_NAME, y.data_ptr())
             if not self._ctx.execute_async_v3(self._stream.cuda_stream):
                 raise BadInput(f"TensorRT refused batch {n}")
             if self._cuda_graph:
@@ -164,24 +150,25 @@ class TrtRuntime(Runtime):
                 self._graphs[n] = graph
         return y
 
-    def synchronize(self) -> None:
+    def _synchronize(self) -> None:
         self._stream.synchronize()
 
     def _infer(self, batch: Any) -> np.ndarray:
-        y = self.infer_async(batch)
+        y = self._infer_async(batch)
         self._stream.synchronize()
         return y.cpu().numpy()
 
     def _close(self) -> None:
-        self._save_runtime_cache()
+        if self._cache is not None:
+            self._cache.save()
         self._graphs.clear()
         self._bufs.clear()
         self._ctx = self._engine = None
 
 
-def open_trt(path: Path, *, device: str = "cuda", entry: dict[str, Any] | None = None, **opts: Any) -> TrtRuntime:
+def open_trt(path: Path, *, device: str = "cuda", target: EngineTarget | None = None, **opts: Any) -> TrtRuntime:
     if device != "cuda":
         raise BadInput("TensorRT engines run on --device cuda only")
-    if entry is None:
-        raise BadInput("the TensorRT runner needs the engine's manifest entry (run it from an artifact folder)")
-    return TrtRuntime(Path(path), entry, **opts)
+    if target is None:
+        raise BadInput("the TensorRT runner needs the engine's target (run it from an artifact folder)")
+    return TrtRuntime(Path(path), target, **opts)

@@ -10,14 +10,15 @@ import pytest
 import torch
 
 from pipeline.export import ExportOptions, export
-from pipeline.models import ModelSpec
 from pipeline.precisions import Precision
+from pipeline.zoo import ModelSpec, load_model
 
 os.environ.pop("COLUMNS", None)  # captured CLI output is 180 columns wide, whatever terminal ran pytest
 HAS_RTX = importlib.util.find_spec("tensorrt_rtx") is not None
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 needs_rtx = pytest.mark.skipif(not HAS_RTX, reason="tensorrt_rtx not installed (pip install 'resnetx[tensorrt-rtx]')")
-needs_fashion = pytest.mark.skipif(not FASHION_DIR.is_dir(), reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
+needs_fashion = pytest.mark.skipif(not FASHION_DIR.is_dir(),
+                                   reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
@@ -31,11 +32,37 @@ def default_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def graphs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The default model's fp32, fp16 and int8 (tensorrt recipe) graphs, made by the exporters alone: the
+    exporters' tests stand on the exporters, not on the pipeline that chains them."""
+    from exporters.onnx import export_onnx
+    from exporters.quantize import quantize_int8, to_fp16
+
+    out = tmp_path_factory.mktemp("graphs")
+    model, info = load_model(ModelSpec("default"))
+    fp32 = export_onnx(model, info.input_shape, out / "model.fp32.onnx").path
+    to_fp16(fp32, out / "model.fp16.onnx")
+    quantize_int8(fp32, out / "model.int8.onnx", sample_batches(256))
+    return out
+
+
+def sample_batches(n: int, batch: int = 64):  # noqa: ANN201
+    """The first n images of the bundled sample, preprocessed as the default model wants them."""
+    from pipeline.data import iter_batches, open_dataset
+
+    _, info = load_model(ModelSpec("default"))
+    return (b.x for b in iter_batches(open_dataset("sample"), info.preprocess, batch, limit=n))
+
+
+@pytest.fixture(scope="session")
 def small_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A random-init 3-channel CIFAR ResNet-20 at 32x32, fp32 only: a model with no trained weights."""
     out = tmp_path_factory.mktemp("small")
     export(ExportOptions(model=ModelSpec("resnet20"), out=out, exporter="legacy"))
     return out
+
+
+V1_FOLDER = Path(__file__).with_name("data") / "v1_default"  # exported by resnetx at 6530291: manifest version 1
 
 
 def copy_folder(src: Path, dst: Path) -> Path:
@@ -47,11 +74,14 @@ def copy_folder(src: Path, dst: Path) -> Path:
 
 def tamper_weight(folder: Path, name: str, fn, rehash: bool = True) -> None:
     """Change one initializer of the fp32 graph; optionally re-hash so only parity can catch it."""
+    from dataclasses import replace
+
     import onnx
     from onnx import numpy_helper
 
     from pipeline.artifacts import read_manifest, write_manifest
-    from pipeline.models import file_sha256
+    from pipeline.precisions import Precision
+    from resnetx.files import file_sha256
 
     path = folder / "model.fp32.onnx"
     m = onnx.load(str(path))
@@ -62,5 +92,5 @@ def tamper_weight(folder: Path, name: str, fn, rehash: bool = True) -> None:
     onnx.save(m, str(path))
     if rehash:
         man = read_manifest(folder)
-        man.artifacts["fp32"]["sha256"] = file_sha256(path)
+        man.graphs[Precision.fp32] = replace(man.graphs[Precision.fp32], sha256=file_sha256(path))
         write_manifest(folder, man)

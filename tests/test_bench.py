@@ -14,8 +14,9 @@ import pytest
 import torch
 
 from pipeline.bench import BenchOptions, bench, compare_reports, time_runtime
+from pipeline.report import write_bench_files
+from resnetx.errors import BadInput
 from runtimes.base import Runtime
-from runtimes.errors import BadInput
 from tests.conftest import copy_folder, tamper_weight
 
 
@@ -84,27 +85,30 @@ def test_bad_iters() -> None:
         _run([0.001], iters=0)
 
 
-def test_bench_writes_reports(default_folder: Path) -> None:
-    opts = BenchOptions(folder=default_folder, batches=(1, 4), iters=5, warmup=1, warmup_seconds=0.0, min_seconds=0.0,
+def test_bench_writes_reports(default_folder: Path, tmp_path: Path) -> None:
+    folder = copy_folder(default_folder, tmp_path / "f")
+    opts = BenchOptions(folder=folder, batches=(1, 4), iters=5, warmup=1, warmup_seconds=0.0, min_seconds=0.0,
                         accuracy_samples=200, threads=1)
     report = bench(opts)
+    write_bench_files(report, folder / "reports")
     rows = [r for r in report.rows if r.latency_ms]
-    assert {(r.backend, r.precision) for r in rows} == {("torch", "fp32"), ("ort", "fp32"), ("ort", "fp16"), ("ort", "int8")}
+    assert {(r.backend, r.precision) for r in rows} == {("torch", "fp32"), ("ort", "fp32"), ("ort", "fp16"),
+                                                       ("ort", "int8")}
     for r in rows:
         lat = r.latency_ms
         assert 0 < lat["min"] <= lat["p50"] <= lat["p90"] <= lat["p95"] <= lat["p99"]
         assert r.throughput_ips == pytest.approx(r.batch / (lat["mean"] / 1e3), rel=1e-2)
         # memory: the peak RSS the runtime added, its library's one-time load excluded
         assert 1 <= r.peak_mem_mb < 4096 and r.size_mb > 0 and 50 < r.accuracy_top1 <= 100 and r.iters >= 5
-    d = json.loads((default_folder / "reports" / "bench.json").read_text())
+    d = json.loads((folder / "reports" / "bench.json").read_text())
     keys = {"runtime", "mode", "precision", "device", "batch", "latency_ms", "throughput_ips", "peak_mem_mb",
             "accuracy_top1", "size_mb"}
     assert keys <= set(d["rows"][0]) and d["system"]["cores"] and d["system"]["versions"]["onnxruntime"]
     for name in ("bench.md", "bench.csv", "bench.png"):
-        assert (default_folder / "reports" / name).stat().st_size > 100
-    png = (default_folder / "reports" / "bench.png").read_bytes()
+        assert (folder / "reports" / name).stat().st_size > 100
+    png = (folder / "reports" / "bench.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
-    ratios = compare_reports(report, default_folder / "reports" / "bench.json")
+    ratios = compare_reports(report, folder / "reports" / "bench.json")
     assert len(ratios) == len(rows) and all(r["speedup"] == pytest.approx(1.0) for r in ratios)
     assert any("--int8-target cpu" in n for n in report.notes)  # the int8 timed here is TensorRT's recipe
 
@@ -118,7 +122,7 @@ def test_synthetic_data_has_no_accuracy(small_folder: Path) -> None:
 def test_cuda_unavailable_is_exit_3(default_folder: Path) -> None:
     import torch
 
-    from runtimes.errors import BackendUnavailable
+    from resnetx.errors import BackendUnavailable
 
     if torch.cuda.is_available():
         pytest.skip("a GPU is present")
@@ -127,7 +131,10 @@ def test_cuda_unavailable_is_exit_3(default_folder: Path) -> None:
 
 
 def test_rounds_interleave_runtimes() -> None:
-    from pipeline.bench import _Cell, _Target, _time_cells
+    from pipeline.bench import Cell, time_cells
+    from pipeline.precisions import Precision
+    from pipeline.targets import Target
+    from runtimes.base import RUNTIMES
 
     log: list[str] = []
 
@@ -140,9 +147,10 @@ def test_rounds_interleave_runtimes() -> None:
             log.append(self.tag)
             return super()._infer(batch)
 
-    cells = [_Cell(_Target("fake", "fp32", None, 0.0), Named(n), 1, 0.0, None) for n in ("a", "b")]
+    target = Target("fake", RUNTIMES["ort"], Precision.fp32, "cpu", None)
+    cells = [Cell(target, Named(n), 1, 0.0, None) for n in ("a", "b")]
     opts = BenchOptions(folder=Path("."), iters=6, warmup=0, warmup_seconds=0.0, min_seconds=0.0, rounds=3)
-    _time_cells(cells, opts, (1, 2, 2), False, None)
+    time_cells(cells, opts, (1, 2, 2), False, None)
     assert [len(c.samples) for c in cells] == [3, 3] and sum(len(s) for s in cells[0].samples) == 6
     runs = "".join(log)
     assert runs == "aabb" * 3  # a's share, b's share, three times over
@@ -192,13 +200,15 @@ def test_reports_without_matplotlib_say_so(tmp_path: Path, monkeypatch: pytest.M
 
 def test_flops_and_share_of_peak(default_folder: Path, tmp_path: Path) -> None:
     from pipeline.bench import model_gflops
-    from pipeline.models import build_model
+    from pipeline.zoo import build_model
 
-    assert 8.1 < model_gflops(build_model("resnet50", num_classes=1000, in_chans=3), (3, 224, 224)) < 8.3  # 4.1 G multiply-adds, the published figure
+    r50 = build_model("resnet50", num_classes=1000, in_chans=3)
+    assert 8.1 < model_gflops(r50, (3, 224, 224)) < 8.3  # 4.1 G multiply-adds, the published figure
     folder = copy_folder(default_folder, tmp_path / "f")
     report = bench(BenchOptions(folder=folder, runtimes=("ort",), precisions=("fp32",), batches=(4,), iters=3,
                                 warmup=0, warmup_seconds=0.0, min_seconds=0.0, rounds=1, accuracy=False,
                                 peak_tflops=0.5))
+    write_bench_files(report, folder / "reports")
     row = report.rows[0]
     assert 0 < report.gflops_per_image < 1
     assert row.tflops == pytest.approx(row.throughput_ips * report.gflops_per_image / 1e3, rel=1e-3)
@@ -209,15 +219,18 @@ def test_flops_and_share_of_peak(default_folder: Path, tmp_path: Path) -> None:
 
 def test_ort_tensorrt_provider_is_opt_in(default_folder: Path) -> None:
     from pipeline.artifacts import read_manifest
-    from pipeline.bench import _targets
+    from pipeline.precisions import Precision
+    from pipeline.targets import select_targets
 
     with pytest.raises(BadInput, match="needs --device cuda"):
         bench(BenchOptions(folder=default_folder, runtimes=("ort-trt",), batches=(1,), iters=1))
     manifest = read_manifest(default_folder)
-    cuda = BenchOptions(folder=default_folder, device="cuda", precisions=("fp16",))
-    assert "ort-trt" not in {t.backend for t in _targets(cuda, manifest, None)}  # not in the default set
-    chosen = BenchOptions(folder=default_folder, device="cuda", precisions=("fp16",), runtimes=("ort", "ort-trt"))
-    assert sorted(t.backend for t in _targets(chosen, manifest, None)) == ["ort", "ort-trt"]
+    fp16 = (Precision.fp16,)
+    cuda = select_targets(manifest, default_folder, command="bench", runtimes=None, precisions=fp16, device="cuda")
+    assert "ort-trt" not in {t.runtime.name for t in cuda}  # not in the default set
+    chosen = select_targets(manifest, default_folder, command="bench", runtimes=("ort", "ort-trt"), precisions=fp16,
+                            device="cuda")
+    assert sorted(t.runtime.name for t in chosen) == ["ort", "ort-trt"]
 
 
 @pytest.mark.parametrize("flag", ["prefer_nhwc", "cuda_graph", "include_transfers"])
@@ -228,10 +241,10 @@ def test_gpu_only_flags_are_refused_on_the_cpu(default_folder: Path, flag: str) 
         bench(BenchOptions(folder=default_folder, batches=(1,), iters=1, **{flag: True}))
     assert sorted((default_folder / "reports").iterdir()) == before
     if flag == "prefer_nhwc":
-        from runtimes.ort_rt import OrtRuntime
+        from runtimes.base import open_runtime
 
         with pytest.raises(BadInput, match="CUDA provider"):
-            OrtRuntime(default_folder / "model.fp32.onnx", prefer_nhwc=True)
+            open_runtime("ort", default_folder / "model.fp32.onnx", prefer_nhwc=True)
 
 
 def test_a_model_that_answers_nan_is_flagged_beside_its_timings(default_folder: Path, tmp_path: Path) -> None:
@@ -239,6 +252,7 @@ def test_a_model_that_answers_nan_is_flagged_beside_its_timings(default_folder: 
     tamper_weight(folder, "layer3.0.conv2.weight", lambda w: w.__setitem__((0, 0, 0, 0), np.nan))
     r = bench(BenchOptions(folder=folder, runtimes=("ort",), precisions=("fp32", "fp16"), batches=(1,), iters=2,
                            min_seconds=0.0, warmup=1, accuracy_samples=64))
+    write_bench_files(r, folder / "reports")
     flagged = [n for n in r.notes if "NaN/Inf" in n]
     assert len(flagged) == 1 and flagged[0].startswith("ort-cpu-fp32 gave NaN/Inf logits for 65 input(s)"), r.notes
     assert "resnetx verify" in flagged[0] and all(row.latency_ms for row in r.rows)  # still timed, not hidden
@@ -267,23 +281,24 @@ def test_a_bench_that_timed_nothing_keeps_the_last_report(default_folder: Path, 
                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     from typer.testing import CliRunner
 
-    import pipeline.bench
+    import pipeline.targets
     from pipeline.cli import app
-    from runtimes.errors import BackendUnavailable
+    from resnetx.errors import BackendUnavailable
 
     folder = copy_folder(default_folder, tmp_path / "f")
-    fast = BenchOptions(folder=folder, runtimes=("ort",), batches=(1,), iters=2, warmup=0, warmup_seconds=0.0,
-                        min_seconds=0.0, accuracy=False)
-    assert bench(fast).written
+    r = CliRunner().invoke(app, ["bench", str(folder), "--runtime", "ort", "--batch", "1", "--no-accuracy",
+                                 "--iters", "2", "--warmup", "0", "--min-seconds", "0"])
+    assert r.exit_code == 0, r.output
     last = (folder / "reports" / "bench.json").read_bytes()
 
     def missing(*args: object, **kwargs: object) -> Runtime:
         raise BackendUnavailable("backend X is not installed: pip install X")
 
-    monkeypatch.setattr(pipeline.bench, "open_runtime", missing)
+    monkeypatch.setattr(pipeline.targets, "open_runtime", missing)
+    fast = BenchOptions(folder=folder, runtimes=("ort",), batches=(1,), iters=2, warmup=0, warmup_seconds=0.0,
+                        min_seconds=0.0, accuracy=False)
     report = bench(fast)
-    assert report.nothing_ran and not report.written
-    assert (folder / "reports" / "bench.json").read_bytes() == last
+    assert report.nothing_ran
     r = CliRunner().invoke(app, ["bench", str(folder), "--runtime", "ort", "--batch", "1", "--no-accuracy"])
     assert r.exit_code == 3 and "nothing was benchmarked: backend X is not installed" in r.output
     assert "NOTHING RAN" in r.output and (folder / "reports" / "bench.json").read_bytes() == last
@@ -317,15 +332,17 @@ def test_nothing_to_benchmark_says_what_the_folder_holds(small_folder: Path) -> 
 
 
 def test_cpu_peak_memory_sees_a_transient_allocation() -> None:
-    from pipeline.bench import _peak_rss_mb, _reset_peak_rss, _rss_mb
+    from pipeline.memory import peak_rss_mb, reset_peak_rss, rss_mb, trim_heap
 
-    if not _reset_peak_rss():
+    if not reset_peak_rss():
         pytest.skip("no /proc/self/clear_refs here (not Linux)")
-    before = _rss_mb()
-    _reset_peak_rss()
+    trim_heap()
+    before = rss_mb()
+    reset_peak_rss()
     block = np.ones(100 * 2**20 // 8)  # 100 MiB, touched, then freed before the peak is read
     del block
-    assert _peak_rss_mb() - before >= 90 and _rss_mb() - before < 50
+    trim_heap()  # glibc may have served it from the heap (earlier frees raise its mmap threshold)
+    assert peak_rss_mb() - before >= 90 and rss_mb() - before < 50
 
 
 def test_memory_counts_each_runtime_after_earlier_work_in_the_process(default_folder: Path) -> None:
@@ -359,7 +376,7 @@ def test_runtimes_close_in_reverse_order_so_process_flags_unwind(default_folder:
         def _close(self) -> None:
             state["flag"] = self.before
 
-    monkeypatch.setattr(bench_mod, "_open", lambda *a, **k: Flagging())
+    monkeypatch.setattr(bench_mod, "open_target", lambda *a, **k: Flagging())
     bench(BenchOptions(folder=default_folder, runtimes=("ort",), batches=(1,), iters=2, warmup=0,
                        warmup_seconds=0.0, min_seconds=0.0, accuracy=False))
     assert state["flag"] == "user's"

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from pipeline.data import Preprocess, iter_batches, open_dataset, read_idx, write_idx
-from runtimes.errors import BadInput
+from resnetx.errors import BadInput
 from tests.conftest import needs_fashion
 
 
@@ -99,7 +99,8 @@ def test_imagefolder(tmp_path: Path) -> None:
     for cls in ("cat", "dog"):
         (tmp_path / cls).mkdir()
         for i in range(3):
-            Image.fromarray(rng.integers(0, 256, (40 + i * 10, 60, 3), dtype=np.uint8)).save(tmp_path / cls / f"{i}.png")
+            img = rng.integers(0, 256, (40 + i * 10, 60, 3), dtype=np.uint8)
+            Image.fromarray(img).save(tmp_path / cls / f"{i}.png")
     pre = Preprocess(image_size=32, resize=36, channels=3, mean=(0.5,) * 3, std=(0.25,) * 3)
     ds = open_dataset(f"imagefolder:{tmp_path}", preprocess=pre)
     assert len(ds) == 6 and ds.class_names == ("cat", "dog")

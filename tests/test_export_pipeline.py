@@ -1,4 +1,4 @@
-"""The export step end to end: manifest, cache by content hash, --force, stale calibration, engines."""
+"""pipeline/export.py end to end: manifest, cache by content hash, --force, kept artifacts, engines, engines-only."""
 
 from __future__ import annotations
 
@@ -11,23 +11,29 @@ import torch
 
 from pipeline.artifacts import audit_folder, read_manifest
 from pipeline.export import ExportOptions, export
-from pipeline.models import ModelSpec, build_model
 from pipeline.precisions import Precision
-from runtimes.errors import BadInput
+from pipeline.zoo import ModelSpec, build_model
+from resnetx.errors import BadInput
 from tests.conftest import copy_folder, needs_rtx
 
 ALL = (Precision.fp32, Precision.fp16, Precision.int8)
+FP32, FP16, INT8 = ALL
+
+
+def _shas(folder: Path) -> dict[str, str]:
+    return {e.name: e.sha256 for e in read_manifest(folder).entries()}
 
 
 def test_manifest_describes_everything(default_folder: Path) -> None:
     m = json.loads((default_folder / "manifest.json").read_text())
+    assert m["version"] == 2
     assert m["model"]["arch"] == "resnet20" and m["model"]["weights"] == "default"
     assert m["model"]["preprocess"]["channels"] == 1 and len(m["model"]["state_sha256"]) == 64
-    assert set(m["artifacts"]) == {"fp32", "fp16", "int8"}
-    for entry in m["artifacts"].values():
+    assert set(m["graphs"]) == {"fp32", "fp16", "int8"} and m["engines"] == {}
+    for entry in m["graphs"].values():
         assert (default_folder / entry["file"]).is_file() and len(entry["sha256"]) == 64
-    assert m["artifacts"]["fp16"]["source_sha256"] == m["artifacts"]["fp32"]["sha256"]
-    calib = m["calibration"]
+    assert m["graphs"]["fp16"]["source_sha256"] == m["graphs"]["fp32"]["sha256"]
+    calib = m["graphs"]["int8"]["calibration"]
     assert calib["dataset"] == "sample" and calib["samples"] == 256 and calib["method"] == "max"
     assert calib["recipe"] == "tensorrt" and (default_folder / calib["cache_file"]).is_file()
     assert calib["images"] == 256 and calib["split"] == "all images"  # the sample has one set of images
@@ -35,20 +41,25 @@ def test_manifest_describes_everything(default_folder: Path) -> None:
 
 
 def test_int8_is_checked_against_fp32_right_after_quantization(default_folder: Path) -> None:
-    check = read_manifest(default_folder).artifacts["int8"]["check"]
-    assert check["samples"] == 64 and check["top1_agree"] >= 0.9 and 0 < check["rel_l2"] < 0.5
+    check = read_manifest(default_folder).graphs[INT8].check
+    assert check.samples == 64 and check.top1_agree >= 0.9 and 0 < check.rel_l2 < 0.5
 
 
 def test_int8_collapse_is_announced(tmp_path: Path) -> None:
     """Scales that clip everything (a collapse) are caught by export itself, before any verify."""
+    from dataclasses import replace
+
     import numpy as np
     import onnx
     from onnx import numpy_helper
 
     from exporters.onnx import compare_graphs
-    from pipeline.export import _int8_collapse
+    from pipeline.artifacts import GraphCheck
+    from pipeline.graphs import int8_notices
 
-    r = export(ExportOptions(model=ModelSpec("default"), out=tmp_path / "f", precisions=ALL, calib_samples=64))
+    opts = ExportOptions(model=ModelSpec("default"), out=tmp_path / "f", precisions=ALL, calib_samples=64)
+    r = export(opts)
+    assert not any("agrees with fp32 on only" in n for n in r.notices)
     int8 = tmp_path / "f" / "model.int8.onnx"
     m = onnx.load(str(int8))
     for init in m.graph.initializer:  # shrink every activation scale 1000x: the ranges no longer fit the data
@@ -57,9 +68,9 @@ def test_int8_collapse_is_announced(tmp_path: Path) -> None:
     onnx.save(m, str(tmp_path / "broken.onnx"))
     x = np.load("pipeline/assets/fashion_mnist_sample.npz")["images"][:64, None].astype(np.float32) / 255
     check = compare_graphs(tmp_path / "broken.onnx", tmp_path / "f" / "model.fp32.onnx", (x - 0.2854) / 0.3526)
-    notice = _int8_collapse(check, tmp_path / "f")
+    broken = replace(r.manifest.graphs[INT8], check=GraphCheck.from_dict(check))
+    notice = [n for n in int8_notices(broken, opts, r.info) if "agrees with fp32 on only" in n]
     assert check["top1_agree"] < 0.97 and notice and "--localize" in notice[0]
-    assert _int8_collapse(r.manifest.artifacts["int8"]["check"], tmp_path / "f") == []
 
 
 def test_second_export_is_cached_and_byte_identical(default_folder: Path, tmp_path: Path) -> None:
@@ -80,26 +91,26 @@ def test_force_and_changed_options_rebuild(default_folder: Path, tmp_path: Path)
     r = export(ExportOptions(model=ModelSpec("default"), out=folder, precisions=(Precision.fp32,)))
     assert [(e.step, e.status) for e in r.events] == [("fp32", "cached"), ("fp16", "kept"), ("int8", "kept"),
                                                       ("reference", "cached")]
-    assert set(read_manifest(folder).artifacts) == {"fp32", "fp16", "int8"}
-    assert read_manifest(folder).calibration["samples"] == 128  # int8's calibration record went with it
+    assert set(_shas(folder)) == {"fp32", "fp16", "int8"}
+    assert read_manifest(folder).calibration.samples == 128  # int8's calibration record went with it
+    assert len(list(folder.glob("calib.tensorrt.max.*.json"))) == 1  # the 256-image ranges were replaced, not kept
     # --force: the folder holds exactly what this export made
     r = export(ExportOptions(model=ModelSpec("default"), out=folder, precisions=(Precision.fp32,), force=True))
     assert [(e.step, e.status) for e in r.events] == [("fp32", "built"), ("reference", "built")]
-    assert set(read_manifest(folder).artifacts) == {"fp32"}
+    assert set(_shas(folder)) == {"fp32"}
 
 
 def test_an_artifact_from_another_fp32_graph_is_not_kept(default_folder: Path, tmp_path: Path) -> None:
     folder = copy_folder(default_folder, tmp_path / "f")
     r = export(ExportOptions(model=ModelSpec("default"), out=folder, precisions=(Precision.fp32,),
                              exporter="legacy"))  # another exporter: another fp32 graph
-    assert [e.status for e in r.events][0] == "built" and set(r.manifest.artifacts) == {"fp32"}
+    assert [e.status for e in r.events][0] == "built" and [e.name for e in r.manifest.entries()] == ["fp32"]
 
 
 def test_repeat_export_gives_same_bytes_and_scales(default_folder: Path, tmp_path: Path) -> None:
     r = export(ExportOptions(model=ModelSpec("default"), out=tmp_path / "again", precisions=ALL, calib_samples=256))
-    for name in ("fp32", "fp16", "int8"):
-        assert r.manifest.artifacts[name]["sha256"] == read_manifest(default_folder).artifacts[name]["sha256"], name
-    cache = r.manifest.calibration["cache_file"]
+    assert {e.name: e.sha256 for e in r.manifest.entries()} == _shas(default_folder)
+    cache = r.manifest.calibration.cache_file
     text = (tmp_path / "again" / cache).read_text()
     assert text == (default_folder / cache).read_text()
     # onnxruntime writes ranges in set order, which changes with the hash seed: resnetx sorts them
@@ -117,7 +128,7 @@ def test_changed_checkpoint_invalidates_cache(tmp_path: Path) -> None:
     torch.save(build_model("resnet20", num_classes=10, in_chans=3).state_dict(), ckpt)
     again = export(opts)
     assert [e.status for e in again.events] == ["built", "built"]  # new weights: new graph, new reference
-    assert again.manifest.artifacts["fp32"]["sha256"] != first.manifest.artifacts["fp32"]["sha256"]
+    assert again.manifest.graphs[FP32].sha256 != first.manifest.graphs[FP32].sha256
     bare = export(replace(opts, out=tmp_path / "b", reference_samples=0))
     assert [e.step for e in bare.events] == ["fp32"] and not (tmp_path / "b" / "reports").exists()
 
@@ -127,18 +138,22 @@ def test_engines_in_manifest(default_folder: Path, tmp_path: Path) -> None:
     folder = copy_folder(default_folder, tmp_path / "f")
     r = export(ExportOptions(model=ModelSpec("default"), out=folder, precisions=ALL, calib_samples=256, engine="rtx",
                              batch_range=(1, 16, 128)))
-    engines = {k: v for k, v in r.manifest.artifacts.items() if v["kind"] == "engine"}
+    from pipeline.report import engine_target
+    from resnetx.flavors import Flavor
+
+    engines = {e.name: e for e in r.manifest.engines.values()}
     assert set(engines) == {"fp32.rtx", "fp16.rtx", "int8.rtx"}
     e = engines["int8.rtx"]
-    assert e["profile"] == [1, 16, 128] and e["flavor"] == "rtx" and e["trt_version"]
-    assert e["source_sha256"] == r.manifest.artifacts["int8"]["sha256"]
-    assert e["compute_capabilities"] == ["SM80", "SM86", "SM89", "SM120"] and e["build_seconds"] > 0
-    assert (folder / "model.int8.rtx.engine").stat().st_size == e["size_bytes"]
-    audit = {r["artifact"]: r for r in audit_folder(folder)["artifacts"]}  # what `resnetx info DIR` prints
-    assert audit["int8.rtx"]["source"] == "model.int8.onnx" and audit["int8.rtx"]["status"] == "ok"
-    assert audit["int8.rtx"]["target"].startswith("TensorRT-RTX ") and "SM86" in audit["int8.rtx"]["target"]
-    assert audit["int8.rtx"]["target"].endswith("conv/matmul in int8")
-    assert audit["fp32"]["source"] == "PyTorch model" and audit["fp32"]["target"] is None
+    assert e.profile == (1, 16, 128) and e.flavor is Flavor.rtx and e.trt_version
+    assert e.source_sha256 == r.manifest.graphs[INT8].sha256
+    assert e.compute_capabilities == ("SM80", "SM86", "SM89", "SM120") and e.seconds > 0
+    assert (folder / "model.int8.rtx.engine").stat().st_size == e.size_bytes
+    assert e.network.int8_compute_layers == 20 and e.network.compute_layers == 22  # stem and classifier stay float
+    audit = {row.entry.name: row for row in audit_folder(folder).rows}  # what `resnetx info DIR` prints
+    assert audit["int8.rtx"].source == "model.int8.onnx" and audit["int8.rtx"].status == "ok"
+    target = engine_target(audit["int8.rtx"].entry)
+    assert target.startswith("TensorRT-RTX ") and "SM86" in target and target.endswith("20/22 conv/matmul in int8")
+    assert audit["fp32"].source == "PyTorch model"
 
 
 @needs_rtx
@@ -146,6 +161,9 @@ def test_cpu_recipe_with_engines_is_refused(tmp_path: Path) -> None:
     with pytest.raises(BadInput, match="use --int8-target tensorrt"):
         export(ExportOptions(model=ModelSpec("default"), out=tmp_path / "x", precisions=ALL, int8_target="cpu",
                              engine="rtx"))
+    with pytest.raises(BadInput, match="use --int8-target tensorrt"):  # auto: refused once it finds a flavour
+        export(ExportOptions(model=ModelSpec("default"), out=tmp_path / "x", precisions=ALL, int8_target="cpu",
+                             engine="auto"))
     assert not (tmp_path / "x").exists()
 
 
@@ -166,22 +184,21 @@ def test_static_batch_end_to_end(tmp_path: Path) -> None:
     rtx = importlib.util.find_spec("tensorrt_rtx") is not None
     out = tmp_path / "s"
     with pytest.raises(BadInput, match="does not fit a graph exported with the fixed batch 4"):
-        export(ExportOptions(model=ModelSpec("default"), out=out, precisions=ALL, dynamic_batch=False,
-                             static_batch=4, engine="rtx", batch_range=(1, 8, 64)))
+        export(ExportOptions(model=ModelSpec("default"), out=out, precisions=ALL, batch=4, engine="rtx",
+                             batch_range=(1, 8, 64)))
     assert not out.exists()  # refused before any work
     said: list[str] = []
-    r = export(ExportOptions(model=ModelSpec("default"), out=out, precisions=ALL, calib_samples=66,
-                             dynamic_batch=False, static_batch=4, engine="rtx" if rtx else "none",
-                             reference_samples=70), on_progress=said.append)
+    r = export(ExportOptions(model=ModelSpec("default"), out=out, precisions=ALL, calib_samples=66, batch=4,
+                             engine="rtx" if rtx else "none", reference_samples=70), on_progress=said.append)
     assert "reference: fp32 PyTorch logits, 70/70 inputs" in said  # long steps say how far they are
     m = r.manifest
-    assert m.calibration["images"] == 66  # 17 batches of 4, the last padded: the padding is not counted
-    assert {m.artifacts[p.value]["static_batch"] for p in ALL} == {4} == {audit_folder(out)["static_batch"]}
-    assert m.artifacts["int8"]["check"]["top1_agree"] >= 0.9
-    engines = [e for e in m.artifacts.values() if e["kind"] == "engine"]
-    assert all(e["profile"] == [4, 4, 4] for e in engines) and len(engines) == (3 if rtx else 0)
+    assert m.calibration.images == 66  # 17 batches of 4, the last padded: the padding is not counted
+    assert {m.graphs[p].static_batch for p in ALL} == {4} == {audit_folder(out).static_batch}
+    assert m.graphs[INT8].check.top1_agree >= 0.9
+    engines = list(m.engines.values())
+    assert all(e.profile == (4, 4, 4) for e in engines) and len(engines) == (3 if rtx else 0)
     v = verify(VerifyOptions(folder=out, samples=70, localize=True))
-    assert v.passed and all(row.localization and "error" not in row.localization for row in v.rows)
+    assert v.passed and all(row.localization and not row.localization_error for row in v.rows)
     b = bench(BenchOptions(folder=out, runtimes=("ort",), precisions=("fp32",), batches=(1, 4), iters=3,
                            warmup=0, warmup_seconds=0.0, min_seconds=0.0, accuracy_samples=50))
     rows = {row.batch: row for row in b.rows}
@@ -209,40 +226,42 @@ def test_engines_only_builds_from_the_folder_without_the_weights(default_folder:
     """A folder copied to its target GPU, the checkpoint left behind: engines are built there from the graphs
     the manifest pins, and the rebuild command the TensorRT runner prints runs as printed."""
     import shlex
+    from dataclasses import replace
 
     from typer.testing import CliRunner
 
     from pipeline.artifacts import write_manifest
     from pipeline.cli import app
-    from runtimes.trt_rt import rebuild_command
+    from pipeline.remake import remake_command
 
     def cli(*args: object) -> object:
         return CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=False)
 
     folder = copy_folder(default_folder, tmp_path / "f")
     m = read_manifest(folder)
-    m.model["spec"] = {**m.model["spec"], "weights": "/elsewhere/resnet20.pth"}  # not on this machine
+    spec = replace(m.model.spec, arch="resnet20", weights=Path("/elsewhere/resnet20.pth"))  # not on this machine
+    m.model = replace(m.model, spec=spec)
     write_manifest(folder, m)
-    graphs = {k: e["sha256"] for k, e in m.artifacts.items()}
+    graphs = _shas(folder)
     r = cli("export", "--out", folder, "--engines-only", "--engine", "rtx", "--precision", "fp16,int8",
             "--rtx-compute-capability", "SM86")
     assert r.exit_code == 0, r.output
     after = read_manifest(folder)
-    assert set(after.artifacts) == {"fp32", "fp16", "int8", "fp16.rtx", "int8.rtx"}  # fp32 asked for nothing
-    assert {k: after.artifacts[k]["sha256"] for k in graphs} == graphs  # the graphs are untouched
+    assert set(_shas(folder)) == {"fp32", "fp16", "int8", "fp16.rtx", "int8.rtx"}  # fp32 asked for nothing
+    assert {k: v for k, v in _shas(folder).items() if k in graphs} == graphs  # the graphs are untouched
     for p in ("fp16", "int8"):
-        e = after.artifacts[f"{p}.rtx"]
-        assert e["source_sha256"] == graphs[p] and e["compute_capabilities"] == ["SM86"]
-    assert audit_folder(folder)["intact"]
+        e = after.entry(f"{p}.rtx")
+        assert e.source_sha256 == graphs[p] and e.compute_capabilities == ("SM86",)
+    assert audit_folder(folder).intact
     before = (folder / "manifest.json").read_bytes()
     again = cli("export", "--out", folder, "--engines-only", "--engine", "rtx", "--precision", "fp16,int8",
                 "--rtx-compute-capability", "SM86")
     assert again.output.count("cached") == 2 and (folder / "manifest.json").read_bytes() == before
-    cmd = rebuild_command(folder, after.artifacts["int8.rtx"], "8.9")
+    cmd = remake_command(after, folder, (INT8,), engines_only=True, gpu_cc="8.9")
     r = CliRunner().invoke(app, shlex.split(cmd)[1:], catch_exceptions=False)
     assert r.exit_code == 0, r.output
-    assert read_manifest(folder).artifacts["int8.rtx"]["compute_capabilities"] == ["SM89"]
-    assert read_manifest(folder).artifacts["fp16.rtx"]["compute_capabilities"] == ["SM86"]  # the others stay
+    assert read_manifest(folder).entry("int8.rtx").compute_capabilities == ("SM89",)
+    assert read_manifest(folder).entry("fp16.rtx").compute_capabilities == ("SM86",)  # the others stay
 
     for args, code, msg in (
         (["--weights", "w.pth"], 2, "--weights would change those graphs"),
@@ -255,8 +274,8 @@ def test_engines_only_builds_from_the_folder_without_the_weights(default_folder:
     r = cli("export", "--out", fp32_only, "--engines-only", "--engine", "rtx", "--precision", "int8")
     assert r.exit_code == 2 and "holds no int8 ONNX graph" in r.output, r.output
     cpu_recipe = tmp_path / "c"
-    export(ExportOptions(out=cpu_recipe, precisions=(Precision.fp32, Precision.int8), int8_target="cpu",
-                         calib_samples=64, reference_samples=0))
+    export(ExportOptions(out=cpu_recipe, precisions=(FP32, INT8), int8_target="cpu", calib_samples=64,
+                         reference_samples=0))
     r = cli("export", "--out", cpu_recipe, "--engines-only", "--engine", "rtx")
     assert r.exit_code == 2 and "cpu recipe" in r.output and "model.fp32.rtx.engine" not in r.output, r.output
     with open(folder / "model.fp16.onnx", "ab") as f:  # an engine from a changed graph would lie about its source
@@ -271,8 +290,7 @@ def test_engines_only_failure_keeps_the_manifest_and_the_engines_before_it(defau
     """Without the model the folder cannot be exported again there: a failed engine build must not take the
     manifest with it (export removes it first), and the engines built before it stay listed."""
     import exporters.tensorrt as trt_exporter
-    from pipeline.export import export_engines
-    from runtimes.errors import ResnetxError
+    from resnetx.errors import ResnetxError
 
     folder = copy_folder(default_folder, tmp_path / "f")
     real = trt_exporter.build_engine
@@ -284,7 +302,6 @@ def test_engines_only_failure_keeps_the_manifest_and_the_engines_before_it(defau
 
     monkeypatch.setattr(trt_exporter, "build_engine", int8_fails)
     with pytest.raises(ResnetxError, match="out of memory"):
-        export_engines(ExportOptions(out=folder, engine="rtx", rtx_compute_capabilities=("SM89",)))
-    m = read_manifest(folder)
-    assert set(m.artifacts) == {"fp32", "fp16", "int8", "fp32.rtx", "fp16.rtx"}
-    assert audit_folder(folder)["intact"] and not (folder / "model.int8.rtx.engine").exists()
+        export(ExportOptions(out=folder, engine="rtx", rtx_compute_capabilities=("SM89",), engines_only=True))
+    assert set(_shas(folder)) == {"fp32", "fp16", "int8", "fp32.rtx", "fp16.rtx"}
+    assert audit_folder(folder).intact and not (folder / "model.int8.rtx.engine").exists()

@@ -11,8 +11,9 @@ import pytest
 import torch
 
 from exporters.onnx import check_onnx, export_onnx, load_onnx
-from pipeline.models import IMAGENET_ARCHS, ModelSpec, load_model
-from runtimes.errors import BadInput
+from pipeline.models import IMAGENET_ARCHS
+from pipeline.zoo import ModelSpec, load_model
+from resnetx.errors import BadInput
 
 
 def _run(path: Path, x: np.ndarray) -> np.ndarray:
@@ -99,12 +100,11 @@ def test_corrupt_onnx(tmp_path: Path, content: bytes) -> None:
 @pytest.mark.parametrize("exporter", ["dynamo", "legacy"])
 def test_static_batch_export(tmp_path: Path, exporter: str) -> None:
     from exporters.onnx import compare_graphs, graph_batch
-    from runtimes.base import batch_chunks
+    from resnetx.batching import batch_chunks
 
     model, info = load_model(ModelSpec("resnet20"))
-    a = export_onnx(model, info.input_shape, tmp_path / "s.onnx", exporter=exporter, dynamic_batch=False,
-                    static_batch=3)
-    assert graph_batch(load_onnx(a.path)) == 3 == a.details["static_batch"]
+    a = export_onnx(model, info.input_shape, tmp_path / "s.onnx", exporter=exporter, batch=3)
+    assert graph_batch(load_onnx(a.path)) == 3 == a.static_batch
     x = np.random.default_rng(1).standard_normal((7, 3, 32, 32)).astype(np.float32)
     with pytest.raises(Exception, match="(?i)dimension|shape"):
         _run(a.path, x[:2])  # the graph takes exactly 3 images

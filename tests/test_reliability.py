@@ -15,8 +15,9 @@ from hypothesis import strategies as st
 
 from pipeline.artifacts import read_manifest
 from pipeline.data import Preprocess, read_idx
-from pipeline.models import file_sha256, load_state_dict
-from runtimes.errors import BadInput, ResnetxError
+from pipeline.zoo import load_state_dict
+from resnetx.errors import BadInput, ResnetxError
+from resnetx.files import file_sha256
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPORT = [sys.executable, "-m", "pipeline.cli", "export", "--precision", "fp32,fp16,int8", "--exporter", "legacy",
@@ -35,8 +36,8 @@ def _consistent(folder: Path) -> str:
         assert r.returncode == 2, r.stdout + r.stderr
         return "incomplete"
     m = read_manifest(folder)
-    for entry in m.artifacts.values():
-        assert file_sha256(folder / entry["file"]) == entry["sha256"], entry["file"]
+    for entry in m.entries():
+        assert file_sha256(folder / entry.file) == entry.sha256, entry.file
     return "complete"
 
 
@@ -55,7 +56,8 @@ def test_sigkill_during_export_never_leaves_a_trusted_half_folder(tmp_path: Path
             p.wait()
         seen.add(_consistent(folder))
     assert "complete" in seen  # the last run was given time to finish
-    r = subprocess.run([*EXPORT, "--out", str(folder)], env=_env(), cwd=ROOT, capture_output=True, text=True, timeout=300)
+    r = subprocess.run([*EXPORT, "--out", str(folder)], env=_env(), cwd=ROOT, capture_output=True, text=True,
+                       timeout=300)
     assert r.returncode == 0, r.stderr
     assert not list(folder.glob(".tmp-*"))  # leftovers of killed runs are cleaned
     assert _consistent(folder) == "complete"
@@ -127,15 +129,16 @@ def test_preprocess_random_shapes(n: int, h: int, w: int, c: int, size: int, cha
 def test_random_bytes_engine_never_deserialized_without_gpu(tmp_path: Path) -> None:
     import torch
 
+    from resnetx.errors import BackendUnavailable
+    from resnetx.flavors import EngineTarget, Flavor
     from runtimes.base import open_runtime
-    from runtimes.errors import BackendUnavailable
 
     if torch.cuda.is_available():
         pytest.skip("a GPU is present")
     (tmp_path / "m.engine").write_bytes(os.urandom(1000))
-    entry = {"file": "m.engine", "flavor": "rtx", "trt_version": "0", "precision": "fp32", "profile": [1, 1, 1]}
+    target = EngineTarget(Flavor.rtx, "0", "fp32", (1, 1, 1))
     with pytest.raises(BackendUnavailable):
-        open_runtime("trt", tmp_path / "m.engine", device="cuda", entry=entry)
+        open_runtime("trt", tmp_path / "m.engine", device="cuda", target=target)
 
 
 def test_images_with_wrong_channel_count(default_folder: Path) -> None:
@@ -148,7 +151,7 @@ def test_images_with_wrong_channel_count(default_folder: Path) -> None:
 
 
 def test_image_size_the_model_cannot_take() -> None:
-    from pipeline.models import ModelSpec, load_model
+    from pipeline.zoo import ModelSpec, load_model
 
     with pytest.raises(BadInput, match="--image-size 16 is too small for resnet50"):
         load_model(ModelSpec("resnet50", image_size=16))

@@ -11,9 +11,10 @@ import pytest
 import torch
 
 from pipeline.artifacts import read_manifest
-from pipeline.export import rebuild_reference
+from pipeline.reference import Reference
+from resnetx.errors import BackendUnavailable, BadInput, IncompatibleArtifact
+from resnetx.flavors import EngineTarget, Flavor
 from runtimes.base import open_runtime
-from runtimes.errors import BackendUnavailable, BadInput, IncompatibleArtifact
 from runtimes.trt_rt import check_engine_compatible
 from tests.conftest import needs_cuda
 
@@ -22,8 +23,12 @@ def _x(n: int = 4) -> np.ndarray:
     return np.random.default_rng(0).standard_normal((n, 1, 28, 28)).astype(np.float32)
 
 
+def _model(folder: Path) -> torch.nn.Module:
+    return Reference.of(read_manifest(folder)).require_model("the test")
+
+
 def test_ort_and_torch_agree(default_folder: Path) -> None:
-    model, _ = rebuild_reference(read_manifest(default_folder))
+    model = _model(default_folder)
     with open_runtime("ort", default_folder / "model.fp32.onnx", threads=1) as ort_rt, \
             open_runtime("torch", model) as torch_rt:
         a, b = ort_rt.infer(_x()), torch_rt.infer(torch.from_numpy(_x()))
@@ -63,36 +68,20 @@ def test_torch_cuda_unavailable() -> None:
         open_runtime("torch", torch.nn.Linear(2, 2), device="cuda")
 
 
-ENTRY = {"file": "model.fp16.rtx.engine", "flavor": "rtx", "trt_version": "1.7.1.116", "precision": "fp16",
-         "compute_capabilities": ["SM80", "SM86", "SM89", "SM120"], "profile": [1, 8, 64]}
+TARGET = EngineTarget(Flavor.rtx, "1.7.1.116", "fp16", (1, 8, 64), ("SM80", "SM86", "SM89", "SM120"))
 
 
 def test_engine_compatibility_checked_before_bytes() -> None:
-    check_engine_compatible(ENTRY, "1.7.1.116", "8.6")
+    """The runner refuses with the facts (and the GPU at hand), before it reads the engine's bytes."""
+    check_engine_compatible(TARGET, "1.7.1.116", "8.6")
     with pytest.raises(IncompatibleArtifact, match="built with rtx 1.7.1.116, this machine has 1.8.0"):
-        check_engine_compatible(ENTRY, "1.8.0", "8.6")
-    with pytest.raises(IncompatibleArtifact, match="this GPU is 9.0"):
-        check_engine_compatible(ENTRY, "1.7.1.116", "9.0")
-    ent = {"file": "m.engine", "flavor": "tensorrt", "trt_version": "10.9", "compute_capability": "8.9", "gpu": "L4"}
+        check_engine_compatible(TARGET, "1.8.0", "8.6")
+    with pytest.raises(IncompatibleArtifact, match="this GPU is 9.0 .*use --engine tensorrt there") as e:
+        check_engine_compatible(TARGET, "1.7.1.116", "9.0")
+    assert e.value.gpu_cc == "9.0"
+    enterprise = EngineTarget(Flavor.tensorrt, "10.9", "fp16", (1, 8, 64), gpu="L4", compute_capability="8.9")
     with pytest.raises(IncompatibleArtifact, match="built on a L4"):
-        check_engine_compatible(ent, "10.9", "9.0")
-
-
-def test_the_rebuild_command_needs_only_the_folder() -> None:
-    """It builds from the folder's graphs (--engines-only): a folder copied to its GPU may lack the weights.
-    It names a flavor and a target that this GPU takes."""
-    from runtimes.trt_rt import rebuild_command
-
-    sm89 = {**ENTRY, "compute_capabilities": ["SM89"]}
-    with pytest.raises(IncompatibleArtifact) as e:
-        check_engine_compatible(sm89, "1.7.1.116", "8.6", Path("/a/f"))
-    assert str(e.value).endswith("rebuild it here with: resnetx export --out /a/f --engines-only --engine rtx "
-                                 "--precision fp16 --batch-range 1,8,64 --rtx-compute-capability SM86 --force")
-    with pytest.raises(IncompatibleArtifact, match="use --engine tensorrt there") as e:
-        check_engine_compatible(ENTRY, "1.7.1.116", "9.0", Path("/a/f"))
-    assert "--engines-only --engine tensorrt --precision fp16 --batch-range 1,8,64 --force" in str(e.value)
-    assert rebuild_command(Path("my dir"), {"flavor": "tensorrt", "precision": "int8"}, "8.7") == \
-        "resnetx export --out 'my dir' --engines-only --engine tensorrt --precision int8 --force"
+        check_engine_compatible(enterprise, "10.9", "9.0")
 
 
 def test_trt_runner_without_gpu_says_so(tmp_path: Path) -> None:
@@ -100,7 +89,7 @@ def test_trt_runner_without_gpu_says_so(tmp_path: Path) -> None:
         pytest.skip("a GPU is present")
     (tmp_path / "m.engine").write_bytes(b"\0" * 64)
     with pytest.raises(BackendUnavailable, match="need a CUDA GPU"):
-        open_runtime("trt", tmp_path / "m.engine", device="cuda", entry=ENTRY)
+        open_runtime("trt", tmp_path / "m.engine", device="cuda", target=TARGET)
 
 
 @needs_cuda
@@ -108,31 +97,29 @@ def test_trt_runner_without_gpu_says_so(tmp_path: Path) -> None:
 def test_trt_engine_runs_on_gpu(default_folder: Path, tmp_path: Path) -> None:
     """Runs only where a GPU that TensorRT(-RTX) supports is present (RTX refuses sm_90)."""
     from pipeline.export import ExportOptions, export
-    from pipeline.models import ModelSpec
     from pipeline.precisions import Precision
+    from pipeline.zoo import ModelSpec
 
-    from runtimes.errors import IncompatibleArtifact
-
-    r = export(ExportOptions(model=ModelSpec("default"), out=tmp_path / "e", precisions=(Precision.fp32, Precision.fp16),
-                             engine="auto"))
-    entry = next((v for v in r.manifest.artifacts.values() if v["kind"] == "engine"), None)
+    r = export(ExportOptions(model=ModelSpec("default"), out=tmp_path / "e",
+                             precisions=(Precision.fp32, Precision.fp16), engine="auto"))
+    entry = next(iter(r.manifest.engines.values()), None)
     if entry is None:
         pytest.skip("no TensorRT flavour installed: no engine was built")
     try:
-        rt = open_runtime("trt", tmp_path / "e" / entry["file"], device="cuda", entry=entry)
+        rt = open_runtime("trt", tmp_path / "e" / entry.file, device="cuda", target=entry.target)
     except IncompatibleArtifact as e:  # e.g. TensorRT-RTX engines on an H100 (sm_90)
         pytest.skip(str(e))
     with rt:
         out = rt.infer(_x(8))
         with pytest.raises(BadInput, match="outside the range"):
-            rt.infer(_x(entry["profile"][2] + 1))
+            rt.infer(_x(entry.profile[2] + 1))
     assert out.shape == (8, 10) and np.isfinite(out).all()
 
 
 @needs_cuda
 @pytest.mark.gpu
 def test_ort_cuda_and_torch_cuda_fp16(default_folder: Path) -> None:
-    model, _ = rebuild_reference(read_manifest(default_folder))
+    model = _model(default_folder)
     with open_runtime("torch", model) as ref:
         want = ref.infer(_x(16))
     with open_runtime("torch", model, device="cuda", precision="fp16", channels_last=True, cuda_graph=True) as rt:
@@ -180,7 +167,7 @@ def test_infer_all_respects_batch_range_and_pads_tail() -> None:
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which("g++") is None, reason="torch.compile on the CPU needs a C++ compiler")
 def test_compiled_torch_times_each_batch_size_once() -> None:
-    from pipeline.models import build_model
+    from pipeline.zoo import build_model
 
     model = build_model("resnet8", num_classes=10, in_chans=1).eval()
     with open_runtime("torch", model, compile=True, compile_mode="default") as rt:
@@ -188,26 +175,26 @@ def test_compiled_torch_times_each_batch_size_once() -> None:
         with open_runtime("torch", model) as eager:
             want = eager.infer_all(_x(5), 4)
         got = rt.infer_all(_x(5), 4)  # chunks of 4: one compiled shape, the tail padded
-        assert list(rt.compile_seconds) == [4] and rt.compile_seconds[4] > 0
+        assert list(rt.one_time_seconds) == [4] and rt.one_time_seconds[4] > 0
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
         rt.infer(_x(4))
-        assert list(rt.compile_seconds) == [4]  # no recompile for a shape seen before
+        assert list(rt.one_time_seconds) == [4]  # no recompile for a shape seen before
 
 
 def test_compile_cache_dir_respects_the_user_but_not_torchs_default(tmp_path: Path,
                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     from torch._inductor.runtime.cache_dir_utils import default_cache_dir
 
-    from runtimes.torch_rt import _use_cache_dir
+    from runtimes.torch_rt import use_compile_cache_dir
 
     monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
-    _use_cache_dir(tmp_path / "a")
+    use_compile_cache_dir(tmp_path / "a")
     assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "a")
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", default_cache_dir())  # filled in by torch, e.g. a FLOP count
-    _use_cache_dir(tmp_path / "b")
+    use_compile_cache_dir(tmp_path / "b")
     assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "b")
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "mine"))  # the user's choice stands
-    _use_cache_dir(tmp_path / "c")
+    use_compile_cache_dir(tmp_path / "c")
     assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "mine")
 
 
@@ -251,17 +238,17 @@ class _FakeRtxEngine:
 
 @pytest.mark.parametrize("accept", [True, False])
 def test_rtx_runtime_cache_is_loaded_and_saved_beside_the_engine(tmp_path: Path, accept: bool) -> None:
-    from runtimes.trt_rt import TrtRuntime
+    from runtimes.trt_rt import RuntimeCacheFile
 
     cache_file = tmp_path / "model.fp16.rtx.runtime_cache"
     cache_file.write_bytes(b"kernels from last run")
-    rt = TrtRuntime.__new__(TrtRuntime)
-    rt._engine = _FakeRtxEngine(accept)
-    assert rt._rtx_context_with_cache(cache_file) == "context"
-    assert rt._engine.context_config.cache is rt._engine.cache  # the context was made with the cache set
-    assert rt._engine.cache.blob == (b"kernels from last run" if accept else b"")
-    rt._save_runtime_cache()  # unchanged (accepted) or empty (rejected): the file is left alone
+    engine = _FakeRtxEngine(accept)
+    cache = RuntimeCacheFile(cache_file)
+    assert cache.context(engine) == "context"
+    assert engine.context_config.cache is engine.cache  # the context was made with the cache set
+    assert engine.cache.blob == (b"kernels from last run" if accept else b"")
+    cache.save()  # unchanged (accepted) or empty (rejected): the file is left alone
     assert cache_file.read_bytes() == b"kernels from last run"
-    rt._engine.cache.blob = b"kernels compiled now"
-    rt._save_runtime_cache()
+    engine.cache.blob = b"kernels compiled now"
+    cache.save()
     assert cache_file.read_bytes() == b"kernels compiled now"

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from pipeline.data import iter_batches, open_dataset, write_idx
-from pipeline.models import DEFAULT_WEIGHTS, ModelSpec, load_model
 from pipeline.train import TrainConfig, evaluate, train
-from runtimes.errors import BadInput
+from pipeline.zoo import DEFAULT_WEIGHTS, ModelSpec, load_model
+from resnetx.errors import BadInput
 from tests.conftest import needs_fashion
 
 # Full Fashion-MNIST test accuracy of the shipped model is in its card; the 1,000-image sample

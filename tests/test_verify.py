@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from pipeline.artifacts import read_manifest
-from pipeline.precisions import Tolerance
+from pipeline.precisions import Precision, Tolerance
+from pipeline.report import write_verify_json
 from pipeline.verify import VerifyOptions, compare, judge, verify
 from tests.conftest import copy_folder, tamper_weight
 
@@ -17,6 +18,7 @@ from tests.conftest import copy_folder, tamper_weight
 def test_clean_export_passes_each_precision(default_folder: Path) -> None:
     r = verify(VerifyOptions(folder=default_folder, samples=300))
     assert r.passed, [(x.artifact, x.failures) for x in r.rows]
+    assert write_verify_json(r) == default_folder / "reports" / "verify.json"
     rows = {x.artifact: x for x in r.rows}
     assert set(rows) == {"fp32", "fp16", "int8"}
     assert rows["fp32"].metrics.rel_l2 < 1e-5 and rows["fp32"].metrics.top1_agreement == 1.0
@@ -24,7 +26,8 @@ def test_clean_export_passes_each_precision(default_folder: Path) -> None:
     assert rows["int8"].metrics.top1 is not None and rows["int8"].metrics.samples == 300
     assert rows["int8"].tolerance == Tolerance(top1_agreement=0.97, accuracy_drop=0.5)
     report = json.loads((default_folder / "reports" / "verify.json").read_text())
-    assert report["passed"] and {"runtime", "precision", "device", "metrics", "tolerance", "passed"} <= set(report["rows"][0])
+    keys = {"runtime", "precision", "device", "metrics", "tolerance", "passed"}
+    assert report["passed"] and keys <= set(report["rows"][0])
     assert report["system"]["versions"]["onnxruntime"] and report["system"]["cores"]  # where the verdict was made
     # calibrated on the bundled sample and measured on it: the report says the int8 accuracy is optimistic
     assert any("calibrated on images drawn from sample" in n for n in r.notes)
@@ -33,11 +36,10 @@ def test_clean_export_passes_each_precision(default_folder: Path) -> None:
 def test_calibration_overlap_only_without_a_train_split() -> None:
     from pipeline.data import calibration_overlap_note
 
-    calib = {"dataset": "fashion-mnist", "samples": 512}
-    assert calibration_overlap_note(calib, "fashion-mnist") is None  # train split vs test split: disjoint
-    assert calibration_overlap_note(calib, "sample") is None
+    assert calibration_overlap_note("fashion-mnist", "fashion-mnist") is None  # train split vs test split: disjoint
+    assert calibration_overlap_note("fashion-mnist", "sample") is None
     assert calibration_overlap_note(None, "sample") is None
-    assert "optimistic" in calibration_overlap_note({"dataset": "imagefolder:/d", "samples": 8}, "imagefolder:/d")
+    assert "optimistic" in calibration_overlap_note("imagefolder:/d", "imagefolder:/d")
 
 
 def test_perturbed_conv_fails_and_is_localised(default_folder: Path, tmp_path: Path) -> None:
@@ -47,9 +49,9 @@ def test_perturbed_conv_fails_and_is_localised(default_folder: Path, tmp_path: P
     assert not r.passed
     row = r.rows[0]
     assert any("rel. L2" in f for f in row.failures)
-    assert row.localization["first_divergent_layer"] == "layer2.1.conv1"
-    assert row.localization["module"] == "layer2.1.conv1"
-    depth = [x["layer"] for x in row.localization["by_depth"]]
+    assert row.localization.first_divergent_layer == "layer2.1.conv1"
+    assert row.localization.module == "layer2.1.conv1"
+    depth = [x.layer for x in row.localization.by_depth]
     assert depth.index("layer2.1.conv1") > depth.index("layer1.0.conv1")  # topological order
 
 
@@ -86,11 +88,11 @@ def test_tolerance_options_change_verdict(default_folder: Path) -> None:
 def test_localize_on_request(default_folder: Path) -> None:
     r = verify(VerifyOptions(folder=default_folder, samples=32, precisions=("int8",), localize=True))
     loc = r.rows[0].localization
-    assert loc["baseline"] == "model.fp32.onnx" and loc["largest_jump_layer"]
-    errs = [x["rel_l2"] for x in loc["by_depth"]]
+    assert loc.baseline == "model.fp32.onnx" and loc.largest_jump_layer
+    errs = [x.rel_l2 for x in loc.by_depth]
     assert all(0 <= e < 1 for e in errs) and max(errs) > 1e-3
-    conv1 = next(x for x in loc["by_depth"] if x["layer"] == "conv1")
-    assert conv1["rel_l2"] < 1e-5  # the stem stays float in the default int8 recipe
+    conv1 = next(x for x in loc.by_depth if x.layer == "conv1")
+    assert conv1.rel_l2 < 1e-5  # the stem stays float in the default int8 recipe
 
 
 def test_the_suggested_command_remakes_the_artifact_with_the_layer_kept(default_folder: Path, tmp_path: Path) -> None:
@@ -103,7 +105,7 @@ def test_the_suggested_command_remakes_the_artifact_with_the_layer_kept(default_
     from pipeline.cli import app
 
     folder = copy_folder(default_folder, tmp_path / "f")
-    before = read_manifest(folder).artifacts
+    before = read_manifest(folder).graphs
     shown = CliRunner().invoke(app, ["verify", str(folder), "--samples", "32", "--precision", "int8", "--localize"],
                                catch_exceptions=False).output  # what the user sees
     assert "error by depth vs model.fp32.onnx" in shown and "first divergent layer:" in shown, shown
@@ -116,12 +118,13 @@ def test_the_suggested_command_remakes_the_artifact_with_the_layer_kept(default_
                           "--calib-samples 256 --calib-method max --int8-target tensorrt --keep-fp32 "), cmd
     r = CliRunner().invoke(app, shlex.split(cmd)[1:], catch_exceptions=False)
     assert r.exit_code == 0, r.output
-    after = read_manifest(folder).artifacts
-    assert jump.split("/")[0] in after["int8"]["excluded_nodes"] and after["int8"]["sha256"] != before["int8"]["sha256"]
-    assert {k: after[k]["sha256"] for k in ("fp32", "fp16")} == {k: before[k]["sha256"] for k in ("fp32", "fp16")}
+    after = read_manifest(folder).graphs
+    int8, fp32, fp16 = Precision.int8, Precision.fp32, Precision.fp16
+    assert jump.split("/")[0] in after[int8].keep_fp32 and after[int8].sha256 != before[int8].sha256
+    assert {k: after[k].sha256 for k in (fp32, fp16)} == {k: before[k].sha256 for k in (fp32, fp16)}
     # the second suggestion keeps the first layer too
     loc = verify(VerifyOptions(folder=folder, samples=32, precisions=("int8",), localize=True)).rows[0].localization
-    assert jump.split("/")[0] in loc["suggestion"].split("--keep-fp32 ")[1].split(",")
+    assert jump.split("/")[0] in loc.suggestion.split("--keep-fp32 ")[1].split(",")
 
 
 def test_torch_runtime_candidates(default_folder: Path) -> None:
@@ -171,11 +174,10 @@ def test_reference_logits_are_cached(default_folder: Path, tmp_path: Path, monke
 def test_export_stores_the_reference_that_default_verify_uses(default_folder: Path, tmp_path: Path,
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     import pipeline.reference as r
-    from pipeline.export import rebuild_reference
-
     folder = copy_folder(default_folder, tmp_path / "f")
     stored = folder / r.reference_file("sample", r.DEFAULT_SAMPLES)
-    model, info = rebuild_reference(read_manifest(folder))
+    ref = r.Reference.of(read_manifest(folder))
+    model, info = ref.model, ref.info
     inputs = r.verify_inputs("sample", None, r.DEFAULT_SAMPLES, info.preprocess, info.num_classes)
     with np.load(stored) as z:  # exactly what PyTorch gives on verify's default inputs
         np.testing.assert_array_equal(z["logits"], r.reference_logits(model, inputs.x))
@@ -219,8 +221,8 @@ def test_a_folder_without_its_checkpoint_verifies_against_stored_logits(tmp_path
 
     from pipeline.bench import BenchOptions, bench
     from pipeline.export import ExportOptions, export
-    from pipeline.models import ModelSpec, build_model
-    from runtimes.errors import BadInput
+    from pipeline.zoo import ModelSpec, build_model
+    from resnetx.errors import BadInput
 
     ckpt = tmp_path / "w.pth"
     torch.manual_seed(5)
@@ -254,9 +256,9 @@ def test_tables_show_messages_literally() -> None:
     from pipeline.verify import VerifyReport, VerifyRow
 
     reason = "no CUDAExecutionProvider; pip install 'resnetx[gpu]' [bold]"
-    report = VerifyReport(Path("dir[x]"), [VerifyRow("fp16", "ort-cuda-fp16", "fp16", "cuda", False, skipped=reason),
-                                           VerifyRow("fp32", "ort-cpu-fp32", "fp32", "cpu", False,
-                                                     failures=["file [model.fp32.onnx] changed"])], "sample", 16)
+    rows = [VerifyRow("fp16", "ort-cuda-fp16", "fp16", "cuda", False, skipped=reason),
+            VerifyRow("fp32", "ort-cpu-fp32", "fp32", "cpu", False, failures=["file [model.fp32.onnx] changed"])]
+    report = VerifyReport(Path("dir[x]"), rows, "sample", 16)
     console = Console(width=400, record=True, force_terminal=False)
     console.print(verify_table(report))
     for line in verify_reasons(report):
@@ -296,25 +298,25 @@ def test_verify_on_cuda_against_the_cpu_reference(default_folder: Path) -> None:
 def test_an_artifact_for_another_gpu_is_skipped_not_fatal(default_folder: Path, tmp_path: Path,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     """An engine built for other GPUs (TensorRT-RTX on an H100) must not stop the other rows."""
-    import pipeline.verify
-    from runtimes.errors import IncompatibleArtifact
+    import pipeline.targets
+    from resnetx.errors import IncompatibleArtifact
 
     folder = copy_folder(default_folder, tmp_path / "f")
-    real = pipeline.verify.open_runtime
+    real = pipeline.targets.open_runtime
 
     def picky(backend: str, path: object, **kw: object) -> object:
         if kw.get("precision") == "fp16":
             raise IncompatibleArtifact("model.fp16.x targets compute capabilities 8.6; this GPU is 9.0; rebuild it")
         return real(backend, path, **kw)
 
-    monkeypatch.setattr(pipeline.verify, "open_runtime", picky)
+    monkeypatch.setattr(pipeline.targets, "open_runtime", picky)
     r = verify(VerifyOptions(folder=folder, samples=64, precisions=("fp32", "fp16")))
     rows = {x.artifact: x for x in r.rows}
     assert "this GPU is 9.0" in rows["fp16"].skipped and rows["fp32"].passed and r.passed
 
 
 def test_nothing_to_verify_says_what_the_folder_holds(small_folder: Path) -> None:
-    from runtimes.errors import BadInput
+    from resnetx.errors import BadInput
 
     with pytest.raises(BadInput, match=r"it holds fp32 \(ort\); export more"):
         verify(VerifyOptions(folder=small_folder, precisions=("int8",)))
@@ -329,9 +331,10 @@ def test_notes_say_when_the_data_gives_less_than_asked(default_folder: Path, tmp
     for cls in ("cat", "dog"):
         (tmp_path / "imgs" / cls).mkdir(parents=True)
         for i in range(3):
-            Image.fromarray(rng.integers(0, 256, (30, 30, 3), dtype=np.uint8)).save(tmp_path / "imgs" / cls / f"{i}.png")
-    r = verify(VerifyOptions(folder=copy_folder(default_folder, tmp_path / "f"), data=f"imagefolder:{tmp_path / 'imgs'}",
-                             samples=32, precisions=("fp32",)))
+            img = rng.integers(0, 256, (30, 30, 3), dtype=np.uint8)
+            Image.fromarray(img).save(tmp_path / "imgs" / cls / f"{i}.png")
+    r = verify(VerifyOptions(folder=copy_folder(default_folder, tmp_path / "f"),
+                             data=f"imagefolder:{tmp_path / 'imgs'}", samples=32, precisions=("fp32",)))
     assert r.passed and r.samples == 10
     assert any("has 6 image(s): 10 inputs (6 + 4 extreme), not the 32 --samples" in n for n in r.notes), r.notes
     assert any("accuracy n/a" in n and "has 2 classes, the model 10" in n for n in r.notes), r.notes

@@ -8,6 +8,7 @@ __all__ = [
     "BackendUnavailable",
     "IncompatibleArtifact",
     "CheckFailed",
+    "ExportFailed",
     "first_line",
 ]
 
@@ -21,13 +22,21 @@ class ResnetxError(Exception):
 class BadInput(ResnetxError):
     """A file, option or dataset the user gave cannot be used."""
 
-    exit_code = 2
-
 
 class IncompatibleArtifact(BadInput):
-    """An artifact was made for another model, tool version or device."""
+    """An artifact was made for another model, tool version or device.
 
-    exit_code = 2
+    `gpu_cc` names the compute capability of the GPU at hand when the mismatch is about the GPU, so that the
+    caller can word the command that rebuilds the artifact for it.
+    """
+
+    def __init__(self, message: str, *, gpu_cc: str | None = None) -> None:
+        super().__init__(message)
+        self.gpu_cc = gpu_cc
+
+
+class ExportFailed(ResnetxError):
+    """A conversion (ONNX export, quantization, engine build) failed inside the library doing it."""
 
 
 class BackendUnavailable(ResnetxError):
@@ -37,7 +46,7 @@ class BackendUnavailable(ResnetxError):
 
 
 class CheckFailed(ResnetxError):
-    """A numerical check (parity, accuracy) fell under its bar."""
+    """A numerical check (parity, accuracy) fell under its bar, or a file is not what was recorded."""
 
     exit_code = 1
 

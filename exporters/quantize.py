@@ -11,23 +11,30 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import onnx
-from onnx import numpy_helper
 
-from exporters.onnx import INPUT_NAME, OnnxArtifact, atomic_write, check_onnx, graph_batch, load_onnx, save_onnx
-from runtimes.base import batch_chunks
-from runtimes.errors import BackendUnavailable, BadInput, first_line
+from exporters.onnx import INPUT_NAME, OnnxArtifact, check_onnx, graph_batch, load_onnx, save_onnx
+from resnetx.batching import batch_chunks
+from resnetx.errors import BackendUnavailable, BadInput, first_line
+from resnetx.files import atomic_write
+from resnetx.lazy import lazy_import
+
+if TYPE_CHECKING:
+    import onnx
+else:
+    onnx = lazy_import("onnx")
 
 __all__ = [
     "FP16_MAX",
     "DEFAULT_FP16_BLOCK_OPS",
-    "INT8_RECIPES",
-    "CALIB_METHODS",
+    "Int8Target",
+    "CalibMethod",
     "Int8Recipe",
+    "INT8_RECIPES",
     "INT8_GRAPH_REVISION",
     "to_fp16",
     "quantize_int8",
@@ -40,30 +47,33 @@ INT8_GRAPH_REVISION = 2  # bumped when quantize_int8 makes a different graph fro
 # Ops whose fp16 form loses too much or has no fp16 kernel on common runtimes; ResNets have
 # none of the first kind, but user graphs may (Softmax over many classes, reductions).
 DEFAULT_FP16_BLOCK_OPS = ("Softmax", "LogSoftmax", "ReduceSum", "ReduceMean", "ReduceL2", "Exp", "Log", "Pow", "Sqrt")
-CALIB_METHODS = ("max", "entropy", "percentile")
+
+
+class Int8Target(str, Enum):
+    tensorrt = "tensorrt"  # symmetric int8 activations, float bias: what TensorRT's parser and fusions take
+    cpu = "cpu"  # uint8 activations, int32 bias: what onnxruntime's x86 int8 kernels accelerate
+
+
+class CalibMethod(str, Enum):
+    max = "max"
+    entropy = "entropy"
+    percentile = "percentile"
 
 
 @dataclass(frozen=True)
 class Int8Recipe:
     """How the Q/DQ graph is laid out for one kind of target."""
 
-    name: str
     activation: str  # "int8" (symmetric) or "uint8" (asymmetric)
-    op_types: tuple[str, ...]
+    op_types: tuple[str, ...]  # the ops whose inputs get Q/DQ pairs
     quantize_bias: bool
-    help: str
 
 
 INT8_RECIPES = {
-    "tensorrt": Int8Recipe(
-        "tensorrt", "int8", ("Conv", "Gemm", "Add"), False,
-        "symmetric int8 activations, per-channel symmetric weights, float biases, Q/DQ on conv/gemm "
-        "inputs and residual adds (what TensorRT fuses)",
-    ),
-    "cpu": Int8Recipe(
-        "cpu", "uint8", ("Conv", "Gemm", "Add", "Relu", "Clip", "MaxPool", "GlobalAveragePool", "AveragePool", "Flatten"), True,
-        "uint8 activations, per-channel int8 weights, int32 biases (what onnxruntime's x86 kernels accelerate)",
-    ),
+    # Q/DQ on conv/gemm inputs and residual adds: what TensorRT fuses
+    Int8Target.tensorrt: Int8Recipe("int8", ("Conv", "Gemm", "Add"), False),
+    Int8Target.cpu: Int8Recipe("uint8", ("Conv", "Gemm", "Add", "Relu", "Clip", "MaxPool", "GlobalAveragePool",
+                                         "AveragePool", "Flatten"), True),
 }
 
 
@@ -93,7 +103,8 @@ def to_fp16(
                        "layer names are module paths such as layer3.1.conv2 (see resnetx verify --localize)")
     overflow = _nodes_with_large_weights(model, FP16_MAX)
     if overflow:
-        log.warning("keeping %d node(s) in fp32 whose weights exceed the fp16 range: %s", len(overflow), ", ".join(overflow))
+        log.warning("keeping %d node(s) in fp32 whose weights exceed the fp16 range: %s", len(overflow),
+                    ", ".join(overflow))
     nodes |= set(overflow)
     originals = {i.name: i for i in model.graph.initializer if i.data_type == onnx.TensorProto.FLOAT}
     originals = {k: onnx.TensorProto.FromString(v.SerializeToString()) for k, v in originals.items()}
@@ -110,9 +121,8 @@ def to_fp16(
     sha, size = save_onnx(fp16, dst)
     return OnnxArtifact(
         path=Path(dst), sha256=sha, precision="fp16", opset=_opset(fp16), size_bytes=size,
-        seconds=time.perf_counter() - start,
-        details={"converter": "onnxconverter-common float16", "static_batch": graph_batch(fp16),
-                 "keep_fp32_ops": list(keep_fp32_ops),
+        seconds=time.perf_counter() - start, static_batch=graph_batch(fp16),
+        details={"converter": "onnxconverter-common float16", "keep_fp32_ops": list(keep_fp32_ops),
                  "keep_fp32_nodes": sorted(nodes), "overflow_nodes": overflow},
     )
 
@@ -158,7 +168,8 @@ def _drop_round_trip_casts(model: onnx.ModelProto) -> None:
         if to(a) == onnx.TensorProto.FLOAT16 and a.output and a.output[0] in graph_outputs:
             # the converter's keep_io_types misses outputs of blocked last nodes: they stay fp32
             next(at for at in a.attribute if at.name == "to").i = onnx.TensorProto.FLOAT
-            next(o for o in model.graph.output if o.name == a.output[0]).type.tensor_type.elem_type = onnx.TensorProto.FLOAT
+            out = next(o for o in model.graph.output if o.name == a.output[0])
+            out.type.tensor_type.elem_type = onnx.TensorProto.FLOAT
             continue
         users = consumers.get(a.output[0], []) if a.output else []
         if to(a) != onnx.TensorProto.FLOAT16 or a.output[0] in graph_outputs or len(users) != 1:
@@ -177,8 +188,8 @@ def _drop_round_trip_casts(model: onnx.ModelProto) -> None:
 def _nodes_with_large_weights(model: onnx.ModelProto, limit: float) -> list[str]:
     big = {
         init.name for init in model.graph.initializer
-        if init.data_type == onnx.TensorProto.FLOAT and numpy_helper.to_array(init).size
-        and float(np.abs(numpy_helper.to_array(init)).max()) > limit
+        if init.data_type == onnx.TensorProto.FLOAT and onnx.numpy_helper.to_array(init).size
+        and float(np.abs(onnx.numpy_helper.to_array(init)).max()) > limit
     }
     return [n.name for n in model.graph.node if big & set(n.input)]
 
@@ -196,7 +207,8 @@ def _rebatch(batches: Iterable[np.ndarray], fixed: int | None) -> Iterator[tuple
 class _Reader:
     """onnxruntime CalibrationDataReader over preprocessed float32 batches, each with its count of real images."""
 
-    def __init__(self, batches: Iterable[tuple[np.ndarray, int]], on_images: Callable[[int], None] | None = None) -> None:
+    def __init__(self, batches: Iterable[tuple[np.ndarray, int]],
+                 on_images: Callable[[int], None] | None = None) -> None:
         self._it: Iterator[tuple[np.ndarray, int]] = iter(batches)
         self._on_images = on_images
         self.count = 0
@@ -220,8 +232,8 @@ def quantize_int8(
     dst: Path,
     calib: Iterable[np.ndarray] | None,
     *,
-    recipe: str = "tensorrt",
-    method: str = "max",
+    recipe: Int8Target | str = Int8Target.tensorrt,
+    method: CalibMethod | str = CalibMethod.max,
     cache: Path | None = None,
     exclude_nodes: Iterable[str] = (),
     quantize_ends: bool = False,
@@ -236,36 +248,16 @@ def quantize_int8(
     little compute) and the classifier stay in float: quantizing them costs the most accuracy
     for the least speed (measured on the default model: top-1 agreement 97% -> 99%).
     """
-    try:
-        from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-    except ImportError as e:
-        raise BackendUnavailable("int8 quantization needs onnxruntime: pip install onnxruntime") from e
-    if recipe not in INT8_RECIPES:
-        raise BadInput(f"unknown --int8-target {recipe!r}; use one of {', '.join(INT8_RECIPES)}")
-    if method not in CALIB_METHODS:
-        raise BadInput(f"unknown --calib-method {method!r}; use one of {', '.join(CALIB_METHODS)}")
-    r = INT8_RECIPES[recipe]
+    recipe, method = Int8Target(recipe), CalibMethod(method)
     cached = cache is not None and Path(cache).is_file()
     if calib is None and not cached:
         raise BadInput("int8 needs calibration data (--calib-data) or an existing calibration cache")
     model = load_onnx(src)
-    excluded = set(exclude_nodes)
     ends = [] if quantize_ends else _end_layers(model)
-    excluded |= set(ends)
-    unknown = excluded - {n.name for n in model.graph.node}
-    if unknown:
+    excluded = set(exclude_nodes) | set(ends)
+    if unknown := excluded - {n.name for n in model.graph.node}:
         raise BadInput(f"--keep-fp32 names unknown layer(s) {', '.join(sorted(unknown))}; "
                        "layer names are module paths such as layer3.1.conv2 (see resnetx verify --localize)")
-    calib_method = {"max": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-                    "percentile": CalibrationMethod.Percentile}[method]
-    extra: dict[str, Any] = {
-        "ActivationSymmetric": r.activation == "int8",
-        "WeightSymmetric": True,
-        "QuantizeBias": r.quantize_bias,
-        "CalibMovingAverage": False,
-    }
-    if method == "percentile":
-        extra["CalibPercentile"] = percentile
     fixed = graph_batch(model)
     reader = _Reader(_rebatch(calib, fixed) if calib is not None else [], on_images)
     start = time.perf_counter()
@@ -273,43 +265,63 @@ def quantize_int8(
     dst.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".tmp-quant-", dir=dst.parent) as tmp, _quiet_warnings():
         out = Path(tmp) / "int8.onnx"
-        try:
-            quantize_static(
-                str(src), str(out), reader if not cached else None,
-                quant_format=QuantFormat.QDQ, op_types_to_quantize=list(r.op_types), per_channel=True,
-                reduce_range=False,
-                activation_type=QuantType.QInt8 if r.activation == "int8" else QuantType.QUInt8,
-                weight_type=QuantType.QInt8, nodes_to_exclude=sorted(excluded),
-                calibrate_method=calib_method, extra_options=extra,
-                calibration_cache_path=str(cache) if cache else None,
-                calibration_providers=["CPUExecutionProvider"],
-            )
-        except (ValueError, RuntimeError) as e:
-            if reader.count == 0 and not cached:
-                raise BadInput("int8 calibration saw no images; check --calib-data and --calib-samples") from e
-            first = first_line(e)
-            raise BadInput(f"int8 calibration failed: {first}") from e
+        _quantize_static(src, out, None if cached else reader, recipe, method, cache, excluded, percentile)
         q = onnx.load(str(out))
     _float_inputs(q, excluded)
     if not cached and reader.count == 0:
         raise BadInput("int8 calibration saw no images; check --calib-data and --calib-samples")
-    if cache is not None and not cached:  # onnxruntime writes the ranges in set order: sort them, same run same bytes
-        ranges = json.loads(Path(cache).read_text())
-        atomic_write(Path(cache), (json.dumps(ranges, sort_keys=True, indent=1) + "\n").encode())
-    _set_meta(q, {"resnetx.precision": "int8", "resnetx.int8_recipe": recipe, "resnetx.calib_method": method})
+    if cache is not None and not cached:
+        _sort_ranges(Path(cache))
+    _set_meta(q, {"resnetx.precision": "int8", "resnetx.int8_recipe": recipe.value,
+                  "resnetx.calib_method": method.value})
     check_onnx(q, where=dst.name)
     sha, size = save_onnx(q, dst)
-    ops = [n.op_type for n in q.graph.node]
+    r = INT8_RECIPES[recipe]
     return OnnxArtifact(
         path=dst, sha256=sha, precision="int8", opset=_opset(q), size_bytes=size,
-        seconds=time.perf_counter() - start,
-        details={"quantizer": "onnxruntime.quantization.quantize_static (QDQ)", "recipe": recipe,
+        seconds=time.perf_counter() - start, static_batch=fixed,
+        details={"quantizer": "onnxruntime.quantization.quantize_static (QDQ)", "recipe": recipe.value,
                  "activation": r.activation, "weights": "int8 per-channel symmetric",
-                 "bias": "int32" if r.quantize_bias else "float", "method": method, "static_batch": fixed,
+                 "bias": "int32" if r.quantize_bias else "float", "method": method.value,
                  "calibration_images": reader.count, "calibration_cache_hit": cached,
-                 "qdq_pairs": ops.count("QuantizeLinear"), "excluded_nodes": sorted(excluded),
-                 "float_ends": ends},
+                 "qdq_pairs": [n.op_type for n in q.graph.node].count("QuantizeLinear"),
+                 "excluded_nodes": sorted(excluded), "float_ends": ends},
     )
+
+
+def _sort_ranges(cache: Path) -> None:
+    """onnxruntime writes the ranges in set order (hash-seed dependent): sorted, the same run gives the same bytes."""
+    ranges = json.loads(cache.read_text())
+    atomic_write(cache, (json.dumps(ranges, sort_keys=True, indent=1) + "\n").encode())
+
+
+def _quantize_static(src: Path, out: Path, reader: _Reader | None, recipe: Int8Target, method: CalibMethod,
+                     cache: Path | None, excluded: set[str], percentile: float) -> None:
+    """onnxruntime's quantize_static with the recipe's layout; its errors become one-line messages."""
+    try:
+        from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    except ImportError as e:
+        raise BackendUnavailable("int8 quantization needs onnxruntime: pip install onnxruntime") from e
+    r = INT8_RECIPES[recipe]
+    extra: dict[str, Any] = {"ActivationSymmetric": r.activation == "int8", "WeightSymmetric": True,
+                             "QuantizeBias": r.quantize_bias, "CalibMovingAverage": False}
+    if method is CalibMethod.percentile:
+        extra["CalibPercentile"] = percentile
+    calibrate = {CalibMethod.max: CalibrationMethod.MinMax, CalibMethod.entropy: CalibrationMethod.Entropy,
+                 CalibMethod.percentile: CalibrationMethod.Percentile}[method]
+    try:
+        quantize_static(
+            str(src), str(out), reader,
+            quant_format=QuantFormat.QDQ, op_types_to_quantize=list(r.op_types), per_channel=True,
+            reduce_range=False, activation_type=QuantType.QInt8 if r.activation == "int8" else QuantType.QUInt8,
+            weight_type=QuantType.QInt8, nodes_to_exclude=sorted(excluded), calibrate_method=calibrate,
+            extra_options=extra, calibration_cache_path=str(cache) if cache else None,
+            calibration_providers=["CPUExecutionProvider"],
+        )
+    except (ValueError, RuntimeError) as e:
+        if reader is not None and reader.count == 0:
+            raise BadInput("int8 calibration saw no images; check --calib-data and --calib-samples") from e
+        raise BadInput(f"int8 calibration failed: {first_line(e)}") from e
 
 
 def _float_inputs(model: onnx.ModelProto, excluded: set[str]) -> None:

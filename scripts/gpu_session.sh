@@ -1,23 +1,23 @@
 #!/usr/bin/env bash
 # The GPU checks of issues #5 (verify) and #7 (bench) in a few commands on a CUDA machine.
 #
-#   tests/gpu_session.sh check     what is installed (torch/CUDA, onnxruntime providers, ...)
-#   tests/gpu_session.sh tests     pytest -m gpu, and the torchvision parity test
-#   tests/gpu_session.sh verify    ResNet-50 fp32+fp16 export; verify ort and torch on cuda vs the CPU reference
-#   tests/gpu_session.sh bench     ResNet-50 fp16, batch 1 and 256: torch eager, channels_last + CUDA graph, ort CUDA
-#   tests/gpu_session.sh compile_fast     torch.compile mode default + CUDA graph, batch 1 and 256 (about a minute)
-#   tests/gpu_session.sh compile256       max-autotune at batch 256 (minutes; cached in the folder)
-#   tests/gpu_session.sh compile1         max-autotune at batch 1 (minutes; cached in the folder)
-#   tests/gpu_session.sh compile_cached   max-autotune at 1 and 256 in a new process: the compile time with the cache
+#   scripts/gpu_session.sh check     what is installed (torch/CUDA, onnxruntime providers, ...)
+#   scripts/gpu_session.sh tests     pytest -m gpu, and the torchvision parity test
+#   scripts/gpu_session.sh verify    ResNet-50 fp32+fp16 export; verify ort and torch on cuda vs the CPU reference
+#   scripts/gpu_session.sh bench     ResNet-50 fp16, batch 1 and 256: torch eager, channels_last + CUDA graph, ort CUDA
+#   scripts/gpu_session.sh compile_fast     torch.compile mode default + CUDA graph, batch 1 and 256 (about a minute)
+#   scripts/gpu_session.sh compile256       max-autotune at batch 256 (minutes; cached in the folder)
+#   scripts/gpu_session.sh compile1         max-autotune at batch 1 (minutes; cached in the folder)
+#   scripts/gpu_session.sh compile_cached   max-autotune at 1 and 256 in a new process: the compile time with the cache
 #
 # Each stage fits one device call (10 minutes): a stage is cut at 9 minutes (STAGE_LIMIT) with its table so far.
 #
 # A session with 30 minutes of device time cannot run every stage: in this order, most needed first,
-#   1. the staging calls. Here, once:  ../shared/gpu/stage.sh $(tests/gpu_session.sh wheels)
+#   1. the staging calls. Here, once:  ../shared/gpu/stage.sh $(scripts/gpu_session.sh wheels)
 #      (onnxruntime-gpu for the CUDA provider; onnxconverter-common for the fp16 export; pytest and
 #      hypothesis, which the test modules import, in case the image lacks them: 5 folders, c0..c4);
 #      then one device call per folder, the last one ending in
-#      `bash .gpu/c4/assemble.sh install && export PYTHONPATH=/tmp/site:$PWD && tests/gpu_session.sh check tests`
+#      `bash .gpu/c4/assemble.sh install && export PYTHONPATH=/tmp/site:$PWD && scripts/gpu_session.sh check tests`
 #   2. verify       (issue #5: ort-cuda and torch-cuda fp16 against the CPU reference)
 #   3. bench        (issue #7: eager, CUDA graph, ort CUDA, transfers)
 #   4. compile256, then compile_cached (issue #7: the 22,000 img/s bar at batch 256, and its cached compile)

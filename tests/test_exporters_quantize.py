@@ -10,44 +10,40 @@ import onnxruntime as ort
 import pytest
 from onnx import numpy_helper
 
-from exporters.precision import quantize_int8, to_fp16
-from pipeline.data import iter_batches, open_dataset
-from runtimes.errors import BadInput
+from exporters.quantize import quantize_int8, to_fp16
+from resnetx.errors import BadInput
+from tests.conftest import sample_batches
 
 
-def _calib(folder: Path, n: int = 128):
-    from pipeline.artifacts import read_manifest
-    from pipeline.data import Preprocess
-
-    pre = Preprocess.from_dict(read_manifest(folder).model["preprocess"])
-    return (b.x for b in iter_batches(open_dataset("sample"), pre, 64, limit=n))
+def _calib(folder: Path, n: int = 128):  # noqa: ANN202
+    return sample_batches(n)
 
 
 def _io_types(m: onnx.ModelProto) -> tuple[int, int]:
     return m.graph.input[0].type.tensor_type.elem_type, m.graph.output[0].type.tensor_type.elem_type
 
 
-def test_fp16_keeps_fp32_io_and_halves_size(default_folder: Path, tmp_path: Path) -> None:
-    a = to_fp16(default_folder / "model.fp32.onnx", tmp_path / "m16.onnx")
+def test_fp16_keeps_fp32_io_and_halves_size(graphs: Path, tmp_path: Path) -> None:
+    a = to_fp16(graphs / "model.fp32.onnx", tmp_path / "m16.onnx")
     m = onnx.load(str(a.path))
     assert _io_types(m) == (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT)
     conv_w = [i for i in m.graph.initializer if i.name.endswith("conv1.weight")]
     assert conv_w and all(i.data_type == onnx.TensorProto.FLOAT16 for i in conv_w)
-    assert a.size_bytes < 0.6 * (default_folder / "model.fp32.onnx").stat().st_size
+    assert a.size_bytes < 0.6 * (graphs / "model.fp32.onnx").stat().st_size
 
 
-def test_fp16_keep_fp32_layer(default_folder: Path, tmp_path: Path) -> None:
-    a = to_fp16(default_folder / "model.fp32.onnx", tmp_path / "m16.onnx", keep_fp32_nodes=["layer3.2.conv2"])
+def test_fp16_keep_fp32_layer(graphs: Path, tmp_path: Path) -> None:
+    a = to_fp16(graphs / "model.fp32.onnx", tmp_path / "m16.onnx", keep_fp32_nodes=["layer3.2.conv2"])
     m = onnx.load(str(a.path))
     node = next(n for n in m.graph.node if n.name == "layer3.2.conv2")
     w = next(i for i in m.graph.initializer if i.name == node.input[1])
     assert w.data_type == onnx.TensorProto.FLOAT
     with pytest.raises(BadInput, match="unknown layer"):
-        to_fp16(default_folder / "model.fp32.onnx", tmp_path / "x.onnx", keep_fp32_nodes=["layer9.conv"])
+        to_fp16(graphs / "model.fp32.onnx", tmp_path / "x.onnx", keep_fp32_nodes=["layer9.conv"])
 
 
-def test_fp16_keeps_out_of_range_weights_in_fp32(default_folder: Path, tmp_path: Path) -> None:
-    m = onnx.load(str(default_folder / "model.fp32.onnx"))
+def test_fp16_keeps_out_of_range_weights_in_fp32(graphs: Path, tmp_path: Path) -> None:
+    m = onnx.load(str(graphs / "model.fp32.onnx"))
     init = next(i for i in m.graph.initializer if i.name == "fc.weight")
     w = numpy_helper.to_array(init).copy()
     w[0, 0] = 1e6  # beyond fp16's 65504
@@ -55,15 +51,15 @@ def test_fp16_keeps_out_of_range_weights_in_fp32(default_folder: Path, tmp_path:
     onnx.save(m, str(tmp_path / "big.onnx"))
     a = to_fp16(tmp_path / "big.onnx", tmp_path / "big16.onnx")
     assert a.details["overflow_nodes"] == ["fc"]
-    x = next(_calib(default_folder, 8))
+    x = next(_calib(graphs, 8))
     out = ort.InferenceSession(str(a.path), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
     assert np.isfinite(out).all()
 
 
 @pytest.mark.parametrize("recipe", ["tensorrt", "cpu"])
-def test_int8_recipes(default_folder: Path, tmp_path: Path, recipe: str) -> None:
+def test_int8_recipes(graphs: Path, tmp_path: Path, recipe: str) -> None:
     cache = tmp_path / "calib.json"
-    a = quantize_int8(default_folder / "model.fp32.onnx", tmp_path / "q.onnx", _calib(default_folder),
+    a = quantize_int8(graphs / "model.fp32.onnx", tmp_path / "q.onnx", _calib(graphs),
                       recipe=recipe, cache=cache)
     m = onnx.load(str(a.path))
     qs = [n for n in m.graph.node if n.op_type == "QuantizeLinear"]
@@ -82,7 +78,7 @@ def test_int8_recipes(default_folder: Path, tmp_path: Path, recipe: str) -> None
         assert any(inits[d.input[0]].data_type == onnx.TensorProto.INT32 for d in dqs if d.input[0] in inits)
     assert cache.is_file()
     # second run: ranges come from the cache, no data needed, same graph
-    b = quantize_int8(default_folder / "model.fp32.onnx", tmp_path / "q2.onnx", None, recipe=recipe, cache=cache)
+    b = quantize_int8(graphs / "model.fp32.onnx", tmp_path / "q2.onnx", None, recipe=recipe, cache=cache)
     assert b.details["calibration_cache_hit"] and b.sha256 == a.sha256
 
 
@@ -94,9 +90,9 @@ def _fed_by_dq(m: onnx.ModelProto, node_name: str) -> bool:
 
 
 @pytest.mark.parametrize("recipe", ["tensorrt", "cpu"])
-def test_int8_exclusions_and_float_ends(default_folder: Path, tmp_path: Path, recipe: str) -> None:
-    src = default_folder / "model.fp32.onnx"
-    a = quantize_int8(src, tmp_path / "q.onnx", _calib(default_folder, 64), exclude_nodes=["layer2.0.conv1"],
+def test_int8_exclusions_and_float_ends(graphs: Path, tmp_path: Path, recipe: str) -> None:
+    src = graphs / "model.fp32.onnx"
+    a = quantize_int8(src, tmp_path / "q.onnx", _calib(graphs, 64), exclude_nodes=["layer2.0.conv1"],
                       recipe=recipe)
     m = onnx.load(str(a.path))
     assert a.details["float_ends"] == ["conv1", "fc"]
@@ -114,22 +110,22 @@ def test_int8_exclusions_and_float_ends(default_folder: Path, tmp_path: Path, re
 
     x = np.random.default_rng(0).standard_normal((2, 1, 28, 28)).astype(np.float32)
     assert np.isfinite(ort.InferenceSession(str(a.path)).run(None, {"input": x})[0]).all()
-    b = quantize_int8(src, tmp_path / "q2.onnx", _calib(default_folder, 64), quantize_ends=True)
+    b = quantize_int8(src, tmp_path / "q2.onnx", _calib(graphs, 64), quantize_ends=True)
     assert _fed_by_dq(onnx.load(str(b.path)), "conv1") and b.details["float_ends"] == []
     with pytest.raises(BadInput, match="unknown layer"):
-        quantize_int8(src, tmp_path / "x.onnx", _calib(default_folder, 64), exclude_nodes=["nope"])
+        quantize_int8(src, tmp_path / "x.onnx", _calib(graphs, 64), exclude_nodes=["nope"])
 
 
-def test_int8_needs_data(default_folder: Path, tmp_path: Path) -> None:
+def test_int8_needs_data(graphs: Path, tmp_path: Path) -> None:
     with pytest.raises(BadInput, match="calibration data"):
-        quantize_int8(default_folder / "model.fp32.onnx", tmp_path / "q.onnx", None)
+        quantize_int8(graphs / "model.fp32.onnx", tmp_path / "q.onnx", None)
     with pytest.raises(BadInput, match="saw no images"):
-        quantize_int8(default_folder / "model.fp32.onnx", tmp_path / "q.onnx", iter([]))
+        quantize_int8(graphs / "model.fp32.onnx", tmp_path / "q.onnx", iter([]))
     assert not (tmp_path / "q.onnx").exists()
 
 
-def test_int8_reports_calibration_progress(default_folder: Path, tmp_path: Path) -> None:
+def test_int8_reports_calibration_progress(graphs: Path, tmp_path: Path) -> None:
     seen: list[int] = []
-    quantize_int8(default_folder / "model.fp32.onnx", tmp_path / "q.onnx", _calib(default_folder, 128),
+    quantize_int8(graphs / "model.fp32.onnx", tmp_path / "q.onnx", _calib(graphs, 128),
                   on_images=seen.append)
     assert seen == [64, 128]

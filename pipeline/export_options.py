@@ -1,0 +1,128 @@
+"""What an export is asked to do, checked once when the options are made, and what its steps are given."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from exporters.onnx import DEFAULT_OPSET, Exporter
+from exporters.quantize import CalibMethod, Int8Target
+from pipeline.precisions import Precision, parse_precisions
+from pipeline.zoo import ModelInfo, ModelSpec
+from resnetx.errors import BadInput
+from resnetx.flavors import EngineChoice
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from pipeline.artifacts import Manifest
+
+__all__ = ["ExportOptions", "ExportContext", "DEFAULT_REFERENCE_SAMPLES"]
+
+DEFAULT_REFERENCE_SAMPLES = 512  # verify's default --samples: export stores the reference for those inputs
+
+
+def _set(obj: object, name: str, value: Any) -> None:
+    object.__setattr__(obj, name, value)
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    model: ModelSpec = field(default_factory=ModelSpec)
+    out: Path = Path("artifacts/default")
+    precisions: tuple[Precision, ...] | None = None  # None: fp32; with engines_only, every graph in the folder
+    exporter: Exporter = Exporter.dynamo
+    opset: int = DEFAULT_OPSET
+    batch: int | None = None  # None: a dynamic batch; N: baked into every graph and engine (--static-batch)
+    calib_data: str = "sample"
+    calib_dir: Path | None = None
+    calib_samples: int = 512
+    calib_method: CalibMethod = CalibMethod.max
+    int8_target: Int8Target = Int8Target.tensorrt
+    keep_fp32: tuple[str, ...] = ()  # layers kept in fp32 in the fp16 graph and left unquantized in int8
+    int8_quantize_ends: bool = False  # also quantize the stem conv and the classifier
+    engine: EngineChoice = EngineChoice.none
+    batch_range: tuple[int, int, int] | None = None
+    workspace_mb: int | None = None
+    opt_level: int = 3
+    rtx_compute_capabilities: tuple[str, ...] | None = None
+    seed: int = 0
+    force: bool = False
+    engines_only: bool = False  # engines from the folder's own graphs, without the model
+    reference_samples: int = DEFAULT_REFERENCE_SAMPLES  # PyTorch logits stored for verify's default inputs; 0: none
+    reference_data: str = "sample"  # the data those inputs come from (`run --data` stores them for its verify)
+    reference_data_dir: Path | None = None
+
+    def __post_init__(self) -> None:
+        for name, enum in (("exporter", Exporter), ("calib_method", CalibMethod), ("int8_target", Int8Target),
+                           ("engine", EngineChoice)):
+            _set(self, name, enum(getattr(self, name)))
+        _set(self, "out", Path(self.out))
+        if self.precisions is not None:
+            _set(self, "precisions", parse_precisions(self.precisions, with_source=False))
+        if self.out.exists() and not self.out.is_dir():
+            raise BadInput(f"--out {self.out} is a file; give a folder")
+        if self.calib_samples < 1:
+            raise BadInput("--calib-samples must be >= 1")
+        if self.reference_samples < 0:
+            raise BadInput("--reference-samples must be >= 0")
+        if self.batch is not None and self.batch < 1:
+            raise BadInput(f"--static-batch must be >= 1; got {self.batch}")
+        self._check_engine_options()
+        if self.engines_only:
+            self._check_engines_only()
+
+    def _check_engine_options(self) -> None:
+        if self.batch_range is not None:
+            lo, opt, hi = self.batch_range
+            if not 1 <= lo <= opt <= hi:
+                raise BadInput(f"--batch-range must be MIN<=OPT<=MAX with MIN>=1; got {lo},{opt},{hi}")
+            if self.batch is not None and tuple(self.batch_range) != (self.batch,) * 3:
+                raise BadInput(f"--batch-range {','.join(map(str, self.batch_range))} does not fit a graph exported "
+                               f"with the fixed batch {self.batch}; drop --batch-range, or export with a dynamic batch")
+        if not 0 <= self.opt_level <= 5:
+            raise BadInput(f"--opt-level must be 0..5; got {self.opt_level}")
+        if self.engine not in (EngineChoice.none, EngineChoice.auto):
+            self.check_engines_take_int8()
+
+    def check_engines_take_int8(self) -> None:
+        """Refuse, before any work, engines of a cpu-recipe int8 graph (--engine auto: once a flavour is found)."""
+        if Precision.int8 in (self.precisions or ()) and self.int8_target is Int8Target.cpu:
+            raise BadInput("the cpu int8 recipe quantizes biases to int32, which TensorRT's parser rejects; "
+                           "use --int8-target tensorrt for engines, or --engine none")
+
+    def _check_engines_only(self) -> None:
+        given = [flag for flag, on in (("--model", self.model.arch != "default"), ("--weights", self.model.weights),
+                                       ("--keep-fp32", self.keep_fp32), ("--static-batch", self.batch is not None),
+                                       ("--calib-data", self.calib_data != "sample")) if on]
+        if given:
+            raise BadInput(f"--engines-only builds from the graphs already in the folder; {', '.join(given)} "
+                           "would change those graphs: export them first without --engines-only")
+
+    @property
+    def wanted(self) -> tuple[Precision, ...]:
+        """The graphs a full export makes: fp32 (the source of the others) and those asked for."""
+        asked = set(self.precisions or ()) | {Precision.fp32}
+        return tuple(p for p in Precision if p in asked)
+
+
+@dataclass(frozen=True)
+class ExportContext:
+    """What every export step is given; nothing a step makes is in here (it gets that as its sources)."""
+
+    opts: ExportOptions
+    info: ModelInfo
+    weights_sha: str  # the model's state sha256
+    versions: dict[str, str]
+    model: nn.Module | None = None  # None for --engines-only: the graphs are the source
+    previous: Manifest | None = None  # the folder's manifest before this export
+    on_progress: Callable[[str], None] = field(default=lambda _msg: None)
+
+    @property
+    def out(self) -> Path:
+        return self.opts.out
+
+    def progress(self, msg: str) -> None:
+        self.on_progress(msg)

@@ -1,0 +1,193 @@
+"""The export steps that make ONNX graphs, one per precision (the precision table names them), and the
+notices export prints about the int8 graph it ends with."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+from exporters.onnx import compare_graphs, export_onnx
+from pipeline.artifacts import Calibration, Entry, GraphCheck, GraphEntry
+from pipeline.data import FASHION_MNIST_CLASSES, Dataset, calibration_split, iter_batches, open_dataset
+from pipeline.export_options import ExportContext, ExportOptions
+from pipeline.precisions import PRECISIONS, Precision
+from pipeline.steps import Step
+from pipeline.zoo import ModelInfo
+from resnetx.errors import BadInput
+from resnetx.files import content_key
+
+__all__ = ["fp32_step", "fp16_step", "int8_step", "int8_notices", "INT8_CHECK_IMAGES"]
+
+log = logging.getLogger(__name__)
+
+INT8_CHECK_IMAGES = 64
+FP32 = Precision.fp32.value
+
+
+def _file(ctx: ExportContext, precision: Precision) -> Path:
+    return ctx.out / PRECISIONS[precision].onnx_file
+
+
+# --------------------------------------------------------------------------- fp32
+def fp32_step(ctx: ExportContext) -> Step:
+    """The exported graph: the source of every other artifact."""
+    o, v = ctx.opts, ctx.versions
+    inputs = {"weights": ctx.weights_sha, "info": ctx.info.to_dict(), "exporter": o.exporter.value, "opset": o.opset,
+              "batch": o.batch, "torch": v.get("torch"), "onnx": v.get("onnx"), "onnxscript": v.get("onnxscript")}
+    return Step(FP32, FP32, inputs, lambda made: _make_fp32(ctx))
+
+
+def _make_fp32(ctx: ExportContext) -> GraphEntry:
+    o, info = ctx.opts, ctx.info
+    if ctx.model is None:
+        raise BadInput("the fp32 graph is exported from the PyTorch model, which is not loaded here")
+    ctx.progress(f"fp32: exporting with the {o.exporter.value} exporter")
+    meta = {"resnetx.arch": info.arch, "resnetx.num_classes": info.num_classes,
+            "resnetx.input_shape": json.dumps(list(info.input_shape)),
+            "resnetx.preprocess": json.dumps(info.preprocess.to_dict()),
+            "resnetx.weights_sha256": ctx.weights_sha, "resnetx.exporter": o.exporter.value,
+            "resnetx.class_names": json.dumps(list(info.class_names or []))}
+    a = export_onnx(ctx.model, info.input_shape, _file(ctx, Precision.fp32), opset=o.opset, batch=o.batch,
+                    exporter=o.exporter, metadata=meta)
+    details = {k: v for k, v in a.details.items() if k != "exporter"}
+    return GraphEntry(Precision.fp32, a.path.name, a.sha256, a.size_bytes, round(a.seconds, 3), opset=a.opset,
+                      static_batch=a.static_batch, exporter=o.exporter.value, details=details)
+
+
+# --------------------------------------------------------------------------- fp16
+def fp16_step(ctx: ExportContext) -> Step:
+    from exporters.quantize import DEFAULT_FP16_BLOCK_OPS
+
+    inputs = {"keep": sorted(ctx.opts.keep_fp32), "ops": DEFAULT_FP16_BLOCK_OPS, "onnx": ctx.versions.get("onnx")}
+    return Step(Precision.fp16.value, Precision.fp16.value, inputs, lambda made: _make_fp16(ctx, made[FP32]),
+                sources=(FP32,), describe=_fp16_note)
+
+
+def _make_fp16(ctx: ExportContext, fp32: Entry) -> GraphEntry:
+    from exporters.quantize import to_fp16
+
+    a = to_fp16(ctx.out / fp32.file, _file(ctx, Precision.fp16), keep_fp32_nodes=ctx.opts.keep_fp32)
+    overflow = tuple(a.details["overflow_nodes"])
+    details = {k: v for k, v in a.details.items() if k not in ("keep_fp32_nodes", "overflow_nodes")}
+    return GraphEntry(Precision.fp16, a.path.name, a.sha256, a.size_bytes, round(a.seconds, 3),
+                      source_sha256=fp32.sha256, opset=a.opset, static_batch=a.static_batch,
+                      keep_fp32=tuple(sorted(ctx.opts.keep_fp32)), auto_fp32=overflow, details=details)
+
+
+def _fp16_note(entry: Entry) -> str:
+    n = len(entry.auto_fp32) if isinstance(entry, GraphEntry) else 0
+    return f"{n} node(s) kept fp32 for range" if n else ""
+
+
+# --------------------------------------------------------------------------- int8
+def int8_step(ctx: ExportContext) -> Step:
+    from exporters.quantize import INT8_GRAPH_REVISION
+
+    o = ctx.opts
+    inputs = {"calibration": _calibration_inputs(o, ctx.info), "onnxruntime": ctx.versions.get("onnxruntime"),
+              "keep": sorted(o.keep_fp32), "ends": o.int8_quantize_ends, "rev": INT8_GRAPH_REVISION}
+    return Step(Precision.int8.value, Precision.int8.value, inputs, lambda made: _make_int8(ctx, made[FP32]),
+                sources=(FP32,), describe=_int8_note)
+
+
+def _calibration_inputs(o: ExportOptions, info: ModelInfo) -> dict[str, object]:
+    return {"dataset": o.calib_data, "data_dir": str(o.calib_dir) if o.calib_dir else None,
+            "split": calibration_split(o.calib_data), "samples": o.calib_samples, "method": o.calib_method.value,
+            "recipe": o.int8_target.value, "seed": o.seed, "preprocess": info.preprocess.to_dict()}
+
+
+def _calibration(ctx: ExportContext, fp32: Entry) -> Calibration:
+    """The calibration record, its ranges cached in a file named by their key: other weights, data, count,
+    method or recipe give another file, and a stale one is never read."""
+    from exporters.quantize import INT8_RECIPES
+
+    o = ctx.opts
+    fields = _calibration_inputs(o, ctx.info)
+    key = content_key(source=fp32.sha256, **fields, ort=ctx.versions.get("onnxruntime"),
+                      op_types=INT8_RECIPES[o.int8_target].op_types)
+    before = ctx.previous.calibration if ctx.previous else None
+    images = before.images if before is not None and before.key == key else None
+    cache_file = f"calib.{o.int8_target.value}.{o.calib_method.value}.{key[:12]}.json"
+    return Calibration(**fields, key=key, cache_file=cache_file, images=images)  # type: ignore[arg-type]
+
+
+def _ranges_cache(ctx: ExportContext, cal: Calibration) -> Path:
+    cache = ctx.out / cal.cache_file
+    stem = f"calib.{cal.recipe}.{cal.method}"
+    for other in [*ctx.out.glob(f"{stem}.*.json"), ctx.out / f"{stem}.json"]:  # stale ranges of this recipe+method
+        if other.name != cal.cache_file or ctx.opts.force:
+            other.unlink(missing_ok=True)
+    return cache
+
+
+def _make_int8(ctx: ExportContext, fp32: Entry) -> GraphEntry:
+    from exporters.quantize import quantize_int8
+
+    o = ctx.opts
+    cal = _calibration(ctx, fp32)
+    cache = _ranges_cache(ctx, cal)
+    hit = cache.is_file()
+    ds = open_dataset(o.calib_data, split="train", data_dir=o.calib_dir, preprocess=ctx.info.preprocess)
+    a = quantize_int8(ctx.out / fp32.file, _file(ctx, Precision.int8), None if hit else _calib_batches(o, ctx.info, ds),
+                      recipe=o.int8_target, method=o.calib_method, cache=cache, exclude_nodes=o.keep_fp32,
+                      quantize_ends=o.int8_quantize_ends,
+                      on_images=lambda n: ctx.progress(f"int8: calibrated {n}/{o.calib_samples} images"))
+    ctx.progress("int8: checking against fp32")
+    check = GraphCheck.from_dict(compare_graphs(a.path, ctx.out / fp32.file, _check_images(o, ctx.info, ds)))
+    if not hit:
+        cal = Calibration(**{**asdict(cal), "images": a.details["calibration_images"]})
+    ends = tuple(a.details["float_ends"])
+    details = {k: v for k, v in a.details.items() if k not in ("excluded_nodes", "float_ends")}
+    return GraphEntry(Precision.int8, a.path.name, a.sha256, a.size_bytes, round(a.seconds, 3),
+                      source_sha256=fp32.sha256, opset=a.opset, static_batch=a.static_batch,
+                      keep_fp32=tuple(sorted(o.keep_fp32)), auto_fp32=ends, quantize_ends=o.int8_quantize_ends,
+                      calibration=cal, check=check, details=details)
+
+
+def _int8_note(entry: Entry) -> str:
+    if not isinstance(entry, GraphEntry) or entry.check is None:
+        return ""
+    hit = entry.details.get("calibration_cache_hit")
+    note = "calibration cache reused" if hit else f"calibrated on {entry.details.get('calibration_images')} images"
+    return note + f"; top-1 vs fp32 {100 * entry.check.top1_agree:.1f}% on {entry.check.samples}"
+
+
+def _calib_batches(o: ExportOptions, info: ModelInfo, ds: Dataset) -> Iterator[np.ndarray]:
+    if len(ds) < o.calib_samples:
+        log.warning("calibration data %s has %d images, fewer than --calib-samples %d", ds.name, len(ds),
+                    o.calib_samples)
+    for b in iter_batches(ds, info.preprocess, 64, limit=o.calib_samples, seed=o.seed, shuffle=True):
+        yield b.x
+
+
+def _check_images(o: ExportOptions, info: ModelInfo, ds: Dataset) -> np.ndarray:
+    """Images for the check right after quantization: the calibration data, drawn with another seed."""
+    return np.concatenate([b.x for b in iter_batches(ds, info.preprocess, INT8_CHECK_IMAGES, limit=INT8_CHECK_IMAGES,
+                                                     seed=o.seed + 1, shuffle=True)])
+
+
+def int8_notices(entry: GraphEntry | None, o: ExportOptions, info: ModelInfo) -> list[str]:
+    """A loud notice when int8 departs from fp32 at once (bad ranges, wrong preprocessing: verify judges later),
+    and when it was calibrated on data unlike the model's."""
+    if entry is None:
+        return []
+    notices = []
+    bar = PRECISIONS[Precision.int8].tolerance.top1_agreement or 0.0
+    if entry.check is not None and entry.check.top1_agree < bar:
+        notices.append(f"int8 agrees with fp32 on only {100 * entry.check.top1_agree:.1f}% of {entry.check.samples} "
+                       f"calibration-set images (verify's bar: {100 * bar:.0f}%); run resnetx verify {o.out} "
+                       "--localize to find the layer to keep with --keep-fp32, or calibrate on more representative "
+                       "data")
+    if o.calib_data == "synthetic":
+        notices.append("int8 was calibrated on synthetic noise, not images: its ranges may not fit real "
+                       "inputs; use --calib-data with images like the ones you deploy on")
+    elif o.calib_data == "sample" and tuple(info.class_names or ()) != FASHION_MNIST_CLASSES:
+        notices.append(f"int8 was calibrated on the bundled sample (Fashion-MNIST: grey clothing photos), "
+                       f"not on images like {info.arch}'s: its ranges can cost accuracy on real inputs; "
+                       "calibrate with --calib-data imagefolder:DIR on a few hundred of your training images")
+    return notices

@@ -1,0 +1,132 @@
+"""Which layer? The error of every layer of a graph against its fp32 baseline, named by PyTorch module."""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.artifacts import GraphEntry, Manifest, checked_file
+from pipeline.precisions import Precision, Tolerance
+from pipeline.reference import Reference
+from pipeline.remake import remake_command
+from resnetx.batching import batch_chunks
+from resnetx.contract import INPUT_NAME
+from resnetx.errors import BadInput
+
+__all__ = ["LayerError", "Localization", "localize", "layer_outputs"]
+
+WEIGHTED = ("Conv", "Gemm", "MatMul")
+
+
+@dataclass
+class LayerError:
+    layer: str
+    op: str
+    rel_l2: float
+
+
+@dataclass
+class Localization:
+    baseline: str  # what the layers are compared with
+    layer_tolerance: float
+    first_divergent_layer: str | None  # the first layer beyond the bar
+    module: str | None  # the PyTorch module of the layer to look at
+    largest_jump_layer: str | None  # the weighted layer whose error grows most over the one before it
+    suggestion: str | None  # the export line that keeps that layer in float
+    by_depth: list[LayerError] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def layer_outputs(model_bytes: bytes, x: np.ndarray) -> dict[str, tuple[str, np.ndarray]]:
+    """Run a graph with every node's first output exposed: {node name: (op, value as fp32)}."""
+    import onnx
+    import onnxruntime as ort
+
+    m = onnx.load_from_string(model_bytes)
+    inferred = onnx.shape_inference.infer_shapes(m)
+    types = {vi.name: vi for vi in [*inferred.graph.value_info, *inferred.graph.output]}
+    have = {o.name for o in m.graph.output}
+    wanted: dict[str, tuple[str, str]] = {}
+    for node in m.graph.node:
+        if node.op_type in ("QuantizeLinear", "DequantizeLinear", "Cast", "Constant") or not node.output:
+            continue
+        out = node.output[0]
+        if out not in types and out not in have:
+            continue
+        wanted[node.name] = (node.op_type, out)
+        if out not in have:
+            m.graph.output.append(types[out])
+            have.add(out)
+    opts = ort.SessionOptions()
+    # basic rewrites only (constant folding, no fusions), and every layer's value is a graph output
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    opts.log_severity_level = 3
+    sess = ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    names = [o.name for o in sess.get_outputs()]
+    dim = m.graph.input[0].type.tensor_type.shape.dim[0]
+    fixed = int(dim.dim_value) if dim.HasField("dim_value") else 0
+    runs = [(sess.run(names, {INPUT_NAME: c}), n) for c, n in batch_chunks(x, fixed or len(x), pad_to=fixed)]
+    values = {name: np.concatenate([out[k][:n] for out, n in runs]) for k, name in enumerate(names)}
+    return {n: (op, values[out].astype(np.float32, copy=False)) for n, (op, out) in wanted.items() if out in values}
+
+
+def _baseline(folder: Path, manifest: Manifest, entry: GraphEntry, reference: Reference) -> tuple[bytes, str]:
+    """The fp32 ONNX in the folder for fp16/int8 graphs; a fresh export of the PyTorch reference for the fp32 graph."""
+    if entry.precision is not Precision.fp32:
+        fp32 = manifest.graphs.get(Precision.fp32)
+        if fp32 is None:
+            raise BadInput("localisation needs model.fp32.onnx in the folder")
+        return checked_file(folder, fp32).read_bytes(), "model.fp32.onnx"
+    if reference.model is None:
+        raise BadInput("localising an fp32 graph compares it with a fresh export of the PyTorch model, "
+                       "whose weights are not on this machine")
+    from exporters.onnx import export_onnx
+
+    with tempfile.TemporaryDirectory() as tmp:
+        a = export_onnx(reference.model, reference.info.input_shape, Path(tmp) / "ref.onnx", exporter="legacy",
+                        opset=entry.opset)
+        return a.path.read_bytes(), "pytorch reference (re-exported fp32)"
+
+
+def _errors(base: dict[str, tuple[str, np.ndarray]], cand: dict[str, tuple[str, np.ndarray]]) -> list[LayerError]:
+    layers = []
+    for name, (op, b) in base.items():
+        if name in cand and cand[name][1].shape == b.shape:
+            c = cand[name][1]
+            err = float(np.linalg.norm((c - b).astype(np.float64)) / max(np.linalg.norm(b.astype(np.float64)), 1e-30))
+            layers.append(LayerError(name, op, err if np.isfinite(err) else float("inf")))
+    return layers
+
+
+def _largest_jump(layers: list[LayerError]) -> LayerError | None:
+    """The weighted layer whose error grows most over the largest error before it."""
+    jump, prev, best = None, 1e-12, 0.0
+    for layer in (la for la in layers if la.op in WEIGHTED):
+        ratio = layer.rel_l2 / max(prev, 1e-12) if np.isfinite(layer.rel_l2) else float("inf")
+        if ratio > best and layer.rel_l2 > 1e-6:
+            best, jump = ratio, layer
+        prev = max(prev, layer.rel_l2) if np.isfinite(layer.rel_l2) else prev
+    return jump
+
+
+def localize(folder: Path, manifest: Manifest, entry: GraphEntry, reference: Reference, x: np.ndarray,
+             tol: Tolerance) -> Localization:
+    """First layer whose output departs from the fp32 baseline, by the module it comes from; layers are
+    matched by name (module paths)."""
+    baseline, what = _baseline(folder, manifest, entry, reference)
+    layers = _errors(layer_outputs(baseline, x), layer_outputs((folder / entry.file).read_bytes(), x))
+    if not layers:
+        raise BadInput("no layer names are shared by the two graphs; re-export both with resnetx")
+    bar = tol.rel_l2 if tol.rel_l2 is not None else 0.05
+    first = next((layer for layer in layers if not layer.rel_l2 <= bar), None)
+    jump = _largest_jump(layers)
+    culprit = first if first is not None else jump
+    suggestion = None
+    if jump and entry.precision is not Precision.fp32:
+        suggestion = remake_command(manifest, folder, (entry.precision,), add_keep=(jump.layer,))
+    return Localization(what, bar, first.layer if first else None, culprit.layer.split("/")[0] if culprit else None,
+                        jump.layer if jump else None, suggestion,
+                        [la for la in layers if la.op in (*WEIGHTED, "Add")])

@@ -1,0 +1,86 @@
+"""Which runtime runs which artifact on which device, and why not: one place for verify and bench."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pipeline.artifacts import EngineEntry, Entry, GraphEntry, Manifest, checked_file
+from pipeline.precisions import PRECISIONS, Precision
+from pipeline.reference import Reference
+from pipeline.remake import remake_command
+from resnetx.errors import BadInput, IncompatibleArtifact
+from runtimes.base import RUNTIMES, Runtime, RuntimeSpec, open_runtime, runtime_spec
+
+__all__ = ["Target", "default_runtimes", "select_targets", "open_target"]
+
+_VERB = {"verify": "verify", "bench": "benchmark"}
+
+
+@dataclass(frozen=True)
+class Target:
+    key: str  # the artifact it runs: "fp16", "int8.rtx", or "torch-fp32" for the PyTorch model itself
+    runtime: RuntimeSpec
+    precision: Precision
+    device: str
+    entry: Entry | None  # None: the torch runtime runs the PyTorch model
+
+    @property
+    def label(self) -> str:
+        """The runtime's name before it is opened (reports use the opened runtime's own name)."""
+        return f"{self.runtime.name}-{self.device}-{self.precision.value}"
+
+
+def default_runtimes(command: str, device: str) -> tuple[str, ...]:
+    """What `command` runs unless --runtime says: the registry's defaults that run on `device` (engines: cuda)."""
+    return tuple(n for n, s in RUNTIMES.items() if command in s.default_for and device in s.devices)
+
+
+def _device_of(spec: RuntimeSpec, device: str) -> str:
+    if spec.runs == "engine":
+        return "cuda"  # an engine runs on its GPU or not at all; the runner says why not
+    if device not in spec.devices:
+        raise BadInput(f"--runtime {spec.name} ({spec.help}) needs --device {' or '.join(spec.devices)}")
+    return device
+
+
+def select_targets(manifest: Manifest, folder: Path, *, command: str, runtimes: tuple[str, ...] | None,
+                   precisions: tuple[Precision, ...] | None, device: str) -> list[Target]:
+    """Every (artifact, runtime) pair to run, graphs then engines then the PyTorch model, or the one-line reason
+    there is none. The torch runtime runs fp32 and fp16, but not fp16 on a CPU for timing (PyTorch emulates it
+    there: a parity check, not a speed)."""
+    specs = [runtime_spec(n) for n in (runtimes or default_runtimes(command, device))]
+    wanted = precisions or tuple(Precision)
+    out: list[Target] = []
+    for entry in manifest.entries():
+        runs = "graph" if isinstance(entry, GraphEntry) else "engine" if isinstance(entry, EngineEntry) else ""
+        out += [Target(entry.name, s, entry.precision, _device_of(s, device), entry)
+                for s in specs if s.runs == runs and entry.precision in wanted]
+    for s in (s for s in specs if s.runs == "module"):
+        dev = _device_of(s, device)
+        out += [Target(f"torch-{p.value}", s, p, dev, None) for p in wanted if PRECISIONS[p].torch_runs
+                and not (command == "bench" and dev == "cpu" and p is not Precision.fp32)]
+    if not out:
+        names = ", ".join(s.name for s in specs)
+        raise BadInput(f"nothing to {_VERB.get(command, command)} in {folder} for precision(s) "
+                       f"{', '.join(p.value for p in wanted)} and runtime(s) {names}: it holds {manifest.holdings()}; "
+                       f"export more with resnetx export --precision ... --out {folder}, or use --runtime torch "
+                       "(torch runs fp32, and fp16)")
+    return out
+
+
+def open_target(t: Target, folder: Path, manifest: Manifest, reference: Reference, **opts: Any) -> Runtime:
+    """The runtime for a target, its file checked against the manifest first. An engine made for another GPU or
+    TensorRT says how to rebuild it here."""
+    if t.entry is None:
+        model = reference.require_model(f"the {t.runtime.name} runtime runs the PyTorch model")
+        return open_runtime(t.runtime.name, model, device=t.device, precision=t.precision.value, **opts)
+    path = checked_file(folder, t.entry)
+    if not isinstance(t.entry, EngineEntry):
+        return open_runtime(t.runtime.name, path, device=t.device, precision=t.precision.value, **opts)
+    try:
+        return open_runtime(t.runtime.name, path, device="cuda", target=t.entry.target, **opts)
+    except IncompatibleArtifact as e:
+        cmd = remake_command(manifest, folder, (t.precision,), engines_only=True, gpu_cc=e.gpu_cc)
+        raise IncompatibleArtifact(f"{e}; rebuild it here with: {cmd}", gpu_cc=e.gpu_cc) from e

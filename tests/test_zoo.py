@@ -1,0 +1,139 @@
+"""The zoo: one registry of names, seeded init, checkpoint formats, the built-in default model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from pipeline.zoo import ModelSpec, build_model, known_models, load_model, model_entry, state_sha256
+from resnetx.errors import BadInput
+
+
+def test_one_registry_resolves_every_name() -> None:
+    """Listed names, CIFAR depths that are not listed, and the built-in model all resolve through model_entry."""
+    assert known_models()[0] == "default" and "resnet50" in known_models() and "preact_resnet164" in known_models()
+    assert model_entry("resnet8").family == "cifar" and model_entry("resnet8").weights is None
+    assert model_entry("default").weights is not None and model_entry("resnet50").family == "imagenet"
+
+
+def test_state_hash_does_not_depend_on_the_file_format(tmp_path: Path) -> None:
+    m = build_model("resnet20", num_classes=10, in_chans=1)
+    torch.save(m.state_dict(), tmp_path / "plain.pth")
+    torch.save({"model_state_dict": m.state_dict(), "epoch": 9}, tmp_path / "wrapped.pth")
+    a, _ = load_model(ModelSpec("resnet20", weights=tmp_path / "plain.pth", image_size=28))
+    b, _ = load_model(ModelSpec("resnet20", weights=tmp_path / "wrapped.pth", image_size=28))
+    assert state_sha256(a) == state_sha256(b) == state_sha256(m)
+
+
+def test_unknown_model_lists_known() -> None:
+    with pytest.raises(BadInput, match="unknown model 'vgg16'; known: default, resnet18"):
+        load_model(ModelSpec("vgg16"))
+    assert "wide_resnet50_2" in known_models()
+
+
+def test_random_init_is_seeded() -> None:
+    a, _ = load_model(ModelSpec("resnet20"))
+    b, _ = load_model(ModelSpec("resnet20"))
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
+
+
+def _ref() -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:
+    torch.manual_seed(1)
+    m = build_model("resnet18", num_classes=10, in_chans=3).eval()
+    for mod in m.modules():  # non-trivial BN statistics so a wrong load would show
+        if isinstance(mod, torch.nn.BatchNorm2d):
+            mod.running_mean.normal_(0, 0.1)
+            mod.running_var.uniform_(0.5, 1.5)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        return m, x, m(x)
+
+
+@pytest.mark.parametrize("wrap", ["plain", "state_dict", "model", "model_state_dict", "module_prefix", "torchscript"])
+def test_checkpoint_formats_load_strictly(tmp_path: Path, wrap: str) -> None:
+    m, x, y = _ref()
+    sd = m.state_dict()
+    path = tmp_path / "ckpt.pth"
+    if wrap == "plain":
+        torch.save(sd, path)
+    elif wrap == "module_prefix":
+        torch.save({f"module.{k}": v for k, v in sd.items()}, path)
+    elif wrap == "torchscript":
+        torch.jit.save(torch.jit.trace(m, x), str(path))
+    else:
+        torch.save({wrap: sd, "epoch": 3, "optimizer": {"lr": 0.1}}, path)
+    loaded, info = load_model(ModelSpec("resnet18", weights=path, image_size=64))
+    assert info.num_classes == 10  # inferred from fc.weight
+    with torch.no_grad():
+        got = loaded(x)
+    assert float((got - y).norm() / y.norm()) <= 1e-5
+    assert info.weights_sha256 and info.trained
+
+
+def test_key_mismatch_names_keys(tmp_path: Path) -> None:
+    m, _, _ = _ref()
+    sd = m.state_dict()
+    sd["extra.weight"] = torch.zeros(1)
+    del sd["layer1.0.conv1.weight"]
+    torch.save(sd, tmp_path / "bad.pth")
+    with pytest.raises(BadInput, match=r"1 missing key\(s\) \[layer1.0.conv1.weight\].*"
+                                       r"1 unexpected key\(s\) \[extra.weight\]"):
+        load_model(ModelSpec("resnet18", weights=tmp_path / "bad.pth"))
+
+
+def test_checkpoint_for_other_arch(tmp_path: Path) -> None:
+    torch.save(build_model("resnet20", num_classes=10, in_chans=3).state_dict(), tmp_path / "r20.pth")
+    with pytest.raises(BadInput, match="does not fit this model"):
+        load_model(ModelSpec("resnet18", weights=tmp_path / "r20.pth"))
+
+
+def test_class_count_mismatch(tmp_path: Path) -> None:
+    torch.save(build_model("resnet20", num_classes=10, in_chans=3).state_dict(), tmp_path / "r20.pth")
+    with pytest.raises(BadInput, match="other shapes.*fc.weight"):
+        load_model(ModelSpec("resnet20", weights=tmp_path / "r20.pth", num_classes=100))
+
+
+def test_malicious_pickle_refused(tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):  # unpickling would run a shell command that creates the marker
+            import os
+
+            return (os.system, (f"touch {marker}",))
+
+    path = tmp_path / "evil.pth"
+    torch.save({"state_dict": {}, "payload": Evil()}, path)
+    with pytest.raises(BadInput, match="could run code; refused"):
+        load_model(ModelSpec("resnet20", weights=path))
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("content", [b"", b"not a checkpoint at all", b"PK\x03\x04garbage"])
+def test_corrupt_checkpoint(tmp_path: Path, content: bytes) -> None:
+    path = tmp_path / "bad.pth"
+    path.write_bytes(content)
+    with pytest.raises(BadInput, match="bad.pth"):
+        load_model(ModelSpec("resnet20", weights=path))
+
+
+def test_missing_checkpoint(tmp_path: Path) -> None:
+    with pytest.raises(BadInput, match="does not exist"):
+        load_model(ModelSpec("resnet20", weights=tmp_path / "nope.pth"))
+
+
+def test_default_model_is_trained_fashion_resnet20() -> None:
+    m, info = load_model(ModelSpec("default"))
+    assert info.arch == "resnet20" and info.in_chans == 1 and info.image_size == 28 and info.num_classes == 10
+    assert info.trained and info.class_names and info.class_names[0] == "T-shirt/top"
+    with pytest.raises(BadInput, match="--model default takes no"):
+        load_model(ModelSpec("default", num_classes=3))
+
+
+def test_checkpoint_made_for_another_arch_says_which(tmp_path: Path) -> None:
+    from pipeline.zoo import DEFAULT_WEIGHTS
+
+    with pytest.raises(BadInput, match="was saved for resnet20, not resnet56; use --model resnet20"):
+        load_model(ModelSpec("resnet56", weights=DEFAULT_WEIGHTS))
