@@ -9,6 +9,7 @@ import logging
 import time
 import warnings
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -43,6 +44,9 @@ __all__ = [
     "compare_with_torch",
     "compare_graphs",
     "graph_batch",
+    "opset_of",
+    "set_metadata",
+    "quiet_converters",
 ]
 
 log = logging.getLogger(__name__)
@@ -318,6 +322,35 @@ def _errors(got: np.ndarray, ref: np.ndarray) -> dict[str, float]:
         "top1_agree": float((got.argmax(1) == ref.argmax(1)).mean()),
         "samples": int(len(ref)),
     }
+
+
+def opset_of(model: onnx.ModelProto) -> int:
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+
+
+def set_metadata(model: onnx.ModelProto, values: dict[str, str]) -> None:
+    existing = {p.key: p for p in model.metadata_props}
+    for k, v in values.items():
+        if k in existing:
+            existing[k].value = v
+        else:
+            model.metadata_props.append(onnx.StringStringEntryProto(key=k, value=v))
+
+
+@contextlib.contextmanager
+def quiet_converters() -> Iterator[None]:
+    """The converters warn through `warnings` and the root logger; keep that out of the user's terminal."""
+    import warnings
+
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):  # calibrators print
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        root.setLevel(level)
 
 
 with contextlib.suppress(Exception):  # keep torch's exporter quiet about optional torchvision ops

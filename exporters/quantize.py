@@ -1,15 +1,23 @@
-"""ONNX fp32 -> fp16 (fp32 I/O kept) and -> int8 with explicit Q/DQ from calibration data."""
+"""ONNX fp32 -> int8 with explicit Q/DQ: the layout per target, layers kept in float as groups, bias correction.
+
+- `tensorrt` recipe: one symmetric int8 Q/DQ pair on each input of a quantized Conv/Gemm and residual Add (shared
+  by every quantized consumer of the tensor), per-channel symmetric int8 weights, float biases. Nothing else is
+  quantized: TensorRT fuses Conv+ReLU(+Add) around those pairs, and a pair on a conv's output before its ReLU
+  would only add rounding.
+- `cpu` recipe: onnxruntime's `quantize_static` layout (uint8 activations around every op, int32 biases), which
+  its x86 kernels fuse into QLinearConv; the ranges are the same calibration's.
+- A layer kept in float (--keep-fp32, the float ends) is a group: it reads the float tensor, and every Q/DQ pair
+  whose only way on is into it (the pair before the ReLU that feeds it) goes too, so it sees no int8 error.
+- Fast bias correction (as NNCF does): each quantized layer's bias absorbs the mean shift its quantization
+  causes, measured per channel on calibration images with the fp32 graph's input to that layer.
+"""
 
 from __future__ import annotations
 
-import contextlib
-import io
-import json
-import logging
 import tempfile
 import time
-from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -17,10 +25,20 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from exporters.onnx import INPUT_NAME, OnnxArtifact, check_onnx, graph_batch, load_onnx, save_onnx
+from exporters.calibrate import Ranges
+from exporters.onnx import (
+    OnnxArtifact,
+    check_onnx,
+    graph_batch,
+    load_onnx,
+    opset_of,
+    quiet_converters,
+    save_onnx,
+    set_metadata,
+)
 from resnetx.batching import batch_chunks
+from resnetx.contract import INPUT_NAME
 from resnetx.errors import BackendUnavailable, BadInput, first_line
-from resnetx.files import atomic_write
 from resnetx.lazy import lazy_import
 
 if TYPE_CHECKING:
@@ -28,25 +46,15 @@ if TYPE_CHECKING:
 else:
     onnx = lazy_import("onnx")
 
-__all__ = [
-    "FP16_MAX",
-    "DEFAULT_FP16_BLOCK_OPS",
-    "Int8Target",
-    "CalibMethod",
-    "Int8Recipe",
-    "INT8_RECIPES",
-    "INT8_GRAPH_REVISION",
-    "to_fp16",
-    "quantize_int8",
-]
+__all__ = ["Int8Target", "Fallback", "Int8Recipe", "INT8_RECIPES", "INT8_GRAPH_REVISION", "quantize_int8",
+           "fp32_for_int8", "int8_graph", "bias_shifts", "shifts_of", "quantized_layers", "end_layers", "keep_float",
+           "layers_to_fp16"]
 
-log = logging.getLogger(__name__)
-
-FP16_MAX = 65504.0
-INT8_GRAPH_REVISION = 2  # bumped when quantize_int8 makes a different graph from the same inputs (export's cache key)
-# Ops whose fp16 form loses too much or has no fp16 kernel on common runtimes; ResNets have
-# none of the first kind, but user graphs may (Softmax over many classes, reductions).
-DEFAULT_FP16_BLOCK_OPS = ("Softmax", "LogSoftmax", "ReduceSum", "ReduceMean", "ReduceL2", "Exp", "Log", "Pow", "Sqrt")
+INT8_GRAPH_REVISION = 3  # bumped when quantize_int8 makes a different graph from the same inputs (export's cache key)
+WEIGHTED = ("Conv", "Gemm")
+# ops a kept layer's group extends through: they pass a value on without mixing it with another
+PASS_THROUGH = ("Relu", "Clip", "MaxPool", "AveragePool", "GlobalAveragePool", "Flatten", "Reshape", "Identity",
+                "Squeeze", "Unsqueeze")
 
 
 class Int8Target(str, Enum):
@@ -54,10 +62,12 @@ class Int8Target(str, Enum):
     cpu = "cpu"  # uint8 activations, int32 bias: what onnxruntime's x86 int8 kernels accelerate
 
 
-class CalibMethod(str, Enum):
-    max = "max"
-    entropy = "entropy"
-    percentile = "percentile"
+class Fallback(str, Enum):
+    """What the layers kept out of int8 compute in: fp16 for the tensorrt recipe where accuracy allows (auto)."""
+
+    auto = "auto"
+    fp16 = "fp16"
+    fp32 = "fp32"
 
 
 @dataclass(frozen=True)
@@ -65,323 +75,463 @@ class Int8Recipe:
     """How the Q/DQ graph is laid out for one kind of target."""
 
     activation: str  # "int8" (symmetric) or "uint8" (asymmetric)
-    op_types: tuple[str, ...]  # the ops whose inputs get Q/DQ pairs
+    op_types: tuple[str, ...]  # the ops whose tensors get Q/DQ pairs (calibration covers their tensors)
     quantize_bias: bool
 
 
 INT8_RECIPES = {
-    # Q/DQ on conv/gemm inputs and residual adds: what TensorRT fuses
     Int8Target.tensorrt: Int8Recipe("int8", ("Conv", "Gemm", "Add"), False),
     Int8Target.cpu: Int8Recipe("uint8", ("Conv", "Gemm", "Add", "Relu", "Clip", "MaxPool", "GlobalAveragePool",
                                          "AveragePool", "Flatten"), True),
 }
 
 
-# --------------------------------------------------------------------------- fp16
-def to_fp16(
-    src: Path,
-    dst: Path,
-    *,
-    keep_fp32_ops: Iterable[str] = DEFAULT_FP16_BLOCK_OPS,
-    keep_fp32_nodes: Iterable[str] = (),
-) -> OnnxArtifact:
-    """fp16 weights and compute; `input`/`logits` stay fp32; named ops/nodes stay fp32.
+# --------------------------------------------------------------------------- graph helpers
+def _consumers(g: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
+    out: dict[str, list[onnx.NodeProto]] = defaultdict(list)
+    for n in g.node:
+        for i in n.input:
+            out[i].append(n)
+    return out
 
-    Weights outside the fp16 range would become Inf: nodes that own such weights are kept in
-    fp32 and listed in the result, never clamped silently.
-    """
+
+def _array(inits: dict[str, onnx.TensorProto], name: str) -> np.ndarray:
+    return onnx.numpy_helper.to_array(inits[name])
+
+
+def end_layers(model: onnx.ModelProto) -> list[str]:
+    """The first conv fed by the input and the last weighted layer producing the logits."""
+    g = model.graph
+    first = next((n.name for n in g.node if n.op_type == "Conv" and INPUT_NAME in n.input), None)
+    last = next((n.name for n in reversed(g.node) if n.op_type in (*WEIGHTED, "MatMul")), None)
+    return [n for n in (first, last) if n]
+
+
+def revertible(model: onnx.ModelProto) -> list[str]:
+    """What the accuracy search may keep out of int8: the int8 conv/gemm layers and the quantized residual adds."""
+    producer = {o: n for n in model.graph.node for o in n.output}
+    adds = [n.name for n in model.graph.node if n.op_type == "Add"
+            and any(getattr(producer.get(i), "op_type", "") == "DequantizeLinear" for i in n.input)]
+    return quantized_layers(model) + adds
+
+
+def quantized_layers(model: onnx.ModelProto) -> list[str]:
+    """Conv/Gemm layers of a Q/DQ graph that take int8 weights (their weight comes through DequantizeLinear)."""
+    producer = {o: n for n in model.graph.node for o in n.output}
+    return [n.name for n in model.graph.node if n.op_type in WEIGHTED and len(n.input) > 1
+            and getattr(producer.get(n.input[1]), "op_type", "") == "DequantizeLinear"]
+
+
+# --------------------------------------------------------------------------- the tensorrt layout
+def _weight_dq(node: onnx.NodeProto, inits: dict[str, onnx.TensorProto], new: list) -> onnx.NodeProto:
+    """Per-channel symmetric int8 weights: the initializers and the DequantizeLinear that feeds `node`."""
+    from onnx import helper, numpy_helper
+
+    w = _array(inits, node.input[1]).astype(np.float32)
+    trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
+    axis = 0 if node.op_type == "Conv" or trans_b else 1
+    other = tuple(i for i in range(w.ndim) if i != axis)
+    amax = np.abs(w).max(axis=other)
+    scale = (np.where(amax > 0, amax, 1.0) / 127.0).astype(np.float32)
+    shape = [-1 if i == axis else 1 for i in range(w.ndim)]
+    q = np.clip(np.round(w / scale.reshape(shape)), -127, 127).astype(np.int8)
+    base = node.input[1]
+    new += [numpy_helper.from_array(q, f"{base}_quantized"), numpy_helper.from_array(scale, f"{base}_scale"),
+            numpy_helper.from_array(np.zeros_like(scale, np.int8), f"{base}_zero_point")]
+    dq = helper.make_node("DequantizeLinear", [f"{base}_quantized", f"{base}_scale", f"{base}_zero_point"],
+                          [f"{base}_dq"], name=f"{base}_DequantizeLinear", axis=axis)
+    node.input[1] = dq.output[0]
+    return dq
+
+
+def _activation_qdq(t: str, ranges: Ranges, new: list) -> list[onnx.NodeProto]:
+    from onnx import helper, numpy_helper
+
+    if t not in ranges.ranges:
+        raise BadInput(f"the calibration ranges have no range for tensor {t!r}: they were made for another graph; "
+                       "re-export with --force")
+    scale = np.float32(max(ranges.amax(t), 1e-8) / 127.0)
+    new += [numpy_helper.from_array(np.array(scale), f"{t}_scale"),
+            numpy_helper.from_array(np.array(0, np.int8), f"{t}_zero_point")]
+    return [helper.make_node("QuantizeLinear", [t, f"{t}_scale", f"{t}_zero_point"], [f"{t}_q"],
+                             name=f"{t}_QuantizeLinear"),
+            helper.make_node("DequantizeLinear", [f"{t}_q", f"{t}_scale", f"{t}_zero_point"], [f"{t}_dq"],
+                             name=f"{t}_DequantizeLinear")]
+
+
+def _place_tensorrt(model: onnx.ModelProto, ranges: Ranges, excluded: set[str]) -> onnx.ModelProto:
+    """Q/DQ pairs on the inputs of quantized Conv/Gemm and residual Add, each emitted just before its first use."""
+    q = onnx.ModelProto()
+    q.CopyFrom(model)
+    g = q.graph
+    inits = {i.name: i for i in g.initializer}
+    new_inits: list[onnx.TensorProto] = []
+    nodes: list[onnx.NodeProto] = []
+    pairs: dict[str, str] = {}  # float tensor -> its dequantized copy
+    for node in list(g.node):
+        weighted = node.op_type in WEIGHTED and node.name not in excluded and len(node.input) > 1 \
+            and node.input[1] in inits
+        residual = node.op_type == "Add" and node.name not in excluded and not set(node.input) & set(inits)
+        if weighted:
+            nodes.append(_weight_dq(node, inits, new_inits))
+        for k in ((0,) if weighted else (0, 1) if residual else ()):
+            t = node.input[k]
+            if t not in pairs:
+                nodes += _activation_qdq(t, ranges, new_inits)
+                pairs[t] = f"{t}_dq"
+            node.input[k] = pairs[t]
+        nodes.append(node)
+    del g.node[:]
+    g.node.extend(nodes)
+    used = {i for n in g.node for i in n.input}
+    kept = [i for i in g.initializer if i.name in used]
+    del g.initializer[:]
+    g.initializer.extend(kept + new_inits)
+    return q
+
+
+# --------------------------------------------------------------------------- the cpu layout
+def _place_ort(src: Path, ranges: Ranges, excluded: set[str], recipe: Int8Recipe) -> onnx.ModelProto:
+    """onnxruntime's quantize_static with our ranges (handed over as its calibration cache)."""
     try:
-        from onnxconverter_common import float16
+        from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+        from onnxruntime.quantization.calibrate import TensorData, TensorsData, save_tensors_data
     except ImportError as e:
-        raise BackendUnavailable("fp16 conversion needs onnxconverter-common: pip install onnxconverter-common") from e
-    start = time.perf_counter()
-    model = load_onnx(src)
-    nodes = set(keep_fp32_nodes)
-    unknown = nodes - {n.name for n in model.graph.node}
-    if unknown:
-        raise BadInput(f"--keep-fp32 names unknown layer(s) {', '.join(sorted(unknown))}; "
-                       "layer names are module paths such as layer3.1.conv2 (see resnetx verify --localize)")
-    overflow = _nodes_with_large_weights(model, FP16_MAX)
-    if overflow:
-        log.warning("keeping %d node(s) in fp32 whose weights exceed the fp16 range: %s", len(overflow),
-                    ", ".join(overflow))
-    nodes |= set(overflow)
-    originals = {i.name: i for i in model.graph.initializer if i.data_type == onnx.TensorProto.FLOAT}
-    originals = {k: onnx.TensorProto.FromString(v.SerializeToString()) for k, v in originals.items()}
-    with _quiet_warnings():
-        fp16 = float16.convert_float_to_float16(
-            model, keep_io_types=True, disable_shape_infer=False,
-            op_block_list=list(keep_fp32_ops), node_block_list=sorted(nodes),
-            min_positive_val=5.96e-8, max_finite_val=FP16_MAX,  # the real fp16 range, not 1e4
-        )
-    _restore_fp32_weights(fp16, originals)
-    _drop_round_trip_casts(fp16)
-    _set_meta(fp16, {"resnetx.precision": "fp16"})
-    check_onnx(fp16, where=Path(dst).name)
-    sha, size = save_onnx(fp16, dst)
-    return OnnxArtifact(
-        path=Path(dst), sha256=sha, precision="fp16", opset=_opset(fp16), size_bytes=size,
-        seconds=time.perf_counter() - start, static_batch=graph_batch(fp16),
-        details={"converter": "onnxconverter-common float16", "keep_fp32_ops": list(keep_fp32_ops),
-                 "keep_fp32_nodes": sorted(nodes), "overflow_nodes": overflow},
-    )
+        raise BackendUnavailable("the cpu int8 recipe needs onnxruntime >= 1.32: pip install -U onnxruntime") from e
+    data = {k: TensorData(lowest=np.array([lo], np.float32), highest=np.array([hi], np.float32))
+            for k, (lo, hi) in ranges.ranges.items()}
+    extra = {"ActivationSymmetric": False, "WeightSymmetric": True, "QuantizeBias": recipe.quantize_bias}
+    with tempfile.TemporaryDirectory(prefix="rx-quant-") as tmp, quiet_converters():
+        cache, out = Path(tmp) / "ranges.json", Path(tmp) / "int8.onnx"
+        save_tensors_data(TensorsData(CalibrationMethod.MinMax, data), cache)
+        try:
+            quantize_static(str(src), str(out), None, quant_format=QuantFormat.QDQ,
+                            op_types_to_quantize=list(recipe.op_types), per_channel=True, reduce_range=False,
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                            nodes_to_exclude=sorted(excluded), calibrate_method=CalibrationMethod.MinMax,
+                            extra_options=extra, calibration_cache_path=str(cache))
+        except (ValueError, RuntimeError, KeyError) as e:
+            raise BadInput(f"int8 quantization failed: {first_line(e)}") from e
+        return onnx.load(str(out))
 
 
-def _restore_fp32_weights(model: onnx.ModelProto, originals: dict[str, onnx.TensorProto]) -> None:
-    """The converter stores even blocked nodes' weights in fp16 and casts them back up, which
-    loses precision and turns out-of-range values into Inf. Put the fp32 weights back for them."""
+# --------------------------------------------------------------------------- layers kept in float
+def keep_float(model: onnx.ModelProto, excluded: set[str]) -> None:
+    """Each excluded layer reads float tensors. Walking up from its data input, every activation Q/DQ pair is
+    bypassed for it, and so are the pairs before a pass-through op (ReLU, pooling, flatten) that only it reads:
+    a kept layer's output is the fp32 layer's output of the same float input. Pairs left unread are removed."""
+    g = model.graph
+    producer = {o: n for n in g.node for o in n.output}
+    for node in g.node:
+        if node.name in excluded:
+            for k in range(1 if node.op_type in WEIGHTED else len(node.input)):
+                _bypass(model, producer, node, k)
+    _drop_dead_qdq(g)
+
+
+def _bypass(model: onnx.ModelProto, producer: dict[str, onnx.NodeProto], node: onnx.NodeProto, k: int) -> None:
+    while True:
+        dq = producer.get(node.input[k])
+        q = producer.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" else None
+        if q is not None and q.op_type == "QuantizeLinear":  # an activation's pair (weights have no Q node)
+            node.input[k] = _float_of(model, producer, q)
+            continue
+        up = producer.get(node.input[k])
+        if up is None or up.op_type not in PASS_THROUGH:
+            return
+        _drop_dead_qdq(model.graph)
+        readers = [n for n in _consumers(model.graph)[node.input[k]]]
+        if readers != [node]:  # it feeds others too: they keep their int8 inputs
+            return
+        node, k = up, 0
+
+
+def _float_of(model: onnx.ModelProto, producer: dict[str, onnx.NodeProto], q: onnx.NodeProto) -> str:
+    """The float tensor a Q/DQ pair stands for. A uint8 pair with zero point 0 clips at 0: onnxruntime folds a
+    ReLU into it (and drops the ReLU node), so its float stand-in is a ReLU of the pair's input."""
     inits = {i.name: i for i in model.graph.initializer}
-    consumers: Counter[str] = Counter(name for n in model.graph.node for name in n.input)
-    drop = []
-    for node in model.graph.node:
-        to = next((a.i for a in node.attribute if a.name == "to"), None)
-        src = node.input[0] if node.op_type == "Cast" and node.input else None
-        if to != onnx.TensorProto.FLOAT or src not in originals or src not in inits or consumers[src] != 1:
+    zp = _array(inits, q.input[2]) if len(q.input) > 2 and q.input[2] in inits else np.array(0, np.int8)
+    if zp.dtype != np.uint8 or int(zp.ravel()[0]) != 0:
+        return q.input[0]
+    name = f"{q.input[0]}_relu"
+    if name not in producer:
+        from onnx import helper
+
+        relu = helper.make_node("Relu", [q.input[0]], [name], name=f"{q.input[0]}/kept_relu")
+        model.graph.node.insert(list(model.graph.node).index(q), relu)
+        producer[name] = relu
+    return name
+
+
+def _drop_dead_qdq(g: onnx.GraphProto) -> None:
+    outputs = {o.name for o in g.output}
+    while True:  # DQ nodes nobody reads, then the Q nodes that fed only them
+        used = {i for n in g.node for i in n.input} | outputs
+        dead = [n for n in g.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")
+                and not any(o in used for o in n.output)]
+        if not dead:
+            return
+        for n in dead:
+            g.node.remove(n)
+
+
+# --------------------------------------------------------------------------- bias correction
+@dataclass(frozen=True)
+class _Layer:
+    """What it takes to compute a quantized layer in float: its fp32 and int8 weights and its input quantizer."""
+
+    name: str
+    input: str  # the float tensor it quantizes (the same name in the fp32 graph)
+    op: str
+    attrs: dict[str, Any]
+    w: np.ndarray
+    wq: np.ndarray
+    bias_shift: np.ndarray | float  # the int8 layer's bias minus the fp32 layer's (a corrected graph's shift)
+    scale: float
+    zero_point: int
+    qmin: int
+    qmax: int
+
+
+def _layers(fp32: onnx.ModelProto, q: onnx.ModelProto) -> list[_Layer]:
+    shifts = shifts_of(fp32, q)
+    qi = {i.name: i for i in q.graph.initializer}
+    fi = {i.name: i for i in fp32.graph.initializer}
+    fnodes = {n.name: n for n in fp32.graph.node}
+    producer = {o: n for n in q.graph.node for o in n.output}
+    out = []
+    for node in q.graph.node:
+        wdq, adq = producer.get(node.input[1]) if len(node.input) > 1 else None, producer.get(node.input[0])
+        aq = producer.get(adq.input[0]) if adq is not None and adq.op_type == "DequantizeLinear" else None
+        if node.op_type not in WEIGHTED or wdq is None or wdq.op_type != "DequantizeLinear" or aq is None \
+                or aq.op_type != "QuantizeLinear" or node.name not in fnodes:
             continue
-        inits[src].CopyFrom(originals[src])
-        for other in model.graph.node:
-            for k, name in enumerate(other.input):
-                if name == node.output[0]:
-                    other.input[k] = src
-        drop.append(node)
-    for node in drop:
-        model.graph.node.remove(node)
-    stale = {n for node in drop for n in (*node.output, node.input[0])}  # typed fp16 by the converter
-    kept_vi = [vi for vi in model.graph.value_info if vi.name not in stale]
-    del model.graph.value_info[:]
-    model.graph.value_info.extend(kept_vi)
+        axis = next((a.i for a in wdq.attribute if a.name == "axis"), 1)
+        wi, ws, wz = (_array(qi, n).astype(np.float32) for n in wdq.input[:3])
+        shape = [-1 if d == axis else 1 for d in range(wi.ndim)]
+        zp = _array(qi, aq.input[2])
+        info = np.iinfo(zp.dtype)
+        out.append(_Layer(node.name, aq.input[0], node.op_type,
+                          {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute},
+                          _array(fi, fnodes[node.name].input[1]).astype(np.float32),
+                          (wi - wz.reshape(shape)) * ws.reshape(shape), shifts.get(node.name, 0.0),
+                          float(_array(qi, aq.input[1])), int(zp), int(info.min), int(info.max)))
+    return out
 
 
-def _drop_round_trip_casts(model: onnx.ModelProto) -> None:
-    """fp32 -> Cast(fp16) -> Cast(fp32) only loses range (a kept-fp32 last layer feeding fp32
-    logits would overflow): let the fp32 value through unchanged."""
-    def to(node: onnx.NodeProto) -> int | None:
-        return next((a.i for a in node.attribute if a.name == "to"), None) if node.op_type == "Cast" else None
+def _apply_layer(layer: _Layer, x: Any, w: np.ndarray) -> Any:
+    import torch
+    import torch.nn.functional as F
 
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for n in model.graph.node:
-        for name in n.input:
-            consumers.setdefault(name, []).append(n)
-    graph_outputs = {o.name for o in model.graph.output}
-    drop = []
-    for a in model.graph.node:
-        if to(a) == onnx.TensorProto.FLOAT16 and a.output and a.output[0] in graph_outputs:
-            # the converter's keep_io_types misses outputs of blocked last nodes: they stay fp32
-            next(at for at in a.attribute if at.name == "to").i = onnx.TensorProto.FLOAT
-            out = next(o for o in model.graph.output if o.name == a.output[0])
-            out.type.tensor_type.elem_type = onnx.TensorProto.FLOAT
+    wt = torch.from_numpy(w)
+    if layer.op == "Gemm":
+        return x @ (wt.T if layer.attrs.get("transB", 0) else wt)
+    pads = layer.attrs.get("pads", [0, 0, 0, 0])
+    x = F.pad(x, (pads[1], pads[3], pads[0], pads[2]))
+    return F.conv2d(x, wt, stride=layer.attrs.get("strides", [1, 1]), dilation=layer.attrs.get("dilations", [1, 1]),
+                    groups=layer.attrs.get("group", 1))
+
+
+def bias_shifts(fp32_path: Path, q: onnx.ModelProto, images: np.ndarray, batch: int = 16,
+                equalize: bool = False) -> dict[str, np.ndarray]:
+    """Per quantized layer, the per-channel mean of (fp32 layer - int8 layer) on the fp32 graph's input to it (the
+    equalized fp32 graph's, with `equalize`)."""
+    import onnxruntime as ort
+    import torch
+
+    fp32 = fp32_for_int8(fp32_path, equalize)
+    layers = _layers(fp32, q)
+    if not layers:
+        return {}
+    wanted = sorted({la.input for la in layers})
+    m = onnx.ModelProto()
+    m.CopyFrom(fp32)
+    have = {o.name for o in m.graph.output}
+    m.graph.output.extend(onnx.helper.make_empty_tensor_value_info(t) for t in wanted if t not in have)
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    sess = ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    sums: dict[str, Any] = {}
+    counts: dict[str, int] = defaultdict(int)
+    fixed = graph_batch(fp32)
+    with torch.inference_mode():
+        for x, n in batch_chunks(images, fixed or batch, pad_to=fixed or 0):
+            values = dict(zip(wanted, sess.run(wanted, {INPUT_NAME: x}), strict=True))
+            for la in layers:
+                xt = torch.from_numpy(values[la.input][:n])
+                fq = (torch.clamp(torch.round(xt / la.scale) + la.zero_point, la.qmin, la.qmax) - la.zero_point)
+                diff = _apply_layer(la, xt, la.w) - _apply_layer(la, fq * la.scale, la.wq)
+                dims = [0] if diff.ndim == 2 else [0, 2, 3]
+                bias = torch.as_tensor(np.asarray(la.bias_shift, np.float32))
+                diff = diff - (bias if diff.ndim == 2 or bias.ndim == 0 else bias.view(1, -1, 1, 1))
+                sums[la.name] = sums.get(la.name, 0) + diff.sum(dims).double()
+                counts[la.name] += int(diff.numel() // diff.shape[1])
+    return {k: (v / counts[k]).float().numpy() for k, v in sums.items()}
+
+
+def shifts_of(fp32: onnx.ModelProto, q: onnx.ModelProto) -> dict[str, np.ndarray]:
+    """The bias shifts a bias-corrected int8 graph carries: its layers' biases minus the fp32 graph's."""
+    fi, qi = {i.name: i for i in fp32.graph.initializer}, {i.name: i for i in q.graph.initializer}
+    fnodes = {n.name: n for n in fp32.graph.node}
+    producer = {o: n for n in q.graph.node for o in n.output}
+    layers = set(quantized_layers(q))
+    out = {}
+    for node in q.graph.node:
+        f = fnodes.get(node.name)
+        if node.name not in layers or f is None or len(node.input) < 3:
             continue
-        users = consumers.get(a.output[0], []) if a.output else []
-        if to(a) != onnx.TensorProto.FLOAT16 or a.output[0] in graph_outputs or len(users) != 1:
+        before = _array(fi, f.input[2]).astype(np.float64) if len(f.input) > 2 and f.input[2] in fi else 0.0
+        if node.input[2] in qi:
+            after = _array(qi, node.input[2]).astype(np.float64)
+        elif (dq := producer.get(node.input[2])) is not None and dq.op_type == "DequantizeLinear":
+            after = _array(qi, dq.input[0]).astype(np.float64) * _array(qi, dq.input[1])
+        else:
             continue
-        b = users[0]
-        if to(b) != onnx.TensorProto.FLOAT:
-            continue
-        b.op_type = "Identity"
-        del b.attribute[:]
-        b.input[0] = a.input[0]
-        drop.append(a)
-    for a in drop:
-        model.graph.node.remove(a)
+        out[node.name] = (after - before).astype(np.float32)
+    return out
 
 
-def _nodes_with_large_weights(model: onnx.ModelProto, limit: float) -> list[str]:
-    big = {
-        init.name for init in model.graph.initializer
-        if init.data_type == onnx.TensorProto.FLOAT and onnx.numpy_helper.to_array(init).size
-        and float(np.abs(onnx.numpy_helper.to_array(init)).max()) > limit
-    }
-    return [n.name for n in model.graph.node if big & set(n.input)]
+def _apply_shifts(q: onnx.ModelProto, shifts: dict[str, np.ndarray]) -> list[str]:
+    """Add each layer's shift to its bias (a float bias, or an int32 one behind DequantizeLinear)."""
+    from onnx import numpy_helper
+
+    inits = {i.name: i for i in q.graph.initializer}
+    producer = {o: n for n in q.graph.node for o in n.output}
+    quantized = set(quantized_layers(q))  # a layer kept in float computes what fp32 does: no shift for it
+    done = []
+    for node in q.graph.node:
+        if node.name not in shifts or node.name not in quantized:
+            continue
+        shift = shifts[node.name]
+        if len(node.input) < 3 or not node.input[2]:
+            name = f"{node.name}.bias_correction"
+            q.graph.initializer.append(numpy_helper.from_array(shift.astype(np.float32), name))
+            del node.input[2:]
+            node.input.append(name)
+        elif node.input[2] in inits:
+            b = _array(inits, node.input[2])
+            inits[node.input[2]].CopyFrom(numpy_helper.from_array((b + shift).astype(b.dtype), node.input[2]))
+        elif (dq := producer.get(node.input[2])) is not None and dq.op_type == "DequantizeLinear":
+            bi, bs = _array(inits, dq.input[0]), _array(inits, dq.input[1])
+            fixed = np.round((bi * bs + shift) / bs).astype(np.int32)
+            inits[dq.input[0]].CopyFrom(numpy_helper.from_array(fixed, dq.input[0]))
+        else:
+            continue
+        done.append(node.name)
+    return done
+
+
+# --------------------------------------------------------------------------- fp16 fallback
+def layers_to_fp16(q: onnx.ModelProto, names: Iterable[str]) -> list[str]:
+    """Float layers of an int8 graph computed in fp16: weights and bias stored fp16, the input cast down and the
+    output cast back up (TensorRT runs them as fp16 layers; elsewhere the graph stays int8)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    wanted = set(names)
+    inits = {i.name: i for i in q.graph.initializer}
+    nodes, done = [], []
+    for node in q.graph.node:
+        if node.name not in wanted or node.op_type not in WEIGHTED or node.input[1] not in inits:
+            nodes.append(node)
+            continue
+        for k in range(1, len(node.input)):
+            name = node.input[k]
+            if name in inits:
+                half = numpy_helper.from_array(_array(inits, name).astype(np.float16), f"{name}_fp16")
+                q.graph.initializer.append(half)
+                node.input[k] = half.name
+        x, y = node.input[0], node.output[0]
+        nodes.append(helper.make_node("Cast", [x], [f"{node.name}_in_fp16"], name=f"{node.name}/cast_in",
+                                      to=TensorProto.FLOAT16))
+        node.input[0], node.output[0] = f"{node.name}_in_fp16", f"{node.name}_out_fp16"
+        nodes += [node, helper.make_node("Cast", [node.output[0]], [y], name=f"{node.name}/cast_out",
+                                         to=TensorProto.FLOAT)]
+        done.append(node.name)
+    del q.graph.node[:]
+    q.graph.node.extend(nodes)
+    used = {i for n in q.graph.node for i in n.input}
+    kept = [i for i in q.graph.initializer if i.name in used]
+    del q.graph.initializer[:]
+    q.graph.initializer.extend(kept)
+    del q.graph.value_info[:]  # stale types of the rewired tensors; checkers infer them again
+    return done
 
 
 # --------------------------------------------------------------------------- int8
-def _rebatch(batches: Iterable[np.ndarray], fixed: int | None) -> Iterator[tuple[np.ndarray, int]]:
-    """(batch, real images): as given, or in chunks of a graph's fixed batch (the last padded with copies)."""
-    for b in batches:
-        if fixed is None:
-            yield b, len(b)
-        else:
-            yield from batch_chunks(b, fixed, pad_to=fixed)
+def fp32_for_int8(src: Path, equalize: bool) -> onnx.ModelProto:
+    """The fp32 graph int8 is made from: `src`, cross-layer equalized when asked (see exporters/equalize.py)."""
+    model = load_onnx(src)
+    if equalize:
+        from exporters.equalize import equalize as equalize_graph
+
+        equalize_graph(model)
+    return model
 
 
-class _Reader:
-    """onnxruntime CalibrationDataReader over preprocessed float32 batches, each with its count of real images."""
-
-    def __init__(self, batches: Iterable[tuple[np.ndarray, int]],
-                 on_images: Callable[[int], None] | None = None) -> None:
-        self._it: Iterator[tuple[np.ndarray, int]] = iter(batches)
-        self._on_images = on_images
-        self.count = 0
-
-    def get_next(self) -> dict[str, np.ndarray] | None:
-        if self.count and self._on_images:  # the previous batch has been run through the model
-            self._on_images(self.count)
-        item = next(self._it, None)
-        if item is None:
-            return None
-        batch, real = item
-        self.count += real
-        return {INPUT_NAME: np.ascontiguousarray(batch, np.float32)}
-
-    def rewind(self) -> None:  # pragma: no cover - single pass is all quantize_static needs
-        raise NotImplementedError
+def int8_graph(src: Path, ranges: Ranges, *, recipe: Int8Target, exclude_nodes: Iterable[str] = (),
+               quantize_ends: bool = False, equalize: bool = False) -> tuple[onnx.ModelProto, set[str], list[str]]:
+    """(the Q/DQ graph before bias correction, the layers kept in float, the float ends): in memory."""
+    model = fp32_for_int8(src, equalize)
+    ends = [] if quantize_ends else end_layers(model)
+    excluded = set(exclude_nodes) | set(ends)
+    if unknown := excluded - {n.name for n in model.graph.node}:
+        raise BadInput(f"--keep-fp32 names unknown layer(s) {', '.join(sorted(unknown))}; "
+                       "layer names are module paths such as layer3.1.conv2 (see resnetx verify --localize)")
+    recipe = Int8Target(recipe)
+    if recipe is Int8Target.tensorrt:
+        q = _place_tensorrt(model, ranges, excluded)
+    else:
+        with tempfile.TemporaryDirectory(prefix="rx-eq-") as tmp:  # quantize_static reads a file
+            onnx.save(model, str(Path(tmp) / "fp32.onnx"))
+            q = _place_ort(Path(tmp) / "fp32.onnx", ranges, excluded, INT8_RECIPES[recipe])
+    keep_float(q, excluded)
+    return q, excluded, ends
 
 
 def quantize_int8(
     src: Path,
     dst: Path,
-    calib: Iterable[np.ndarray] | None,
+    ranges: Ranges,
     *,
     recipe: Int8Target | str = Int8Target.tensorrt,
-    method: CalibMethod | str = CalibMethod.max,
-    cache: Path | None = None,
     exclude_nodes: Iterable[str] = (),
     quantize_ends: bool = False,
-    percentile: float = 99.99,
-    on_images: Callable[[int], None] | None = None,
+    correction_images: np.ndarray | None = None,
+    shifts: dict[str, np.ndarray] | None = None,
+    fallback: str = "fp32",
+    equalize: bool = False,
 ) -> OnnxArtifact:
-    """Explicit-quantization int8 graph (QDQ) from calibration batches.
+    """The int8 Q/DQ graph of `src` from calibration `ranges`.
 
-    `cache` (a JSON file of tensor ranges) is reused when it exists; the caller owns its
-    invalidation (resnetx keys it by model, data, count, method and recipe). `calib` may be
-    None only when the cache exists. Unless `quantize_ends`, the stem conv (1-3 input channels,
-    little compute) and the classifier stay in float: quantizing them costs the most accuracy
-    for the least speed (measured on the default model: top-1 agreement 97% -> 99%).
+    Unless `quantize_ends`, the stem conv (1-3 input channels, little compute) and the classifier stay in float:
+    quantizing them costs the most accuracy for the least speed. Bias correction uses `shifts` when given (from
+    `bias_shifts`; the search computes them once), else measures them on `correction_images`, else is skipped.
+    fallback "fp16": the excluded layers (not the float ends) compute in fp16. `equalize`: cross-layer equalize the
+    fp32 graph first (the ranges must come from calibrate(equalize=True)).
     """
-    recipe, method = Int8Target(recipe), CalibMethod(method)
-    cached = cache is not None and Path(cache).is_file()
-    if calib is None and not cached:
-        raise BadInput("int8 needs calibration data (--calib-data) or an existing calibration cache")
-    model = load_onnx(src)
-    ends = [] if quantize_ends else _end_layers(model)
-    excluded = set(exclude_nodes) | set(ends)
-    if unknown := excluded - {n.name for n in model.graph.node}:
-        raise BadInput(f"--keep-fp32 names unknown layer(s) {', '.join(sorted(unknown))}; "
-                       "layer names are module paths such as layer3.1.conv2 (see resnetx verify --localize)")
-    fixed = graph_batch(model)
-    reader = _Reader(_rebatch(calib, fixed) if calib is not None else [], on_images)
+    recipe = Int8Target(recipe)
     start = time.perf_counter()
-    dst = Path(dst)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".tmp-quant-", dir=dst.parent) as tmp, _quiet_warnings():
-        out = Path(tmp) / "int8.onnx"
-        _quantize_static(src, out, None if cached else reader, recipe, method, cache, excluded, percentile)
-        q = onnx.load(str(out))
-    _float_inputs(q, excluded)
-    if not cached and reader.count == 0:
-        raise BadInput("int8 calibration saw no images; check --calib-data and --calib-samples")
-    if cache is not None and not cached:
-        _sort_ranges(Path(cache))
-    _set_meta(q, {"resnetx.precision": "int8", "resnetx.int8_recipe": recipe.value,
-                  "resnetx.calib_method": method.value})
-    check_onnx(q, where=dst.name)
+    q, excluded, ends = int8_graph(src, ranges, recipe=recipe, exclude_nodes=exclude_nodes, quantize_ends=quantize_ends,
+                                   equalize=equalize)
+    r = INT8_RECIPES[recipe]
+    if shifts is None and correction_images is not None:
+        shifts = bias_shifts(Path(src), q, correction_images, equalize=equalize)
+    corrected = _apply_shifts(q, shifts) if shifts else []
+    half = layers_to_fp16(q, set(exclude_nodes) - set(ends)) if fallback == "fp16" else []
+    set_metadata(q, {"resnetx.precision": "int8", "resnetx.int8_recipe": recipe.value,
+                     "resnetx.calib_method": ranges.method.value})
+    check_onnx(q, where=Path(dst).name)
     sha, size = save_onnx(q, dst)
-    r = INT8_RECIPES[recipe]
     return OnnxArtifact(
-        path=dst, sha256=sha, precision="int8", opset=_opset(q), size_bytes=size,
-        seconds=time.perf_counter() - start, static_batch=fixed,
-        details={"quantizer": "onnxruntime.quantization.quantize_static (QDQ)", "recipe": recipe.value,
+        path=Path(dst), sha256=sha, precision="int8", opset=opset_of(q), size_bytes=size,
+        seconds=time.perf_counter() - start, static_batch=graph_batch(q),
+        details={"quantizer": "resnetx Q/DQ placement" if recipe is Int8Target.tensorrt else
+                 "onnxruntime.quantization.quantize_static (QDQ)", "recipe": recipe.value,
                  "activation": r.activation, "weights": "int8 per-channel symmetric",
-                 "bias": "int32" if r.quantize_bias else "float", "method": method.value,
-                 "calibration_images": reader.count, "calibration_cache_hit": cached,
+                 "bias": "int32" if r.quantize_bias else "float", "method": ranges.method.value,
+                 "calibration_images": ranges.images, "bias_corrected": len(corrected),
                  "qdq_pairs": [n.op_type for n in q.graph.node].count("QuantizeLinear"),
-                 "excluded_nodes": sorted(excluded), "float_ends": ends},
+                 "int8_layers": quantized_layers(q), "revertible": revertible(q), "excluded_nodes": sorted(excluded),
+                 "float_ends": ends,
+                 "fp16_layers": half, "equalized": equalize},
     )
-
-
-def _sort_ranges(cache: Path) -> None:
-    """onnxruntime writes the ranges in set order (hash-seed dependent): sorted, the same run gives the same bytes."""
-    ranges = json.loads(cache.read_text())
-    atomic_write(cache, (json.dumps(ranges, sort_keys=True, indent=1) + "\n").encode())
-
-
-def _quantize_static(src: Path, out: Path, reader: _Reader | None, recipe: Int8Target, method: CalibMethod,
-                     cache: Path | None, excluded: set[str], percentile: float) -> None:
-    """onnxruntime's quantize_static with the recipe's layout; its errors become one-line messages."""
-    try:
-        from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-    except ImportError as e:
-        raise BackendUnavailable("int8 quantization needs onnxruntime: pip install onnxruntime") from e
-    r = INT8_RECIPES[recipe]
-    extra: dict[str, Any] = {"ActivationSymmetric": r.activation == "int8", "WeightSymmetric": True,
-                             "QuantizeBias": r.quantize_bias, "CalibMovingAverage": False}
-    if method is CalibMethod.percentile:
-        extra["CalibPercentile"] = percentile
-    calibrate = {CalibMethod.max: CalibrationMethod.MinMax, CalibMethod.entropy: CalibrationMethod.Entropy,
-                 CalibMethod.percentile: CalibrationMethod.Percentile}[method]
-    try:
-        quantize_static(
-            str(src), str(out), reader,
-            quant_format=QuantFormat.QDQ, op_types_to_quantize=list(r.op_types), per_channel=True,
-            reduce_range=False, activation_type=QuantType.QInt8 if r.activation == "int8" else QuantType.QUInt8,
-            weight_type=QuantType.QInt8, nodes_to_exclude=sorted(excluded), calibrate_method=calibrate,
-            extra_options=extra, calibration_cache_path=str(cache) if cache else None,
-            calibration_providers=["CPUExecutionProvider"],
-        )
-    except (ValueError, RuntimeError) as e:
-        if reader is not None and reader.count == 0:
-            raise BadInput("int8 calibration saw no images; check --calib-data and --calib-samples") from e
-        raise BadInput(f"int8 calibration failed: {first_line(e)}") from e
-
-
-def _float_inputs(model: onnx.ModelProto, excluded: set[str]) -> None:
-    """An excluded layer reads the float tensor, not its fake-quantized copy. onnxruntime leaves the layer's
-    own weights float but, when another consumer of its input is quantized (a residual add, a downsample
-    conv), feeds it through that consumer's Q/DQ pair: the layer kept in fp32 still saw int8 rounding, and
-    TensorRT counted it as an int8 layer. Q/DQ pairs left without consumers are removed."""
-    g = model.graph
-    producer = {o: n for n in g.node for o in n.output}
-    for node in g.node:
-        if node.name not in excluded:
-            continue
-        for i, name in enumerate(node.input):
-            dq = producer.get(name)
-            q = producer.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" else None
-            if q is not None and q.op_type == "QuantizeLinear":  # an activation's pair (weights have no Q node)
-                node.input[i] = q.input[0]
-    outputs = {o.name for o in g.output}
-    while True:  # drop DQ nodes nobody reads, then the Q nodes that fed only them
-        used = {i for n in g.node for i in n.input} | outputs
-        dead = [n for n in g.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")
-                and not any(o in used for o in n.output)]
-        if not dead:
-            break
-        for n in dead:
-            g.node.remove(n)
-
-
-def _end_layers(model: onnx.ModelProto) -> list[str]:
-    """The first conv fed by the input and the last weighted layer producing the logits."""
-    g = model.graph
-    first = next((n.name for n in g.node if n.op_type == "Conv" and INPUT_NAME in n.input), None)
-    last = next((n.name for n in reversed(g.node) if n.op_type in ("Gemm", "MatMul", "Conv")), None)
-    return [n for n in (first, last) if n]
-
-
-def _opset(model: onnx.ModelProto) -> int:
-    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
-
-
-def _set_meta(model: onnx.ModelProto, values: dict[str, str]) -> None:
-    existing = {p.key: p for p in model.metadata_props}
-    for k, v in values.items():
-        if k in existing:
-            existing[k].value = v
-        else:
-            model.metadata_props.append(onnx.StringStringEntryProto(key=k, value=v))
-
-
-@contextlib.contextmanager
-def _quiet_warnings() -> Iterator[None]:
-    """The converters warn through `warnings` and the root logger; keep that out of the user's terminal."""
-    import warnings
-
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):  # calibrators print
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        root.setLevel(level)

@@ -29,6 +29,8 @@ __all__ = [
     "MANIFEST_VERSION",
     "GraphCheck",
     "LayerCounts",
+    "Trial",
+    "SearchRecord",
     "Calibration",
     "Entry",
     "GraphEntry",
@@ -86,10 +88,11 @@ class LayerCounts:
         return cls(**_plain(d, cls))
 
     def note(self, precision: str) -> str:
-        """'22/22 conv/matmul in fp16'."""
+        """'22/22 conv/matmul in fp16'; an int8 network also says how many of the others are fp16."""
         n = {"fp16": self.fp16_compute_layers, "int8": self.int8_compute_layers}.get(
             precision, self.compute_layers - self.fp16_compute_layers)
-        return f"{n}/{self.compute_layers} conv/matmul in {precision}"
+        extra = f", {self.fp16_compute_layers} in fp16" if precision == "int8" and self.fp16_compute_layers else ""
+        return f"{n}/{self.compute_layers} conv/matmul in {precision}{extra}"
 
 
 @dataclass(frozen=True)
@@ -107,10 +110,54 @@ class Calibration:
     key: str
     cache_file: str
     images: int | None = None  # how many the ranges came from (a small dataset gives fewer than `samples`)
+    equalized: bool = False  # the ranges are of the cross-layer equalized fp32 graph (see exporters/equalize.py)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Calibration:
         return cls(**_plain(d, cls))
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One int8 graph the accuracy search measured."""
+
+    method: str
+    reverted: tuple[str, ...]  # layers kept out of int8 beside --keep-fp32
+    fallback: str  # what the reverted layers compute in: fp32 or fp16
+    top1: float
+    drop: float  # points of top-1 below the fp32 graph on the same images
+    seconds: float
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Trial:
+        return cls(**{**_plain(d, cls), "reverted": tuple(d.get("reverted", ()))})
+
+
+@dataclass(frozen=True)
+class SearchRecord:
+    """The int8 accuracy search (export --max-accuracy-drop): every trial, what judged, what was kept."""
+
+    budget: float  # points of top-1 the int8 graph may lose against the fp32 graph
+    data: str  # the held-out images that judged, in words
+    images: int
+    fp32_top1: float
+    trials: tuple[Trial, ...]
+    chosen: int  # the trial whose graph is the int8 graph
+    met: bool
+    seconds: float
+    ranking: tuple[str, ...] = ()  # quantized layers, the one whose reverting recovers most first
+
+    @property
+    def result(self) -> Trial:
+        return self.trials[self.chosen]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "trials": [asdict(t) for t in self.trials], "ranking": list(self.ranking)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> SearchRecord:
+        return cls(**{**_plain(d, cls), "trials": tuple(Trial.from_dict(t) for t in d["trials"]),
+                      "ranking": tuple(d.get("ranking", ()))})
 
 
 @dataclass(frozen=True)
@@ -147,7 +194,15 @@ class GraphEntry(Entry):
     quantize_ends: bool = False  # int8: --int8-quantize-ends
     calibration: Calibration | None = None  # int8
     check: GraphCheck | None = None  # int8
+    fallback: str = "fp32"  # int8: what the layers kept out of int8 compute in (--fallback)
+    search: SearchRecord | None = None  # int8 made by --max-accuracy-drop
     details: dict[str, Any] = field(default_factory=dict)  # what the converter reported
+
+    def to_dict(self) -> dict[str, Any]:
+        d = super().to_dict()
+        if self.search is not None:
+            d["search"] = self.search.to_dict()
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> GraphEntry:
@@ -155,7 +210,8 @@ class GraphEntry(Entry):
         return cls(**{**d, "precision": Precision(d["precision"]), "keep_fp32": tuple(d.get("keep_fp32", ())),
                       "auto_fp32": tuple(d.get("auto_fp32", ())),
                       "calibration": Calibration.from_dict(d["calibration"]) if d.get("calibration") else None,
-                      "check": GraphCheck.from_dict(d["check"]) if d.get("check") else None})
+                      "check": GraphCheck.from_dict(d["check"]) if d.get("check") else None,
+                      "search": SearchRecord.from_dict(d["search"]) if d.get("search") else None})
 
 
 @dataclass(frozen=True)

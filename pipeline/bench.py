@@ -17,22 +17,28 @@ import numpy as np
 import torch
 
 from pipeline.artifacts import EngineEntry, GraphEntry, Manifest, read_manifest, system_info
-from pipeline.data import calibration_overlap_note, iter_batches, label_order_note, open_dataset
+from pipeline.data import calibration_overlap_note, iter_batches, label_order_note, near_chance_note, open_dataset
 from pipeline.memory import mem_mb, peak_rss_mb, prime_backends, reset_peak_rss, trim_heap
 from pipeline.precisions import Precision, parse_precisions
 from pipeline.reference import Reference
 from pipeline.targets import Target, open_target, select_targets
+from pipeline.timing import Timing, sweep_batches, time_runtime, time_throughput
 from pipeline.zoo import build_model
 from resnetx.errors import BackendUnavailable, BadInput, IncompatibleArtifact, ResnetxError
 from runtimes.base import Device, Runtime, require_cuda, runtime_spec
 from runtimes.torch_rt import CompileMode
 
 __all__ = ["BenchOptions", "Timing", "BenchRow", "BenchReport", "Cell", "time_runtime", "time_cells", "bench",
-           "check_batches", "compare_reports", "model_gflops"]
+           "check_batches", "compare_reports", "model_gflops", "stability_notes"]
 
 log = logging.getLogger(__name__)
 N_BUFFERS = 4  # inputs rotated so caches cannot flatter small models
-LATENCY_KEYS = ("p50", "p90", "p95", "p99", "mean", "std", "min")
+LATENCY_KEYS = ("p50", "p90", "p95", "p99", "mean", "std", "min", "cov", "round_spread")
+# a run is unstable past these (trtexec warns at a 1% coefficient of variation of GPU compute time; Python calls
+# and shared CPUs vary more): then a note says so and how to run longer
+UNSTABLE_COV = {"cpu": 0.10, "cuda": 0.05}
+UNSTABLE_SPREAD = 0.10
+INT8_GAIN = 0.10  # an int8 row not this much faster than the same runtime's fp16/fp32 row gets a note
 
 
 def check_batches(batches: tuple[int, ...]) -> tuple[int, ...]:
@@ -69,6 +75,7 @@ class BenchOptions:
     accuracy_samples: int = 1000
     seed: int = 0
     peak_tflops: float | None = None  # the device's compute peak at this precision: rows get % of it
+    auto_batch: bool = False  # --batch auto: per runtime, double the batch until throughput saturates
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "folder", Path(self.folder))
@@ -101,29 +108,9 @@ class BenchOptions:
         torch_opts = {"channels_last": self.channels_last, "cuda_graph": self.cuda_graph, "compile": self.compile,
                       "compile_mode": self.compile_mode, "cudnn_benchmark": self.cudnn_benchmark,
                       "compile_cache": self.folder / "inductor_cache" if self.compile else None}
-        lo, hi = min(self.batches), max(self.batches)
+        lo, hi = (1, 1024) if self.auto_batch else (min(self.batches), max(self.batches))
         return {"torch": torch_opts, "ort": {"threads": self.threads, "prefer_nhwc": self.prefer_nhwc},
                 "ort-trt": {"trt_profile": (lo, hi, hi)}, "trt": {"cuda_graph": self.cuda_graph}}
-
-
-@dataclass
-class Timing:
-    p50: float
-    p90: float
-    p95: float
-    p99: float
-    mean: float
-    std: float
-    min: float
-    iters: int
-    seconds: float
-    raw: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0))  # every sample, ms
-
-    @classmethod
-    def from_samples(cls, ms: np.ndarray, seconds: float) -> Timing:
-        p = np.percentile(ms, [50, 90, 95, 99])
-        return cls(float(p[0]), float(p[1]), float(p[2]), float(p[3]), float(ms.mean()), float(ms.std()),
-                   float(ms.min()), int(len(ms)), float(seconds), ms)
 
 
 @dataclass
@@ -146,6 +133,7 @@ class BenchRow:
     iters: int = 0
     tflops: float | None = None  # achieved: throughput x the model's FLOPs per image
     peak_pct: float | None = None  # tflops as % of --peak-tflops
+    stream_ips: float | None = None  # cuda: images/s with batches enqueued back to back (one sync per window)
     error: str | None = None
 
     @property
@@ -184,54 +172,6 @@ def model_gflops(model: torch.nn.Module, input_shape: tuple[int, int, int]) -> f
     return counter.get_total_flops() / 1e9
 
 
-# --------------------------------------------------------------------------- timing
-def time_runtime(
-    rt: Runtime,
-    inputs: list[Any],
-    *,
-    warmup: int,
-    warmup_seconds: float,
-    iters: int,
-    min_seconds: float,
-    max_seconds: float = 60.0,
-    device_resident: bool = False,
-    clock: Callable[[], float] = time.perf_counter,
-) -> Timing:
-    """Warm up (by count AND time), then time single runs until both `iters` and `min_seconds`
-    are met (or `max_seconds` passes). Each sample is one synchronised call on the next buffer.
-
-    device_resident: inputs already on the device and outputs left there (enqueue + sync timed);
-    otherwise host in -> host out, transfers included.
-    """
-    if iters < 1 or warmup < 0:
-        raise BadInput("--iters must be >= 1 and --warmup >= 0")
-
-    def once(x: Any) -> None:
-        if device_resident:
-            rt.infer_async(x)
-            rt.synchronize()
-        else:
-            rt.infer(x)
-
-    start = clock()
-    i = 0
-    while i < warmup or clock() - start < warmup_seconds:
-        once(inputs[i % len(inputs)])
-        i += 1
-        if clock() - start > max_seconds:
-            break
-    samples: list[float] = []
-    t_start = clock()
-    while len(samples) < iters or clock() - t_start < min_seconds:
-        x = inputs[len(samples) % len(inputs)]
-        t0 = clock()
-        once(x)
-        samples.append((clock() - t0) * 1e3)
-        if clock() - t_start > max_seconds and len(samples) >= 3:
-            break
-    return Timing.from_samples(np.asarray(samples), clock() - t_start)
-
-
 def _buffers(shape: tuple[int, ...], n: int, seed: int, device: str) -> list[Any]:
     rng = np.random.default_rng(seed)
     host = [rng.standard_normal(shape).astype(np.float32) for _ in range(n)]  # never zeros
@@ -254,6 +194,7 @@ class Cell:
     seconds: float = 0.0
     mem_mb: float = 0.0
     error: str | None = None
+    stream_ips: float | None = None
 
 
 def time_cells(cells: list[Cell], opts: BenchOptions, shape: tuple[int, ...], device_resident: bool,
@@ -285,6 +226,14 @@ def time_cells(cells: list[Cell], opts: BenchOptions, shape: tuple[int, ...], de
                 continue
             c.samples.append(tm.raw)
             c.seconds += tm.seconds
+    if device_resident:  # throughput as a serving GPU sees it, beside the per-call latency
+        for c in (c for c in cells if not c.error):
+            if on_progress:
+                on_progress(f"throughput: {c.rt.name} batch {c.batch}")
+            try:
+                c.stream_ips = time_throughput(c.rt, bufs[c.batch], seconds=max(0.5, opts.min_seconds / 2))
+            except ResnetxError as e:
+                c.error = str(e)
 
 
 # --------------------------------------------------------------------------- the matrix
@@ -375,12 +324,43 @@ def _open_and_time(run: _Run, targets: list[Target],
                                        size_mb=_size_mb(t, run), error=str(e)))
                 continue
             opened.append(rt)
-            cells += [Cell(t, rt, b, load_s, acc, _size_mb(t, run), mem_mb=added) for b in opts.batches]
-        time_cells(cells, opts, run.reference.info.input_shape, _device_resident(opts), on_progress)
+            if opts.auto_batch:
+                cells += _sweep(run, Cell(t, rt, 1, load_s, acc, _size_mb(t, run), mem_mb=added), on_progress)
+            else:
+                cells += [Cell(t, rt, b, load_s, acc, _size_mb(t, run), mem_mb=added) for b in opts.batches]
+        if not opts.auto_batch:
+            time_cells(cells, opts, run.reference.info.input_shape, _device_resident(opts), on_progress)
     finally:
         for rt in reversed(opened):  # each restores the process-wide flags it found (TF32, cuDNN autotuning)
             rt.close()
     return cells, failed
+
+
+def _sweep(run: _Run, first: Cell, on_progress: Callable[[str], None] | None) -> list[Cell]:
+    """--batch auto for one runtime: cells at batch 1, 2, 4, ... until its throughput saturates (sweep_batches);
+    the note says where it stopped and why."""
+    from dataclasses import replace
+
+    opts, cells = run.opts, []
+    lo, hi = first.rt.batch_range or (1, 4096)
+
+    def measure(b: int) -> float:
+        if b < lo:
+            raise BadInput(f"the artifact takes batches {lo}..{hi}")
+        cell = replace(first, batch=b, samples=[])
+        time_cells([cell], replace(opts, rounds=1), run.reference.info.input_shape, _device_resident(opts),
+                   on_progress)
+        if cell.error:
+            raise BadInput(cell.error)
+        cells.append(cell)
+        mean_ms = float(np.concatenate(cell.samples).mean())
+        return cell.stream_ips or b / (mean_ms / 1e3)
+
+    measured, why = sweep_batches(measure, max_batch=hi)
+    best = max(cells, key=lambda c: c.stream_ips or c.batch / float(np.concatenate(c.samples).mean()), default=None)
+    run.notes.append(f"--batch auto: {first.rt.name} swept {', '.join(map(str, measured)) or 'nothing'}, stopped: "
+                     f"{why}" + (f"; most images/s at batch {best.batch}" if best else ""))
+    return cells
 
 
 def _open_cell(run: _Run, t: Target) -> tuple[Runtime, float, float | None, float]:
@@ -398,10 +378,11 @@ def _open_cell(run: _Run, t: Target) -> tuple[Runtime, float, float | None, floa
         extra = {"trt_profile": None if fixed else extra["trt_profile"], "input_chw": run.reference.info.input_shape}
     rt = open_target(t, opts.folder, run.manifest, run.reference, **extra)
     load_s = time.perf_counter() - t0
-    acc, broken = _accuracy(rt, run.acc_batches, max(opts.batches)) if run.acc_batches else (None, 0)
+    largest = 64 if opts.auto_batch else max(opts.batches)
+    acc, broken = _accuracy(rt, run.acc_batches, largest) if run.acc_batches else (None, 0)
     with contextlib.suppress(ResnetxError):  # allocate arenas at the largest batch before measuring
-        lo, hi = rt.batch_range or (1, max(opts.batches))
-        broken += _nonfinite_rows(rt.infer(np.ones((min(max(opts.batches), hi), *run.reference.info.input_shape),
+        lo, hi = rt.batch_range or (1, largest)
+        broken += _nonfinite_rows(rt.infer(np.ones((min(largest, hi), *run.reference.info.input_shape),
                                                    np.float32)))
     if broken:  # timing a model that answers NaN is no benchmark: say so beside its rows
         run.notes.append(f"{rt.name} gave NaN/Inf logits for {broken} input(s): its rows time a broken "
@@ -446,7 +427,7 @@ def _row(c: Cell, run: _Run) -> BenchRow:
             "device": c.rt.device, "batch": c.batch, "accuracy_top1": c.acc, "size_mb": c.size_mb}
     if c.error or not c.samples:
         return BenchRow(**base, load_s=c.load_s, error=c.error)
-    tm = Timing.from_samples(np.concatenate(c.samples), c.seconds)
+    tm = Timing.from_samples(np.concatenate(c.samples), c.seconds, c.samples)
     ips = c.batch / (tm.mean / 1e3)
     tflops = ips * run.gflops / 1e3
     return BenchRow(**{**base, "size_mb": round(c.size_mb, 2) if c.size_mb is not None else None},
@@ -455,21 +436,20 @@ def _row(c: Cell, run: _Run) -> BenchRow:
                     compile_s=c.rt.one_time_seconds.get(c.batch),
                     build_s=t.entry.seconds if isinstance(t.entry, EngineEntry) else None,
                     transfers_included=not _device_resident(opts), iters=tm.iters, tflops=round(tflops, 5),
-                    peak_pct=round(100 * tflops / opts.peak_tflops, 2) if opts.peak_tflops else None)
+                    peak_pct=round(100 * tflops / opts.peak_tflops, 2) if opts.peak_tflops else None,
+                    stream_ips=round(c.stream_ips, 1) if c.stream_ips else None)
 
 
 def _notes(run: _Run, rows: list[BenchRow]) -> list[str]:
-    opts, notes = run.opts, []
-    int8 = run.manifest.graphs.get(Precision.int8)
+    opts = run.opts
     cal = run.manifest.calibration
-    if opts.device == "cpu" and any(r.backend == "ort" and r.precision == "int8" and r.latency_ms for r in rows):
-        if cal is not None and cal.recipe == "tensorrt" and int8 is not None:
-            notes.append("ort int8 here is the TensorRT recipe (symmetric int8 activations, float bias), made for "
-                         "TensorRT engines; onnxruntime's x86 kernels do not speed it up. For CPU deployment export "
-                         "with --int8-target cpu (uint8 activations, int32 bias)")
+    notes = stability_notes(rows, opts) + _int8_notes(run, rows)
     if any(r.precision == "int8" and r.accuracy_top1 is not None for r in rows):
         if overlap := calibration_overlap_note(cal.dataset if cal else None, opts.data):
             notes.append(overlap)
+    fp32 = next((r.accuracy_top1 for r in rows if r.precision == "fp32" and r.accuracy_top1 is not None), None)
+    if chance := near_chance_note(fp32, run.reference.info.num_classes, run.acc_name or opts.data):
+        notes.append(chance)
     if opts.device == "cuda" and any(r.backend == "torch" and r.latency_ms for r in rows):
         notes.append("torch on cuda: TF32 off; cuDNN autotuning (torch.backends.cudnn.benchmark) "
                      + ("on, paid in warm-up like onnxruntime's EXHAUSTIVE search" if opts.cudnn_benchmark
@@ -478,6 +458,85 @@ def _notes(run: _Run, rows: list[BenchRow]) -> list[str]:
         notes.append(f"torch.compile mode {opts.compile_mode.value}, cache: "
                      f"{os.environ.get('TORCHINDUCTOR_CACHE_DIR', 'torch default')}")
     return notes
+
+
+def stability_notes(rows: list[BenchRow], opts: BenchOptions) -> list[str]:
+    """Rows whose latency varies too much to compare closely, and how to run longer."""
+    bar = UNSTABLE_COV.get(opts.device, 0.10)
+    shaky = [f"{r.runtime} batch {r.batch} (CoV {100 * lat['cov']:.0f}%, rounds {100 * lat['round_spread']:.0f}% "
+             "apart)" for r in rows
+             if (lat := r.latency_ms) and (lat["cov"] > bar or lat["round_spread"] > UNSTABLE_SPREAD)]
+    if not shaky:
+        return []
+    return [f"unstable timings (coefficient of variation above {100 * bar:.0f}%, or per-round medians more than "
+            f"{100 * UNSTABLE_SPREAD:.0f}% apart): {', '.join(shaky)}; run longer (--min-seconds "
+            f"{max(5, 2 * opts.min_seconds):g}, --rounds {opts.rounds + 2}) on an otherwise idle machine before "
+            "comparing these rows closely"]
+
+
+def _int8_notes(run: _Run, rows: list[BenchRow]) -> list[str]:
+    """int8 rows that are not at least INT8_GAIN faster than the same runtime's fp16/fp32 row, and why."""
+    slow = []
+    for r in (r for r in rows if r.precision == "int8" and r.latency_ms):
+        peers = [o for o in rows if o.latency_ms and o.precision in ("fp16", "fp32") and (o.backend, o.device, o.batch)
+                 == (r.backend, r.device, r.batch)]
+        if peers and r.latency_ms["p50"] > (1 - INT8_GAIN) * (best := min(peers, key=lambda o: o.latency_ms["p50"])
+                                                                 ).latency_ms["p50"]:
+            slow.append(f"{r.runtime} batch {r.batch} {r.latency_ms['p50']:.3g} ms vs {best.runtime} "
+                        f"{best.latency_ms['p50']:.3g} ms")
+    if not slow:
+        return []
+    return [f"int8 is not at least {100 * INT8_GAIN:.0f}% faster than fp16/fp32 here ({'; '.join(slow)}); likely: "
+            f"{'; '.join(_int8_causes(run, rows)) or 'no cause resnetx can tell'}"]
+
+
+def _int8_causes(run: _Run, rows: list[BenchRow]) -> list[str]:
+    causes = []
+    cal, int8 = run.manifest.calibration, run.manifest.graphs.get(Precision.int8)
+    ort_cpu = any(r.backend == "ort" and r.device == "cpu" and r.precision == "int8" for r in rows)
+    if ort_cpu and cal is not None and cal.recipe == "tensorrt":
+        causes.append("the int8 graph is the TensorRT recipe (symmetric int8, float bias, no Q/DQ on conv outputs): "
+                      "onnxruntime's x86 kernels cannot fuse it and run its pairs as float ops; for onnxruntime on "
+                      "a CPU export with --int8-target cpu")
+    if run.opts.device == "cpu" and not _cpu_has_int8_dot():
+        causes.append("this CPU reports no int8 dot-product instructions (avx512_vnni, avx_vnni or amx_int8 in "
+                      "/proc/cpuinfo), so int8 kernels gain little over fp32 there")
+    if ort_cpu and int8 is not None and (f := _fused(run.opts.folder / int8.file)) and f[0] < f[1]:
+        causes.append(f"onnxruntime fused Q/DQ pairs into integer kernels for {f[0]} of the {f[1]} int8 conv/gemm "
+                      "layers")
+    return causes
+
+
+def _cpu_has_int8_dot() -> bool:
+    try:
+        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
+    except (OSError, StopIteration):
+        return True  # cannot tell: say nothing
+    return any(f in flags.split() for f in ("avx512_vnni", "avx_vnni", "amx_int8", "asimddp"))
+
+
+def _fused(path: Path) -> tuple[int, int] | None:
+    """(int8 conv/gemm layers onnxruntime's CPU optimizer turned into integer kernels, int8 conv/gemm layers)."""
+    import tempfile
+
+    try:
+        import onnx
+        import onnxruntime as ort
+
+        from exporters.quantize import quantized_layers
+
+        total = len(quantized_layers(onnx.load(str(path))))
+        with tempfile.TemporaryDirectory() as tmp:
+            so = ort.SessionOptions()
+            so.log_severity_level = 3
+            so.optimized_model_filepath = str(Path(tmp) / "opt.onnx")
+            ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+            ops = [n.op_type for n in onnx.load(so.optimized_model_filepath).graph.node]
+    except Exception:  # an optimizer that cannot save its graph: no cause named, nothing else changes
+        return None
+    fused = sum(ops.count(k) for k in ("QLinearConv", "ConvInteger", "QLinearMatMul", "QGemm", "MatMulInteger",
+                                        "FusedConvInteger"))
+    return min(fused, total), total
 
 
 def _opts_dict(opts: BenchOptions) -> dict[str, Any]:

@@ -15,8 +15,9 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 import typer
 from rich.markup import escape
 
+from exporters.calibrate import CalibMethod
 from exporters.onnx import Exporter
-from exporters.quantize import CalibMethod, Int8Target
+from exporters.quantize import Fallback, Int8Target
 from pipeline.precisions import tolerance_help
 from resnetx.errors import BadInput, CheckFailed, ResnetxError
 from resnetx.flavors import EngineChoice
@@ -42,6 +43,7 @@ log = logging.getLogger(__name__)
 F = TypeVar("F", bound=Callable[..., Any])
 
 MODEL, DATA, RUNTIME, INT8, TRT, TOL = "Model", "Data", "Runtime", "INT8", "TensorRT", "Tolerances"
+SEARCH = "INT8 accuracy search"
 
 
 def _console() -> Any:  # rich's console is made on first use so `--help` stays light
@@ -158,6 +160,13 @@ SizeOpt = Annotated[int | None, typer.Option(min=1, rich_help_panel=MODEL,
                                              help="Input height = width (default 224 ImageNet, 32 CIFAR).")]
 TrustOpt = Annotated[bool, typer.Option(rich_help_panel=MODEL, help=(
     "Allow pickled Python objects in the checkpoint (runs code from the file!)."))]
+MeanOpt = Annotated[str | None, typer.Option(rich_help_panel=MODEL, help=(
+    "Normalisation mean, one value or one per channel (e.g. 0.485,0.456,0.406); wins over the checkpoint's."))]
+StdOpt = Annotated[str | None, typer.Option(rich_help_panel=MODEL, help="Normalisation std, as --mean.")]
+ResizeOpt = Annotated[int | None, typer.Option(min=1, rich_help_panel=MODEL, help=(
+    "Resize the shorter side to this before the center crop to --image-size."))]
+ClassNamesOpt = Annotated[Path | None, typer.Option(rich_help_panel=MODEL, help=(
+    "A text file of class names, one per line, in logits order."))]
 OutOpt = Annotated[Path | None, typer.Option("--out", "-o", help="Artifact folder (default artifacts/<model>).")]
 DirArg = Annotated[Path, typer.Argument(help="Artifact folder written by resnetx export.")]
 CalibDataOpt = Annotated[str, typer.Option(rich_help_panel=INT8, help=(
@@ -171,14 +180,28 @@ DataDirOpt = Annotated[Path | None, typer.Option(rich_help_panel=DATA,
                                                  help="Dataset directory (default: the dataset's standard place).")]
 
 
+def _floats(text: str | None, what: str) -> tuple[float, ...] | None:
+    if text is None:
+        return None
+    try:
+        vals = tuple(float(t) for t in _csv(text))
+    except ValueError:
+        vals = ()
+    if not vals:
+        raise BadInput(f"{what} takes comma-separated numbers, e.g. 0.485,0.456,0.406; got {text!r}")
+    return vals
+
+
 def _model_spec(model: str, weights: Path | None, num_classes: int | None, in_chans: int | None,
-                image_size: int | None, trust: bool) -> ModelSpec:
+                image_size: int | None, trust: bool, mean: str | None = None, std: str | None = None,
+                resize: int | None = None, class_names: Path | None = None) -> ModelSpec:
     from pipeline.zoo import ModelSpec
 
     if trust:
         log.warning("--trust-checkpoint: the checkpoint may run arbitrary code while loading")
     return ModelSpec(arch=model, num_classes=num_classes, in_chans=in_chans, image_size=image_size,
-                     weights=weights, trust_checkpoint=trust)
+                     weights=weights, trust_checkpoint=trust, mean=_floats(mean, "--mean"), std=_floats(std, "--std"),
+                     resize=resize, class_names=class_names)
 
 
 def _announce_model(info: ModelInfo) -> None:
@@ -204,6 +227,8 @@ def train(
     seed: Annotated[int, typer.Option(help="Seed for init, order and augmentation.")] = 0,
     limit: Annotated[int | None, typer.Option(min=1, help="Train on the first N images only.")] = None,
     eval_limit: Annotated[int | None, typer.Option(min=1, help="Evaluate on the first N test images only.")] = None,
+    image_size: Annotated[int | None, typer.Option(min=8, help="Train at this image size (resized once); default: "
+                                                   "the data's.")] = None,
     device: Annotated[Device, typer.Option(help="Training device.")] = Device.auto,
     out: Annotated[Path, typer.Option(help="Checkpoint to write (best epoch); a .json card goes beside it.")] = (
         Path("model.pt")),
@@ -216,7 +241,7 @@ def train(
 
     cfg = TrainConfig(model=model, data=data, data_dir=data_dir, epochs=epochs, batch_size=batch_size, lr=lr,
                       weight_decay=weight_decay, schedule=schedule, flip=flip, seed=seed, limit=limit,
-                      eval_limit=eval_limit, device=device.value, out=out)
+                      eval_limit=eval_limit, device=device.value, out=out, image_size=image_size)
     console = _console()
     with Progress(TextColumn("epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("loss {task.fields[loss]:.3f} acc {task.fields[acc]:.1f}%"), TimeElapsedColumn(),
@@ -250,6 +275,8 @@ def _do_export(opts: ExportOptions) -> ExportResult:
     console.print(export_table(result))
     for n in result.notices:
         console.print(f"[yellow]note:[/] {escape(n)}")
+    if result.missed:
+        raise CheckFailed(result.missed)
     return result
 
 
@@ -261,8 +288,34 @@ ENDS_HELP = "Also quantize the stem conv and the classifier (kept float by defau
 REF_HELP = ("Store fp32 PyTorch logits on verify's default inputs (sample data) in reports/reference.sample.N.npz, "
             "so verify need not re-run PyTorch; 0: skip.")
 FORCE_HELP = "Rebuild everything asked for, ignoring the cache; the folder then holds only what this export made."
+EQUALIZE_HELP = ("Cross-layer equalize conv -> ReLU -> conv pairs before calibrating (the fp32 function is kept; a "
+                 "few loud channels no longer set a whole tensor's int8 range).")
+BUDGET_HELP = ("Search for an int8 graph within this many points of top-1 of the fp32 graph, on held-out labelled "
+               "images, keeping as many layers in int8 as it can.")
+ACC_DATA_HELP = ("Held-out labelled images that judge the search (default: the test split of --calib-data; for "
+                 "sample, the images calibration did not use; imagefolder needs its own validation folder).")
+FALLBACK_HELP = ("What layers kept out of int8 compute in: auto (fp16 for the tensorrt recipe where accuracy "
+                 "allows, else fp32), fp16, fp32.")
 ENGINES_ONLY_HELP = ("Build engines from the ONNX graphs already in --out, without the model or its weights: for a "
                      "folder copied to the GPU it will run on (engines are tied to their GPU and TensorRT version).")
+
+
+CalibSamplesOpt = Annotated[int, typer.Option(min=1, help="Calibration images (seeded random subset).",
+                                              rich_help_panel=INT8)]
+CalibMethodOpt = Annotated[CalibMethod, typer.Option(rich_help_panel=INT8, help=(
+    "Range estimate: mean-max (mean over images of each image's min/max), max, percentile, entropy."))]
+AccDirOpt = Annotated[Path | None, typer.Option(help="Accuracy dataset directory.", rich_help_panel=SEARCH)]
+AccSamplesOpt = Annotated[int, typer.Option(min=1, help="Held-out images that judge the search (or all).",
+                                            rich_help_panel=SEARCH)]
+SearchSecondsOpt = Annotated[float, typer.Option(min=1, rich_help_panel=SEARCH, help=(
+    "Time cap of the search; then the best graph found is kept (exit 1 if over budget)."))]
+EngineOpt = Annotated[EngineChoice, typer.Option(rich_help_panel=TRT, help=(
+    "TensorRT engines: auto (tensorrt, else rtx, else none), tensorrt, rtx, none."))]
+BatchRangeOpt = Annotated[str | None, typer.Option(rich_help_panel=TRT, help=(
+    "Engine profile MIN,OPT,MAX (default 1,8,64 ImageNet sizes; 1,32,256 small)."))]
+WorkspaceOpt = Annotated[int | None, typer.Option(min=1, help="Builder workspace limit (MiB).", rich_help_panel=TRT)]
+RtxOpt = Annotated[str | None, typer.Option(rich_help_panel=TRT, help=(
+    "TensorRT-RTX targets, e.g. SM86,SM89 (default SM80,SM86,SM89,SM120)."))]
 
 
 @app.command()
@@ -274,30 +327,35 @@ def export(
     in_chans: ChansOpt = None,
     image_size: SizeOpt = None,
     trust_checkpoint: TrustOpt = False,
+    mean: MeanOpt = None,
+    std: StdOpt = None,
+    resize: ResizeOpt = None,
+    class_names: ClassNamesOpt = None,
     out: OutOpt = None,
     precision: Annotated[str | None, typer.Option(help=PRECISION_HELP)] = None,
-    exporter: Annotated[Exporter, typer.Option(help="dynamo (torch.export) or legacy (TorchScript).")] = (
-        Exporter.dynamo),
+    exporter: Annotated[Exporter, typer.Option(help="dynamo (torch.export) or legacy (TorchScript).")] = "dynamo",
     opset: Annotated[int, typer.Option(help="ONNX opset.")] = 18,
     dynamic_batch: Annotated[bool, typer.Option(help="Dynamic batch dimension (--no-dynamic-batch: batch 1).")] = True,
     static_batch: Annotated[int | None, typer.Option(min=1, help=STATIC_HELP)] = None,
     calib_data: CalibDataOpt = "sample",
     calib_dir: CalibDirOpt = None,
-    calib_samples: Annotated[int, typer.Option(min=1, help="Calibration images (seeded random subset).",
-                                               rich_help_panel=INT8)] = 512,
-    calib_method: Annotated[CalibMethod, typer.Option(help="Range estimate.", rich_help_panel=INT8)] = CalibMethod.max,
+    calib_samples: CalibSamplesOpt = 512,
+    calib_method: CalibMethodOpt = CalibMethod.mean_max,
     int8_target: Int8TargetOpt = Int8Target.tensorrt,
     keep_fp32: Annotated[str | None, typer.Option(help=KEEP_HELP, rich_help_panel=INT8)] = None,
     int8_quantize_ends: Annotated[bool, typer.Option(help=ENDS_HELP, rich_help_panel=INT8)] = False,
-    engine: Annotated[EngineChoice, typer.Option(help="TensorRT engines: auto (tensorrt, else rtx, else none), "
-                                                 "tensorrt, rtx, none.", rich_help_panel=TRT)] = EngineChoice.none,
-    batch_range: Annotated[str | None, typer.Option(help="Engine profile MIN,OPT,MAX (default 1,8,64 ImageNet "
-                                                    "sizes; 1,32,256 small).", rich_help_panel=TRT)] = None,
-    workspace_mb: Annotated[int | None, typer.Option(min=1, help="Builder workspace limit (MiB).",
-                                                     rich_help_panel=TRT)] = None,
+    int8_equalize: Annotated[bool, typer.Option(help=EQUALIZE_HELP, rich_help_panel=INT8)] = True,
+    max_accuracy_drop: Annotated[float | None, typer.Option(min=0, help=BUDGET_HELP, rich_help_panel=SEARCH)] = None,
+    accuracy_data: Annotated[str | None, typer.Option(help=ACC_DATA_HELP, rich_help_panel=SEARCH)] = None,
+    accuracy_dir: AccDirOpt = None,
+    accuracy_samples: AccSamplesOpt = 2000,
+    fallback: Annotated[Fallback, typer.Option(help=FALLBACK_HELP, rich_help_panel=SEARCH)] = Fallback.auto,
+    search_seconds: SearchSecondsOpt = 600.0,
+    engine: EngineOpt = EngineChoice.none,
+    batch_range: BatchRangeOpt = None,
+    workspace_mb: WorkspaceOpt = None,
     opt_level: Annotated[int, typer.Option(min=0, max=5, help="Builder optimization level.", rich_help_panel=TRT)] = 3,
-    rtx_compute_capability: Annotated[str | None, typer.Option(help="TensorRT-RTX targets, e.g. SM86,SM89 (default "
-                                                               "SM80,SM86,SM89,SM120).", rich_help_panel=TRT)] = None,
+    rtx_compute_capability: RtxOpt = None,
     reference_samples: Annotated[int, typer.Option(min=0, help=REF_HELP)] = 512,
     force: Annotated[bool, typer.Option(help=FORCE_HELP)] = False,
     engines_only: Annotated[bool, typer.Option(help=ENGINES_ONLY_HELP, rich_help_panel=TRT)] = False,
@@ -307,12 +365,16 @@ def export(
     from pipeline.precisions import parse_precisions
 
     _do_export(ExportOptions(
-        model=_model_spec(model, weights, num_classes, in_chans, image_size, trust_checkpoint),
+        model=_model_spec(model, weights, num_classes, in_chans, image_size, trust_checkpoint, mean, std, resize,
+                          class_names),
         out=out or Path("artifacts") / model,
         precisions=parse_precisions(precision, with_source=False) if precision else None, exporter=exporter,
         opset=opset, batch=static_batch or (None if dynamic_batch else 1), calib_data=calib_data, calib_dir=calib_dir,
         calib_samples=calib_samples, calib_method=calib_method, int8_target=int8_target, keep_fp32=_csv(keep_fp32),
-        int8_quantize_ends=int8_quantize_ends, engine=engine, batch_range=_batch_range(batch_range),
+        int8_quantize_ends=int8_quantize_ends, int8_equalize=int8_equalize, max_accuracy_drop=max_accuracy_drop,
+        accuracy_data=accuracy_data,
+        accuracy_dir=accuracy_dir, accuracy_samples=accuracy_samples, fallback=fallback, search_seconds=search_seconds,
+        engine=engine, batch_range=_batch_range(batch_range),
         workspace_mb=workspace_mb, opt_level=opt_level, rtx_compute_capabilities=_csv(rtx_compute_capability) or None,
         force=force, engines_only=engines_only, reference_samples=reference_samples,
     ))
@@ -455,7 +517,8 @@ def bench(
     precision: Annotated[str | None, typer.Option(help="Only these precisions.", rich_help_panel=RUNTIME)] = None,
     device: Annotated[Device, typer.Option(help="cpu, cuda, or auto (cuda when a GPU is visible).",
                                            rich_help_panel=RUNTIME)] = Device.cpu,
-    batch: Annotated[str, typer.Option(help="Batch sizes, comma-separated.")] = "1,8,32",
+    batch: Annotated[str, typer.Option(help="Batch sizes, comma-separated, or auto (per runtime, double from 1 "
+                                       "until throughput grows by less than 5%).")] = "1,8,32",
     warmup: Annotated[int, typer.Option(min=0, help="Warm-up runs (at least).")] = 10,
     warmup_seconds: Annotated[float, typer.Option(min=0, help="Warm-up time (at least).")] = 0.5,
     iters: Annotated[int, typer.Option(min=1, help="Timed runs (at least).")] = 50,
@@ -486,8 +549,10 @@ def bench(
     """Latency percentiles, throughput, memory and accuracy for runtimes x precisions x batch sizes."""
     from pipeline.bench import BenchOptions
 
+    auto = batch.strip().lower() == "auto"
     opts = BenchOptions(folder=folder, runtimes=_csv(runtime) or None, precisions=_csv(precision) or None,
-                        device=device, batches=_ints(batch, "--batch"), warmup=warmup, warmup_seconds=warmup_seconds,
+                        device=device, batches=(1,) if auto else _ints(batch, "--batch"), auto_batch=auto,
+                        warmup=warmup, warmup_seconds=warmup_seconds,
                         iters=iters, min_seconds=min_seconds, rounds=rounds, threads=threads,
                         channels_last=channels_last, cuda_graph=cuda_graph, compile=compile, compile_mode=compile_mode,
                         prefer_nhwc=prefer_nhwc, cudnn_benchmark=cudnn_benchmark, include_transfers=include_transfers,
@@ -505,6 +570,10 @@ def run(
     in_chans: ChansOpt = None,
     image_size: SizeOpt = None,
     trust_checkpoint: TrustOpt = False,
+    mean: MeanOpt = None,
+    std: StdOpt = None,
+    resize: ResizeOpt = None,
+    class_names: ClassNamesOpt = None,
     out: OutOpt = None,
     precision: Annotated[str, typer.Option(help="Precisions to export, verify and bench.")] = "fp32,fp16,int8",
     engine: Annotated[EngineChoice, typer.Option(help="TensorRT engines to build (auto/tensorrt/rtx/none).")] = (
@@ -528,7 +597,9 @@ def run(
     # every option is checked, and the data opened, before minutes of export
     out = out or Path("artifacts") / model
     dev = device.resolve()
-    exp = ExportOptions(model=_model_spec(model, weights, num_classes, in_chans, image_size, trust_checkpoint),
+    spec = _model_spec(model, weights, num_classes, in_chans, image_size, trust_checkpoint, mean, std, resize,
+                       class_names)
+    exp = ExportOptions(model=spec,
                         out=out, precisions=parse_precisions(precision), engine=engine, calib_data=calib_data,
                         calib_dir=calib_dir, int8_target=int8_target, reference_data=data, reference_data_dir=data_dir)
     ver = VerifyOptions(folder=out, device=dev, data=data, data_dir=data_dir)

@@ -30,6 +30,7 @@ __all__ = [
     "calibration_split",
     "calibration_overlap_note",
     "label_order_note",
+    "near_chance_note",
     "make_sample",
 ]
 
@@ -386,3 +387,15 @@ def make_sample(dst: Path, *, data_dir: Path | None = None, per_class: int = 100
     np.savez_compressed(buf, images=ds._images[idx], labels=ds.labels[idx].astype(np.uint8),
                         source_index=idx.astype(np.int32))
     return buf
+
+
+def near_chance_note(top1: float | None, num_classes: int, what: str) -> str | None:
+    """A note when the fp32 model scores near chance on labelled data: preprocessing or labels likely differ."""
+    if top1 is None or num_classes < 2:
+        return None
+    chance = 100.0 / num_classes
+    if top1 > 1.5 * chance + 5.0:
+        return None
+    return (f"the fp32 model scores {top1:.1f}% top-1 on {what}, near chance ({chance:.1f}%): the preprocessing "
+            "(--mean/--std/--resize/--image-size) or the labels (class order, --class-names) likely differ from "
+            "training, and every accuracy number here is about that")

@@ -47,6 +47,7 @@ class ExportResult:
     events: list[StepEvent]
     info: ModelInfo
     notices: list[str] = field(default_factory=list)
+    missed: str | None = None  # why the export is a failed check (an int8 search over its budget): exit 1
 
 
 def _previous(out: Path) -> Manifest | None:
@@ -98,8 +99,18 @@ def export(
             run_steps([_reference_step(ctx, model)], FolderWriter(opts.out, None, keep_manifest=True), force=opts.force,
                       on_step=hear)
     int8 = made.get(Precision.int8.value)
-    notices += int8_notices(int8 if isinstance(int8, GraphEntry) else None, opts, info)
-    return ExportResult(opts.out, manifest, events, info, notices)
+    int8 = int8 if isinstance(int8, GraphEntry) else None
+    notices += int8_notices(int8, opts, info)
+    return ExportResult(opts.out, manifest, events, info, notices, _missed(int8))
+
+
+def _missed(int8: GraphEntry | None) -> str | None:
+    s = int8.search if int8 is not None else None
+    if s is None or s.met:
+        return None
+    return (f"the int8 search missed its budget: the best graph found loses {s.result.drop:.2f} points of top-1 "
+            f"(budget {s.budget:g}) on {s.data}; it is in the folder, recorded as missed. Raise "
+            "--max-accuracy-drop or --search-seconds, or calibrate on more representative data")
 
 
 def _quiet(_msg: str) -> None:

@@ -7,8 +7,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from exporters.calibrate import CalibMethod
 from exporters.onnx import DEFAULT_OPSET, Exporter
-from exporters.quantize import CalibMethod, Int8Target
+from exporters.quantize import Fallback, Int8Target
 from pipeline.precisions import Precision, parse_precisions
 from pipeline.zoo import ModelInfo, ModelSpec
 from resnetx.errors import BadInput
@@ -39,10 +40,17 @@ class ExportOptions:
     calib_data: str = "sample"
     calib_dir: Path | None = None
     calib_samples: int = 512
-    calib_method: CalibMethod = CalibMethod.max
+    calib_method: CalibMethod = CalibMethod.mean_max
     int8_target: Int8Target = Int8Target.tensorrt
     keep_fp32: tuple[str, ...] = ()  # layers kept in fp32 in the fp16 graph and left unquantized in int8
     int8_quantize_ends: bool = False  # also quantize the stem conv and the classifier
+    int8_equalize: bool = True  # cross-layer equalize conv pairs before calibrating (the fp32 function is kept)
+    max_accuracy_drop: float | None = None  # search for an int8 graph within this many top-1 points of fp32
+    accuracy_data: str | None = None  # the held-out labelled images that judge it (None: from --calib-data)
+    accuracy_dir: Path | None = None
+    accuracy_samples: int = 2000
+    fallback: Fallback = Fallback.auto
+    search_seconds: float = 600.0
     engine: EngineChoice = EngineChoice.none
     batch_range: tuple[int, int, int] | None = None
     workspace_mb: int | None = None
@@ -57,7 +65,7 @@ class ExportOptions:
 
     def __post_init__(self) -> None:
         for name, enum in (("exporter", Exporter), ("calib_method", CalibMethod), ("int8_target", Int8Target),
-                           ("engine", EngineChoice)):
+                           ("engine", EngineChoice), ("fallback", Fallback)):
             _set(self, name, enum(getattr(self, name)))
         _set(self, "out", Path(self.out))
         if self.precisions is not None:
@@ -71,6 +79,7 @@ class ExportOptions:
         if self.batch is not None and self.batch < 1:
             raise BadInput(f"--static-batch must be >= 1; got {self.batch}")
         self._check_engine_options()
+        self._check_search()
         if self.engines_only:
             self._check_engines_only()
 
@@ -92,6 +101,30 @@ class ExportOptions:
         if Precision.int8 in (self.precisions or ()) and self.int8_target is Int8Target.cpu:
             raise BadInput("the cpu int8 recipe quantizes biases to int32, which TensorRT's parser rejects; "
                            "use --int8-target tensorrt for engines, or --engine none")
+
+    def _check_search(self) -> None:
+        if self.max_accuracy_drop is not None:
+            if self.max_accuracy_drop < 0:
+                raise BadInput(f"--max-accuracy-drop must be >= 0 points; got {self.max_accuracy_drop}")
+            if Precision.int8 not in (self.precisions or ()):
+                raise BadInput("--max-accuracy-drop searches for an int8 graph: add int8 to --precision")
+            judge = (self.accuracy_data or self.calib_data).partition(":")[0]
+            if self.accuracy_data is None and judge == "imagefolder":
+                raise BadInput("--max-accuracy-drop with --calib-data imagefolder:DIR needs --accuracy-data "
+                               "imagefolder:VAL_DIR (a folder of other images than the calibration ones)")
+            if judge == "synthetic":
+                raise BadInput("--max-accuracy-drop needs labelled images: give --accuracy-data (fashion-mnist, "
+                               "cifar10, imagefolder:VAL_DIR)")
+        if self.accuracy_samples < 1 or self.search_seconds <= 0:
+            raise BadInput("--accuracy-samples must be >= 1 and --search-seconds > 0")
+        if self.fallback is Fallback.fp16 and self.int8_target is Int8Target.cpu:
+            raise BadInput("--fallback fp16 is for the tensorrt recipe (fp16 layers run on GPUs); the cpu recipe "
+                           "keeps layers in fp32: leave --fallback out")
+
+    @property
+    def fallback_precision(self) -> str:
+        """What kept layers compute in without a search: fp16 only when asked (auto decides by accuracy)."""
+        return "fp16" if self.fallback is Fallback.fp16 else "fp32"
 
     def _check_engines_only(self) -> None:
         given = [flag for flag, on in (("--model", self.model.arch != "default"), ("--weights", self.model.weights),

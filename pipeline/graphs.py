@@ -6,14 +6,22 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterator
-from dataclasses import asdict
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
+from exporters.calibrate import CalibMethod, Ranges
 from exporters.onnx import compare_graphs, export_onnx
-from pipeline.artifacts import Calibration, Entry, GraphCheck, GraphEntry
-from pipeline.data import FASHION_MNIST_CLASSES, Dataset, calibration_split, iter_batches, open_dataset
+from pipeline.artifacts import Calibration, Entry, GraphCheck, GraphEntry, SearchRecord
+from pipeline.data import (
+    FASHION_MNIST_CLASSES,
+    Dataset,
+    calibration_split,
+    iter_batches,
+    near_chance_note,
+    open_dataset,
+)
 from pipeline.export_options import ExportContext, ExportOptions
 from pipeline.precisions import PRECISIONS, Precision
 from pipeline.steps import Step
@@ -61,7 +69,7 @@ def _make_fp32(ctx: ExportContext) -> GraphEntry:
 
 # --------------------------------------------------------------------------- fp16
 def fp16_step(ctx: ExportContext) -> Step:
-    from exporters.quantize import DEFAULT_FP16_BLOCK_OPS
+    from exporters.fp16 import DEFAULT_FP16_BLOCK_OPS
 
     inputs = {"keep": sorted(ctx.opts.keep_fp32), "ops": DEFAULT_FP16_BLOCK_OPS, "onnx": ctx.versions.get("onnx")}
     return Step(Precision.fp16.value, Precision.fp16.value, inputs, lambda made: _make_fp16(ctx, made[FP32]),
@@ -69,7 +77,7 @@ def fp16_step(ctx: ExportContext) -> Step:
 
 
 def _make_fp16(ctx: ExportContext, fp32: Entry) -> GraphEntry:
-    from exporters.quantize import to_fp16
+    from exporters.fp16 import to_fp16
 
     a = to_fp16(ctx.out / fp32.file, _file(ctx, Precision.fp16), keep_fp32_nodes=ctx.opts.keep_fp32)
     overflow = tuple(a.details["overflow_nodes"])
@@ -89,72 +97,140 @@ def int8_step(ctx: ExportContext) -> Step:
     from exporters.quantize import INT8_GRAPH_REVISION
 
     o = ctx.opts
+    search = None if o.max_accuracy_drop is None else {
+        "budget": o.max_accuracy_drop, "data": o.accuracy_data, "dir": str(o.accuracy_dir) if o.accuracy_dir else None,
+        "samples": o.accuracy_samples, "seconds": o.search_seconds}
     inputs = {"calibration": _calibration_inputs(o, ctx.info), "onnxruntime": ctx.versions.get("onnxruntime"),
-              "keep": sorted(o.keep_fp32), "ends": o.int8_quantize_ends, "rev": INT8_GRAPH_REVISION}
+              "keep": sorted(o.keep_fp32), "ends": o.int8_quantize_ends, "rev": INT8_GRAPH_REVISION,
+              "fallback": o.fallback.value, "search": search}
     return Step(Precision.int8.value, Precision.int8.value, inputs, lambda made: _make_int8(ctx, made[FP32]),
                 sources=(FP32,), describe=_int8_note)
 
 
-def _calibration_inputs(o: ExportOptions, info: ModelInfo) -> dict[str, object]:
+def _calibration_inputs(o: ExportOptions, info: ModelInfo, method: CalibMethod | None = None) -> dict[str, object]:
     return {"dataset": o.calib_data, "data_dir": str(o.calib_dir) if o.calib_dir else None,
-            "split": calibration_split(o.calib_data), "samples": o.calib_samples, "method": o.calib_method.value,
-            "recipe": o.int8_target.value, "seed": o.seed, "preprocess": info.preprocess.to_dict()}
+            "split": calibration_split(o.calib_data), "samples": o.calib_samples,
+            "method": (method or o.calib_method).value, "recipe": o.int8_target.value, "seed": o.seed,
+            "preprocess": info.preprocess.to_dict(), "equalized": o.int8_equalize}
 
 
-def _calibration(ctx: ExportContext, fp32: Entry) -> Calibration:
-    """The calibration record, its ranges cached in a file named by their key: other weights, data, count,
-    method or recipe give another file, and a stale one is never read."""
-    from exporters.quantize import INT8_RECIPES
+class _Calibrations:
+    """The ranges of each calibration method for one int8 build: computed once, cached in the folder in a file
+    named by their key (other weights, data, count, method or recipe give another file; a stale one is never
+    read), and reused by every graph made from them."""
 
-    o = ctx.opts
-    fields = _calibration_inputs(o, ctx.info)
-    key = content_key(source=fp32.sha256, **fields, ort=ctx.versions.get("onnxruntime"),
-                      op_types=INT8_RECIPES[o.int8_target].op_types)
-    before = ctx.previous.calibration if ctx.previous else None
-    images = before.images if before is not None and before.key == key else None
-    cache_file = f"calib.{o.int8_target.value}.{o.calib_method.value}.{key[:12]}.json"
-    return Calibration(**fields, key=key, cache_file=cache_file, images=images)  # type: ignore[arg-type]
+    def __init__(self, ctx: ExportContext, fp32: Entry, ds: Dataset) -> None:
+        self.ctx, self.fp32, self.ds = ctx, fp32, ds
+        self._ranges: dict[CalibMethod, Ranges] = {}
 
+    def record(self, method: CalibMethod) -> Calibration:
+        from exporters.quantize import INT8_RECIPES
 
-def _ranges_cache(ctx: ExportContext, cal: Calibration) -> Path:
-    cache = ctx.out / cal.cache_file
-    stem = f"calib.{cal.recipe}.{cal.method}"
-    for other in [*ctx.out.glob(f"{stem}.*.json"), ctx.out / f"{stem}.json"]:  # stale ranges of this recipe+method
-        if other.name != cal.cache_file or ctx.opts.force:
-            other.unlink(missing_ok=True)
-    return cache
+        o = self.ctx.opts
+        fields = _calibration_inputs(o, self.ctx.info, method)
+        key = content_key(source=self.fp32.sha256, **fields, ort=self.ctx.versions.get("onnxruntime"),
+                          op_types=INT8_RECIPES[o.int8_target].op_types, calibrator=2)
+        images = self._ranges[method].images if method in self._ranges else None
+        cache_file = f"calib.{o.int8_target.value}.{method.value}.{key[:12]}.json"
+        return Calibration(**fields, key=key, cache_file=cache_file, images=images)  # type: ignore[arg-type]
+
+    def ranges(self, method: CalibMethod) -> Ranges:
+        if method not in self._ranges:
+            self._ranges[method] = self._load_or_calibrate(method)
+        return self._ranges[method]
+
+    def _load_or_calibrate(self, method: CalibMethod) -> Ranges:
+        from exporters.calibrate import calibrate
+        from exporters.quantize import INT8_RECIPES
+
+        ctx, o = self.ctx, self.ctx.opts
+        cache = ctx.out / self.record(method).cache_file
+        stem = f"calib.{o.int8_target.value}.{method.value}"
+        for other in [*ctx.out.glob(f"{stem}.*.json"), ctx.out / f"{stem}.json"]:  # stale ranges of this method
+            if other.name != cache.name or o.force:
+                other.unlink(missing_ok=True)
+        if (found := Ranges.load(cache)) is not None:
+            return found
+        r = calibrate(ctx.out / self.fp32.file, _calib_batches(o, ctx.info, self.ds), method,
+                      op_types=INT8_RECIPES[o.int8_target].op_types, symmetric=o.int8_target.value == "tensorrt",
+                      equalize=o.int8_equalize,
+                      on_images=lambda n: ctx.progress(f"int8: calibrated {n}/{o.calib_samples} images "
+                                                       f"({method.value})"))
+        r.save(cache)
+        return r
 
 
 def _make_int8(ctx: ExportContext, fp32: Entry) -> GraphEntry:
     from exporters.quantize import quantize_int8
 
     o = ctx.opts
-    cal = _calibration(ctx, fp32)
-    cache = _ranges_cache(ctx, cal)
-    hit = cache.is_file()
     ds = open_dataset(o.calib_data, split="train", data_dir=o.calib_dir, preprocess=ctx.info.preprocess)
-    a = quantize_int8(ctx.out / fp32.file, _file(ctx, Precision.int8), None if hit else _calib_batches(o, ctx.info, ds),
-                      recipe=o.int8_target, method=o.calib_method, cache=cache, exclude_nodes=o.keep_fp32,
-                      quantize_ends=o.int8_quantize_ends,
-                      on_images=lambda n: ctx.progress(f"int8: calibrated {n}/{o.calib_samples} images"))
+    cals = _Calibrations(ctx, fp32, ds)
+    correction = _correction_images(o, ctx.info, ds)
+    src, dst = ctx.out / fp32.file, _file(ctx, Precision.int8)
+    method, reverted, fallback, record, shifts = o.calib_method, (), o.fallback_precision, None, None
+    if o.max_accuracy_drop is not None:
+        record, searched = _search(ctx, src, cals, correction)
+        method, reverted, fallback = CalibMethod(record.result.method), record.result.reverted, record.result.fallback
+        shifts = searched.get(method)
+    keep = tuple(sorted({*o.keep_fp32, *reverted}))
+    a = quantize_int8(src, dst, cals.ranges(method), recipe=o.int8_target, exclude_nodes=keep,
+                      quantize_ends=o.int8_quantize_ends, correction_images=correction, shifts=shifts,
+                      fallback=fallback, equalize=o.int8_equalize)
     ctx.progress("int8: checking against fp32")
-    check = GraphCheck.from_dict(compare_graphs(a.path, ctx.out / fp32.file, _check_images(o, ctx.info, ds)))
-    if not hit:
-        cal = Calibration(**{**asdict(cal), "images": a.details["calibration_images"]})
+    check = GraphCheck.from_dict(compare_graphs(a.path, src, _check_images(o, ctx.info, ds)))
     ends = tuple(a.details["float_ends"])
     details = {k: v for k, v in a.details.items() if k not in ("excluded_nodes", "float_ends")}
     return GraphEntry(Precision.int8, a.path.name, a.sha256, a.size_bytes, round(a.seconds, 3),
-                      source_sha256=fp32.sha256, opset=a.opset, static_batch=a.static_batch,
-                      keep_fp32=tuple(sorted(o.keep_fp32)), auto_fp32=ends, quantize_ends=o.int8_quantize_ends,
-                      calibration=cal, check=check, details=details)
+                      source_sha256=fp32.sha256, opset=a.opset, static_batch=a.static_batch, keep_fp32=keep,
+                      auto_fp32=ends, quantize_ends=o.int8_quantize_ends, calibration=cals.record(method), check=check,
+                      fallback=fallback, search=record, details=details)
+
+
+def _search(ctx: ExportContext, src: Path, cals: _Calibrations,
+            correction: np.ndarray) -> tuple[SearchRecord, dict[CalibMethod, dict[str, np.ndarray]]]:
+    """The accuracy search's trials, each an int8 graph from the cached ranges and bias shifts of its method;
+    the record, and the shifts (the final graph reuses them)."""
+    from exporters.onnx import graph_batch, load_onnx
+    from exporters.quantize import bias_shifts, int8_graph, quantize_int8
+    from pipeline.search import accuracy_set, search_int8
+
+    o = ctx.opts
+    acc = accuracy_set(o, ctx.info)
+    ctx.progress(f"int8 search: judged on {acc.description}")
+    shifts: dict[CalibMethod, dict[str, np.ndarray]] = {}
+
+    def make(method: CalibMethod, reverted: tuple[str, ...], fallback: str, path: Path) -> list[str]:
+        if method not in shifts:  # a layer's shift does not depend on which other layers are reverted
+            plain, _, _ = int8_graph(src, cals.ranges(method), recipe=o.int8_target, exclude_nodes=o.keep_fp32,
+                                     quantize_ends=o.int8_quantize_ends, equalize=o.int8_equalize)
+            shifts[method] = bias_shifts(src, plain, correction, equalize=o.int8_equalize)
+        a = quantize_int8(src, path, cals.ranges(method), recipe=o.int8_target,
+                          exclude_nodes=(*o.keep_fp32, *reverted), quantize_ends=o.int8_quantize_ends,
+                          shifts=shifts[method], fallback=fallback, equalize=o.int8_equalize)
+        return list(a.details["revertible"])
+
+    return search_int8(o, src, acc, graph_batch(load_onnx(src)), make, ctx.progress), shifts
+
+
+def _correction_images(o: ExportOptions, info: ModelInfo, ds: Dataset, limit: int = 256) -> np.ndarray:
+    """The first calibration images (the same seeded draw), on which bias correction measures each layer."""
+    return np.concatenate(list(_calib_batches(replace(o, calib_samples=min(o.calib_samples, limit)), info, ds)))
 
 
 def _int8_note(entry: Entry) -> str:
     if not isinstance(entry, GraphEntry) or entry.check is None:
         return ""
-    hit = entry.details.get("calibration_cache_hit")
-    note = "calibration cache reused" if hit else f"calibrated on {entry.details.get('calibration_images')} images"
-    return note + f"; top-1 vs fp32 {100 * entry.check.top1_agree:.1f}% on {entry.check.samples}"
+    cal = entry.calibration
+    note = f"{cal.method} ranges from {cal.images} images" if cal else "calibrated"
+    note += f"; top-1 vs fp32 {100 * entry.check.top1_agree:.1f}% on {entry.check.samples}"
+    if (s := entry.search) is not None:
+        t = s.result
+        kept = (f"{len(t.reverted)} kept out of int8 (fallback {t.fallback}): {', '.join(t.reverted)}" if t.reverted
+                else "none reverted")
+        note += (f"; search: drop {t.drop:.2f} of budget {s.budget:g} on {s.data} ({'met' if s.met else 'MISSED'}), "
+                 f"{kept}, {len(s.trials)} trial(s) in {s.seconds:.0f} s")
+    return note
 
 
 def _calib_batches(o: ExportOptions, info: ModelInfo, ds: Dataset) -> Iterator[np.ndarray]:
@@ -174,9 +250,18 @@ def _check_images(o: ExportOptions, info: ModelInfo, ds: Dataset) -> np.ndarray:
 def int8_notices(entry: GraphEntry | None, o: ExportOptions, info: ModelInfo) -> list[str]:
     """A loud notice when int8 departs from fp32 at once (bad ranges, wrong preprocessing: verify judges later),
     and when it was calibrated on data unlike the model's."""
-    if entry is None:
-        return []
     notices = []
+    if info.preprocess_source == "defaults" and info.trained:
+        p = info.preprocess
+        notices.append(f"{info.weights} records no preprocessing: resnetx assumed the {info.family} defaults (resize "
+                       f"{p.resize}, crop {p.image_size}, mean {', '.join(f'{v:g}' for v in p.mean)}, std "
+                       f"{', '.join(f'{v:g}' for v in p.std)}); if the model was trained otherwise, give --mean, "
+                       "--std and --resize, or calibration and every accuracy number are off")
+    if entry is None:
+        return notices
+    if entry.search is not None and (chance := near_chance_note(entry.search.fp32_top1, info.num_classes,
+                                                                entry.search.data)):
+        notices.append(chance)
     bar = PRECISIONS[Precision.int8].tolerance.top1_agreement or 0.0
     if entry.check is not None and entry.check.top1_agree < bar:
         notices.append(f"int8 agrees with fp32 on only {100 * entry.check.top1_agree:.1f}% of {entry.check.samples} "

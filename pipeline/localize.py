@@ -35,9 +35,10 @@ class Localization:
     first_divergent_layer: str | None  # the first layer beyond the bar
     module: str | None  # the PyTorch module of the layer to look at
     largest_jump_layer: str | None  # the weighted layer whose error grows most over the one before it
-    suggestion: str | None  # the export line that keeps that layer in float
+    suggestion: str | None  # the export line that keeps the layer to try in float
     by_depth: list[LayerError] = field(default_factory=list)
     seconds: float = 0.0
+    revert_first: list[str] = field(default_factory=list)  # int8: what reverting recovers most, best first
 
 
 def layer_outputs(model_bytes: bytes, x: np.ndarray) -> dict[str, tuple[str, np.ndarray]]:
@@ -101,21 +102,27 @@ def _errors(base: dict[str, tuple[str, np.ndarray]], cand: dict[str, tuple[str, 
     return layers
 
 
+NO_ERROR = 1e-6  # a layer below this rel. L2 computes what fp32 does (a float stem, a kept layer)
+
+
 def _largest_jump(layers: list[LayerError]) -> LayerError | None:
-    """The weighted layer whose error grows most over the largest error before it."""
-    jump, prev, best = None, 1e-12, 0.0
+    """The weighted layer whose error grows most over the largest error before it. A layer after layers with no
+    error (the first quantized one after a float stem) has no ratio: its error rising from zero says nothing
+    about which layer to keep."""
+    jump, prev, best = None, 0.0, 0.0
     for layer in (la for la in layers if la.op in WEIGHTED):
-        ratio = layer.rel_l2 / max(prev, 1e-12) if np.isfinite(layer.rel_l2) else float("inf")
-        if ratio > best and layer.rel_l2 > 1e-6:
-            best, jump = ratio, layer
-        prev = max(prev, layer.rel_l2) if np.isfinite(layer.rel_l2) else prev
+        if not np.isfinite(layer.rel_l2):
+            return jump or layer
+        if prev > NO_ERROR and layer.rel_l2 > NO_ERROR and layer.rel_l2 / prev > best:
+            best, jump = layer.rel_l2 / prev, layer
+        prev = max(prev, layer.rel_l2)
     return jump
 
 
 def localize(folder: Path, manifest: Manifest, entry: GraphEntry, reference: Reference, x: np.ndarray,
-             tol: Tolerance) -> Localization:
-    """First layer whose output departs from the fp32 baseline, by the module it comes from; layers are
-    matched by name (module paths)."""
+             tol: Tolerance, rank_inputs: np.ndarray | None = None) -> Localization:
+    """First layer whose output departs from the fp32 baseline, by the module it comes from (layers are matched
+    by name: module paths); for int8, the layers whose reverting recovers most, ranked on `rank_inputs`."""
     baseline, what = _baseline(folder, manifest, entry, reference)
     layers = _errors(layer_outputs(baseline, x), layer_outputs((folder / entry.file).read_bytes(), x))
     if not layers:
@@ -124,9 +131,46 @@ def localize(folder: Path, manifest: Manifest, entry: GraphEntry, reference: Ref
     first = next((layer for layer in layers if not layer.rel_l2 <= bar), None)
     jump = _largest_jump(layers)
     culprit = first if first is not None else jump
+    ranked = []
+    if entry.precision is Precision.int8:
+        ranked = _revert_first(folder, manifest, entry, x if rank_inputs is None else rank_inputs, layers)
+    keep = ranked[0] if ranked else jump.layer.split("/")[0] if jump else None
     suggestion = None
-    if jump and entry.precision is not Precision.fp32:
-        suggestion = remake_command(manifest, folder, (entry.precision,), add_keep=(jump.layer,))
+    if keep and entry.precision is not Precision.fp32:
+        suggestion = remake_command(manifest, folder, (entry.precision,), add_keep=(keep,))
     return Localization(what, bar, first.layer if first else None, culprit.layer.split("/")[0] if culprit else None,
                         jump.layer if jump else None, suggestion,
-                        [la for la in layers if la.op in (*WEIGHTED, "Add")])
+                        [la for la in layers if la.op in (*WEIGHTED, "Add")], revert_first=ranked[:5])
+
+
+MAX_RANKED = 12  # layers ranked by trial graphs; more candidates are preselected by their error growth
+
+
+def _revert_first(folder: Path, manifest: Manifest, entry: GraphEntry, x: np.ndarray,
+                  layers: list[LayerError]) -> list[str]:
+    """The int8 layers, the one whose reverting recovers most first: the ranking the accuracy search uses, made
+    from the folder's calibration ranges (none when they are not in the folder)."""
+    from exporters.calibrate import Ranges
+    from exporters.onnx import load_onnx
+    from exporters.quantize import fp32_for_int8, quantize_int8, quantized_layers, shifts_of
+    from pipeline.search import Logits, rank_layers
+
+    cal, fp32 = entry.calibration, manifest.graphs.get(Precision.fp32)
+    ranges = Ranges.load(folder / cal.cache_file) if cal is not None else None
+    if ranges is None or fp32 is None:
+        return []
+    src, q = folder / fp32.file, load_onnx(folder / entry.file)
+    errors = {la.layer: la.rel_l2 for la in layers}
+    candidates = sorted(quantized_layers(q), key=lambda n: -errors.get(n, 0.0))[:MAX_RANKED]
+    shifts = shifts_of(fp32_for_int8(src, cal.equalized), q)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "trial.onnx"
+
+        def without(layer: str) -> Path:
+            quantize_int8(src, path, ranges, recipe=cal.recipe, exclude_nodes=(*entry.keep_fp32, layer),
+                          quantize_ends=entry.quantize_ends, shifts=shifts, fallback=entry.fallback,
+                          equalize=cal.equalized)
+            return path
+
+        logits = Logits(x, fp32.static_batch)
+        return rank_layers(candidates, without, logits, logits.of(src), logits.of(folder / entry.file))

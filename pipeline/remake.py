@@ -36,7 +36,10 @@ def _model_args(manifest: Manifest, folder: Path, precisions: tuple[Precision, .
     spec = manifest.model.spec
     args = ["--model", spec.arch]
     for opt, value in (("--weights", spec.weights), ("--num-classes", spec.num_classes),
-                       ("--in-chans", spec.in_chans), ("--image-size", spec.image_size)):
+                       ("--in-chans", spec.in_chans), ("--image-size", spec.image_size),
+                       ("--mean", ",".join(map(str, spec.mean)) if spec.mean else None),
+                       ("--std", ",".join(map(str, spec.std)) if spec.std else None), ("--resize", spec.resize),
+                       ("--class-names", spec.class_names)):
         if value is not None:
             args += [opt, str(value)]
     return args + ["--out", str(folder), "--precision", ",".join(p.value for p in precisions)]
@@ -56,8 +59,13 @@ def _graph_args(manifest: Manifest, precisions: tuple[Precision, ...]) -> list[s
     if Precision.int8 in precisions and cal is not None:
         args += ["--calib-data", cal.dataset] + (["--calib-dir", str(cal.data_dir)] if cal.data_dir else [])
         args += ["--calib-samples", str(cal.samples), "--calib-method", cal.method, "--int8-target", cal.recipe]
-        if manifest.graphs[Precision.int8].quantize_ends:
+        int8 = manifest.graphs[Precision.int8]
+        if int8.quantize_ends:
             args.append("--int8-quantize-ends")
+        if int8.fallback == "fp16":
+            args += ["--fallback", "fp16"]
+        if not cal.equalized:
+            args.append("--no-int8-equalize")
     return args
 
 

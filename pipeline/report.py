@@ -158,6 +158,8 @@ def localization_table(artifact: str, loc: Localization, limit: int = 12) -> Any
     first, jump = loc.first_divergent_layer, loc.largest_jump_layer
     head = f"{artifact}: error by depth vs {_esc(loc.baseline)} (layer bar rel. L2 {loc.layer_tolerance})"
     foot = f"first divergent layer: {first or 'none'}   largest jump: {jump or 'none'}"
+    if loc.revert_first:
+        foot += f"   reverting recovers most: {', '.join(loc.revert_first)}"
     t = Table()
     t.add_column("layer")
     t.add_column("op")
@@ -215,6 +217,13 @@ def folder_notes(audit: FolderAudit) -> list[str]:
     if int8 is not None and (chk := int8.check):
         lines.append(f"int8 vs fp32 right after quantization: top-1 agreement {100 * chk.top1_agree:.1f}% on "
                      f"{chk.samples} calibration-set images, rel. L2 {chk.rel_l2:.2e}")
+    if int8 is not None and (s := int8.search):
+        t = s.result
+        kept = f"{len(t.reverted)} kept out of int8 (fallback {t.fallback}): {', '.join(t.reverted)}" \
+            if t.reverted else "none kept out of int8"
+        lines.append(f"int8 search: budget {s.budget:g} points on {s.data}; drop {t.drop:.2f} "
+                     f"({'met' if s.met else '[red]MISSED[/]'}); {_esc(kept)}; {len(s.trials)} trial(s), "
+                     f"{s.seconds:.0f} s")
     if audit.static_batch:
         lines.append(f"fixed batch {audit.static_batch}: every graph and engine runs exactly that many images at "
                      "a time (exported with --static-batch)")
@@ -247,7 +256,7 @@ def _sort_key(r: BenchRow) -> tuple[Any, ...]:
 
 
 # bench's columns, least needed first: a narrow terminal loses them in this order (all are in bench.json/md/csv)
-_BENCH_DROP_ORDER = ("p90 ms", "load s", "size MB", "mean ms", "TFLOP/s", "mem MB", "p99 ms")
+_BENCH_DROP_ORDER = ("p90 ms", "load s", "size MB", "mean ms", "TFLOP/s", "CoV %", "mem MB", "p99 ms")
 
 
 def bench_table(report: BenchReport, width: int | None = None) -> Table:
@@ -258,8 +267,10 @@ def bench_table(report: BenchReport, width: int | None = None) -> Table:
         title += f"; accuracy on {_esc(report.accuracy_data)}"
     if report.gflops_per_image:
         title += f"; {report.gflops_per_image:.3g} GFLOP/image"
-    cols = ["batch", "runtime", "p50 ms", "p90 ms", "p99 ms", "mean ms", "img/s", "TFLOP/s", "top-1 %", "mem MB",
-            "size MB", "load s"]
+    cols = ["batch", "runtime", "p50 ms", "p90 ms", "p99 ms", "mean ms", "CoV %", "img/s", "TFLOP/s", "top-1 %",
+            "mem MB", "size MB", "load s"]
+    if any(r.stream_ips is not None for r in report.rows):
+        cols.insert(cols.index("img/s") + 1, "img/s stream")  # batches back to back, one sync per window
     if any(r.peak_pct is not None for r in report.rows):
         cols.insert(8, "% peak")
     if any(r.one_time_s is not None for r in report.rows):
@@ -273,7 +284,9 @@ def bench_table(report: BenchReport, width: int | None = None) -> Table:
         lat = r.latency_ms
         rows.append(row | {
             "p50 ms": f"{lat['p50']:.3f}", "p90 ms": f"{lat['p90']:.3f}", "p99 ms": f"{lat['p99']:.3f}",
-            "mean ms": f"{lat['mean']:.3f}", "img/s": f"{r.throughput_ips:,.0f}", "TFLOP/s": _f(r.tflops, ".3g"),
+            "mean ms": f"{lat['mean']:.3f}", "CoV %": _f(100 * lat.get("cov", 0.0), ".1f"),
+            "img/s": f"{r.throughput_ips:,.0f}", "img/s stream": _f(r.stream_ips, ",.0f"),
+            "TFLOP/s": _f(r.tflops, ".3g"),
             "% peak": _f(r.peak_pct, ".1f"), "top-1 %": _f(r.accuracy_top1, ".2f"), "mem MB": _f(r.peak_mem_mb, ".0f"),
             "size MB": _f(r.size_mb, ".2f"), "load s": _f(r.load_s, ".2f"), "compile/build s": _f(r.one_time_s, ".1f"),
         })
@@ -304,14 +317,14 @@ def compare_table(rows: list[dict[str, Any]], other: Path) -> Table:
 
 # --------------------------------------------------------------------------- files
 _CSV_COLS = ("runtime", "backend", "mode", "precision", "device", "batch", "p50", "p90", "p95", "p99", "mean", "std",
-             "throughput_ips", "tflops", "peak_pct", "peak_mem_mb", "accuracy_top1", "size_mb", "load_s", "compile_s",
-             "build_s", "transfers_included", "iters", "error")
+             "cov", "round_spread", "throughput_ips", "stream_ips", "tflops", "peak_pct", "peak_mem_mb",
+             "accuracy_top1", "size_mb", "load_s", "compile_s", "build_s", "transfers_included", "iters", "error")
 
 
 def _flat(r: BenchRow) -> dict[str, Any]:
     d = {k: getattr(r, k) for k in _CSV_COLS if hasattr(r, k)}
-    for k in ("p50", "p90", "p95", "p99", "mean", "std"):
-        d[k] = r.latency_ms[k] if r.latency_ms else None
+    for k in ("p50", "p90", "p95", "p99", "mean", "std", "cov", "round_spread"):
+        d[k] = r.latency_ms.get(k) if r.latency_ms else None
     return d
 
 
@@ -323,16 +336,17 @@ def bench_markdown(report: BenchReport) -> str:
              f"- versions: {', '.join(f'{k} {v}' for k, v in sys.get('versions', {}).items())}",
              f"- accuracy data: {report.accuracy_data or 'n/a'}",
              f"- model: {_f(report.gflops_per_image, '.3g')} GFLOP per image", "",
-             "| batch | runtime | p50 ms | p90 ms | p99 ms | mean ms | img/s | TFLOP/s | % peak | top-1 % | mem MB "
-             "| size MB | compile/build s |",
-             "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| batch | runtime | p50 ms | p90 ms | p99 ms | mean ms | CoV % | img/s | img/s stream | TFLOP/s | % peak "
+             "| top-1 % | mem MB | size MB | compile/build s |",
+             "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in sorted(report.rows, key=_sort_key):
         if r.latency_ms is None:
-            lines.append(f"| {r.batch} | {r.runtime} | {r.error} | | | | | | | | | | |")
+            lines.append(f"| {r.batch} | {r.runtime} | {r.error} | | | | | | | | | | | | |")
             continue
         lat = r.latency_ms
         lines.append(f"| {r.batch} | {r.runtime} | {lat['p50']:.3f} | {lat['p90']:.3f} | {lat['p99']:.3f} | "
-                     f"{lat['mean']:.3f} | {r.throughput_ips:.0f} | {_f(r.tflops, '.3g')} | {_f(r.peak_pct, '.1f')} | "
+                     f"{lat['mean']:.3f} | {_f(100 * lat.get('cov', 0.0), '.1f')} | {r.throughput_ips:.0f} | "
+                     f"{_f(r.stream_ips, '.0f')} | {_f(r.tflops, '.3g')} | {_f(r.peak_pct, '.1f')} | "
                      f"{_f(r.accuracy_top1, '.2f')} | "
                      f"{_f(r.peak_mem_mb, '.0f')} | {_f(r.size_mb, '.2f')} | {_f(r.one_time_s, '.1f')} |")
     lines += [""] + [f"- {n}" for n in report.notes]

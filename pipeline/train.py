@@ -39,6 +39,7 @@ class TrainConfig:
     schedule: str = "cosine"  # cosine | step
     warmup_epochs: float = 0.5
     pad: int | None = None  # random-crop padding; default image_size // 8
+    image_size: int | None = None  # train at this size (images resized once, bilinear); default: the data's
     flip: bool = True
     seed: int = 0
     limit: int | None = None  # train on the first N images only (tests, quick runs)
@@ -156,11 +157,14 @@ def _load(cfg: TrainConfig) -> _Data:
         raise BadInput(f"dataset {cfg.data} has no labels; training needs a labelled dataset")
     sample = train_ds.raw(np.arange(1))
     channels = 1 if sample.ndim == 3 else sample.shape[-1]
-    size = sample.shape[1]
+    size = cfg.image_size or sample.shape[1]
     mean, std = _stats(train_ds, channels)
     n_train = len(train_ds) if cfg.limit is None else min(cfg.limit, len(train_ds))
     images = train_ds.raw(np.arange(n_train))
     images_t = torch.from_numpy(images if images.ndim == 4 else images[..., None]).permute(0, 3, 1, 2)
+    if size != images_t.shape[-1]:  # the same resize evaluation's Preprocess applies
+        images_t = F.interpolate(images_t.float(), size=(size, size), mode="bilinear", align_corners=False,
+                                 antialias=True).round().clamp(0, 255).to(torch.uint8)
     return _Data(train_ds, test_ds, Preprocess(image_size=size, resize=size, channels=channels, mean=mean, std=std),
                  images_t, torch.from_numpy(train_ds.labels[:n_train].astype(np.int64)), train_ds.class_names)
 

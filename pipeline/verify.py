@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from pipeline.artifacts import EngineEntry, GraphEntry, Manifest, read_manifest, system_info
-from pipeline.data import calibration_overlap_note, label_order_note
+from pipeline.data import calibration_overlap_note, label_order_note, near_chance_note
 from pipeline.localize import Localization, localize
 from pipeline.precisions import PRECISIONS, Precision, Tolerance, parse_precisions
 from pipeline.reference import DEFAULT_SAMPLES, Inputs, Reference, verify_inputs
@@ -33,6 +33,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 ProgressFn = Callable[[str, int, int], None]
+RANK_IMAGES = 128  # real images on which localisation ranks the int8 layers to revert
 
 
 @dataclass(frozen=True)
@@ -271,7 +272,8 @@ def _verify_one(run: _Run, t: Target, on_progress: ProgressFn | None) -> VerifyR
     if isinstance(t.entry, GraphEntry) and t.runtime.name == "ort" and (run.opts.localize or fails):
         t_loc = time.perf_counter()
         try:
-            row.localization = localize(run.folder, run.manifest, t.entry, run.reference, x[: min(8, len(x))], tol)
+            row.localization = localize(run.folder, run.manifest, t.entry, run.reference, x[: min(8, len(x))], tol,
+                                        rank_inputs=x[: min(RANK_IMAGES, run.inputs.n_real)])
             row.localization.seconds = round(time.perf_counter() - t_loc, 2)
         except ResnetxError as e:
             row.localization_error = str(e)
@@ -297,6 +299,10 @@ def _data_notes(run: _Run, rows: list[VerifyRow]) -> list[str]:
         return notes
     if order := label_order_note(run.inputs.data, run.inputs.class_names, run.reference.info.class_names):
         notes.append(order)
+    ref_top1 = next((r.metrics.ref_top1 for r in rows if r.metrics is not None), None)
+    what = f"{run.inputs.n_real} {run.inputs.data} images"
+    if chance := near_chance_note(ref_top1, run.reference.info.num_classes, what):
+        notes.append(chance)
     if any(r.precision == "int8" and r.metrics is not None for r in rows):
         cal = run.manifest.calibration
         if overlap := calibration_overlap_note(cal.dataset if cal else None, run.opts.data):

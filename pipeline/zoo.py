@@ -66,6 +66,7 @@ class ModelInfo:
     trained: bool = False
     class_names: tuple[str, ...] | None = None
     reference_accuracy: dict[str, float] = field(default_factory=dict)
+    preprocess_source: str = "checkpoint"  # "checkpoint", "options" or "defaults" (the family's assumed statistics)
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -96,18 +97,31 @@ class ModelSpec:
     image_size: int | None = None
     weights: Path | None = None
     trust_checkpoint: bool = False
+    mean: tuple[float, ...] | None = None  # preprocessing declared on the command line: wins over the checkpoint's
+    std: tuple[float, ...] | None = None
+    resize: int | None = None  # shorter side before the center crop to image_size
+    class_names: Path | None = None  # a text file, one name per line, in logits order
 
     def to_dict(self) -> dict[str, Any]:
         """As the manifest records it: enough to load the same model again (`resnetx info` re-makes from it)."""
         if model_entry(self.arch).weights is not None:
             return {"arch": self.arch, "weights": None}
-        return {"arch": self.arch, "num_classes": self.num_classes, "in_chans": self.in_chans,
-                "image_size": self.image_size, "weights": str(self.weights.resolve()) if self.weights else None}
+        d = {"arch": self.arch, "num_classes": self.num_classes, "in_chans": self.in_chans,
+             "image_size": self.image_size, "weights": str(self.weights.resolve()) if self.weights else None}
+        extra = {"mean": list(self.mean) if self.mean else None, "std": list(self.std) if self.std else None,
+                 "resize": self.resize, "class_names": str(self.class_names.resolve()) if self.class_names else None}
+        return d | {k: v for k, v in extra.items() if v is not None}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ModelSpec:
         return cls(arch=d["arch"], num_classes=d.get("num_classes"), in_chans=d.get("in_chans"),
-                   image_size=d.get("image_size"), weights=Path(d["weights"]) if d.get("weights") else None)
+                   image_size=d.get("image_size"), weights=Path(d["weights"]) if d.get("weights") else None,
+                   mean=tuple(d["mean"]) if d.get("mean") else None, std=tuple(d["std"]) if d.get("std") else None,
+                   resize=d.get("resize"), class_names=Path(d["class_names"]) if d.get("class_names") else None)
+
+    @property
+    def declares_preprocessing(self) -> bool:
+        return any(v is not None for v in (self.mean, self.std, self.resize))
 
 
 @dataclass(frozen=True)
@@ -215,28 +229,67 @@ def load_model(spec: ModelSpec) -> tuple[nn.Module, ModelInfo]:
     with torch.random.fork_rng():  # random init is seeded: the same spec gives the same weights
         torch.manual_seed(0)
         model = entry.build(num_classes=num_classes, in_chans=in_chans)
-    preprocess = _default_preprocess(entry.family, in_chans, image_size)
-    if meta.get("preprocess") and int(meta["preprocess"]["image_size"]) == image_size:
-        preprocess = Preprocess.from_dict(meta["preprocess"])
+    preprocess, source = _preprocess(spec, entry.family, in_chans, image_size, meta)
     if spec.weights is not None:
         _load_checked(model, state, spec.weights)
     else:
         log.info("no weights given: %s is randomly initialised", spec.arch)
+    names = _class_names(spec.class_names, num_classes) if spec.class_names else meta.get("class_names")
     info = ModelInfo(
         arch=spec.arch, family=entry.family, num_classes=num_classes, in_chans=in_chans, image_size=image_size,
         preprocess=preprocess, weights=str(spec.weights) if spec.weights else None,
         weights_sha256=file_sha256(spec.weights) if spec.weights else None, trained=spec.weights is not None,
-        class_names=tuple(meta["class_names"]) if meta.get("class_names") else None,
-        reference_accuracy=dict(meta.get("accuracy") or {}),
+        class_names=tuple(names) if names else None, reference_accuracy=dict(meta.get("accuracy") or {}),
+        preprocess_source=source,
     )
     return model.eval(), info
 
 
+def _preprocess(spec: ModelSpec, family: str, in_chans: int, image_size: int,
+                meta: dict[str, Any]) -> tuple[Preprocess, str]:
+    """The checkpoint's preprocessing, else the family's defaults; what the command line declares wins."""
+    pre, source = _default_preprocess(family, in_chans, image_size), "defaults"
+    if meta.get("preprocess") and int(meta["preprocess"]["image_size"]) == image_size:
+        pre, source = Preprocess.from_dict(meta["preprocess"]), "checkpoint"
+    if not spec.declares_preprocessing:
+        return pre, source
+    if source == "checkpoint":
+        log.warning("note: --mean/--std/--resize override the preprocessing recorded in %s", spec.weights)
+    mean, std = (_per_channel(v, in_chans, flag) if v else old for v, old, flag in
+                 ((spec.mean, pre.mean, "--mean"), (spec.std, pre.std, "--std")))
+    if any(s <= 0 for s in std):
+        raise BadInput(f"--std must be > 0 for every channel; got {','.join(map(str, std))}")
+    resize = spec.resize or pre.resize
+    if resize < image_size:
+        raise BadInput(f"--resize {resize} is smaller than the crop (--image-size {image_size}); use >= {image_size}")
+    return Preprocess(image_size=image_size, resize=resize, channels=in_chans, mean=mean, std=std), "options"
+
+
+def _per_channel(values: tuple[float, ...], channels: int, flag: str) -> tuple[float, ...]:
+    if len(values) == 1:
+        return tuple(values) * channels
+    if len(values) != channels:
+        raise BadInput(f"{flag} takes 1 or {channels} values (one per input channel); got {len(values)}")
+    return tuple(float(v) for v in values)
+
+
+def _class_names(path: Path, num_classes: int) -> tuple[str, ...]:
+    try:
+        names = tuple(line.strip() for line in Path(path).read_text().splitlines() if line.strip())
+    except (OSError, UnicodeDecodeError) as e:
+        raise BadInput(f"--class-names {path} cannot be read ({e}); give a text file, one name per line") from e
+    if len(names) != num_classes:
+        raise BadInput(f"--class-names {path} has {len(names)} names; the model has {num_classes} classes (one name "
+                       "per line, in logits order)")
+    return names
+
+
 def _load_bundled(entry: ZooEntry, weights: Path, spec: ModelSpec) -> tuple[nn.Module, ModelInfo]:
     """A built-in model: the architecture, class names and preprocessing its checkpoint records."""
-    if spec.weights or spec.num_classes or spec.in_chans or spec.image_size:
-        raise BadInput(f"--model {entry.name} takes no --weights/--num-classes/--in-chans/--image-size; "
-                       "name an architecture (e.g. --model resnet20) to change them")
+    if spec.weights or spec.num_classes or spec.in_chans or spec.image_size or spec.declares_preprocessing \
+            or spec.class_names:
+        raise BadInput(f"--model {entry.name} takes no --weights/--num-classes/--in-chans/--image-size/--mean/--std/"
+                       "--resize/--class-names; name an architecture (e.g. --model resnet20) to change them")
     if weights.exists():
         _, meta = load_state_dict(weights)
         model, info = load_model(ModelSpec(arch=meta["arch"], weights=weights))

@@ -35,14 +35,18 @@ def default_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def graphs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The default model's fp32, fp16 and int8 (tensorrt recipe) graphs, made by the exporters alone: the
     exporters' tests stand on the exporters, not on the pipeline that chains them."""
+    from exporters.calibrate import calibrate
+    from exporters.fp16 import to_fp16
     from exporters.onnx import export_onnx
-    from exporters.quantize import quantize_int8, to_fp16
+    from exporters.quantize import quantize_int8
 
     out = tmp_path_factory.mktemp("graphs")
     model, info = load_model(ModelSpec("default"))
     fp32 = export_onnx(model, info.input_shape, out / "model.fp32.onnx").path
     to_fp16(fp32, out / "model.fp16.onnx")
-    quantize_int8(fp32, out / "model.int8.onnx", sample_batches(256))
+    ranges = calibrate(fp32, sample_batches(256))
+    ranges.save(out / "ranges.json")
+    quantize_int8(fp32, out / "model.int8.onnx", ranges)
     return out
 
 

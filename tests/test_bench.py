@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -397,3 +398,120 @@ def test_cuda_graph_inside_a_compile_mode_that_captures_graphs_is_refused(defaul
     with pytest.raises(BadInput, match=f"--compile-mode {mode} captures CUDA graphs itself"):
         bench(BenchOptions(folder=default_folder, device="cuda", batches=(1,), iters=1, compile=True,
                            cuda_graph=True, compile_mode=mode))
+
+
+def test_timing_reports_its_coefficient_of_variation_and_the_rounds_spread() -> None:
+    from pipeline.timing import Timing
+
+    steady = Timing.from_samples(np.full(30, 2.0), 1.0, [np.full(10, 2.0)] * 3)
+    assert steady.cov == 0.0 and steady.round_spread == 0.0
+    rounds = [np.full(10, 1.0), np.full(10, 1.0), np.full(10, 1.5)]  # the third round ran on a busier machine
+    t = Timing.from_samples(np.concatenate(rounds), 1.0, rounds)
+    assert t.cov == pytest.approx(np.concatenate(rounds).std() / np.concatenate(rounds).mean())
+    assert t.round_spread == pytest.approx(0.5)
+
+
+def test_an_unstable_row_gets_a_note_with_what_to_do() -> None:
+    from pipeline.bench import BenchRow, stability_notes
+
+    def row(name: str, cov: float, spread: float) -> BenchRow:
+        lat = dict.fromkeys(("p50", "p90", "p95", "p99", "mean", "std", "min"), 1.0) | {"cov": cov,
+                                                                                     "round_spread": spread}
+        return BenchRow(name, "ort", "", "fp32", "cpu", 8, latency_ms=lat, throughput_ips=8000.0)
+
+    opts = BenchOptions(folder=Path("."), min_seconds=1.0, rounds=3)
+    assert stability_notes([row("ort-cpu-fp32", 0.02, 0.03)], opts) == []
+    notes = stability_notes([row("ort-cpu-fp32", 0.02, 0.03), row("ort-cpu-int8", 0.25, 0.0),
+                             row("torch-cpu-fp32", 0.01, 0.4)], opts)
+    assert len(notes) == 1 and "coefficient of variation above 10%" in notes[0]
+    assert "ort-cpu-int8 batch 8 (CoV 25%" in notes[0] and "torch-cpu-fp32 batch 8" in notes[0]
+    assert "ort-cpu-fp32" not in notes[0] and "--min-seconds 5" in notes[0] and "--rounds 5" in notes[0]
+
+
+def test_int8_that_is_not_faster_says_why(default_folder: Path, tmp_path: Path) -> None:
+    """The default folder's int8 is the TensorRT recipe: on onnxruntime's CPU kernels it is slower than fp32."""
+    folder = copy_folder(default_folder, tmp_path / "f")
+    r = bench(BenchOptions(folder=folder, runtimes=("ort",), precisions=("fp32", "int8"), batches=(8,), iters=10,
+                           warmup=2, warmup_seconds=0.0, min_seconds=0.2, accuracy=False))
+    note = next(n for n in r.notes if n.startswith("int8 is not at least 10% faster"))
+    assert "ort-cpu-int8 batch 8" in note and "vs ort-cpu-fp32" in note
+    assert "the int8 graph is the TensorRT recipe" in note and "--int8-target cpu" in note
+    fused = re.search(r"integer kernels for (\d+) of the 20 int8 conv/gemm layers", note)  # the cause, measured
+    assert fused and int(fused.group(1)) < 20
+
+
+def test_throughput_keeps_the_device_fed_and_syncs_once_per_window() -> None:
+    from pipeline.timing import time_throughput
+
+    clock = [0.0]
+
+    class Queue(FakeRuntime):
+        syncs = 0
+
+        def _infer_async(self, batch: np.ndarray) -> np.ndarray:
+            clock[0] += 0.002  # each enqueued batch of 4 takes 2 ms of device time
+            return batch
+
+        def _synchronize(self) -> None:
+            Queue.syncs += 1
+
+    rt = Queue([0.0], clock)
+    bufs = [np.zeros((4, 1, 2, 2), np.float32)] * 4
+    ips = time_throughput(rt, bufs, seconds=0.1, window=5, clock=lambda: clock[0])
+    assert ips == pytest.approx(4 / 0.002) and Queue.syncs == 11  # a warm window, then 10 of 5 batches
+
+
+def test_batch_auto_doubles_until_throughput_saturates() -> None:
+    from pipeline.timing import sweep_batches
+
+    curve = {1: 100.0, 2: 190.0, 4: 350.0, 8: 600.0, 16: 800.0, 32: 820.0, 64: 830.0}
+    batches, why = sweep_batches(curve.__getitem__)
+    assert batches == [1, 2, 4, 8, 16, 32] and "+2.5% from batch 16 to 32 (less than 5%)" in why
+
+    def oom(b: int) -> float:
+        if b >= 8:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return 100.0 * b
+
+    assert sweep_batches(oom) == ([1, 2, 4], "batch 8 failed (CUDA out of memory. Tried to allocate 2.00 GiB)")
+    assert sweep_batches(lambda b: 100.0 * b, max_batch=16)[1] == "reached batch 16, the largest to try (16)"
+
+
+def test_batch_auto_through_the_cli(default_folder: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from pipeline.cli import app
+
+    folder = copy_folder(default_folder, tmp_path / "f")
+    r = CliRunner().invoke(app, ["bench", str(folder), "--runtime", "ort", "--precision", "fp32", "--batch", "auto",
+                                 "--iters", "5", "--warmup", "1", "--min-seconds", "0.1", "--no-accuracy"],
+                           catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    rows = json.loads((folder / "reports" / "bench.json").read_text())["rows"]
+    batches = [row["batch"] for row in rows]
+    assert batches[:3] == [1, 2, 4] and batches == sorted(batches)
+    assert "--batch auto: ort-cpu-fp32 swept 1, 2, 4" in r.output and "stopped:" in r.output
+
+
+@pytest.mark.slow
+def test_the_gpu_check_dry_run_runs_its_whole_plan(tmp_path: Path) -> None:
+    """scripts/gpu_check.py --dry-run: the GPU plan on the CPU with the default model, so the script cannot rot."""
+    import json
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "gpu_check.py"
+    r = subprocess.run([sys.executable, str(script), "--dry-run", "--out", str(tmp_path), "--budget", "400"],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert set(summary) == {"env", "tests", "verify", "bench", "compile"}
+    for stage in ("verify", "bench", "compile"):
+        failed = {k: v for k, v in summary[stage].items() if isinstance(v, dict) and v.get("rc") != 0}
+        assert not failed, f"{stage}: {failed}"
+    verify = json.loads((tmp_path / "verify.json").read_text())
+    assert verify["passed"] and {row["runtime"] for row in verify["rows"]} >= {"torch-cpu-fp32"}
+    bench = json.loads((tmp_path / "bench-compile.json").read_text())
+    assert {row["batch"] for row in bench["rows"]} == {1, 8}
+    assert all("cov" in row["latency_ms"] for row in bench["rows"])
+    assert (tmp_path / "compile-cached.json").is_file()

@@ -1,4 +1,4 @@
-"""fp16 and int8 graphs: I/O types, Q/DQ layout per recipe, calibration cache, exclusions."""
+"""int8 graphs: the Q/DQ layout per recipe, kept layers as groups, bias correction, calibration; fp16 graphs."""
 
 from __future__ import annotations
 
@@ -10,7 +10,9 @@ import onnxruntime as ort
 import pytest
 from onnx import numpy_helper
 
-from exporters.quantize import quantize_int8, to_fp16
+from exporters.calibrate import CalibMethod, Ranges, calibrate
+from exporters.fp16 import to_fp16
+from exporters.quantize import bias_shifts, quantize_int8, quantized_layers
 from resnetx.errors import BadInput
 from tests.conftest import sample_batches
 
@@ -56,30 +58,90 @@ def test_fp16_keeps_out_of_range_weights_in_fp32(graphs: Path, tmp_path: Path) -
     assert np.isfinite(out).all()
 
 
+def _ranges(graphs: Path, recipe: str = "tensorrt", n: int = 128, method: str = "mean-max") -> Ranges:
+    ops = ("Conv", "Gemm", "Add") if recipe == "tensorrt" else ("Conv", "Gemm", "Add", "Relu", "Clip", "MaxPool",
+                                                                 "GlobalAveragePool", "AveragePool", "Flatten")
+    return calibrate(graphs / "model.fp32.onnx", _calib(graphs, n), method, op_types=ops,
+                     symmetric=recipe == "tensorrt")
+
+
+def _producers(m: onnx.ModelProto) -> dict[str, onnx.NodeProto]:
+    return {o: n for n in m.graph.node for o in n.output}
+
+
 @pytest.mark.parametrize("recipe", ["tensorrt", "cpu"])
 def test_int8_recipes(graphs: Path, tmp_path: Path, recipe: str) -> None:
-    cache = tmp_path / "calib.json"
-    a = quantize_int8(graphs / "model.fp32.onnx", tmp_path / "q.onnx", _calib(graphs),
-                      recipe=recipe, cache=cache)
+    r = _ranges(graphs, recipe)
+    a = quantize_int8(graphs / "model.fp32.onnx", tmp_path / "q.onnx", r, recipe=recipe)
     m = onnx.load(str(a.path))
     qs = [n for n in m.graph.node if n.op_type == "QuantizeLinear"]
     dqs = [n for n in m.graph.node if n.op_type == "DequantizeLinear"]
-    assert qs and dqs and a.details["calibration_images"] == 128
+    assert qs and dqs and a.details["calibration_images"] == 128 and len(a.details["int8_layers"]) == 20
     inits = {i.name: i for i in m.graph.initializer}
     zp_types = {inits[q.input[2]].data_type for q in qs if len(q.input) > 2 and q.input[2] in inits}
+    producers = _producers(m)
     if recipe == "tensorrt":
         assert zp_types == {onnx.TensorProto.INT8}  # symmetric int8 activations
         assert not any(inits[d.input[0]].data_type == onnx.TensorProto.INT32 for d in dqs if d.input[0] in inits)
         adds = [n for n in m.graph.node if n.op_type == "Add"]
-        producers = {o: n.op_type for n in m.graph.node for o in n.output}
-        assert any(producers.get(i) == "DequantizeLinear" for n in adds for i in n.input)  # residual add in int8
+        assert all(producers[i].op_type == "DequantizeLinear" for n in adds for i in n.input)  # residual adds
+        # a conv's output goes straight into its ReLU: a pair there would only add rounding
+        relus = [n for n in m.graph.node if n.op_type == "Relu"]
+        assert not any(producers[n.input[0]].op_type == "DequantizeLinear" for n in relus
+                       if producers[n.input[0]].op_type != "Add")
     else:
         assert onnx.TensorProto.UINT8 in zp_types
         assert any(inits[d.input[0]].data_type == onnx.TensorProto.INT32 for d in dqs if d.input[0] in inits)
-    assert cache.is_file()
-    # second run: ranges come from the cache, no data needed, same graph
-    b = quantize_int8(graphs / "model.fp32.onnx", tmp_path / "q2.onnx", None, recipe=recipe, cache=cache)
-    assert b.details["calibration_cache_hit"] and b.sha256 == a.sha256
+    # the same ranges give the same graph: a calibration is computed once and reused
+    b = quantize_int8(graphs / "model.fp32.onnx", tmp_path / "q2.onnx", r, recipe=recipe)
+    assert b.sha256 == a.sha256
+
+
+@pytest.mark.parametrize("recipe", ["tensorrt", "cpu"])
+def test_a_kept_layer_computes_what_fp32_does_from_the_same_float_input(graphs: Path, tmp_path: Path,
+                                                                       recipe: str) -> None:
+    """The group rule: layer1.0.conv2 reads ReLU(conv1 output). Kept in float, no Q/DQ pair is left on that path
+    (the cpu recipe puts one before the ReLU too), so fed conv1's int8-graph output it gives exactly what the fp32
+    layer gives."""
+    import torch
+    import torch.nn.functional as F
+
+    src = graphs / "model.fp32.onnx"
+    a = quantize_int8(src, tmp_path / "q.onnx", _ranges(graphs, recipe), recipe=recipe,
+                      exclude_nodes=["layer1.0.conv2"])
+    m = onnx.load(str(a.path))
+    node = next(n for n in m.graph.node if n.name == "layer1.0.conv2")
+    relu = _producers(m)[node.input[0]]  # the cpu recipe's ReLU folded into a uint8 pair comes back as a node
+    assert relu.op_type == "Relu" and _producers(m)[relu.input[0]].name == "layer1.0.conv1"  # no pair in between
+    assert "layer1.0.conv2" not in quantized_layers(m)
+    conv1_out, kept_out = relu.input[0], node.output[0]
+    m.graph.output.extend([onnx.helper.make_empty_tensor_value_info(t) for t in (conv1_out, kept_out)])
+    x = next(_calib(graphs, 16))
+    sess = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+    c1, got = sess.run([conv1_out, kept_out], {"input": x})
+    fp32 = onnx.load(str(src))
+    inits = {i.name: numpy_helper.to_array(i) for i in fp32.graph.initializer}
+    f = next(n for n in fp32.graph.node if n.name == "layer1.0.conv2")
+    want = F.conv2d(torch.relu(torch.from_numpy(c1.copy())), torch.from_numpy(inits[f.input[1]].copy()),
+                    torch.from_numpy(inits[f.input[2]].copy()), padding=1).numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_bias_correction_moves_each_layer_mean_back_to_fp32(graphs: Path, tmp_path: Path) -> None:
+    src = graphs / "model.fp32.onnx"
+    r = _ranges(graphs)
+    plain = quantize_int8(src, tmp_path / "plain.onnx", r)
+    images = np.concatenate(list(_calib(graphs, 64)))
+    shifts = bias_shifts(src, onnx.load(str(plain.path)), images)
+    assert set(shifts) == set(plain.details["int8_layers"]) and all(np.isfinite(v).all() for v in shifts.values())
+    corrected = quantize_int8(src, tmp_path / "bc.onnx", r, correction_images=images)
+    assert corrected.details["bias_corrected"] == 20 and corrected.sha256 != plain.sha256
+    again = quantize_int8(src, tmp_path / "bc2.onnx", r, shifts=shifts)  # shifts computed once, reused
+    assert again.sha256 == corrected.sha256
+    # measured again on the corrected graph, each layer's mean shift is gone (it was not before)
+    after = bias_shifts(src, onnx.load(str(corrected.path)), images)
+    before = max(float(np.abs(v).max()) for v in shifts.values())
+    assert before > 1e-3 and max(float(np.abs(v).max()) for v in after.values()) < 1e-5 + 1e-3 * before
 
 
 def _fed_by_dq(m: onnx.ModelProto, node_name: str) -> bool:
@@ -92,8 +154,8 @@ def _fed_by_dq(m: onnx.ModelProto, node_name: str) -> bool:
 @pytest.mark.parametrize("recipe", ["tensorrt", "cpu"])
 def test_int8_exclusions_and_float_ends(graphs: Path, tmp_path: Path, recipe: str) -> None:
     src = graphs / "model.fp32.onnx"
-    a = quantize_int8(src, tmp_path / "q.onnx", _calib(graphs, 64), exclude_nodes=["layer2.0.conv1"],
-                      recipe=recipe)
+    r = _ranges(graphs, recipe, 64)
+    a = quantize_int8(src, tmp_path / "q.onnx", r, exclude_nodes=["layer2.0.conv1"], recipe=recipe)
     m = onnx.load(str(a.path))
     assert a.details["float_ends"] == ["conv1", "fc"]
     assert not _fed_by_dq(m, "conv1") and not _fed_by_dq(m, "fc") and not _fed_by_dq(m, "layer2.0.conv1")
@@ -104,28 +166,53 @@ def test_int8_exclusions_and_float_ends(graphs: Path, tmp_path: Path, recipe: st
     for name in ("layer2.0.conv1", "fc"):
         node = next(n for n in m.graph.node if n.name == name)
         assert producers.get(node.input[0]) != "DequantizeLinear", (name, node.input[0])
+    downsample = next(n for n in m.graph.node if n.name == "layer2.0.downsample.0")
+    assert producers[downsample.input[0]] == "DequantizeLinear"  # the other reader keeps its int8 input
     read = {i for n in m.graph.node for i in n.input} | {o.name for o in m.graph.output}
     assert all(o in read for n in m.graph.node if n.op_type.endswith("QuantizeLinear") for o in n.output)
-    import onnxruntime as ort
-
     x = np.random.default_rng(0).standard_normal((2, 1, 28, 28)).astype(np.float32)
     assert np.isfinite(ort.InferenceSession(str(a.path)).run(None, {"input": x})[0]).all()
-    b = quantize_int8(src, tmp_path / "q2.onnx", _calib(graphs, 64), quantize_ends=True)
+    b = quantize_int8(src, tmp_path / "q2.onnx", r, quantize_ends=True, recipe=recipe)
     assert _fed_by_dq(onnx.load(str(b.path)), "conv1") and b.details["float_ends"] == []
     with pytest.raises(BadInput, match="unknown layer"):
-        quantize_int8(src, tmp_path / "x.onnx", _calib(graphs, 64), exclude_nodes=["nope"])
+        quantize_int8(src, tmp_path / "x.onnx", r, exclude_nodes=["nope"])
 
 
-def test_int8_needs_data(graphs: Path, tmp_path: Path) -> None:
-    with pytest.raises(BadInput, match="calibration data"):
-        quantize_int8(graphs / "model.fp32.onnx", tmp_path / "q.onnx", None)
+def test_fp16_fallback_runs_kept_layers_in_fp16(graphs: Path, tmp_path: Path) -> None:
+    src = graphs / "model.fp32.onnx"
+    a = quantize_int8(src, tmp_path / "q.onnx", _ranges(graphs), exclude_nodes=["layer2.1.conv2"], fallback="fp16")
+    m = onnx.load(str(a.path))
+    node = next(n for n in m.graph.node if n.name == "layer2.1.conv2")
+    inits = {i.name: i for i in m.graph.initializer}
+    assert inits[node.input[1]].data_type == onnx.TensorProto.FLOAT16 and a.details["fp16_layers"] == ["layer2.1.conv2"]
+    assert _producers(m)[node.input[0]].op_type == "Cast"
+    x = next(_calib(graphs, 8))
+    got = ort.InferenceSession(str(a.path)).run(None, {"input": x})[0]
+    ref = ort.InferenceSession(str(src)).run(None, {"input": x})[0]
+    assert np.isfinite(got).all() and (got.argmax(1) == ref.argmax(1)).mean() >= 0.75
+
+
+@pytest.mark.parametrize("method", list(CalibMethod))
+def test_every_calibration_method_gives_a_range_per_quantized_tensor(graphs: Path, method: CalibMethod,
+                                                                       tmp_path: Path) -> None:
+    """50 images in batches of 64: the last batch is short (onnxruntime's histogram calibrators need one shape;
+    they are fed image by image)."""
+    r = calibrate(graphs / "model.fp32.onnx", _calib(graphs, 50), method)
+    assert r.images == 50 and r.method is method
+    a = quantize_int8(graphs / "model.fp32.onnx", tmp_path / "q.onnx", r)
+    assert len(a.details["int8_layers"]) == 20
+    r.save(tmp_path / "r.json")
+    assert Ranges.load(tmp_path / "r.json").ranges == {k: tuple(v) for k, v in r.ranges.items()}
+    if method is CalibMethod.mean_max:  # the mean of per-image maxima is below the overall maximum
+        mx = calibrate(graphs / "model.fp32.onnx", _calib(graphs, 50), CalibMethod.max)
+        t = next(iter(r.ranges))
+        assert r.amax(t) <= mx.amax(t)
+
+
+def test_calibration_needs_images_and_says_how_far_it_is(graphs: Path) -> None:
     with pytest.raises(BadInput, match="saw no images"):
-        quantize_int8(graphs / "model.fp32.onnx", tmp_path / "q.onnx", iter([]))
-    assert not (tmp_path / "q.onnx").exists()
-
-
-def test_int8_reports_calibration_progress(graphs: Path, tmp_path: Path) -> None:
+        calibrate(graphs / "model.fp32.onnx", iter([]))
     seen: list[int] = []
-    quantize_int8(graphs / "model.fp32.onnx", tmp_path / "q.onnx", _calib(graphs, 128),
-                  on_images=seen.append)
+    calibrate(graphs / "model.fp32.onnx", _calib(graphs, 128), on_images=seen.append)
     assert seen == [64, 128]
+    assert Ranges.load(graphs / "missing.json") is None

@@ -49,9 +49,9 @@ def test_fp16_engine_smaller_than_fp32(graphs: Path, tmp_path: Path) -> None:
 @needs_rtx
 def test_int32_bias_graph_is_rejected_clearly(graphs: Path, tmp_path: Path) -> None:
     from exporters.quantize import quantize_int8
-    from tests.test_exporters_quantize import _calib
+    from tests.test_exporters_quantize import _ranges
 
-    q = quantize_int8(graphs / "model.fp32.onnx", tmp_path / "cpu.onnx", _calib(graphs, 64), recipe="cpu")
+    q = quantize_int8(graphs / "model.fp32.onnx", tmp_path / "cpu.onnx", _ranges(graphs, "cpu", 64), recipe="cpu")
     with pytest.raises(BadInput, match="cannot parse cpu.onnx"):
         build_engine(q.path, tmp_path / "x.engine", flavor="rtx", precision="int8", input_chw=(1, 28, 28))
     assert not (tmp_path / "x.engine").exists()

@@ -20,10 +20,11 @@ def _v1(path: Path) -> Manifest:
 
 
 def test_the_line_names_model_calibration_engines_and_kept_layers() -> None:
-    m = _v1(V1_RTX)
+    m = _v1(V1_RTX)  # version-1 folders were calibrated without cross-layer equalization: the line says so
     assert remake_command(m, Path("artifacts/default"), tuple(m.graphs)) == (
         "resnetx export --model default --out artifacts/default --precision fp32,fp16,int8 --calib-data sample "
-        "--calib-samples 512 --calib-method max --int8-target tensorrt --engine rtx --batch-range 1,32,256")
+        "--calib-samples 512 --calib-method max --int8-target tensorrt --no-int8-equalize --engine rtx "
+        "--batch-range 1,32,256")
     keep = remake_command(m, Path("my dir"), (Precision.int8,), add_keep=("layer2.0.conv1",))
     assert shlex.split(keep)[-2:] == ["--keep-fp32", "layer2.0.conv1"] and "'my dir'" in keep
 
@@ -32,7 +33,7 @@ def test_a_fixed_batch_cpu_recipe_folder_says_so() -> None:
     m = _v1(V1_STATIC)
     line = remake_command(m, Path("/tmp/v1/static"), tuple(m.graphs))
     assert line == ("resnetx export --model resnet20 --out /tmp/v1/static --precision fp32,fp16,int8 --static-batch 4 "
-                    "--calib-data sample --calib-samples 64 --calib-method max --int8-target cpu")
+                    "--calib-data sample --calib-samples 64 --calib-method max --int8-target cpu --no-int8-equalize")
 
 
 def test_the_engine_rebuild_needs_only_the_folder() -> None:

@@ -112,19 +112,21 @@ def test_the_suggested_command_remakes_the_artifact_with_the_layer_kept(default_
     tried = [line for line in shown.splitlines() if line.startswith("try: ")]
     assert len(tried) == 1, shown  # one line, never wrapped, however long
     cmd = tried[0].removeprefix("try: ")
-    jump = json.loads((folder / "reports" / "verify.json").read_text())["rows"][0]["localization"]["largest_jump_layer"]
-    assert f"largest jump: {jump}" in shown
-    assert cmd.startswith(f"resnetx export --model default --out {folder} --precision int8 --calib-data sample "
-                          "--calib-samples 256 --calib-method max --int8-target tensorrt --keep-fp32 "), cmd
+    loc = json.loads((folder / "reports" / "verify.json").read_text())["rows"][0]["localization"]
+    assert f"largest jump: {loc['largest_jump_layer']}" in shown
+    first = loc["revert_first"][0]  # what the accuracy search would revert first
+    assert f"reverting recovers most: {first}" in shown
+    assert cmd == (f"resnetx export --model default --out {folder} --precision int8 --calib-data sample "
+                   f"--calib-samples 256 --calib-method mean-max --int8-target tensorrt --keep-fp32 {first}"), cmd
     r = CliRunner().invoke(app, shlex.split(cmd)[1:], catch_exceptions=False)
     assert r.exit_code == 0, r.output
     after = read_manifest(folder).graphs
     int8, fp32, fp16 = Precision.int8, Precision.fp32, Precision.fp16
-    assert jump.split("/")[0] in after[int8].keep_fp32 and after[int8].sha256 != before[int8].sha256
+    assert first in after[int8].keep_fp32 and after[int8].sha256 != before[int8].sha256
     assert {k: after[k].sha256 for k in (fp32, fp16)} == {k: before[k].sha256 for k in (fp32, fp16)}
     # the second suggestion keeps the first layer too
-    loc = verify(VerifyOptions(folder=folder, samples=32, precisions=("int8",), localize=True)).rows[0].localization
-    assert jump.split("/")[0] in loc.suggestion.split("--keep-fp32 ")[1].split(",")
+    again = verify(VerifyOptions(folder=folder, samples=32, precisions=("int8",), localize=True)).rows[0].localization
+    assert first in again.suggestion.split("--keep-fp32 ")[1].split(",") and first not in again.revert_first
 
 
 def test_torch_runtime_candidates(default_folder: Path) -> None:

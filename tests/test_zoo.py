@@ -137,3 +137,57 @@ def test_checkpoint_made_for_another_arch_says_which(tmp_path: Path) -> None:
 
     with pytest.raises(BadInput, match="was saved for resnet20, not resnet56; use --model resnet20"):
         load_model(ModelSpec("resnet56", weights=DEFAULT_WEIGHTS))
+
+
+def test_a_plain_state_dict_gets_the_family_defaults_and_export_says_so(tmp_path: Path) -> None:
+    """The default model saved as a plain state_dict: nothing records its Fashion-MNIST statistics."""
+    from pipeline.export import ExportOptions, export
+    from pipeline.precisions import Precision
+    from pipeline.zoo import DEFAULT_WEIGHTS
+
+    state, _ = __import__("pipeline.zoo", fromlist=["load_state_dict"]).load_state_dict(DEFAULT_WEIGHTS)
+    torch.save(state, tmp_path / "plain.pth")
+    _, info = load_model(ModelSpec("resnet20", weights=tmp_path / "plain.pth", image_size=28))
+    assert info.preprocess_source == "defaults" and info.preprocess.mean == (sum((0.4914, 0.4822, 0.4465)) / 3,)
+    r = export(ExportOptions(model=ModelSpec("resnet20", weights=tmp_path / "plain.pth", image_size=28),
+                             out=tmp_path / "f", precisions=(Precision.fp32, Precision.int8), calib_samples=64,
+                             reference_samples=0, exporter="legacy"))
+    assert any("records no preprocessing: resnetx assumed the cifar defaults" in n and "--mean" in n
+               for n in r.notices), r.notices
+
+
+def test_preprocessing_and_class_names_declared_on_the_command_line(tmp_path: Path) -> None:
+    from pipeline.zoo import DEFAULT_WEIGHTS
+
+    names = tmp_path / "classes.txt"
+    names.write_text("\n".join(f"c{i}" for i in range(10)) + "\n")
+    spec = ModelSpec("resnet20", weights=DEFAULT_WEIGHTS, mean=(0.5,), std=(0.25,), resize=32, class_names=names)
+    _, info = load_model(spec)  # the checkpoint records its own: the command line wins
+    p = info.preprocess
+    assert (p.mean, p.std, p.resize, p.image_size) == ((0.5,), (0.25,), 32, 28) and info.preprocess_source == "options"
+    assert info.class_names == tuple(f"c{i}" for i in range(10))
+    assert ModelSpec.from_dict(spec.to_dict()) == ModelSpec("resnet20", weights=DEFAULT_WEIGHTS.resolve(), mean=(0.5,),
+                                                            std=(0.25,), resize=32, class_names=names.resolve())
+    names.write_text("a\nb\n")
+    with pytest.raises(BadInput, match="has 2 names; the model has 10 classes"):
+        load_model(spec)
+    with pytest.raises(BadInput, match="--mean takes 1 or 3 values"):
+        load_model(ModelSpec("resnet20", mean=(0.1, 0.2)))
+    with pytest.raises(BadInput, match="--resize 16 is smaller than the crop"):
+        load_model(ModelSpec("resnet20", resize=16))
+    with pytest.raises(BadInput, match="--model default takes no"):
+        load_model(ModelSpec("default", mean=(0.5,)))
+
+
+def test_a_model_scoring_near_chance_is_flagged(tmp_path: Path) -> None:
+    """Wrong statistics (mean 5 on images in [0, 1]): verify says the preprocessing likely differs from training."""
+    from pipeline.data import near_chance_note
+    from pipeline.export import ExportOptions, export
+    from pipeline.verify import VerifyOptions, verify
+    from pipeline.zoo import DEFAULT_WEIGHTS
+
+    assert near_chance_note(12.0, 10, "x") and near_chance_note(60.0, 10, "x") is None
+    spec = ModelSpec("resnet20", weights=DEFAULT_WEIGHTS, mean=(5.0,), std=(0.05,))
+    export(ExportOptions(model=spec, out=tmp_path / "f", reference_samples=0, exporter="legacy"))
+    r = verify(VerifyOptions(folder=tmp_path / "f", samples=200))
+    assert any("near chance" in n and "--mean/--std" in n for n in r.notes), r.notes

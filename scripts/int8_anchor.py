@@ -1,0 +1,161 @@
+"""resnetx's int8 against NNCF's, side by side on the same fp32 ONNX, calibration and validation images.
+
+    python scripts/int8_anchor.py --nncf-python /path/to/nncf-venv/bin/python [--models default,hostile,...]
+
+NNCF runs in its own virtual environment (pip install nncf onnx onnxruntime torch==2.13.0), through
+scripts/nncf_quantize.py; both sides get 300 calibration images (Fashion-MNIST train, resnetx's seeded draw),
+judge the budget on the first 2,000 test images, and are scored by an independent onnxruntime pass over the
+other 8,000 test images. Prints a Markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from exporters.quantize import quantized_layers  # noqa: E402
+from pipeline.data import iter_batches, open_dataset  # noqa: E402
+from pipeline.export import ExportOptions, export  # noqa: E402
+from pipeline.precisions import Precision  # noqa: E402
+from pipeline.zoo import ModelSpec, load_model, save_checkpoint  # noqa: E402
+from tests.int8_hostile import make_int8_hostile, make_residual_hostile  # noqa: E402
+
+CALIB, JUDGE = 300, 2000
+
+
+def _checkpoint(name: str, tmp: Path, r18: Path | None) -> tuple[ModelSpec, str]:
+    """(spec, description) of the model under test; hostile ones are saved as resnetx checkpoints."""
+    if name == "default":
+        return ModelSpec("default"), "default ResNet-20 (Fashion-MNIST)"
+    if name.startswith("resnet18"):
+        if r18 is None:
+            raise SystemExit("--resnet18 CHECKPOINT (resnetx train --model resnet18 --image-size 32) is needed")
+        model, info = load_model(ModelSpec("resnet18", weights=r18))
+        make_int8_hostile(model, ("layer1.1", "layer2.1", "layer3.1"), channels=4, factor=60.0)
+        arch, desc = "resnet18", "hostile ResNet-18 (4 channels x60 in 3 blocks)"
+    elif name == "residual":
+        model, info = load_model(ModelSpec("default"))
+        make_residual_hostile(model, channels=2, factor=30.0)
+        arch, desc = "resnet20", "residual-hostile ResNet-20 (2 channels x30 in stage 1's residual stream)"
+    else:
+        channels, factor = (2, 40.0) if name == "hostile" else (3, 100.0)
+        model, info = load_model(ModelSpec("default"))
+        make_int8_hostile(model, channels=channels, factor=factor)
+        arch, desc = "resnet20", f"hostile ResNet-20 ({channels} channels x{factor:g} in 3 blocks)"
+    path = tmp / f"{name}.pt"
+    save_checkpoint(path, model, {"arch": arch, "num_classes": info.num_classes, "in_chans": info.in_chans,
+                                  "image_size": info.image_size, "preprocess": info.preprocess.to_dict(),
+                                  "class_names": list(info.class_names or [])})
+    return ModelSpec(arch, weights=path), desc
+
+
+def _top1(path: Path, x: np.ndarray, y: np.ndarray) -> float:
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    pred = np.concatenate([sess.run(None, {"input": x[i : i + 500]})[0].argmax(1) for i in range(0, len(x), 500)])
+    return 100.0 * float((pred == y).mean())
+
+
+def _signed(src: Path, dst: Path) -> Path:
+    """NNCF's graph as TensorRT would need it: its uint8 pairs (zero point 0, ReLU outputs) as symmetric int8
+    ones covering the same range, scale x 255/127 (TensorRT runs only zero-point-0 int8)."""
+    import onnx
+    from onnx import numpy_helper
+
+    m = onnx.load(str(src))
+    inits = {i.name: i for i in m.graph.initializer}
+    done = set()
+    for n in m.graph.node:
+        if n.op_type in ("QuantizeLinear", "DequantizeLinear") and len(n.input) > 2 and n.input[2] in inits:
+            zp = numpy_helper.to_array(inits[n.input[2]])
+            if zp.dtype == np.uint8 and n.input[2] not in done:
+                inits[n.input[2]].CopyFrom(numpy_helper.from_array(np.zeros_like(zp, np.int8), n.input[2]))
+                scale = numpy_helper.to_array(inits[n.input[1]]) * (255.0 / 127.0)
+                inits[n.input[1]].CopyFrom(numpy_helper.from_array(scale.astype(np.float32), n.input[1]))
+                done.add(n.input[2])
+    del m.graph.value_info[:]  # the pairs' outputs were typed uint8
+    onnx.save(m, str(dst))
+    return dst
+
+
+def _floats(path: Path) -> int:
+    import onnx
+
+    m = onnx.load(str(path))
+    return sum(n.op_type in ("Conv", "Gemm") for n in m.graph.node) - len(quantized_layers(m))
+
+
+def _resnetx(spec: ModelSpec, folder: Path, budget: float | None) -> tuple[Path, float]:
+    export(ExportOptions(model=spec, out=folder, reference_samples=0))  # the fp32 graph, not timed
+    start = time.perf_counter()
+    export(ExportOptions(model=spec, out=folder, precisions=(Precision.fp32, Precision.int8),
+                         calib_data="fashion-mnist", calib_samples=CALIB, max_accuracy_drop=budget,
+                         accuracy_samples=JUDGE, reference_samples=0, search_seconds=1800))
+    return folder / "model.int8.onnx", time.perf_counter() - start
+
+
+def _nncf(python: str, fp32: Path, data: Path, out: Path, budget: float | None) -> tuple[Path, float]:
+    cmd = [python, str(ROOT / "scripts" / "nncf_quantize.py"), str(fp32), str(data), str(out)]
+    if budget is not None:
+        cmd += ["--max-drop", str(budget)]
+    r = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if r.returncode:
+        raise SystemExit(f"NNCF failed: {r.stderr[-2000:]}")
+    return out, json.loads(r.stdout.strip().splitlines()[-1])["seconds"]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--nncf-python", required=True)
+    ap.add_argument("--models", default="default,hostile,hostile-strong,residual")
+    ap.add_argument("--resnet18", type=Path)
+    ap.add_argument("--budget", type=float, default=0.5)
+    a = ap.parse_args()
+    rows = [f"| model | tool | plain: drop | budget {a.budget:g}: drop on the judging 2k / on the other 8k | "
+            "conv/gemm in float | seconds (plain / with budget) |", "|---|---|---:|---:|---:|---:|"]
+    with tempfile.TemporaryDirectory() as tmp_s:
+        tmp = Path(tmp_s)
+        for name in a.models.split(","):
+            spec, desc = _checkpoint(name, tmp, a.resnet18)
+            _, info = load_model(spec)
+            calib = np.concatenate([b.x for b in iter_batches(open_dataset("fashion-mnist", split="train"),
+                                                              info.preprocess, 64, limit=CALIB, shuffle=True)])
+            test = open_dataset("fashion-mnist", split="test")
+            x = np.concatenate([b.x for b in iter_batches(test, info.preprocess, 1000)])
+            y = test.labels.astype(np.int64)
+            np.savez(tmp / "data.npz", calib=calib, x=x[:JUDGE], y=y[:JUDGE])
+            fp32 = tmp / name / "model.fp32.onnx"
+            results = {}
+            for tool in ("resnetx", "NNCF", "NNCF, signed for TensorRT"):
+                for budget in (None, a.budget):
+                    if tool == "resnetx":
+                        q, secs = _resnetx(spec, tmp / name / ("plain" if budget is None else "ac"), budget)
+                        fp32 = q.parent / "model.fp32.onnx"
+                    elif tool == "NNCF":
+                        q, secs = _nncf(a.nncf_python, fp32, tmp / "data.npz", tmp / f"nncf-{budget}.onnx", budget)
+                    else:
+                        q = _signed(tmp / f"nncf-{budget}.onnx", tmp / f"nncf-signed-{budget}.onnx")
+                        secs = results[("NNCF", budget)][3]
+                    base_j, base_o = _top1(fp32, x[:JUDGE], y[:JUDGE]), _top1(fp32, x[JUDGE:], y[JUDGE:])
+                    results[(tool, budget)] = (base_j - _top1(q, x[:JUDGE], y[:JUDGE]),
+                                               base_o - _top1(q, x[JUDGE:], y[JUDGE:]), _floats(q), secs)
+                p, b = results[(tool, None)], results[(tool, a.budget)]
+                rows.append(f"| {desc} | {tool} | {p[1]:+.2f} | {b[0]:+.2f} / {b[1]:+.2f} | {b[2]} "
+                            f"| {p[3]:.1f} / {b[3]:.1f} |")
+            print("\n".join(rows[-2:]), flush=True)
+    print("\n".join(rows))
+
+
+if __name__ == "__main__":
+    main()
