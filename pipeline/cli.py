@@ -641,6 +641,44 @@ def info(
         raise CheckFailed(f"{folder}: files differ from the manifest or are missing (see the table above)")
 
 
+
+@app.command()
+@handled
+def triton(
+    folder: DirArg = Path("artifacts/default"),
+    out: Annotated[Path, typer.Option(help="The model repository to write (replaced only with --force).")] = Path(
+        "model_repository"),
+    name: Annotated[str | None, typer.Option(help="Model name prefix (default: the architecture); models are "
+                                             "NAME_PRECISION_onnx and NAME_PRECISION_trt.")] = None,
+    precision: Annotated[str | None, typer.Option(help="Only these precisions, e.g. fp16,int8.")] = None,
+    max_batch: Annotated[int | None, typer.Option(min=1, help="max_batch_size (default: the engine profile's MAX; "
+                                                  "64 for ONNX graphs without engines).")] = None,
+    instances: Annotated[int, typer.Option(min=1, help="Instances of each model (instance_group count).")] = 1,
+    device: Annotated[str, typer.Option(help="gpu or cpu: where the ONNX models run (engines need a GPU; cpu "
+                                        "leaves them out).")] = "gpu",
+    queue_delay_us: Annotated[int, typer.Option(min=0, help="Dynamic batching: how long a request may wait for "
+                                                "others, in microseconds.")] = 100,
+    allow_unverified: Annotated[bool, typer.Option(help="Write it even if the folder's last verify failed or is "
+                                                   "missing or stale.")] = False,
+    force: Annotated[bool, typer.Option(help="Replace --out if it exists.")] = False,
+) -> None:
+    """Write a Triton Inference Server model repository from a verified artifact folder."""
+    from pipeline.precisions import parse_precisions
+    from pipeline.report import triton_table
+    from pipeline.triton import TritonOptions
+    from pipeline.triton_repo import write_repository
+
+    opts = TritonOptions(folder=folder, out=out, name=name, max_batch=max_batch, instances=instances,
+                         device=device, queue_delay_us=queue_delay_us, allow_unverified=allow_unverified, force=force,
+                         precisions=parse_precisions(precision, with_source=False) if precision else None)
+    result = write_repository(opts)
+    console = _console()
+    console.print(triton_table(result))
+    for line in result.notes:
+        console.print(f"note: {escape(line)}")
+    console.print(f"serve with: tritonserver --model-repository {escape(str(result.repo))}  "
+                  f"(see {escape(str(result.repo / 'README.md'))})", soft_wrap=True)
+
 def _machine_table() -> Any:
     """What this machine has: versions, CUDA, onnxruntime's providers, TensorRT flavours, the zoo."""
     import torch

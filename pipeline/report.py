@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from pipeline.bench import BenchReport, BenchRow
     from pipeline.export import ExportResult
     from pipeline.localize import Localization
+    from pipeline.triton import TritonResult
     from pipeline.verify import VerifyReport, VerifyRow
 
 __all__ = [
@@ -28,6 +29,7 @@ __all__ = [
     "localization_table",
     "folder_table",
     "folder_notes",
+    "triton_table",
     "engine_target",
     "bench_table",
     "bench_not_run",
@@ -192,6 +194,23 @@ def folder_table(audit: FolderAudit) -> Table:
                   _esc(r.source), f"[{colour[r.status]}]{r.status}[/]")
     return t
 
+
+
+def triton_table(result: TritonResult) -> Table:
+    """resnetx triton: each model written, what Triton batches it to, where it runs, what verify said."""
+    from rich.table import Table
+
+    t = Table(title=f"resnetx triton -> {_esc(result.repo)}", title_justify="left")
+    for c in ("model", "platform", "max batch", "input", "instances", "files", "verify"):
+        t.add_column(c, justify="right" if c == "max batch" else "left")
+    for x in result.models:
+        batch = str(x.max_batch_size) if x.max_batch_size else f"0 (fixed {x.fixed_batch})"
+        i = x.inputs[0]
+        gpus = f" for {', '.join(x.cc_model_filenames)}" if x.cc_model_filenames else ""
+        t.add_row(x.name, x.platform, batch, f"{i.name} {i.data_type[5:].lower()} {list(x.dims(i))}",
+                  f"{x.instances} {x.kind[5:].lower()}", _esc(", ".join(e.file for e in x.entries)) + gpus,
+                  _esc(x.verified))
+    return t
 
 def engine_target(e: EngineEntry) -> str:
     """Where an engine runs: the TensorRT flavour and version it needs, its GPUs, its batch profile."""

@@ -1,0 +1,163 @@
+"""Writing a Triton model repository: the models' folders, and the README.md and client.py beside them."""
+
+from __future__ import annotations
+
+import pprint
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from pipeline.artifacts import EngineEntry, Entry, Manifest
+from pipeline.triton import TritonModel, TritonOptions, TritonResult, config_text, plan_repository
+from resnetx.errors import BadInput
+from resnetx.files import TMP_PREFIX, atomic_write_text, file_sha256
+from resnetx.flavors import FLAVORS
+
+__all__ = ["write_repository", "client_config", "client_script", "repository_readme"]
+
+_CONFIG_LINE = "CONFIG: dict[str, Any] = {}\n"
+_TRITON_TYPES = {"TYPE_FP32": "FP32", "TYPE_FP16": "FP16", "TYPE_BF16": "BF16", "TYPE_FP64": "FP64",
+                 "TYPE_UINT8": "UINT8", "TYPE_INT8": "INT8", "TYPE_INT32": "INT32", "TYPE_INT64": "INT64",
+                 "TYPE_BOOL": "BOOL"}
+
+
+def client_config(m: Manifest, models: list[TritonModel]) -> dict[str, Any]:
+    """What client.py needs: each model's tensor names and input type, the preprocessing, the class names."""
+    info = m.model.info
+    return {"preprocess": info.preprocess.to_dict(), "class_names": list(info.class_names or []),
+            "default_model": models[0].name,
+            "models": {x.name: {"input": x.inputs[0].name, "output": x.outputs[0].name,
+                                "datatype": _TRITON_TYPES[x.inputs[0].data_type], "fixed_batch": x.fixed_batch}
+                       for x in models}}
+
+
+def client_script(m: Manifest, models: list[TritonModel]) -> str:
+    """pipeline/triton_client.py with this repository's CONFIG written in."""
+    src = Path(__file__).with_name("triton_client.py").read_text()
+    if _CONFIG_LINE not in src:
+        raise RuntimeError("pipeline/triton_client.py lost its CONFIG line")
+    body = pprint.pformat(client_config(m, models), width=110, sort_dicts=False)
+    return src.replace(_CONFIG_LINE, f"CONFIG: dict[str, Any] = {body}\n")
+
+
+def _table(models: list[TritonModel]) -> list[str]:
+    rows = ["| model | platform | precision | max_batch_size | files in 1/ | resnetx verify |",
+            "|---|---|---|---|---|---|"]
+    for x in models:
+        batch = str(x.max_batch_size) if x.max_batch_size else f"0 (fixed batch {x.fixed_batch})"
+        rows.append(f"| `{x.name}` | {x.platform} | {x.precision.value} | {batch} | "
+                    f"{', '.join(e.file for e in x.entries)} | {x.verified} |")
+    return rows
+
+
+def _engines(models: list[TritonModel]) -> list[str]:
+    lines = []
+    for x in models:
+        for e in x.entries:
+            if not isinstance(e, EngineEntry):
+                continue
+            gpus = ", ".join(e.target.gpus()) or "unknown"
+            built = f", built on {e.gpu}" if e.gpu else ""
+            lines.append(f"- `{x.name}/1/{e.file}`: {FLAVORS[e.flavor].name} {e.trt_version}, compute capability "
+                         f"{gpus}{built}, batch profile MIN,OPT,MAX {','.join(map(str, e.profile))}")
+    if lines:
+        lines += ["", "An engine loads only where its `cc_model_filenames` has the GPU's compute capability and only "
+                  "in a TensorRT backend of the version in the config's `parameters`. TensorRT-RTX engines need a "
+                  "Triton TensorRT backend that runs TensorRT-RTX; the stock `tritonserver` containers run "
+                  "enterprise TensorRT, for which engines are built on the serving GPU "
+                  "(`resnetx export --engine tensorrt` there)."]
+    return lines
+
+
+def _perf(models: list[TritonModel]) -> list[str]:
+    lines = ["```sh"]
+    for x in models:
+        if x.max_batch_size:
+            batches = [b for b in x.bench_batches if b <= x.max_batch_size] or sorted({1, x.max_batch_size})
+            lines += [f"perf_analyzer -m {x.name} -b {b} --concurrency-range 1:4 -i grpc -u localhost:8001"
+                      for b in batches]
+        else:
+            lines.append(f"perf_analyzer -m {x.name} --concurrency-range 1:4 -i grpc -u localhost:8001")
+    return [*lines, "```"]
+
+
+def repository_readme(m: Manifest, models: list[TritonModel], folder: Path) -> str:
+    info, pre = m.model.info, m.model.info.preprocess
+    gpu = any(x.kind == "KIND_GPU" for x in models)
+    colour = "grayscale" if pre.channels == 1 else "RGB"
+    measured = "the batch sizes `resnetx bench` measured" if any(x.bench_batches for x in models) else \
+        "batch 1 and max_batch_size (`resnetx bench` was not run on the folder)"
+    lines = [
+        f"# Triton model repository: {info.arch}", "",
+        f"Written by `resnetx triton` from `{folder}` (manifest of {m.created}). Every file in a `1/` folder is "
+        "byte-identical to the artifact of the same name there (sha256 checked).", "",
+        *_table(models), "",
+        "## Serve", "", "```sh",
+        f"docker run --rm {'--gpus all ' if gpu else ''}-p 8000:8000 -p 8001:8001 -p 8002:8002 "
+        "-v $PWD:/models nvcr.io/nvidia/tritonserver:<yy.mm>-py3 \\",
+        "    tritonserver --model-repository=/models", "```", "",
+        "or `tritonserver --model-repository .` where Triton is installed. Each model's `config.pbtxt` says its "
+        "inputs, outputs, batching and instances.", "",
+        "## Preprocessing clients must apply", "",
+        f"1. decode the image as {colour} ({pre.channels} channel{'s' if pre.channels > 1 else ''}, channel order "
+        f"{'L' if pre.channels == 1 else 'R, G, B'});",
+        f"2. resize the shorter side to {pre.resize} (bilinear), center-crop {pre.image_size}x{pre.image_size};",
+        "3. scale to [0, 1] (divide by 255);",
+        f"4. subtract mean {list(pre.mean)} and divide by std {list(pre.std)}, per channel;",
+        f"5. lay out as NCHW float32: `{models[0].inputs[0].name}` of shape (batch, {pre.channels}, "
+        f"{pre.image_size}, {pre.image_size}).", "",
+        f"The output `{models[0].outputs[0].name}` holds {info.num_classes} logits per image"
+        + (", in the order of `labels.txt`." if info.class_names else "."), "",
+        "`client.py` does exactly this and asks the server (`pip install 'tritonclient[http]' pillow numpy`):", "",
+        "```sh", f"python client.py IMAGE --model {models[0].name} --url localhost:8000", "```", "",
+        "## Measure", "", f"`perf_analyzer` (Triton's SDK container) for each model at {measured}:", "",
+        *_perf(models), "",
+    ]
+    if engines := _engines(models):
+        lines += ["## Engines", "", *engines, ""]
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- writing
+def _copy_checked(src: Path, dst: Path, entry: Entry) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(src, dst)
+    if file_sha256(dst) != entry.sha256:
+        raise BadInput(f"{src} changed while it was copied (sha256 differs from the manifest); re-run resnetx triton")
+
+
+def write_repository(opts: TritonOptions, *, on_model: Callable[[TritonModel], None] | None = None) -> TritonResult:
+    """Write the repository to a temporary folder beside `opts.out`, then move it into place."""
+    out = Path(opts.out)
+    if out.exists() and not opts.force:
+        raise BadInput(f"{out} exists; give --force to replace it, or another --out")
+    if out.resolve() == Path(opts.folder).resolve() or Path(opts.folder).resolve() in out.resolve().parents:
+        raise BadInput(f"--out {out} is inside the artifact folder; write the repository elsewhere")
+    models, notes, audit = plan_repository(opts)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{out.name}.", dir=out.parent))
+    try:
+        for model in models:
+            d = tmp / model.name
+            for e in model.entries:
+                _copy_checked(Path(opts.folder) / e.file, d / "1" / e.file, e)
+            atomic_write_text(d / "config.pbtxt", config_text(model))
+            if model.labels:
+                atomic_write_text(d / "labels.txt", "\n".join(audit.manifest.model.info.class_names or ()) + "\n")
+            if on_model:
+                on_model(model)
+        atomic_write_text(tmp / "README.md", repository_readme(audit.manifest, models, opts.folder))
+        atomic_write_text(tmp / "client.py", client_script(audit.manifest, models))
+        if out.exists():
+            old = out.with_name(f"{TMP_PREFIX}{out.name}.old")
+            out.rename(old)
+            tmp.rename(out)
+            shutil.rmtree(old)
+        else:
+            tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return TritonResult(out, models, notes)
