@@ -124,16 +124,18 @@ def _per_image_extremes(model: onnx.ModelProto, batches: Iterator[tuple[np.ndarr
 
 
 def _histogram_ranges(src: Path, batches: Iterator[tuple[np.ndarray, int]], method: CalibMethod, op_types: list[str],
-                      symmetric: bool, percentile: float, on_images: Callable[[int], None] | None) -> tuple[dict, int]:
-    """onnxruntime's percentile or entropy calibrator, fed one image at a time (its histograms need one shape)."""
+                      symmetric: bool, percentile: float, on_images: Callable[[int], None] | None,
+                      fixed: bool = False) -> tuple[dict, int]:
+    """onnxruntime's percentile or entropy calibrator, fed one image at a time (its histograms need one shape;
+    a fixed-batch graph gets its own batches, already of one shape)."""
     try:
         from onnxruntime.quantization import CalibrationMethod, create_calibrator
     except ImportError as e:
         raise BackendUnavailable("int8 calibration needs onnxruntime: pip install onnxruntime") from e
     calibrate_method = CalibrationMethod.Percentile if method is CalibMethod.percentile else CalibrationMethod.Entropy
     extra = {"symmetric": symmetric, "percentile": percentile}
-    images = [(x[i : i + 1], 1) for x, real in batches for i in range(real)]
-    reader = _Reader(iter(images), on_images)
+    images = batches if fixed else ((x[i : i + 1], 1) for x, real in batches for i in range(real))
+    reader = _Reader(images, on_images)
     with tempfile.TemporaryDirectory(prefix="rx-calib-") as tmp, quiet_converters():
         cal = create_calibrator(Path(src), op_types, augmented_model_path=str(Path(tmp) / "augmented.onnx"),
                                 calibrate_method=calibrate_method, providers=["CPUExecutionProvider"],
@@ -142,6 +144,8 @@ def _histogram_ranges(src: Path, batches: Iterator[tuple[np.ndarray, int]], meth
             cal.collect_data(reader)
             data = cal.compute_data()
         except (ValueError, RuntimeError) as e:
+            if not reader.count:
+                raise BadInput("int8 calibration saw no images; check --calib-data and --calib-samples") from e
             raise BadInput(f"int8 calibration failed: {first_line(e)}") from e
     if not reader.count:
         raise BadInput("int8 calibration saw no images; check --calib-data and --calib-samples")
@@ -176,7 +180,7 @@ def _rebatch(batches: Iterable[np.ndarray], fixed: int | None) -> Iterator[tuple
             yield from batch_chunks(b, fixed, pad_to=fixed)
 
 
-def calibrate(src: Path, batches: Iterable[np.ndarray], method: CalibMethod | str = CalibMethod.mean_max, *,
+def calibrate(src: Path, batches: Iterable[np.ndarray], method: CalibMethod | str = CalibMethod.percentile, *,
               op_types: tuple[str, ...] = ("Conv", "Gemm", "Add"), symmetric: bool = True,
               percentile: float = 99.99, equalize: bool = False,
               on_images: Callable[[int], None] | None = None) -> Ranges:
@@ -189,13 +193,14 @@ def calibrate(src: Path, batches: Iterable[np.ndarray], method: CalibMethod | st
         from exporters.equalize import equalize as equalize_graph
 
         equalize_graph(model)
-    stream = _rebatch(batches, graph_batch(model))
+    fixed = graph_batch(model)
+    stream = _rebatch(batches, fixed)
     if method in (CalibMethod.percentile, CalibMethod.entropy):
         with tempfile.TemporaryDirectory(prefix="rx-eq-") as tmp:
             path = Path(tmp) / "fp32.onnx"
             onnx.save(model, str(path))
             ranges, images = _histogram_ranges(path, stream, method, list(op_types), symmetric, percentile,
-                                               on_images)
+                                               on_images, fixed is not None)
         return Ranges(method, images, ranges, time.perf_counter() - start)
     tensors = _float_tensors(model)
     lows, highs = _per_image_extremes(model, stream, tensors, on_images)

@@ -303,7 +303,8 @@ ENGINES_ONLY_HELP = ("Build engines from the ONNX graphs already in --out, witho
 CalibSamplesOpt = Annotated[int, typer.Option(min=1, help="Calibration images (seeded random subset).",
                                               rich_help_panel=INT8)]
 CalibMethodOpt = Annotated[CalibMethod, typer.Option(rich_help_panel=INT8, help=(
-    "Range estimate: mean-max (mean over images of each image's min/max), max, percentile, entropy."))]
+    "Range estimate: percentile (99.99th of |x|), mean-max (mean over images of each image's min/max), max, "
+    "entropy."))]
 AccDirOpt = Annotated[Path | None, typer.Option(help="Accuracy dataset directory.", rich_help_panel=SEARCH)]
 AccSamplesOpt = Annotated[int, typer.Option(min=1, help="Held-out images that judge the search (or all).",
                                             rich_help_panel=SEARCH)]
@@ -340,7 +341,7 @@ def export(
     calib_data: CalibDataOpt = "sample",
     calib_dir: CalibDirOpt = None,
     calib_samples: CalibSamplesOpt = 512,
-    calib_method: CalibMethodOpt = CalibMethod.mean_max,
+    calib_method: CalibMethodOpt = CalibMethod.percentile,
     int8_target: Int8TargetOpt = Int8Target.tensorrt,
     keep_fp32: Annotated[str | None, typer.Option(help=KEEP_HELP, rich_help_panel=INT8)] = None,
     int8_quantize_ends: Annotated[bool, typer.Option(help=ENDS_HELP, rich_help_panel=INT8)] = False,

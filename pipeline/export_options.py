@@ -40,7 +40,7 @@ class ExportOptions:
     calib_data: str = "sample"
     calib_dir: Path | None = None
     calib_samples: int = 512
-    calib_method: CalibMethod = CalibMethod.mean_max
+    calib_method: CalibMethod = CalibMethod.percentile
     int8_target: Int8Target = Int8Target.tensorrt
     keep_fp32: tuple[str, ...] = ()  # layers kept in fp32 in the fp16 graph and left unquantized in int8
     int8_quantize_ends: bool = False  # also quantize the stem conv and the classifier

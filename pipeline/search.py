@@ -33,7 +33,7 @@ __all__ = ["AccuracySet", "accuracy_set", "Logits", "rank_layers", "search_int8"
 
 log = logging.getLogger(__name__)
 RANKING_IMAGES = 256  # the images int8 gets most wrong, on which each layer's recovery is ranked
-METHOD_ORDER = (CalibMethod.mean_max, CalibMethod.max, CalibMethod.percentile, CalibMethod.entropy)
+METHOD_ORDER = (CalibMethod.percentile, CalibMethod.mean_max, CalibMethod.entropy, CalibMethod.max)
 
 
 @dataclass(frozen=True)

@@ -95,4 +95,4 @@ def test_written_manifests_are_version_2_with_graphs_and_engines(default_folder:
     write_manifest(tmp_path / "f", m)
     d = json.loads((tmp_path / "f" / "manifest.json").read_text())
     assert d["version"] == 2 and list(d["graphs"]) == ["fp32", "fp16", "int8"] and d["engines"] == {}
-    assert d["graphs"]["int8"]["calibration"]["method"] == "mean-max" and "artifacts" not in d
+    assert d["graphs"]["int8"]["calibration"]["method"] == "percentile" and "artifacts" not in d

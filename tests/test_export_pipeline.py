@@ -34,7 +34,7 @@ def test_manifest_describes_everything(default_folder: Path) -> None:
         assert (default_folder / entry["file"]).is_file() and len(entry["sha256"]) == 64
     assert m["graphs"]["fp16"]["source_sha256"] == m["graphs"]["fp32"]["sha256"]
     calib = m["graphs"]["int8"]["calibration"]
-    assert calib["dataset"] == "sample" and calib["samples"] == 256 and calib["method"] == "mean-max"
+    assert calib["dataset"] == "sample" and calib["samples"] == 256 and calib["method"] == "percentile"
     assert calib["recipe"] == "tensorrt" and (default_folder / calib["cache_file"]).is_file()
     assert calib["images"] == 256 and calib["split"] == "all images"  # the sample has one set of images
     assert {"torch", "onnx", "onnxruntime"} <= set(m["versions"])
@@ -86,14 +86,14 @@ def test_force_and_changed_options_rebuild(default_folder: Path, tmp_path: Path)
     folder = copy_folder(default_folder, tmp_path / "f")
     r = export(ExportOptions(model=ModelSpec("default"), out=folder, precisions=ALL, calib_samples=128))
     assert [e.status for e in r.events] == ["cached", "cached", "built", "cached"]  # only int8 depends on the count
-    assert "mean-max ranges from 128 images" in r.events[2].note
+    assert "percentile ranges from 128 images" in r.events[2].note
     # without --force, what was not asked for and still comes from the same fp32 graph stays
     r = export(ExportOptions(model=ModelSpec("default"), out=folder, precisions=(Precision.fp32,)))
     assert [(e.step, e.status) for e in r.events] == [("fp32", "cached"), ("fp16", "kept"), ("int8", "kept"),
                                                       ("reference", "cached")]
     assert set(_shas(folder)) == {"fp32", "fp16", "int8"}
     assert read_manifest(folder).calibration.samples == 128  # int8's calibration record went with it
-    assert len(list(folder.glob("calib.tensorrt.mean-max.*.json"))) == 1  # the 256-image ranges were replaced
+    assert len(list(folder.glob("calib.tensorrt.percentile.*.json"))) == 1  # the 256-image ranges were replaced
     # --force: the folder holds exactly what this export made
     r = export(ExportOptions(model=ModelSpec("default"), out=folder, precisions=(Precision.fp32,), force=True))
     assert [(e.step, e.status) for e in r.events] == [("fp32", "built"), ("reference", "built")]

@@ -213,6 +213,9 @@ def test_calibration_needs_images_and_says_how_far_it_is(graphs: Path) -> None:
     with pytest.raises(BadInput, match="saw no images"):
         calibrate(graphs / "model.fp32.onnx", iter([]))
     seen: list[int] = []
-    calibrate(graphs / "model.fp32.onnx", _calib(graphs, 128), on_images=seen.append)
-    assert seen == [64, 128]
+    calibrate(graphs / "model.fp32.onnx", _calib(graphs, 128), "mean-max", on_images=seen.append)
+    assert seen == [64, 128]  # in-graph reductions: once per batch
+    seen.clear()
+    calibrate(graphs / "model.fp32.onnx", _calib(graphs, 128), "percentile", on_images=seen.append)
+    assert seen == list(range(16, 129, 16))  # histograms take one image at a time: every 16
     assert Ranges.load(graphs / "missing.json") is None

@@ -117,7 +117,7 @@ def test_the_suggested_command_remakes_the_artifact_with_the_layer_kept(default_
     first = loc["revert_first"][0]  # what the accuracy search would revert first
     assert f"reverting recovers most: {first}" in shown
     assert cmd == (f"resnetx export --model default --out {folder} --precision int8 --calib-data sample "
-                   f"--calib-samples 256 --calib-method mean-max --int8-target tensorrt --keep-fp32 {first}"), cmd
+                   f"--calib-samples 256 --calib-method percentile --int8-target tensorrt --keep-fp32 {first}"), cmd
     r = CliRunner().invoke(app, shlex.split(cmd)[1:], catch_exceptions=False)
     assert r.exit_code == 0, r.output
     after = read_manifest(folder).graphs
