@@ -489,8 +489,10 @@ def test_batch_auto_through_the_cli(default_folder: Path, tmp_path: Path) -> Non
     assert r.exit_code == 0, r.output
     rows = json.loads((folder / "reports" / "bench.json").read_text())["rows"]
     batches = [row["batch"] for row in rows]
-    assert batches[:3] == [1, 2, 4] and batches == sorted(batches)
-    assert "--batch auto: ort-cpu-fp32 swept 1, 2, 4" in r.output and "stopped:" in r.output
+    # where it stops depends on this machine's timings (sweep_batches' rules are tested above); it always measures
+    # 1 and 2, in order, and says why it stopped
+    assert batches[:2] == [1, 2] and batches == sorted(batches) and len(set(batches)) == len(batches)
+    assert "--batch auto: ort-cpu-fp32 swept 1, 2" in r.output and "stopped:" in r.output
 
 
 @pytest.mark.slow
