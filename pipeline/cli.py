@@ -284,7 +284,8 @@ PRECISION_HELP = ("Comma-separated: fp32,fp16,int8 (fp32 is always made: it is t
                   "--engines-only, every graph in the folder.")
 STATIC_HELP = "Bake this batch size into the graph and engines (implies --no-dynamic-batch; default 1 with it)."
 KEEP_HELP = "Layers (module paths, e.g. layer3.1.conv2) kept in fp32 in fp16 graphs and unquantized in int8."
-ENDS_HELP = "Also quantize the stem conv and the classifier (kept float by default: most accuracy, least speed)."
+ENDS_HELP = ("Also quantize the stem conv and the classifier (kept float by default: most accuracy, least speed; "
+             "--max-accuracy-drop quantizes them and reverts them if they cost accuracy).")
 REF_HELP = ("Store fp32 PyTorch logits on verify's default inputs (sample data) in reports/reference.sample.N.npz, "
             "so verify need not re-run PyTorch; 0: skip.")
 FORCE_HELP = "Rebuild everything asked for, ignoring the cache; the folder then holds only what this export made."

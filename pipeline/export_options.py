@@ -122,6 +122,12 @@ class ExportOptions:
                            "keeps layers in fp32: leave --fallback out")
 
     @property
+    def quantize_ends(self) -> bool:
+        """Whether the int8 graph quantizes the stem conv and the classifier: asked, or an accuracy search (which
+        starts from every layer in int8 and reverts the ends like any other layer when they cost accuracy)."""
+        return self.int8_quantize_ends or self.max_accuracy_drop is not None
+
+    @property
     def fallback_precision(self) -> str:
         """What kept layers compute in without a search: fp16 only when asked (auto decides by accuracy)."""
         return "fp16" if self.fallback is Fallback.fp16 else "fp32"

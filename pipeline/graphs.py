@@ -102,7 +102,7 @@ def int8_step(ctx: ExportContext) -> Step:
         "budget": o.max_accuracy_drop, "data": o.accuracy_data, "dir": str(o.accuracy_dir) if o.accuracy_dir else None,
         "samples": o.accuracy_samples, "seconds": o.search_seconds}
     inputs = {"calibration": _calibration_inputs(o, ctx.info), "onnxruntime": ctx.versions.get("onnxruntime"),
-              "keep": sorted(o.keep_fp32), "ends": o.int8_quantize_ends, "rev": INT8_GRAPH_REVISION,
+              "keep": sorted(o.keep_fp32), "ends": o.quantize_ends, "rev": INT8_GRAPH_REVISION,
               "fallback": o.fallback.value, "search": search}
     return Step(Precision.int8.value, Precision.int8.value, inputs, lambda made: _make_int8(ctx, made[FP32]),
                 sources=(FP32,), describe=_int8_note)
@@ -177,7 +177,7 @@ def _make_int8(ctx: ExportContext, fp32: Entry) -> GraphEntry:
         shifts = searched.get(method)
     keep = tuple(sorted({*o.keep_fp32, *reverted}))
     a = quantize_int8(src, dst, cals.ranges(method), recipe=o.int8_target, exclude_nodes=keep,
-                      quantize_ends=o.int8_quantize_ends, correction_images=correction, shifts=shifts,
+                      quantize_ends=o.quantize_ends, correction_images=correction, shifts=shifts,
                       fallback=fallback, equalize=o.int8_equalize)
     ctx.progress("int8: checking against fp32")
     check = GraphCheck.from_dict(compare_graphs(a.path, src, _check_images(o, ctx.info, ds)))
@@ -185,7 +185,7 @@ def _make_int8(ctx: ExportContext, fp32: Entry) -> GraphEntry:
     details = {k: v for k, v in a.details.items() if k not in ("excluded_nodes", "float_ends")}
     return GraphEntry(Precision.int8, a.path.name, a.sha256, a.size_bytes, round(time.perf_counter() - t0, 3),
                       source_sha256=fp32.sha256, opset=a.opset, static_batch=a.static_batch, keep_fp32=keep,
-                      auto_fp32=ends, quantize_ends=o.int8_quantize_ends, calibration=cals.record(method), check=check,
+                      auto_fp32=ends, quantize_ends=o.quantize_ends, calibration=cals.record(method), check=check,
                       fallback=fallback, search=record, details=details)
 
 
@@ -205,10 +205,10 @@ def _search(ctx: ExportContext, src: Path, cals: _Calibrations,
     def make(method: CalibMethod, reverted: tuple[str, ...], fallback: str, path: Path) -> list[str]:
         if method not in shifts:  # a layer's shift does not depend on which other layers are reverted
             plain, _, _ = int8_graph(src, cals.ranges(method), recipe=o.int8_target, exclude_nodes=o.keep_fp32,
-                                     quantize_ends=o.int8_quantize_ends, equalize=o.int8_equalize)
+                                     quantize_ends=o.quantize_ends, equalize=o.int8_equalize)
             shifts[method] = bias_shifts(src, plain, correction, equalize=o.int8_equalize)
         a = quantize_int8(src, path, cals.ranges(method), recipe=o.int8_target,
-                          exclude_nodes=(*o.keep_fp32, *reverted), quantize_ends=o.int8_quantize_ends,
+                          exclude_nodes=(*o.keep_fp32, *reverted), quantize_ends=o.quantize_ends,
                           shifts=shifts[method], fallback=fallback, equalize=o.int8_equalize)
         return list(a.details["revertible"])
 

@@ -101,6 +101,7 @@ def test_the_default_model_reverts_nothing_in_one_trial(tmp_path: Path) -> None:
                              reference_samples=0))
     s = r.manifest.graphs[Precision.int8].search
     assert s.met and len(s.trials) == 1 and s.result.reverted == () and s.ranking == ()
+    assert r.manifest.graphs[Precision.int8].auto_fp32 == ()  # every conv/gemm in int8, the ends too
 
 
 def test_the_time_cap_keeps_the_best_graph_and_says_it_missed(tmp_path: Path) -> None:
@@ -122,7 +123,8 @@ def test_the_searched_graph_builds_with_its_reverted_layers_in_float(searched: t
     e = r.manifest.entry("int8.rtx")
     s = r.manifest.graphs[Precision.int8].search
     reverted_convs = [n for n in s.result.reverted if "/add" not in n]
-    assert e.network.int8_compute_layers == 22 - 2 - len(reverted_convs)  # the float ends and the reverted ones
+    assert r.manifest.graphs[Precision.int8].quantize_ends  # the search starts from every layer in int8, ends too
+    assert e.network.int8_compute_layers == 22 - len(reverted_convs)  # only the reverted ones are float
     assert e.network.fp16_compute_layers == (len(reverted_convs) if s.result.fallback == "fp16" else 0)
 
 
