@@ -43,6 +43,7 @@ __all__ = [
     "save_onnx",
     "compare_with_torch",
     "compare_graphs",
+    "run_cpu",
     "graph_batch",
     "opset_of",
     "set_metadata",
@@ -286,7 +287,9 @@ def _strip_noise(proto: onnx.ModelProto) -> None:
         del vi.metadata_props[:]
 
 
-def _run_cpu(model: onnx.ModelProto | Path, x: np.ndarray) -> np.ndarray:
+def run_cpu(model: onnx.ModelProto | Path, x: np.ndarray, batch: int = 16) -> np.ndarray:
+    """The graph's logits for x on onnxruntime's CPU provider, in chunks of `batch` (16: onnxruntime CPU is
+    fastest per image at small batches) or of the graph's fixed batch."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -294,15 +297,14 @@ def _run_cpu(model: onnx.ModelProto | Path, x: np.ndarray) -> np.ndarray:
     src = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
     sess = ort.InferenceSession(src, opts, providers=["CPUExecutionProvider"])
     dim = sess.get_inputs()[0].shape[0]
-    # chunks of 16 (onnxruntime CPU is fastest per image at small batches), or the graph's fixed batch
     fixed = dim if isinstance(dim, int) else 0
     return np.concatenate([sess.run([OUTPUT_NAME], {INPUT_NAME: c})[0][:n]
-                           for c, n in batch_chunks(x, fixed or 16, pad_to=fixed)])
+                           for c, n in batch_chunks(x, fixed or batch, pad_to=fixed)])
 
 
 def compare_with_torch(proto: onnx.ModelProto, model: nn.Module, x: np.ndarray) -> dict[str, float]:
     """Run the graph in onnxruntime CPU and the model in PyTorch on x; error metrics."""
-    got = _run_cpu(proto, x)
+    got = run_cpu(proto, x)
     with torch.no_grad():
         ref = model(torch.from_numpy(np.ascontiguousarray(x, np.float32))).numpy()
     return _errors(got, ref)
@@ -310,7 +312,7 @@ def compare_with_torch(proto: onnx.ModelProto, model: nn.Module, x: np.ndarray) 
 
 def compare_graphs(candidate: Path, reference: Path, x: np.ndarray) -> dict[str, float]:
     """Run two ONNX files in onnxruntime CPU on x; the candidate's error metrics against the reference."""
-    return _errors(_run_cpu(Path(candidate), x), _run_cpu(Path(reference), x))
+    return _errors(run_cpu(Path(candidate), x), run_cpu(Path(reference), x))
 
 
 def _errors(got: np.ndarray, ref: np.ndarray) -> dict[str, float]:

@@ -193,7 +193,6 @@ def _search(ctx: ExportContext, src: Path, cals: _Calibrations,
             correction: np.ndarray) -> tuple[SearchRecord, dict[CalibMethod, dict[str, np.ndarray]]]:
     """The accuracy search's trials, each an int8 graph from the cached ranges and bias shifts of its method;
     the record, and the shifts (the final graph reuses them)."""
-    from exporters.onnx import graph_batch, load_onnx
     from exporters.quantize import bias_shifts, int8_graph, quantize_int8
     from pipeline.search import accuracy_set, search_int8
 
@@ -212,7 +211,7 @@ def _search(ctx: ExportContext, src: Path, cals: _Calibrations,
                           shifts=shifts[method], fallback=fallback, equalize=o.int8_equalize)
         return list(a.details["revertible"])
 
-    return search_int8(o, src, acc, graph_batch(load_onnx(src)), make, ctx.progress), shifts
+    return search_int8(o, src, acc, make, ctx.progress), shifts
 
 
 def _correction_images(o: ExportOptions, info: ModelInfo, ds: Dataset, limit: int = 256) -> np.ndarray:

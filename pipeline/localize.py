@@ -172,5 +172,5 @@ def _revert_first(folder: Path, manifest: Manifest, entry: GraphEntry, x: np.nda
                           equalize=cal.equalized)
             return path
 
-        logits = Logits(x, fp32.static_batch)
+        logits = Logits(x)
         return rank_layers(candidates, without, logits, logits.of(src), logits.of(folder / entry.file))

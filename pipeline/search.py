@@ -20,13 +20,12 @@ from pathlib import Path
 import numpy as np
 
 from exporters.calibrate import CalibMethod
+from exporters.onnx import run_cpu
 from exporters.quantize import Fallback
 from pipeline.artifacts import SearchRecord, Trial
 from pipeline.data import calibration_split, open_dataset, select_indices
 from pipeline.export_options import ExportOptions
 from pipeline.zoo import ModelInfo
-from resnetx.batching import batch_chunks
-from resnetx.contract import INPUT_NAME, OUTPUT_NAME
 from resnetx.errors import BadInput
 
 __all__ = ["AccuracySet", "accuracy_set", "Logits", "rank_layers", "search_int8"]
@@ -68,22 +67,13 @@ def accuracy_set(o: ExportOptions, info: ModelInfo) -> AccuracySet:
 
 
 class Logits:
-    """Logits of ONNX graphs (onnxruntime CPU) on fixed images, in chunks a fixed-batch graph takes."""
+    """Logits of ONNX graphs (onnxruntime CPU) on fixed images, or on some rows of them."""
 
-    def __init__(self, x: np.ndarray, fixed_batch: int | None = None) -> None:
+    def __init__(self, x: np.ndarray) -> None:
         self.x = x
-        self._fixed = fixed_batch
 
     def of(self, path: Path, rows: np.ndarray | None = None) -> np.ndarray:
-        import onnxruntime as ort
-
-        so = ort.SessionOptions()
-        so.log_severity_level = 3
-        sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-        x = self.x if rows is None else self.x[rows]
-        step = self._fixed or 64
-        return np.concatenate([sess.run([OUTPUT_NAME], {INPUT_NAME: c})[0][:n]
-                               for c, n in batch_chunks(x, step, pad_to=self._fixed or 0)])
+        return run_cpu(path, self.x if rows is None else self.x[rows], batch=64)
 
 
 def rank_layers(layers: list[str], graph_without: Callable[[str], Path], logits: Logits, reference: np.ndarray,
@@ -144,12 +134,12 @@ def _best(trials: list[Trial], budget: float) -> int:
     return min(range(len(trials)), key=lambda i: (trials[i].drop, len(trials[i].reverted), i))
 
 
-def search_int8(o: ExportOptions, fp32_path: Path, acc: AccuracySet, fixed_batch: int | None,
+def search_int8(o: ExportOptions, fp32_path: Path, acc: AccuracySet,
                 make: Callable[[CalibMethod, tuple[str, ...], str, Path], list[str]],
                 on_progress: Callable[[str], None]) -> SearchRecord:
     """Run the search; the record's chosen trial names the method, the reverted layers and their fallback."""
     start = time.perf_counter()
-    logits = Logits(acc.x, fixed_batch)
+    logits = Logits(acc.x)
     reference = logits.of(fp32_path)
     with tempfile.TemporaryDirectory(prefix=".tmp-search-", dir=fp32_path.parent) as tmp:
         s = _Search(make, logits, acc.y, reference, float(o.max_accuracy_drop or 0.0), start + o.search_seconds,

@@ -23,6 +23,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from exporters.onnx import run_cpu  # noqa: E402
 from exporters.quantize import quantized_layers  # noqa: E402
 from pipeline.data import iter_batches, open_dataset  # noqa: E402
 from pipeline.export import ExportOptions, export  # noqa: E402
@@ -60,11 +61,7 @@ def _checkpoint(name: str, tmp: Path, r18: Path | None) -> tuple[ModelSpec, str]
 
 
 def _top1(path: Path, x: np.ndarray, y: np.ndarray) -> float:
-    import onnxruntime as ort
-
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    pred = np.concatenate([sess.run(None, {"input": x[i : i + 500]})[0].argmax(1) for i in range(0, len(x), 500)])
-    return 100.0 * float((pred == y).mean())
+    return 100.0 * float((run_cpu(path, x, batch=500).argmax(1) == y).mean())
 
 
 def _signed(src: Path, dst: Path) -> Path:
