@@ -127,14 +127,19 @@ def _csv(text: str | None) -> tuple[str, ...]:
     return tuple(t.strip() for t in (text or "").split(",") if t.strip())
 
 
-def _ints(text: str, what: str) -> tuple[int, ...]:
+def _numbers(text: str, what: str, kind: type, example: str) -> tuple:
     try:
-        vals = tuple(int(t) for t in _csv(text))
+        vals = tuple(kind(t) for t in _csv(text))
     except ValueError:
         vals = ()
     if not vals:
-        raise BadInput(f"{what} takes comma-separated integers, e.g. 1,8,32; got {text!r}")
+        noun = "integers" if kind is int else "numbers"
+        raise BadInput(f"{what} takes comma-separated {noun}, e.g. {example}; got {text!r}")
     return vals
+
+
+def _ints(text: str, what: str) -> tuple[int, ...]:
+    return _numbers(text, what, int, "1,8,32")
 
 
 def _batch_range(text: str | None) -> tuple[int, int, int] | None:
@@ -181,15 +186,7 @@ DataDirOpt = Annotated[Path | None, typer.Option(rich_help_panel=DATA,
 
 
 def _floats(text: str | None, what: str) -> tuple[float, ...] | None:
-    if text is None:
-        return None
-    try:
-        vals = tuple(float(t) for t in _csv(text))
-    except ValueError:
-        vals = ()
-    if not vals:
-        raise BadInput(f"{what} takes comma-separated numbers, e.g. 0.485,0.456,0.406; got {text!r}")
-    return vals
+    return None if text is None else _numbers(text, what, float, "0.485,0.456,0.406")
 
 
 def _model_spec(model: str, weights: Path | None, num_classes: int | None, in_chans: int | None,
