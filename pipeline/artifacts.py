@@ -169,7 +169,7 @@ class Entry:
     file: str
     sha256: str
     size_bytes: int
-    seconds: float = 0.0
+    seconds: float = 0.0  # how long the step that made it took (run_steps times it)
     key: str = ""
     source_sha256: str | None = None  # the file it was made from (None: the PyTorch model)
 

@@ -77,7 +77,7 @@ def _maker(ctx: ExportContext, p: Precision, flavor: Flavor, profile: tuple[int,
                          timing_cache=ctx.out / "timing.cache" if flavor is Flavor.tensorrt else None,
                          compute_capabilities=ccs)
         t = e.target
-        return EngineEntry(p, e.path.name, e.sha256, e.size_bytes, round(e.seconds, 3), source_sha256=e.source_sha256,
+        return EngineEntry(p, e.path.name, e.sha256, e.size_bytes, source_sha256=e.source_sha256,
                            flavor=flavor, trt_version=t.trt_version, profile=t.profile, source_file=src.file,
                            compute_capabilities=t.compute_capabilities, gpu=t.gpu,
                            compute_capability=t.compute_capability, strongly_typed=e.strongly_typed,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -135,22 +134,22 @@ def _reference_step(ctx: ExportContext, model: torch.nn.Module) -> Step:
     path = ctx.out / rel
     note = f"fp32 PyTorch logits, {len(inputs.x)} inputs, for verify"
 
-    def entry(seconds: float) -> Entry:
-        return Entry(Precision.fp32, str(rel), file_sha256(path), path.stat().st_size, seconds)
+    def entry() -> Entry:
+        return Entry(Precision.fp32, str(rel), file_sha256(path), path.stat().st_size)
 
     def lookup() -> Entry | None:
-        return entry(0.0) if load_stored(path, ctx.weights_sha, inputs.x) else None
+        return entry() if load_stored(path, ctx.weights_sha, inputs.x) else None
 
     def make(made: dict[str, Entry]) -> Entry:
         ctx.progress(f"reference: fp32 PyTorch logits on verify's {o.reference_samples} inputs from {o.reference_data}")
-        start, done = time.perf_counter(), [0]
+        done = [0]
 
         def tick(n: int) -> None:
             done[0] += n
             ctx.progress(f"reference: fp32 PyTorch logits, {done[0]}/{len(inputs.x)} inputs")
 
         compute_and_store(path, ctx.weights_sha, model, inputs.x, on_batch=tick)
-        return entry(time.perf_counter() - start)
+        return entry()
 
     return Step("reference", "reference", {}, make, describe=lambda e: note, lookup=lookup)
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -64,7 +63,7 @@ def _make_fp32(ctx: ExportContext) -> GraphEntry:
     a = export_onnx(ctx.model, info.input_shape, _file(ctx, Precision.fp32), opset=o.opset, batch=o.batch,
                     exporter=o.exporter, metadata=meta)
     details = {k: v for k, v in a.details.items() if k != "exporter"}
-    return GraphEntry(Precision.fp32, a.path.name, a.sha256, a.size_bytes, round(a.seconds, 3), opset=a.opset,
+    return GraphEntry(Precision.fp32, a.path.name, a.sha256, a.size_bytes, opset=a.opset,
                       static_batch=a.static_batch, exporter=o.exporter.value, details=details)
 
 
@@ -83,7 +82,7 @@ def _make_fp16(ctx: ExportContext, fp32: Entry) -> GraphEntry:
     a = to_fp16(ctx.out / fp32.file, _file(ctx, Precision.fp16), keep_fp32_nodes=ctx.opts.keep_fp32)
     overflow = tuple(a.details["overflow_nodes"])
     details = {k: v for k, v in a.details.items() if k not in ("keep_fp32_nodes", "overflow_nodes")}
-    return GraphEntry(Precision.fp16, a.path.name, a.sha256, a.size_bytes, round(a.seconds, 3),
+    return GraphEntry(Precision.fp16, a.path.name, a.sha256, a.size_bytes,
                       source_sha256=fp32.sha256, opset=a.opset, static_batch=a.static_batch,
                       keep_fp32=tuple(sorted(ctx.opts.keep_fp32)), auto_fp32=overflow, details=details)
 
@@ -164,7 +163,6 @@ class _Calibrations:
 def _make_int8(ctx: ExportContext, fp32: Entry) -> GraphEntry:
     from exporters.quantize import quantize_int8
 
-    t0 = time.perf_counter()  # the step's seconds: calibration, any search, quantization and the check
     o = ctx.opts
     ds = open_dataset(o.calib_data, split="train", data_dir=o.calib_dir, preprocess=ctx.info.preprocess)
     cals = _Calibrations(ctx, fp32, ds)
@@ -183,7 +181,7 @@ def _make_int8(ctx: ExportContext, fp32: Entry) -> GraphEntry:
     check = GraphCheck.from_dict(compare_graphs(a.path, src, _check_images(o, ctx.info, ds)))
     ends = tuple(a.details["float_ends"])
     details = {k: v for k, v in a.details.items() if k not in ("excluded_nodes", "float_ends")}
-    return GraphEntry(Precision.int8, a.path.name, a.sha256, a.size_bytes, round(time.perf_counter() - t0, 3),
+    return GraphEntry(Precision.int8, a.path.name, a.sha256, a.size_bytes,
                       source_sha256=fp32.sha256, opset=a.opset, static_batch=a.static_batch, keep_fp32=keep,
                       auto_fp32=ends, quantize_ends=o.quantize_ends, calibration=cals.record(method), check=check,
                       fallback=fallback, search=record, details=details)

@@ -2,14 +2,15 @@
 
 A step declares what shapes its bytes (`inputs`, plus the files of the steps it reads, `sources`) and how
 to make its file (`make`). The runner turns that into a content key, reuses the folder's entry when the key
-and the file's sha256 still match, else builds; either way it reports a StepEvent. Export, `--engines-only`
-and the int8 accuracy search all run their steps through `run_steps`.
+and the file's sha256 still match, else builds and times the build; either way it reports a StepEvent. Export
+and `--engines-only` run their steps through `run_steps` (the int8 accuracy search runs inside the int8 step).
 """
 
 from __future__ import annotations
 
 import logging
 import shutil
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -94,7 +95,8 @@ def run_steps(
             _emit(on_step, StepEvent(step.label, "cached", found.file, found.size_bytes))
             continue
         writer.before_write()
-        entry = replace(step.make(made), key=key)
+        start = time.perf_counter()  # the step's whole wall time (the int8 step: calibration, any search, the check)
+        entry = replace(step.make(made), key=key, seconds=round(time.perf_counter() - start, 3))
         made[step.name] = entry
         _emit(on_step, StepEvent(step.label, "built", entry.file, entry.size_bytes, entry.seconds,
                                  step.describe(entry)))
