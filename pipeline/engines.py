@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 from pipeline.artifacts import EngineEntry, Entry, LayerCounts
-from pipeline.export_options import ExportContext
+from pipeline.export_options import ExportContext, check_batch_range
 from pipeline.precisions import PRECISIONS, Precision
 from pipeline.steps import Step
 from pipeline.zoo import ModelInfo
-from resnetx.errors import BadInput
 from resnetx.flavors import RTX_PORTABLE_CCS, EngineChoice, Flavor, available_flavors, import_flavor
 
 __all__ = ["resolve_flavor", "default_batch_range", "engine_profile", "engine_steps"]
@@ -37,9 +36,7 @@ def engine_profile(batch: int | None, batch_range: tuple[int, int, int] | None,
     fixed-batch graph takes."""
     if batch is None:
         return batch_range or default_batch_range(info)
-    if batch_range and tuple(batch_range) != (batch,) * 3:
-        raise BadInput(f"--batch-range {','.join(map(str, batch_range))} does not fit a graph exported with the "
-                       f"fixed batch {batch}; drop --batch-range, or export with a dynamic batch")
+    check_batch_range(batch, batch_range)
     return (batch,) * 3  # type: ignore[return-value]
 
 

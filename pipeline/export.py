@@ -73,16 +73,15 @@ def export(
     model, info = load_model(opts.model)
     notices: list[str] = []
     flavor = resolve_flavor(opts.engine, notices)
-    if flavor:  # refused before minutes of work
+    if flavor:  # refused before minutes of work (ExportOptions checked the rest of the engine options)
         opts.check_engines_take_int8()
-        engine_profile(opts.batch, opts.batch_range, info)
     events: list[StepEvent] = []
     hear = _listener(events, on_step)
     versions = tool_versions()
     with export_lock(opts.out):
         remove_strays(opts.out)
         old = _previous(opts.out)
-        ctx = ExportContext(opts, info, state_sha256(model), versions, model, old, on_progress or _quiet)
+        ctx = ExportContext(opts, info, state_sha256(model), versions, model, on_progress or _quiet)
         plan = [PRECISIONS[p].graph_step(ctx) for p in opts.wanted] + engine_steps(ctx, opts.wanted, flavor, opts.batch)
         writer = FolderWriter(opts.out, old)
         made = run_steps(plan, writer, force=opts.force, on_step=hear)
@@ -178,7 +177,7 @@ def export_engines(
         batch = old.graphs[wanted[0]].static_batch
         engine_profile(batch, opts.batch_range, old.model.info)  # refused before building
         versions = {**old.versions, **{k: v for k, v in tool_versions().items() if k.startswith("tensorrt")}}
-        ctx = ExportContext(opts, old.model.info, old.model.state_sha256, versions, None, old, on_progress or _quiet)
+        ctx = ExportContext(opts, old.model.info, old.model.state_sha256, versions, None, on_progress or _quiet)
         state = {"manifest": old}  # every engine cached: the folder stays byte-for-byte as it was
 
         def rewrite(made: dict[str, Entry]) -> None:

@@ -18,15 +18,21 @@ from resnetx.flavors import EngineChoice
 if TYPE_CHECKING:
     from torch import nn
 
-    from pipeline.artifacts import Manifest
 
-__all__ = ["ExportOptions", "ExportContext", "DEFAULT_REFERENCE_SAMPLES"]
+__all__ = ["ExportOptions", "ExportContext", "DEFAULT_REFERENCE_SAMPLES", "check_batch_range"]
 
 DEFAULT_REFERENCE_SAMPLES = 512  # verify's default --samples: export stores the reference for those inputs
 
 
 def _set(obj: object, name: str, value: Any) -> None:
     object.__setattr__(obj, name, value)
+
+
+def check_batch_range(batch: int | None, batch_range: tuple[int, int, int] | None) -> None:
+    """A graph of one fixed batch takes engines of that batch only."""
+    if batch is not None and batch_range and tuple(batch_range) != (batch,) * 3:
+        raise BadInput(f"--batch-range {','.join(map(str, batch_range))} does not fit a graph exported with the "
+                       f"fixed batch {batch}; drop --batch-range, or export with a dynamic batch")
 
 
 @dataclass(frozen=True)
@@ -88,9 +94,7 @@ class ExportOptions:
             lo, opt, hi = self.batch_range
             if not 1 <= lo <= opt <= hi:
                 raise BadInput(f"--batch-range must be MIN<=OPT<=MAX with MIN>=1; got {lo},{opt},{hi}")
-            if self.batch is not None and tuple(self.batch_range) != (self.batch,) * 3:
-                raise BadInput(f"--batch-range {','.join(map(str, self.batch_range))} does not fit a graph exported "
-                               f"with the fixed batch {self.batch}; drop --batch-range, or export with a dynamic batch")
+        check_batch_range(self.batch, self.batch_range)
         if not 0 <= self.opt_level <= 5:
             raise BadInput(f"--opt-level must be 0..5; got {self.opt_level}")
         if self.engine not in (EngineChoice.none, EngineChoice.auto):
@@ -156,7 +160,6 @@ class ExportContext:
     weights_sha: str  # the model's state sha256
     versions: dict[str, str]
     model: nn.Module | None = None  # None for --engines-only: the graphs are the source
-    previous: Manifest | None = None  # the folder's manifest before this export
     on_progress: Callable[[str], None] = field(default=lambda _msg: None)
 
     @property
