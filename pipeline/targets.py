@@ -13,7 +13,7 @@ from pipeline.remake import remake_command
 from resnetx.errors import BadInput, IncompatibleArtifact
 from runtimes.base import RUNTIMES, Runtime, RuntimeSpec, open_runtime, runtime_spec
 
-__all__ = ["Target", "default_runtimes", "select_targets", "open_target"]
+__all__ = ["Target", "default_runtimes", "check_device", "select_targets", "open_target"]
 
 _VERB = {"verify": "verify", "bench": "benchmark"}
 
@@ -37,12 +37,16 @@ def default_runtimes(command: str, device: str) -> tuple[str, ...]:
     return tuple(n for n, s in RUNTIMES.items() if command in s.default_for and device in s.devices)
 
 
-def _device_of(spec: RuntimeSpec, device: str) -> str:
-    if spec.runs == "engine":
-        return "cuda"  # an engine runs on its GPU or not at all; the runner says why not
-    if device not in spec.devices:
+def check_device(spec: RuntimeSpec, device: str) -> None:
+    """Refuse a runtime on a device it does not run on (an engine runtime is never refused here: an engine runs
+    on its GPU or not at all, and its runner says why not)."""
+    if spec.runs != "engine" and device not in spec.devices:
         raise BadInput(f"--runtime {spec.name} ({spec.help}) needs --device {' or '.join(spec.devices)}")
-    return device
+
+
+def _device_of(spec: RuntimeSpec, device: str) -> str:
+    check_device(spec, device)
+    return "cuda" if spec.runs == "engine" else device
 
 
 def select_targets(manifest: Manifest, folder: Path, *, command: str, runtimes: tuple[str, ...] | None,
