@@ -9,7 +9,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,7 @@ from pipeline.data import calibration_overlap_note, iter_batches, label_order_no
 from pipeline.memory import mem_mb, peak_rss_mb, prime_backends, reset_peak_rss, trim_heap
 from pipeline.precisions import Precision, parse_precisions
 from pipeline.reference import Reference
-from pipeline.targets import Target, open_target, select_targets
+from pipeline.targets import Target, check_device, open_target, select_targets
 from pipeline.timing import Timing, sweep_batches, time_runtime, time_throughput
 from pipeline.zoo import build_model
 from resnetx.errors import BackendUnavailable, BadInput, IncompatibleArtifact, ResnetxError
@@ -89,9 +89,7 @@ class BenchOptions:
         if self.peak_tflops is not None and self.peak_tflops <= 0:
             raise BadInput("--peak-tflops must be > 0")
         for name in self.runtimes or ():
-            spec = runtime_spec(name)
-            if spec.runs != "engine" and self.device not in spec.devices:
-                raise BadInput(f"--runtime {name} ({spec.help}) needs --device {' or '.join(spec.devices)}")
+            check_device(runtime_spec(name), self.device)
         if self.device != "cuda":  # flags that would change nothing on the CPU, yet label its rows
             cuda_only = [flag for flag, on in (("--prefer-nhwc", self.prefer_nhwc), ("--cuda-graph", self.cuda_graph),
                                                ("--include-transfers", self.include_transfers)) if on]
@@ -339,8 +337,6 @@ def _open_and_time(run: _Run, targets: list[Target],
 def _sweep(run: _Run, first: Cell, on_progress: Callable[[str], None] | None) -> list[Cell]:
     """--batch auto for one runtime: cells at batch 1, 2, 4, ... until its throughput saturates (sweep_batches);
     the note says where it stopped and why."""
-    from dataclasses import replace
-
     opts, cells = run.opts, []
     lo, hi = first.rt.batch_range or (1, 4096)
 
@@ -353,14 +349,18 @@ def _sweep(run: _Run, first: Cell, on_progress: Callable[[str], None] | None) ->
         if cell.error:
             raise BadInput(cell.error)
         cells.append(cell)
-        mean_ms = float(np.concatenate(cell.samples).mean())
-        return cell.stream_ips or b / (mean_ms / 1e3)
+        return _images_per_s(cell)
 
     measured, why = sweep_batches(measure, max_batch=hi)
-    best = max(cells, key=lambda c: c.stream_ips or c.batch / float(np.concatenate(c.samples).mean()), default=None)
+    best = max(cells, key=_images_per_s, default=None)
     run.notes.append(f"--batch auto: {first.rt.name} swept {', '.join(map(str, measured)) or 'nothing'}, stopped: "
                      f"{why}" + (f"; most images/s at batch {best.batch}" if best else ""))
     return cells
+
+
+def _images_per_s(c: Cell) -> float:
+    """A timed cell's throughput: back to back where measured so (cuda), else from its mean latency."""
+    return c.stream_ips or c.batch / (float(np.concatenate(c.samples).mean()) / 1e3)
 
 
 def _open_cell(run: _Run, t: Target) -> tuple[Runtime, float, float | None, float]:
