@@ -446,7 +446,7 @@ class FolderAudit:
     rows: list[AuditRow]
     version_drift: dict[str, tuple[str, str | None]]  # tool -> (at export, now)
     references: list[str]  # stored reference logits
-    verify: dict[str, Any] | None  # the last verify's verdict, and whether it is about this export
+    verify: dict[str, Any] | None  # the last verify's verdict (and each artifact's), whether it is about this export
 
     @property
     def intact(self) -> bool:
@@ -481,9 +481,12 @@ def _last_verify(folder: Path, m: Manifest) -> dict[str, Any] | None:
         return None
     try:
         v = json.loads(vpath.read_text())
+        rows = [r for r in v.get("rows") or [] if isinstance(r, dict) and r.get("artifact")]
+        artifacts = {r["artifact"]: "not run" if r.get("skipped") else "pass" if r.get("passed") else "fail"
+                     for r in rows}  # artifact name -> 'pass' | 'fail' | 'not run'
         return {"passed": v.get("passed"), "data": v.get("data"), "samples": v.get("samples"),
-                "current": v.get("manifest_created") == m.created}
-    except (json.JSONDecodeError, AttributeError):
+                "current": v.get("manifest_created") == m.created, "artifacts": artifacts}
+    except (json.JSONDecodeError, AttributeError, TypeError):
         return {"passed": None, "error": "reports/verify.json is unreadable"}
 
 

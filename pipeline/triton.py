@@ -102,20 +102,6 @@ class TritonResult:
 
 
 # --------------------------------------------------------------------------- what the folder allows
-def _verdicts(audit: FolderAudit) -> dict[str, str]:
-    """artifact name -> 'pass' | 'fail' | 'not run', from the last verify about this export."""
-    path = audit.folder / "reports" / "verify.json"
-    try:
-        rows = json.loads(path.read_text()).get("rows", [])
-    except (OSError, json.JSONDecodeError, AttributeError):
-        return {}
-    out = {}
-    for r in rows:
-        if isinstance(r, dict) and r.get("artifact"):
-            out[r["artifact"]] = "not run" if r.get("skipped") else "pass" if r.get("passed") else "fail"
-    return out
-
-
 def _gate(audit: FolderAudit, allow_unverified: bool, notes: list[str]) -> dict[str, str]:
     """Refuse a tampered folder always, an unverified one unless allowed; the verdict of each artifact."""
     bad = [f"{r.entry.file} ({r.status})" for r in audit.rows if r.status != "ok"]
@@ -127,7 +113,7 @@ def _gate(audit: FolderAudit, allow_unverified: bool, notes: list[str]) -> dict[
                if v.get("error") else "was re-exported after its last verify" if not v.get("current")
                else "failed its last verify" if not v.get("passed") else None)
     if problem is None:
-        return _verdicts(audit)
+        return v["artifacts"]
     if not allow_unverified:
         raise BadInput(f"{audit.folder} {problem}; run 'resnetx verify {audit.folder}' until it passes, or give "
                        "--allow-unverified to write the repository anyway")
