@@ -18,18 +18,16 @@ from resnetx.flavors import FLAVORS
 __all__ = ["write_repository", "client_config", "client_script", "repository_readme"]
 
 _CONFIG_LINE = "CONFIG: dict[str, Any] = {}\n"
-_TRITON_TYPES = {"TYPE_FP32": "FP32", "TYPE_FP16": "FP16", "TYPE_BF16": "BF16", "TYPE_FP64": "FP64",
-                 "TYPE_UINT8": "UINT8", "TYPE_INT8": "INT8", "TYPE_INT32": "INT32", "TYPE_INT64": "INT64",
-                 "TYPE_BOOL": "BOOL"}
 
 
 def client_config(m: Manifest, models: list[TritonModel]) -> dict[str, Any]:
-    """What client.py needs: each model's tensor names and input type, the preprocessing, the class names."""
+    """What client.py needs: each model's tensor names and input type (the request's datatype is the config's
+    data type without TYPE_), the preprocessing, the class names."""
     info = m.model.info
     return {"preprocess": info.preprocess.to_dict(), "class_names": list(info.class_names or []),
             "default_model": models[0].name,
             "models": {x.name: {"input": x.inputs[0].name, "output": x.outputs[0].name,
-                                "datatype": _TRITON_TYPES[x.inputs[0].data_type], "fixed_batch": x.fixed_batch}
+                                "datatype": x.inputs[0].data_type.removeprefix("TYPE_"), "fixed_batch": x.fixed_batch}
                        for x in models}}
 
 
