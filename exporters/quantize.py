@@ -95,6 +95,16 @@ def _consumers(g: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
     return out
 
 
+def _producers(g: onnx.GraphProto) -> dict[str, onnx.NodeProto]:
+    """tensor name -> the node that outputs it."""
+    return {o: n for n in g.node for o in n.output}
+
+
+def _is_dq(producer: dict[str, onnx.NodeProto], tensor: str) -> bool:
+    """Whether the tensor comes out of a DequantizeLinear."""
+    return getattr(producer.get(tensor), "op_type", "") == "DequantizeLinear"
+
+
 def _array(inits: dict[str, onnx.TensorProto], name: str) -> np.ndarray:
     return onnx.numpy_helper.to_array(inits[name])
 
@@ -109,17 +119,18 @@ def end_layers(model: onnx.ModelProto) -> list[str]:
 
 def revertible(model: onnx.ModelProto) -> list[str]:
     """What the accuracy search may keep out of int8: the int8 conv/gemm layers and the quantized residual adds."""
-    producer = {o: n for n in model.graph.node for o in n.output}
-    adds = [n.name for n in model.graph.node if n.op_type == "Add"
-            and any(getattr(producer.get(i), "op_type", "") == "DequantizeLinear" for i in n.input)]
-    return quantized_layers(model) + adds
+    producer = _producers(model.graph)
+    adds = [n.name for n in model.graph.node if n.op_type == "Add" and any(_is_dq(producer, i) for i in n.input)]
+    return _quantized(model.graph, producer) + adds
 
 
 def quantized_layers(model: onnx.ModelProto) -> list[str]:
     """Conv/Gemm layers of a Q/DQ graph that take int8 weights (their weight comes through DequantizeLinear)."""
-    producer = {o: n for n in model.graph.node for o in n.output}
-    return [n.name for n in model.graph.node if n.op_type in WEIGHTED and len(n.input) > 1
-            and getattr(producer.get(n.input[1]), "op_type", "") == "DequantizeLinear"]
+    return _quantized(model.graph, _producers(model.graph))
+
+
+def _quantized(g: onnx.GraphProto, producer: dict[str, onnx.NodeProto]) -> list[str]:
+    return [n.name for n in g.node if n.op_type in WEIGHTED and len(n.input) > 1 and _is_dq(producer, n.input[1])]
 
 
 # --------------------------------------------------------------------------- the tensorrt layout
@@ -221,7 +232,7 @@ def keep_float(model: onnx.ModelProto, excluded: set[str]) -> None:
     bypassed for it, and so are the pairs before a pass-through op (ReLU, pooling, flatten) that only it reads:
     a kept layer's output is the fp32 layer's output of the same float input. Pairs left unread are removed."""
     g = model.graph
-    producer = {o: n for n in g.node for o in n.output}
+    producer = _producers(g)
     for node in g.node:
         if node.name in excluded:
             for k in range(1 if node.op_type in WEIGHTED else len(node.input)):
@@ -240,8 +251,7 @@ def _bypass(model: onnx.ModelProto, producer: dict[str, onnx.NodeProto], node: o
         if up is None or up.op_type not in PASS_THROUGH:
             return
         _drop_dead_qdq(model.graph)
-        readers = [n for n in _consumers(model.graph)[node.input[k]]]
-        if readers != [node]:  # it feeds others too: they keep their int8 inputs
+        if _consumers(model.graph)[node.input[k]] != [node]:  # it feeds others too: they keep their int8 inputs
             return
         node, k = up, 0
 
@@ -298,7 +308,7 @@ def _layers(fp32: onnx.ModelProto, q: onnx.ModelProto) -> list[_Layer]:
     qi = {i.name: i for i in q.graph.initializer}
     fi = {i.name: i for i in fp32.graph.initializer}
     fnodes = {n.name: n for n in fp32.graph.node}
-    producer = {o: n for n in q.graph.node for o in n.output}
+    producer = _producers(q.graph)
     out = []
     for node in q.graph.node:
         wdq, adq = producer.get(node.input[1]) if len(node.input) > 1 else None, producer.get(node.input[0])
@@ -373,8 +383,8 @@ def shifts_of(fp32: onnx.ModelProto, q: onnx.ModelProto) -> dict[str, np.ndarray
     """The bias shifts a bias-corrected int8 graph carries: its layers' biases minus the fp32 graph's."""
     fi, qi = {i.name: i for i in fp32.graph.initializer}, {i.name: i for i in q.graph.initializer}
     fnodes = {n.name: n for n in fp32.graph.node}
-    producer = {o: n for n in q.graph.node for o in n.output}
-    layers = set(quantized_layers(q))
+    producer = _producers(q.graph)
+    layers = set(_quantized(q.graph, producer))
     out = {}
     for node in q.graph.node:
         f = fnodes.get(node.name)
@@ -396,8 +406,8 @@ def _apply_shifts(q: onnx.ModelProto, shifts: dict[str, np.ndarray]) -> list[str
     from onnx import numpy_helper
 
     inits = {i.name: i for i in q.graph.initializer}
-    producer = {o: n for n in q.graph.node for o in n.output}
-    quantized = set(quantized_layers(q))  # a layer kept in float computes what fp32 does: no shift for it
+    producer = _producers(q.graph)
+    quantized = set(_quantized(q.graph, producer))  # a layer kept in float computes what fp32 does: no shift for it
     done = []
     for node in q.graph.node:
         if node.name not in shifts or node.name not in quantized:
