@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from exporters.onnx import graph_batch, load_onnx, quiet_converters
+from exporters.equalize import fp32_for_int8
+from exporters.onnx import graph_batch, quiet_converters
 from resnetx.batching import batch_chunks
 from resnetx.contract import INPUT_NAME
 from resnetx.errors import BackendUnavailable, BadInput, first_line
@@ -188,11 +189,7 @@ def calibrate(src: Path, batches: Iterable[np.ndarray], method: CalibMethod | st
     with `equalize`: what quantize_int8(equalize=True) quantizes)."""
     method = CalibMethod(method)
     start = time.perf_counter()
-    model = load_onnx(src)
-    if equalize:
-        from exporters.equalize import equalize as equalize_graph
-
-        equalize_graph(model)
+    model = fp32_for_int8(src, equalize)
     fixed = graph_batch(model)
     stream = _rebatch(batches, fixed)
     if method in (CalibMethod.percentile, CalibMethod.entropy):

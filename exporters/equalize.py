@@ -10,10 +10,12 @@ and per-output-channel int8 weights both handle badly) are spread out before cal
 from __future__ import annotations
 
 from collections import defaultdict
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from exporters.onnx import load_onnx
 from resnetx.lazy import lazy_import
 
 if TYPE_CHECKING:
@@ -21,7 +23,15 @@ if TYPE_CHECKING:
 else:
     onnx = lazy_import("onnx")
 
-__all__ = ["equalize", "equalizable_pairs"]
+__all__ = ["equalize", "equalizable_pairs", "fp32_for_int8"]
+
+
+def fp32_for_int8(src: Path, equalize_it: bool) -> onnx.ModelProto:
+    """The fp32 graph int8 is calibrated on and made from: `src`, cross-layer equalized when asked."""
+    model = load_onnx(src)
+    if equalize_it:
+        equalize(model)
+    return model
 
 
 def equalizable_pairs(model: onnx.ModelProto) -> list[tuple[onnx.NodeProto, onnx.NodeProto]]:

@@ -26,11 +26,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from exporters.calibrate import Ranges
+from exporters.equalize import fp32_for_int8
 from exporters.onnx import (
     OnnxArtifact,
     check_onnx,
     graph_batch,
-    load_onnx,
     opset_of,
     quiet_converters,
     save_onnx,
@@ -47,7 +47,7 @@ else:
     onnx = lazy_import("onnx")
 
 __all__ = ["Int8Target", "Fallback", "Int8Recipe", "INT8_RECIPES", "INT8_GRAPH_REVISION", "quantize_int8",
-           "fp32_for_int8", "int8_graph", "bias_shifts", "shifts_of", "quantized_layers", "end_layers", "keep_float",
+           "int8_graph", "bias_shifts", "shifts_of", "quantized_layers", "end_layers", "keep_float",
            "layers_to_fp16"]
 
 INT8_GRAPH_REVISION = 3  # bumped when quantize_int8 makes a different graph from the same inputs (export's cache key)
@@ -468,16 +468,6 @@ def layers_to_fp16(q: onnx.ModelProto, names: Iterable[str]) -> list[str]:
 
 
 # --------------------------------------------------------------------------- int8
-def fp32_for_int8(src: Path, equalize: bool) -> onnx.ModelProto:
-    """The fp32 graph int8 is made from: `src`, cross-layer equalized when asked (see exporters/equalize.py)."""
-    model = load_onnx(src)
-    if equalize:
-        from exporters.equalize import equalize as equalize_graph
-
-        equalize_graph(model)
-    return model
-
-
 def int8_graph(src: Path, ranges: Ranges, *, recipe: Int8Target, exclude_nodes: Iterable[str] = (),
                quantize_ends: bool = False, equalize: bool = False) -> tuple[onnx.ModelProto, set[str], list[str]]:
     """(the Q/DQ graph before bias correction, the layers kept in float, the float ends): in memory."""

@@ -151,8 +151,9 @@ def _revert_first(folder: Path, manifest: Manifest, entry: GraphEntry, x: np.nda
     """The int8 layers, the one whose reverting recovers most first: the ranking the accuracy search uses, made
     from the folder's calibration ranges (none when they are not in the folder)."""
     from exporters.calibrate import Ranges
+    from exporters.equalize import fp32_for_int8
     from exporters.onnx import load_onnx
-    from exporters.quantize import fp32_for_int8, quantize_int8, quantized_layers, shifts_of
+    from exporters.quantize import quantize_int8, quantized_layers, shifts_of
     from pipeline.search import Logits, rank_layers
 
     cal, fp32 = entry.calibration, manifest.graphs.get(Precision.fp32)
