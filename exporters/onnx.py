@@ -44,6 +44,8 @@ __all__ = [
     "compare_with_torch",
     "compare_graphs",
     "run_cpu",
+    "activation_bytes",
+    "cpu_session",
     "graph_batch",
     "opset_of",
     "set_metadata",
@@ -287,15 +289,20 @@ def _strip_noise(proto: onnx.ModelProto) -> None:
         del vi.metadata_props[:]
 
 
-def run_cpu(model: onnx.ModelProto | Path, x: np.ndarray, batch: int = 16) -> np.ndarray:
-    """The graph's logits for x on onnxruntime's CPU provider, in chunks of `batch` (16: onnxruntime CPU is
-    fastest per image at small batches) or of the graph's fixed batch."""
+def cpu_session(model: onnx.ModelProto | Path) -> Any:
+    """An onnxruntime CPU session of the graph (a file, or a model in memory), quiet."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     src = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
-    sess = ort.InferenceSession(src, opts, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(src, opts, providers=["CPUExecutionProvider"])
+
+
+def run_cpu(model: onnx.ModelProto | Path | Any, x: np.ndarray, batch: int = 16) -> np.ndarray:
+    """The graph's logits for x on onnxruntime's CPU provider (a graph, or a session of `cpu_session`), in chunks
+    of `batch` (16: onnxruntime CPU is fastest per image at small batches) or of the graph's fixed batch."""
+    sess = model if hasattr(model, "get_inputs") else cpu_session(model)
     dim = sess.get_inputs()[0].shape[0]
     fixed = dim if isinstance(dim, int) else 0
     return np.concatenate([sess.run([OUTPUT_NAME], {INPUT_NAME: c})[0][:n]
@@ -324,6 +331,18 @@ def _errors(got: np.ndarray, ref: np.ndarray) -> dict[str, float]:
         "top1_agree": float((got.argmax(1) == ref.argmax(1)).mean()),
         "samples": int(len(ref)),
     }
+
+
+def activation_bytes(model: onnx.ModelProto, names: set[str] | None = None) -> int:
+    """Bytes of one image's float activations (all, or those named), from the graph's inferred shapes: what sizes
+    the chunks calibration and bias correction run at, so that their memory stays bounded."""
+    inferred = onnx.shape_inference.infer_shapes(model)
+    total = 0
+    for vi in [*inferred.graph.value_info, *inferred.graph.output]:
+        dims = [d.dim_value for d in vi.type.tensor_type.shape.dim[1:]]
+        if (names is None or vi.name in names) and dims and all(d > 0 for d in dims):
+            total += 4 * int(np.prod(dims))
+    return total
 
 
 def opset_of(model: onnx.ModelProto) -> int:

@@ -29,6 +29,7 @@ from exporters.calibrate import Ranges
 from exporters.equalize import fp32_for_int8
 from exporters.onnx import (
     OnnxArtifact,
+    activation_bytes,
     check_onnx,
     graph_batch,
     opset_of,
@@ -50,6 +51,7 @@ __all__ = ["Int8Target", "Fallback", "Int8Recipe", "INT8_RECIPES", "INT8_GRAPH_R
            "int8_graph", "bias_shifts", "shifts_of", "quantized_layers", "end_layers", "keep_float",
            "layers_to_fp16"]
 
+CHUNK_BYTES = 256 << 20  # activations held at once while bias correction measures each layer
 INT8_GRAPH_REVISION = 3  # bumped when quantize_int8 makes a different graph from the same inputs (export's cache key)
 WEIGHTED = ("Conv", "Gemm")
 # ops a kept layer's group extends through: they pass a value on without mixing it with another
@@ -364,6 +366,7 @@ def bias_shifts(fp32_path: Path, q: onnx.ModelProto, images: np.ndarray, batch: 
     sums: dict[str, Any] = {}
     counts: dict[str, int] = defaultdict(int)
     fixed = graph_batch(fp32)
+    batch = max(1, min(batch, CHUNK_BYTES // max(activation_bytes(fp32, set(wanted)), 1)))  # bounded memory
     with torch.inference_mode():
         for x, n in batch_chunks(images, fixed or batch, pad_to=fixed or 0):
             values = dict(zip(wanted, sess.run(wanted, {INPUT_NAME: x}), strict=True))

@@ -11,7 +11,7 @@ from typing import Any
 from exporters.onnx import INPUT_NAME
 from resnetx.errors import BadInput, ExportFailed
 from resnetx.files import atomic_write, file_sha256, sha256_bytes
-from resnetx.flavors import RTX_PORTABLE_CCS, EngineTarget, Flavor, import_flavor
+from resnetx.flavors import RTX_PORTABLE_CCS, EngineTarget, Flavor, HardwareCompat, import_flavor
 
 __all__ = ["EngineArtifact", "build_engine", "gpu_target"]
 
@@ -104,16 +104,18 @@ def build_engine(
     opt_level: int = 3,
     timing_cache: Path | None = None,
     compute_capabilities: tuple[str, ...] = RTX_PORTABLE_CCS,
+    hardware_compat: HardwareCompat | str = HardwareCompat.none,
 ) -> EngineArtifact:
     """Parse the ONNX file and build a strongly typed engine: precision lives in the graph (fp16 tensors, Q/DQ
-    pairs). Only a TensorRT without strong typing gets builder precision flags, set from `precision`."""
+    pairs). Only a TensorRT without strong typing gets builder precision flags, set from `precision`. An
+    enterprise engine gets TensorRT's hardware compatibility level `hardware_compat`."""
     flavor = Flavor(flavor)
     trt = import_flavor(flavor)
     lo, opt, hi = profile
     if not 1 <= lo <= opt <= hi:
-        raise BadInput(f"--batch-range must be MIN<=OPT<=MAX with MIN>=1; got {lo},{opt},{hi}")
+        raise BadInput(f"engine profile {lo},{opt},{hi}: needs 1 <= MIN <= OPT <= MAX")
     if not 0 <= opt_level <= 5:
-        raise BadInput(f"--opt-level must be 0..5; got {opt_level}")
+        raise BadInput(f"builder optimization level {opt_level}: needs 0..5")
     errors: list[str] = []
     logger = _logger(trt, errors)
     builder, network, _parser, strongly = _parse(trt, Path(onnx_path), flavor, logger, errors)
@@ -127,6 +129,9 @@ def build_engine(
     prof.set_shape(INPUT_NAME, (lo, *input_chw), (opt, *input_chw), (hi, *input_chw))
     config.add_optimization_profile(prof)
     ccs, gpu, cc = _set_targets(trt, config, flavor, tuple(compute_capabilities), timing_cache)
+    compat = HardwareCompat(hardware_compat)
+    if flavor is Flavor.tensorrt:
+        _set_compat(trt, config, compat)
     start = time.perf_counter()
     plan = builder.build_serialized_network(network, config)
     seconds = time.perf_counter() - start
@@ -137,10 +142,23 @@ def build_engine(
     atomic_write(Path(dst), data)
     if flavor is Flavor.tensorrt and timing_cache is not None:
         atomic_write(timing_cache, bytes(config.get_timing_cache().serialize()))
-    target = EngineTarget(flavor, str(trt.__version__), precision, (lo, opt, hi), ccs, gpu, cc)
+    target = EngineTarget(flavor, str(trt.__version__), precision, (lo, opt, hi), ccs, gpu, cc,
+                          compat if flavor is Flavor.tensorrt else HardwareCompat.none)
     return EngineArtifact(path=Path(dst), sha256=sha256_bytes(data), target=target, seconds=seconds,
                           size_bytes=len(data), source_sha256=file_sha256(Path(onnx_path)), strongly_typed=strongly,
                           opt_level=opt_level, tf32=tf32, network=layers)
+
+
+def _set_compat(trt: Any, config: Any, compat: HardwareCompat) -> None:
+    """TensorRT's hardware compatibility level; a TensorRT without the level asked for refuses, never ignores it."""
+    if compat is HardwareCompat.none:
+        return
+    level = {HardwareCompat.ampere_plus: "AMPERE_PLUS", HardwareCompat.same_cc: "SAME_COMPUTE_CAPABILITY"}[compat]
+    levels = getattr(trt, "HardwareCompatibilityLevel", None)
+    if levels is None or not hasattr(levels, level):
+        raise BadInput(f"TensorRT {trt.__version__} has no hardware compatibility level {level} "
+                       f"(--hardware-compat {compat.value}); upgrade TensorRT, or leave the option out")
+    config.hardware_compatibility_level = getattr(levels, level)
 
 
 def _set_precision_flags(trt: Any, config: Any, precision: str, strongly: bool) -> bool:

@@ -1,8 +1,10 @@
-"""The artifact folder: manifest.json as typed entries, sha256 provenance, an export lock, the folder audit.
+"""The artifact folder: manifest.json as typed entries, sha256 provenance, an export lock.
 
 The manifest is the contract between commands. Each part owns its JSON (Polygraphy's result structs do the
-same): `GraphEntry` for an ONNX graph, `EngineEntry` for a TensorRT engine, `Calibration` and `GraphCheck`
-for int8, `ModelSection` for the model. Version 2 is written; folders written as version 1 are read too.
+same): `GraphEntry` for an ONNX graph, `EngineEntry` for a TensorRT engine (one per precision and target),
+`Calibration` and `GraphCheck` for int8, `ModelSection` for the model. Version 3 is written; folders written as
+version 1 or 2 are read too (version 2 named engines by precision and flavour only: their entries read as engines
+of their target, their files keep their names).
 """
 
 from __future__ import annotations
@@ -11,18 +13,18 @@ import contextlib
 import datetime as _dt
 import fcntl
 import json
-import os
 import platform
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
+from pipeline.defaults import DEFAULT_OPT_LEVEL
 from pipeline.precisions import Precision
 from pipeline.zoo import ModelInfo, ModelSpec
 from resnetx.errors import BadInput, CheckFailed
 from resnetx.files import TMP_PREFIX, atomic_write_text, file_sha256
-from resnetx.flavors import EngineTarget, Flavor
+from resnetx.flavors import EngineTarget, Flavor, HardwareCompat
 
 __all__ = [
     "MANIFEST",
@@ -37,21 +39,17 @@ __all__ = [
     "EngineEntry",
     "ModelSection",
     "Manifest",
-    "AuditRow",
-    "FolderAudit",
     "export_lock",
     "read_manifest",
     "write_manifest",
     "tool_versions",
     "checked_file",
     "intact",
-    "audit_folder",
-    "system_info",
 ]
 
 MANIFEST = "manifest.json"
-MANIFEST_VERSION = 2
-READS = (1, 2)
+MANIFEST_VERSION = 3
+READS = (1, 2, 3)
 
 
 def _plain(d: dict[str, Any], cls: type) -> dict[str, Any]:
@@ -216,36 +214,44 @@ class GraphEntry(Entry):
 
 @dataclass(frozen=True)
 class EngineEntry(Entry):
+    """A TensorRT engine, named by its precision and its target (`fp16.rtx-sm86-sm89`, `fp16.trt10.13.0-sm89-L4`):
+    engines built for other GPU kinds sit side by side, each with the machine it was built on."""
+
     kind: ClassVar[str] = "engine"
     flavor: Flavor = Flavor.rtx
     trt_version: str = ""
     profile: tuple[int, int, int] = (1, 1, 1)  # MIN, OPT, MAX batch
     source_file: str = ""
     compute_capabilities: tuple[str, ...] = ()  # rtx: its SM targets
-    gpu: str | None = None  # enterprise TensorRT: the GPU it was built on
-    compute_capability: str | None = None
+    gpu: str | None = None  # the GPU it was built on (None: built ahead of time without one, TensorRT-RTX)
+    compute_capability: str | None = None  # ... that GPU's compute capability
+    gpu_kind: str | None = None  # ... and its kind ("L4"), which an enterprise engine of compat `none` is tied to
+    driver: str | None = None  # ... and its driver
+    hardware_compat: HardwareCompat = HardwareCompat.none  # enterprise: --hardware-compat
     strongly_typed: bool = True
-    opt_level: int = 3
+    opt_level: int = DEFAULT_OPT_LEVEL
     tf32: bool = False
     network: LayerCounts | None = None
 
     @property
     def name(self) -> str:
-        return f"{self.precision.value}.{self.flavor.value}"
+        return f"{self.precision.value}.{self.target.tag}"
 
     @property
     def target(self) -> EngineTarget:
         return EngineTarget(self.flavor, self.trt_version, self.precision.value, self.profile,
-                            self.compute_capabilities, self.gpu, self.compute_capability)
+                            self.compute_capabilities, self.gpu, self.compute_capability, self.hardware_compat,
+                            self.gpu_kind)
 
     def to_dict(self) -> dict[str, Any]:
-        return {**super().to_dict(), "flavor": self.flavor.value}
+        return {**super().to_dict(), "flavor": self.flavor.value, "hardware_compat": self.hardware_compat.value}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> EngineEntry:
         d = _plain(d, cls)
         return cls(**{**d, "precision": Precision(d["precision"]), "flavor": Flavor(d["flavor"]),
                       "profile": tuple(d["profile"]), "compute_capabilities": tuple(d.get("compute_capabilities", ())),
+                      "hardware_compat": HardwareCompat(d.get("hardware_compat") or "none"),
                       "network": LayerCounts.from_dict(d["network"]) if d.get("network") else None})
 
 
@@ -283,7 +289,7 @@ class Manifest:
 
     model: ModelSection
     graphs: dict[Precision, GraphEntry] = field(default_factory=dict)
-    engines: dict[tuple[Precision, Flavor], EngineEntry] = field(default_factory=dict)
+    engines: dict[str, EngineEntry] = field(default_factory=dict)  # by name: precision and target
     versions: dict[str, str] = field(default_factory=lambda: tool_versions())
     created: str = field(default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
     version: int = MANIFEST_VERSION
@@ -294,8 +300,8 @@ class Manifest:
         order = list(Precision)
         graphs = sorted((e for e in entries if isinstance(e, GraphEntry)), key=lambda e: order.index(e.precision))
         engines = sorted((e for e in entries if isinstance(e, EngineEntry)),
-                         key=lambda e: (order.index(e.precision), e.flavor.value))
-        return cls(model, {e.precision: e for e in graphs}, {(e.precision, e.flavor): e for e in engines}, versions)
+                         key=lambda e: (order.index(e.precision), e.name))
+        return cls(model, {e.precision: e for e in graphs}, {e.name: e for e in engines}, versions)
 
     def entries(self) -> list[Entry]:
         """Every artifact: graphs, then engines, each by precision."""
@@ -308,6 +314,10 @@ class Manifest:
     def calibration(self) -> Calibration | None:
         int8 = self.graphs.get(Precision.int8)
         return int8.calibration if int8 else None
+
+    def engines_of(self, precision: Precision) -> list[EngineEntry]:
+        """The precision's engines, one per target."""
+        return [e for e in self.engines.values() if e.precision is precision]
 
     def holdings(self) -> str:
         """'fp32 (ort), int8 (trt)': the precisions and runners of what the folder holds, for messages."""
@@ -359,15 +369,11 @@ def _from_v1(d: dict[str, Any]) -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def export_lock(folder: Path, *, wait: bool = True) -> Iterator[None]:
-    """Hold an exclusive lock on the folder so two exports never interleave their writes."""
+def export_lock(folder: Path) -> Iterator[None]:
+    """Hold an exclusive lock on the folder so two exports never interleave their writes (the second waits)."""
     folder.mkdir(parents=True, exist_ok=True)
     with open(folder / ".lock", "w") as f:
-        flags = fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB)
-        try:
-            fcntl.flock(f, flags)
-        except BlockingIOError as e:
-            raise BadInput(f"another resnetx export is writing {folder}; wait for it to finish") from e
+        fcntl.flock(f, fcntl.LOCK_EX)
         try:
             yield
         finally:
@@ -428,99 +434,3 @@ def checked_file(folder: Path, entry: Entry) -> Path:
             "model options) with --force"
         )
     return path
-
-
-@dataclass(frozen=True)
-class AuditRow:
-    entry: Entry
-    status: str  # "ok" | "changed" | "missing"
-    source: str  # the file it was made from, or "PyTorch model"
-
-
-@dataclass(frozen=True)
-class FolderAudit:
-    """What a folder holds and whether it is still what export made (`resnetx info DIR`)."""
-
-    folder: Path
-    manifest: Manifest
-    rows: list[AuditRow]
-    version_drift: dict[str, tuple[str, str | None]]  # tool -> (at export, now)
-    references: list[str]  # stored reference logits
-    verify: dict[str, Any] | None  # the last verify's verdict (and each artifact's), whether it is about this export
-
-    @property
-    def intact(self) -> bool:
-        return all(r.status == "ok" for r in self.rows)
-
-    @property
-    def static_batch(self) -> int | None:
-        fp32 = self.manifest.graphs.get(Precision.fp32)
-        return fp32.static_batch if fp32 else None
-
-
-def audit_folder(folder: Path) -> FolderAudit:
-    """Every artifact's file checked against its recorded sha256, the tool versions then and now, the stored
-    reference logits, and the last verify verdict with whether it is about this export."""
-    folder = Path(folder)
-    m = read_manifest(folder)
-    by_sha = {e.sha256: e.file for e in m.entries()}
-    rows = []
-    for e in m.entries():
-        status = "missing" if not (folder / e.file).is_file() else "ok" if intact(folder, e) else "changed"
-        source = by_sha.get(e.source_sha256 or "") or getattr(e, "source_file", "") or "PyTorch model"
-        rows.append(AuditRow(e, status, source))
-    now = tool_versions()
-    drift = {k: (v, now.get(k)) for k, v in m.versions.items() if k != "resnetx" and now.get(k) != v}
-    return FolderAudit(folder, m, rows, drift, sorted(p.name for p in (folder / "reports").glob("reference.*.npz")),
-                       _last_verify(folder, m))
-
-
-def _last_verify(folder: Path, m: Manifest) -> dict[str, Any] | None:
-    vpath = folder / "reports" / "verify.json"
-    if not vpath.is_file():
-        return None
-    try:
-        v = json.loads(vpath.read_text())
-        rows = [r for r in v.get("rows") or [] if isinstance(r, dict) and r.get("artifact")]
-        artifacts = {r["artifact"]: "not run" if r.get("skipped") else "pass" if r.get("passed") else "fail"
-                     for r in rows}  # artifact name -> 'pass' | 'fail' | 'not run'
-        return {"passed": v.get("passed"), "data": v.get("data"), "samples": v.get("samples"),
-                "current": v.get("manifest_created") == m.created, "artifacts": artifacts}
-    except (json.JSONDecodeError, AttributeError, TypeError):
-        return {"passed": None, "error": "reports/verify.json is unreadable"}
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def system_info() -> dict[str, Any]:
-    """Where a run happened: CPU, cores, platform, GPU and driver, library versions (bench and verify reports)."""
-    info: dict[str, Any] = {"cpu": _cpu_name(), "cores": os.cpu_count(), "platform": platform.platform(),
-                            "versions": tool_versions(), "gpu": None}
-    import torch
-
-    if torch.cuda.is_available():
-        p = torch.cuda.get_device_properties(0)
-        info["gpu"] = {"name": p.name, "memory_gb": round(p.total_memory / 2**30, 1),
-                       "compute_capability": f"{p.major}.{p.minor}", "cuda": torch.version.cuda,
-                       "driver": _driver_version()}
-    return info
-
-
-def _driver_version() -> str | None:
-    try:
-        import subprocess
-
-        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-                             capture_output=True, text=True, timeout=10)
-        return out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else None
-    except (OSError, subprocess.SubprocessError):
-        return None
-

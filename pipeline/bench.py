@@ -16,8 +16,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipeline.artifacts import EngineEntry, GraphEntry, Manifest, read_manifest, system_info
+from pipeline.artifacts import EngineEntry, GraphEntry, Manifest, read_manifest, tool_versions
 from pipeline.data import calibration_overlap_note, iter_batches, label_order_note, near_chance_note, open_dataset
+from pipeline.defaults import DEFAULT_BENCH_ACCURACY_SAMPLES
+from pipeline.machine import CPU_KIND, cpu_isa, system_info
 from pipeline.memory import mem_mb, peak_rss_mb, prime_backends, reset_peak_rss, trim_heap
 from pipeline.precisions import Precision, parse_precisions
 from pipeline.reference import Reference
@@ -38,6 +40,7 @@ LATENCY_KEYS = ("p50", "p90", "p95", "p99", "mean", "std", "min", "cov", "round_
 # and shared CPUs vary more): then a note says so and how to run longer
 UNSTABLE_COV = {"cpu": 0.10, "cuda": 0.05}
 UNSTABLE_SPREAD = 0.10
+INT8_DOT = {"avx512_vnni", "avx_vnni", "amx_int8", "asimddp"}  # int8 dot-product instructions
 INT8_GAIN = 0.10  # an int8 row not this much faster than the same runtime's fp16/fp32 row gets a note
 
 
@@ -72,7 +75,7 @@ class BenchOptions:
     accuracy: bool = True
     data: str = "sample"
     data_dir: Path | None = None
-    accuracy_samples: int = 1000
+    accuracy_samples: int = DEFAULT_BENCH_ACCURACY_SAMPLES
     seed: int = 0
     peak_tflops: float | None = None  # the device's compute peak at this precision: rows get % of it
     auto_batch: bool = False  # --batch auto: per runtime, double the batch until throughput saturates
@@ -154,6 +157,11 @@ class BenchReport:
     def nothing_ran(self) -> bool:
         """No row was timed (every runtime missing or failing): no numbers to report, and the last ones stay."""
         return bool(self.rows) and all(r.latency_ms is None for r in self.rows)
+
+    @property
+    def reports(self) -> Path:
+        """reports/<kind>/: where this machine kind's bench files go (each kind of a fleet keeps its own)."""
+        return self.folder / "reports" / str(self.system.get("kind") or CPU_KIND)
 
     def to_dict(self) -> dict[str, Any]:
         return {"folder": str(self.folder), "system": self.system, "options": self.options,
@@ -260,27 +268,30 @@ def _threads(n: int | None) -> Iterator[None]:
 
 
 def bench(opts: BenchOptions, *, on_row: Callable[[BenchRow], None] | None = None,
-          on_progress: Callable[[str], None] | None = None) -> BenchReport:
+          on_progress: Callable[[str], None] | None = None,
+          accuracy: tuple[str, list[tuple[np.ndarray, np.ndarray]]] | None = None) -> BenchReport:
     """Run the matrix. Writing the report files is the caller's (`report.write_bench_files`), unless nothing
-    could be timed (`nothing_ran`): then the last real run's files stay."""
+    could be timed (`nothing_ran`): then the last real run's files stay. `accuracy`: the labelled batches the
+    accuracy column is measured on, and their name, when they come from elsewhere than --data (a fleet's driver)."""
     manifest = read_manifest(opts.folder)
     if opts.device == "cuda":
         require_cuda()
     targets = select_targets(manifest, opts.folder, command="bench", runtimes=opts.runtimes,
                              precisions=opts.precisions, device=opts.device)
     with _threads(opts.threads):
-        run = _prepare(opts, manifest)
+        run = _prepare(opts, manifest, accuracy)
         cells, rows = _open_and_time(run, targets, on_progress)
     rows += [_row(c, run) for c in cells]
     run.notes += _notes(run, rows)
     for row in rows:
         if on_row:
             on_row(row)
-    return BenchReport(opts.folder, rows, system_info(), _opts_dict(opts), run.acc_name, run.notes,
+    return BenchReport(opts.folder, rows, system_info(tool_versions()), _opts_dict(opts), run.acc_name, run.notes,
                        gflops_per_image=round(run.gflops, 4))
 
 
-def _prepare(opts: BenchOptions, manifest: Manifest) -> _Run:
+def _prepare(opts: BenchOptions, manifest: Manifest,
+             accuracy: tuple[str, list[tuple[np.ndarray, np.ndarray]]] | None = None) -> _Run:
     ref = Reference.of(manifest)
     info = ref.info
     # FLOPs do not depend on the weights: a fresh model counts when the reference's are not here
@@ -290,7 +301,9 @@ def _prepare(opts: BenchOptions, manifest: Manifest) -> _Run:
     engines = [e.file for e in manifest.entries() if isinstance(e, EngineEntry)]
     if engines and opts.device != "cuda":
         run.notes.append(f"{len(engines)} TensorRT engine(s) not timed: engines run on --device cuda only")
-    if opts.accuracy:
+    if opts.accuracy and accuracy is not None:
+        run.acc_name, run.acc_batches = accuracy
+    elif opts.accuracy:
         ds = open_dataset(opts.data, split="test", data_dir=opts.data_dir, preprocess=info.preprocess)
         if ds.labels is None or len(ds.class_names or ()) != info.num_classes:
             run.notes.append(f"accuracy n/a: {ds.name} has no labels for this model's {info.num_classes} classes")
@@ -498,21 +511,13 @@ def _int8_causes(run: _Run, rows: list[BenchRow]) -> list[str]:
         causes.append("the int8 graph is the TensorRT recipe (symmetric int8, float bias, no Q/DQ on conv outputs): "
                       "onnxruntime's x86 kernels cannot fuse it and run its pairs as float ops; for onnxruntime on "
                       "a CPU export with --int8-target cpu")
-    if run.opts.device == "cpu" and not _cpu_has_int8_dot():
+    if run.opts.device == "cpu" and not set(cpu_isa()) & INT8_DOT:
         causes.append("this CPU reports no int8 dot-product instructions (avx512_vnni, avx_vnni or amx_int8 in "
                       "/proc/cpuinfo), so int8 kernels gain little over fp32 there")
     if ort_cpu and int8 is not None and (f := _fused(run.opts.folder / int8.file)) and f[0] < f[1]:
         causes.append(f"onnxruntime fused Q/DQ pairs into integer kernels for {f[0]} of the {f[1]} int8 conv/gemm "
                       "layers")
     return causes
-
-
-def _cpu_has_int8_dot() -> bool:
-    try:
-        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
-    except (OSError, StopIteration):
-        return True  # cannot tell: say nothing
-    return any(f in flags.split() for f in ("avx512_vnni", "avx_vnni", "amx_int8", "asimddp"))
 
 
 def _fused(path: Path) -> tuple[int, int] | None:

@@ -9,18 +9,21 @@ import shlex
 import sys
 import traceback
 from collections.abc import Callable
+from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from rich.markup import escape
+from typer.core import TyperCommand, TyperGroup
 
 from exporters.calibrate import CalibMethod
-from exporters.onnx import Exporter
+from exporters.onnx import DEFAULT_OPSET, Exporter
 from exporters.quantize import Fallback, Int8Target
+from pipeline.defaults import DEFAULT_CALIB_SAMPLES, DEFAULT_OPT_LEVEL, DEFAULT_REFERENCE_SAMPLES
 from pipeline.precisions import tolerance_help
 from resnetx.errors import BadInput, CheckFailed, ResnetxError
-from resnetx.flavors import EngineChoice
+from resnetx.flavors import EngineChoice, HardwareCompat
 from runtimes.base import Device
 from runtimes.torch_rt import CompileMode
 
@@ -32,17 +35,47 @@ if TYPE_CHECKING:
 
 __all__ = ["app", "main", "cli"]
 
+def _flags_bare(params: list[Any]) -> list[Any]:
+    """Flags (--force, --help) take no value: their help shows no `<bool>` type as if they did."""
+    for p in params:
+        if getattr(p, "is_flag", False):
+            p.metavar = ""
+    return params
+
+
+class _Command(TyperCommand):
+    def get_params(self, ctx: Any) -> list[Any]:
+        return _flags_bare(super().get_params(ctx))
+
+
+class _Group(TyperGroup):
+    def get_params(self, ctx: Any) -> list[Any]:
+        return _flags_bare(super().get_params(ctx))
+
+
 app = typer.Typer(
     name="resnetx",
     help="ResNet from PyTorch to a deployable, verified, measured artifact.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    cls=_Group,
 )
 log = logging.getLogger(__name__)
 F = TypeVar("F", bound=Callable[..., Any])
 
 MODEL, DATA, RUNTIME, INT8, TRT, TOL = "Model", "Data", "Runtime", "INT8", "TensorRT", "Tolerances"
+
+
+class Schedule(str, Enum):
+    cosine = "cosine"
+    step = "step"
+
+
+class ServeDevice(str, Enum):
+    gpu = "gpu"
+    cpu = "cpu"
+
 SEARCH = "INT8 accuracy search"
 
 
@@ -83,10 +116,10 @@ def handled(fn: F) -> F:
 
 
 def click_context() -> Any:
-    try:  # typer < 0.20 depends on click; newer typer vendors it
-        from click import get_current_context
-    except ImportError:
+    try:  # newer typer vendors click (a separately installed click, e.g. Ray's, is another module)
         from typer._click.globals import get_current_context
+    except ImportError:  # typer < 0.20 depends on click
+        from click import get_current_context
     return get_current_context(silent=True)
 
 
@@ -161,8 +194,8 @@ ClassesOpt = Annotated[int | None, typer.Option(min=1, rich_help_panel=MODEL,
                                                 help="Number of classes (default: from the checkpoint, else 1000/10).")]
 ChansOpt = Annotated[int | None, typer.Option(min=1, rich_help_panel=MODEL,
                                               help="Input channels (default: from the checkpoint, else 3).")]
-SizeOpt = Annotated[int | None, typer.Option(min=1, rich_help_panel=MODEL,
-                                             help="Input height = width (default 224 ImageNet, 32 CIFAR).")]
+SizeOpt = Annotated[int | None, typer.Option(min=1, rich_help_panel=MODEL, help="Input height = width.",
+                                             show_default="the checkpoint's, else 224 ImageNet, 32 CIFAR")]
 TrustOpt = Annotated[bool, typer.Option(rich_help_panel=MODEL, help=(
     "Allow pickled Python objects in the checkpoint (runs code from the file!)."))]
 MeanOpt = Annotated[str | None, typer.Option(rich_help_panel=MODEL, help=(
@@ -207,7 +240,7 @@ def _announce_model(info: ModelInfo) -> None:
 
 
 # --------------------------------------------------------------------------- train
-@app.command()
+@app.command(cls=_Command)
 @handled
 def train(
     model: Annotated[str, typer.Option(help="Zoo architecture to train, e.g. resnet20.",
@@ -219,7 +252,8 @@ def train(
     batch_size: Annotated[int, typer.Option(min=1, help="Batch size.")] = 128,
     lr: Annotated[float, typer.Option(min=0.0, help="Peak learning rate (SGD, Nesterov momentum).")] = 0.1,
     weight_decay: Annotated[float, typer.Option(min=0.0, help="Weight decay on conv/linear weights.")] = 5e-4,
-    schedule: Annotated[str, typer.Option(help="cosine or step (x0.1 at 50% and 75%).")] = "cosine",
+    schedule: Annotated[Schedule, typer.Option(help="Learning-rate schedule: cosine, or step (x0.1 at 50% and "
+                                               "75%).")] = Schedule.cosine,
     flip: Annotated[bool, typer.Option(help="Random horizontal flips.")] = True,
     seed: Annotated[int, typer.Option(help="Seed for init, order and augmentation.")] = 0,
     limit: Annotated[int | None, typer.Option(min=1, help="Train on the first N images only.")] = None,
@@ -237,7 +271,7 @@ def train(
     from pipeline.train import train as run_train
 
     cfg = TrainConfig(model=model, data=data, data_dir=data_dir, epochs=epochs, batch_size=batch_size, lr=lr,
-                      weight_decay=weight_decay, schedule=schedule, flip=flip, seed=seed, limit=limit,
+                      weight_decay=weight_decay, schedule=schedule.value, flip=flip, seed=seed, limit=limit,
                       eval_limit=eval_limit, device=device.value, out=out, image_size=image_size)
     console = _console()
     with Progress(TextColumn("epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
@@ -277,8 +311,8 @@ def _do_export(opts: ExportOptions) -> ExportResult:
     return result
 
 
-PRECISION_HELP = ("Comma-separated: fp32,fp16,int8 (fp32 is always made: it is the source). Default fp32; with "
-                  "--engines-only, every graph in the folder.")
+PRECISION_HELP = ("Comma-separated: fp32,fp16,int8 (fp32 is always made: it is the source); with --engines-only, "
+                  "default every graph in the folder.")
 STATIC_HELP = "Bake this batch size into the graph and engines (implies --no-dynamic-batch; default 1 with it)."
 KEEP_HELP = "Layers (module paths, e.g. layer3.1.conv2) kept in fp32 in fp16 graphs and unquantized in int8."
 ENDS_HELP = ("Also quantize the stem conv and the classifier (kept float by default: most accuracy, least speed; "
@@ -315,9 +349,13 @@ BatchRangeOpt = Annotated[str | None, typer.Option(rich_help_panel=TRT, help=(
 WorkspaceOpt = Annotated[int | None, typer.Option(min=1, help="Builder workspace limit (MiB).", rich_help_panel=TRT)]
 RtxOpt = Annotated[str | None, typer.Option(rich_help_panel=TRT, help=(
     "TensorRT-RTX targets, e.g. SM86,SM89 (default SM80,SM86,SM89,SM120)."))]
+OptLevelOpt = Annotated[int, typer.Option(min=0, max=5, help="Builder optimization level.", rich_help_panel=TRT)]
+CompatOpt = Annotated[HardwareCompat, typer.Option(rich_help_panel=TRT, help=(
+    "Enterprise TensorRT: where its engines may run: none (the GPU kind built on), same-cc (any GPU of its compute "
+    "capability), ampere+ (any compute 8.0+, at some speed); recorded in the engine's name."))]
 
 
-@app.command()
+@app.command(cls=_Command)
 @handled
 def export(
     model: ModelOpt = "default",
@@ -331,14 +369,14 @@ def export(
     resize: ResizeOpt = None,
     class_names: ClassNamesOpt = None,
     out: OutOpt = None,
-    precision: Annotated[str | None, typer.Option(help=PRECISION_HELP)] = None,
+    precision: Annotated[str | None, typer.Option(help=PRECISION_HELP, show_default="fp32")] = None,
     exporter: Annotated[Exporter, typer.Option(help="dynamo (torch.export) or legacy (TorchScript).")] = "dynamo",
-    opset: Annotated[int, typer.Option(help="ONNX opset.")] = 18,
+    opset: Annotated[int, typer.Option(help="ONNX opset.")] = DEFAULT_OPSET,
     dynamic_batch: Annotated[bool, typer.Option(help="Dynamic batch dimension (--no-dynamic-batch: batch 1).")] = True,
     static_batch: Annotated[int | None, typer.Option(min=1, help=STATIC_HELP)] = None,
     calib_data: CalibDataOpt = "sample",
     calib_dir: CalibDirOpt = None,
-    calib_samples: CalibSamplesOpt = 512,
+    calib_samples: CalibSamplesOpt = DEFAULT_CALIB_SAMPLES,
     calib_method: CalibMethodOpt = CalibMethod.percentile,
     int8_target: Int8TargetOpt = Int8Target.tensorrt,
     keep_fp32: Annotated[str | None, typer.Option(help=KEEP_HELP, rich_help_panel=INT8)] = None,
@@ -353,9 +391,10 @@ def export(
     engine: EngineOpt = EngineChoice.none,
     batch_range: BatchRangeOpt = None,
     workspace_mb: WorkspaceOpt = None,
-    opt_level: Annotated[int, typer.Option(min=0, max=5, help="Builder optimization level.", rich_help_panel=TRT)] = 3,
+    opt_level: OptLevelOpt = DEFAULT_OPT_LEVEL,
     rtx_compute_capability: RtxOpt = None,
-    reference_samples: Annotated[int, typer.Option(min=0, help=REF_HELP)] = 512,
+    hardware_compat: CompatOpt = HardwareCompat.none,
+    reference_samples: Annotated[int, typer.Option(min=0, help=REF_HELP)] = DEFAULT_REFERENCE_SAMPLES,
     force: Annotated[bool, typer.Option(help=FORCE_HELP)] = False,
     engines_only: Annotated[bool, typer.Option(help=ENGINES_ONLY_HELP, rich_help_panel=TRT)] = False,
 ) -> None:
@@ -371,11 +410,10 @@ def export(
         opset=opset, batch=static_batch or (None if dynamic_batch else 1), calib_data=calib_data, calib_dir=calib_dir,
         calib_samples=calib_samples, calib_method=calib_method, int8_target=int8_target, keep_fp32=_csv(keep_fp32),
         int8_quantize_ends=int8_quantize_ends, int8_equalize=int8_equalize, max_accuracy_drop=max_accuracy_drop,
-        accuracy_data=accuracy_data,
-        accuracy_dir=accuracy_dir, accuracy_samples=accuracy_samples, fallback=fallback, search_seconds=search_seconds,
-        engine=engine, batch_range=_batch_range(batch_range),
-        workspace_mb=workspace_mb, opt_level=opt_level, rtx_compute_capabilities=_csv(rtx_compute_capability) or None,
-        force=force, engines_only=engines_only, reference_samples=reference_samples,
+        accuracy_data=accuracy_data, accuracy_dir=accuracy_dir, accuracy_samples=accuracy_samples, fallback=fallback,
+        search_seconds=search_seconds, engine=engine, batch_range=_batch_range(batch_range), workspace_mb=workspace_mb,
+        opt_level=opt_level, rtx_compute_capabilities=_csv(rtx_compute_capability) or None,
+        hardware_compat=hardware_compat, force=force, engines_only=engines_only, reference_samples=reference_samples,
     ))
 
 
@@ -383,7 +421,6 @@ def export(
 def _do_verify(opts: VerifyOptions) -> VerifyReport:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-    from pipeline.report import localization_table, verify_reasons, verify_table, write_verify_json
     from pipeline.verify import verify as run_verify
 
     console = _console()
@@ -397,7 +434,17 @@ def _do_verify(opts: VerifyOptions) -> VerifyReport:
             bar.update(tasks[name], completed=done)
 
         report = run_verify(opts, on_progress=on_progress)
-    write_verify_json(report)
+    _print_verify(console, report)
+    return report
+
+
+def _print_verify(console: Any, report: VerifyReport) -> None:
+    """The table, reasons, localisation and notes; then the report and verdicts are written and the verdict line
+    printed. A report that cannot be written (a read-only folder) still leaves the verdict on screen: exit 2."""
+    from pipeline.artifacts import read_manifest
+    from pipeline.report import localization_table, verify_reasons, verify_table, write_verify_json
+    from pipeline.verdicts import VERDICTS, record_verdicts
+
     console.print(verify_table(report, width=console.width))
     for line in verify_reasons(report):
         console.print(line)
@@ -410,13 +457,22 @@ def _do_verify(opts: VerifyOptions) -> VerifyReport:
             console.print(f"[yellow]localisation of {r.artifact} failed:[/] {escape(r.localization_error)}")
     for n in report.notes:
         console.print(f"[yellow]note:[/] {escape(n)}")
+    unwritten = None
+    try:
+        if write_verify_json(report) is not None:
+            record_verdicts(report.folder, report.verdicts(read_manifest(report.folder)))
+    except OSError as e:
+        unwritten = e
     ref = "stored reference logits" if report.reference_stored else "reference computed now"
     verdict = ("[green]PASS[/]" if report.passed else "[yellow]NOTHING RAN[/]" if report.nothing_ran
                else "[red]FAIL[/]")
-    where = (f"report: {escape(str(report.report_path))}" if report.report_path
-             else "no report written (reports/verify.json keeps the last verdict)")
-    console.print(f"{verdict} in {report.seconds:.1f} s ({ref}); {where}")
-    return report
+    where = (f"report: {escape(str(report.report_path))}, verdicts: {escape(str(report.folder / VERDICTS))}"
+             if report.report_path else "no report written (the folder's reports keep the last verdicts)")
+    console.print(f"{verdict} in {report.seconds:.1f} s ({ref}); {where if unwritten is None else 'NOT WRITTEN'}")
+    if unwritten is not None:
+        why = unwritten.strerror or str(unwritten)
+        raise BadInput(f"the verify report {report.report_path} could not be written ({why}); the verdict above is "
+                       f"not recorded: make {report.folder / 'reports'} writable and verify again")
 
 
 def _verdict(verify_report: VerifyReport | None = None, bench_report: BenchReport | None = None) -> None:
@@ -433,14 +489,15 @@ def _verdict(verify_report: VerifyReport | None = None, bench_report: BenchRepor
         raise CheckFailed(f"verify failed for {', '.join(failed)}: see the table and reasons above")
 
 
-@app.command()
+@app.command(cls=_Command)
 @handled
 def verify(
     folder: DirArg = Path("artifacts/default"),
     device: Annotated[Device, typer.Option(help="Where candidates run; the reference is fp32 PyTorch on the "
                                            "CPU.")] = Device.cpu,
     samples: Annotated[int, typer.Option(min=1, help="Inputs: real images plus 4 extreme ones (zeros, noise, "
-                                         "large).")] = 512,
+                                         "large); an image folder is drawn seeded across its classes.")] = (
+        DEFAULT_REFERENCE_SAMPLES),
     data: DataOpt = "sample",
     data_dir: DataDirOpt = None,
     precision: Annotated[str | None, typer.Option(help="Only these precisions, e.g. fp16,int8.")] = None,
@@ -480,26 +537,25 @@ def _do_bench(opts: BenchOptions, compare: Path | None = None) -> BenchReport:
 
         report = run_bench(opts, on_row=on_row, on_progress=lambda text: status.update(escape(text)))
     if not report.nothing_ran:
-        write_bench_files(report, opts.folder / "reports")
+        write_bench_files(report, report.reports)
     console.print(bench_table(report, width=console.width))
     for line in bench_not_run(report):
         console.print(line)
     for n in report.notes:
         console.print(f"[yellow]note:[/] {escape(n)}")
     if report.nothing_ran:
-        console.print("[yellow]NOTHING RAN[/]: no report written (reports/bench.* keep the last run)")
+        console.print("[yellow]NOTHING RAN[/]: no report written (reports/<kind>/bench.* keep the last run)")
         return report
     if compare is not None:
         ratios = compare_reports(report, compare)
         console.print(compare_table(ratios, compare) if ratios else
                       f"[yellow]--compare:[/] no timed row of {escape(str(compare))} has this run's runtime, "
                       "precision, device and batch size")
-    console.print(f"reports: {escape(str(opts.folder / 'reports'))}/bench.{{json,md,csv,png}}")
+    console.print(f"reports: {escape(str(report.reports))}/bench.{{json,md,csv,png}}")
     return report
 
 
-RUNTIME_HELP = ("Runtimes: torch, ort, trt, ort-trt (default torch,ort; +trt on cuda; ort-trt = onnxruntime's "
-                "TensorRT provider, on request).")
+RUNTIME_HELP = "Runtimes: torch, ort, trt, ort-trt (onnxruntime's TensorRT provider, on request)."
 COMPILE_MODE_HELP = ("torch.compile mode: max-autotune-no-cudagraphs (minutes of autotuning, cached in the folder; "
                      "--cuda-graph adds graphs), max-autotune, reduce-overhead, default (fastest to compile).")
 CUDNN_HELP = ("torch CUDA: let cuDNN time its algorithms per shape (during warm-up), as onnxruntime's CUDA provider "
@@ -508,11 +564,12 @@ PEAK_HELP = ("The device's compute peak at this precision in TFLOP/s (e.g. 725 f
              "of peak per row.")
 
 
-@app.command()
+@app.command(cls=_Command)
 @handled
 def bench(
     folder: DirArg = Path("artifacts/default"),
-    runtime: Annotated[str | None, typer.Option(help=RUNTIME_HELP, rich_help_panel=RUNTIME)] = None,
+    runtime: Annotated[str | None, typer.Option(help=RUNTIME_HELP, rich_help_panel=RUNTIME,
+                                                show_default="torch,ort; +trt on cuda")] = None,
     precision: Annotated[str | None, typer.Option(help="Only these precisions.", rich_help_panel=RUNTIME)] = None,
     device: Annotated[Device, typer.Option(help="cpu, cuda, or auto (cuda when a GPU is visible).",
                                            rich_help_panel=RUNTIME)] = Device.cpu,
@@ -560,7 +617,7 @@ def bench(
 
 
 # --------------------------------------------------------------------------- run
-@app.command()
+@app.command(cls=_Command)
 @handled
 def run(
     model: ModelOpt = "default",
@@ -583,10 +640,14 @@ def run(
     data_dir: DataDirOpt = None,
     calib_data: CalibDataOpt = "sample",
     calib_dir: CalibDirOpt = None,
+    calib_samples: CalibSamplesOpt = DEFAULT_CALIB_SAMPLES,
     int8_target: Int8TargetOpt = Int8Target.tensorrt,
+    iters: Annotated[int, typer.Option(min=1, help="Bench: timed runs (at least).")] = 50,
+    min_seconds: Annotated[float, typer.Option(min=0, help="Bench: timed seconds (at least).")] = 1.0,
+    rounds: Annotated[int, typer.Option(min=1, help="Bench: interleaved passes over all runtimes.")] = 3,
 ) -> None:
     """export -> verify -> bench with defaults: the whole job in one command (--data: what verify and bench's
-    accuracy use; --calib-data: what int8 is calibrated on)."""
+    accuracy use; --calib-data: what int8 is calibrated on); one verdict line at the end."""
     from pipeline.bench import BenchOptions
     from pipeline.data import open_dataset
     from pipeline.export import ExportOptions
@@ -598,23 +659,37 @@ def run(
     dev = device.resolve()
     spec = _model_spec(model, weights, num_classes, in_chans, image_size, trust_checkpoint, mean, std, resize,
                        class_names)
-    exp = ExportOptions(model=spec,
-                        out=out, precisions=parse_precisions(precision), engine=engine, calib_data=calib_data,
-                        calib_dir=calib_dir, int8_target=int8_target, reference_data=data, reference_data_dir=data_dir)
+    exp = ExportOptions(model=spec, out=out, precisions=parse_precisions(precision), engine=engine,
+                        calib_data=calib_data, calib_dir=calib_dir, calib_samples=calib_samples,
+                        int8_target=int8_target, reference_data=data, reference_data_dir=data_dir)
     ver = VerifyOptions(folder=out, device=dev, data=data, data_dir=data_dir)
-    ben = BenchOptions(folder=out, device=dev, batches=_ints(batch, "--batch"), data=data, data_dir=data_dir)
+    ben = BenchOptions(folder=out, device=dev, batches=_ints(batch, "--batch"), data=data, data_dir=data_dir,
+                       iters=iters, min_seconds=min_seconds, rounds=rounds)
     open_dataset(data, data_dir=data_dir)
     if dev == "cuda":
         from runtimes.base import require_cuda
 
         require_cuda("; nothing was exported")
+    _run_all(exp, ver, ben)
+
+
+def _run_all(exp: ExportOptions, ver: VerifyOptions, ben: BenchOptions) -> None:
+    """export, verify, bench; then one line with the whole job's verdict, and its exit code."""
     _do_export(exp)
     report = _do_verify(ver)
-    _verdict(verify_report=report, bench_report=_do_bench(ben))
+    bench_report = _do_bench(ben)
+    timed = sum(r.latency_ms is not None for r in bench_report.rows)
+    verdict = "[green]PASS[/]" if report.passed and timed else "[red]FAIL[/]" if not report.passed else \
+        "[yellow]NOTHING TIMED[/]"
+    acc = f"; bench's accuracy column on {escape(bench_report.accuracy_data)}" if bench_report.accuracy_data else ""
+    _console().print(f"resnetx run: {verdict}: exported to {escape(str(exp.out))}; verify "
+                     f"{'passed' if report.passed else 'FAILED'} on {report.samples} inputs of {escape(report.data)}"
+                     f"{acc}; {timed} of {len(bench_report.rows)} bench rows timed", soft_wrap=True)
+    _verdict(verify_report=report, bench_report=bench_report)
 
 
 # --------------------------------------------------------------------------- info
-@app.command()
+@app.command(cls=_Command)
 @handled
 def info(
     folder: Annotated[Path | None, typer.Argument(help="An artifact folder: show its provenance and check every "
@@ -624,7 +699,7 @@ def info(
     if folder is None:
         _console().print(_machine_table())
         return
-    from pipeline.artifacts import audit_folder
+    from pipeline.audit import audit_folder
     from pipeline.remake import remake_command
     from pipeline.report import folder_notes, folder_table
 
@@ -641,7 +716,7 @@ def info(
 
 
 
-@app.command()
+@app.command(cls=_Command)
 @handled
 def triton(
     folder: DirArg = Path("artifacts/default"),
@@ -653,8 +728,8 @@ def triton(
     max_batch: Annotated[int | None, typer.Option(min=1, help="max_batch_size (default: the engine profile's MAX; "
                                                   "64 for ONNX graphs without engines).")] = None,
     instances: Annotated[int, typer.Option(min=1, help="Instances of each model (instance_group count).")] = 1,
-    device: Annotated[str, typer.Option(help="gpu or cpu: where the ONNX models run (engines need a GPU; cpu "
-                                        "leaves them out).")] = "gpu",
+    device: Annotated[ServeDevice, typer.Option(help="Where the ONNX models run (engines need a GPU; cpu leaves "
+                                                "them out).")] = ServeDevice.gpu,
     queue_delay_us: Annotated[int, typer.Option(min=0, help="Dynamic batching: how long a request may wait for "
                                                 "others, in microseconds.")] = 100,
     allow_unverified: Annotated[bool, typer.Option(help="Write it even if the folder's last verify failed or is "
@@ -668,7 +743,8 @@ def triton(
     from pipeline.triton_repo import write_repository
 
     opts = TritonOptions(folder=folder, out=out, name=name, max_batch=max_batch, instances=instances,
-                         device=device, queue_delay_us=queue_delay_us, allow_unverified=allow_unverified, force=force,
+                         device=device.value, queue_delay_us=queue_delay_us, allow_unverified=allow_unverified,
+                         force=force,
                          precisions=parse_precisions(precision, with_source=False) if precision else None)
     result = write_repository(opts)
     console = _console()
@@ -677,6 +753,70 @@ def triton(
         console.print(f"note: {escape(line)}")
     console.print(f"serve with: tritonserver --model-repository {escape(str(result.repo))}  "
                   f"(see {escape(str(result.repo / 'README.md'))})", soft_wrap=True)
+
+FLEET_KINDS_HELP = ("GPU kinds to serve: auto (every kind in the cluster: a node's ray.io/accelerator-type or "
+                    "resnetx.io/kind label), or a list such as L4,A10G.")
+
+
+@app.command(cls=_Command)
+@handled
+def fleet(
+    folder: DirArg = Path("artifacts/default"),
+    address: Annotated[str | None, typer.Option(help="A running Ray cluster (ray://host:10001 or host:6379).",
+                                                show_default="a local Ray instance on this machine")] = None,
+    kinds: Annotated[str, typer.Option(help=FLEET_KINDS_HELP)] = "auto",
+    plan: Annotated[bool, typer.Option("--plan", help="Show the nodes and what builds where, then stop.")] = False,
+    engine: Annotated[EngineChoice, typer.Option(help="auto (enterprise TensorRT where a node has it and a GPU, "
+                                                 "else TensorRT-RTX), rtx or tensorrt.")] = EngineChoice.auto,
+    hardware_compat: CompatOpt = HardwareCompat.none,
+    rtx_turing: Annotated[bool, typer.Option(help="Also build TensorRT-RTX engines for compute 7.5 (T4).")] = False,
+    data: DataOpt = "sample",
+    data_dir: DataDirOpt = None,
+    samples: Annotated[int, typer.Option(min=1, help="Verify inputs, shipped once to every kind.")] = (
+        DEFAULT_REFERENCE_SAMPLES),
+    batch: Annotated[str, typer.Option(help="Bench batch sizes on every kind.")] = "1,8,32",
+    kind_timeout: Annotated[float, typer.Option(min=1, help="Seconds a kind's task may wait for a node and run; "
+                                                "then it is reported not run.")] = 300.0,
+    retries: Annotated[int, typer.Option(min=0, help="Runs again on another node of its kind when a node "
+                                         "dies.")] = 2,
+    force: Annotated[bool, typer.Option(help="Run kinds an earlier fleet run already recorded.")] = False,
+    iters: Annotated[int, typer.Option(min=1, help="Bench: timed runs (at least).")] = 50,
+    min_seconds: Annotated[float, typer.Option(min=0, help="Bench: timed seconds (at least).")] = 1.0,
+) -> None:
+    """Build, verify and benchmark the folder's engines on every GPU kind of a Ray cluster; merge the results."""
+    from pipeline.fleet import FleetOptions, run_fleet
+    from pipeline.fleet_report import fleet_table, merge_reports, plan_table, write_fleet_files
+
+    if engine is EngineChoice.none:
+        raise BadInput("--engine none builds nothing: give auto, rtx or tensorrt")
+    opts = FleetOptions(folder=folder, address=address, kinds=None if kinds == "auto" else _csv(kinds) or None,
+                        plan_only=plan, engine=engine.value, hardware_compat=hardware_compat, rtx_turing=rtx_turing,
+                        data=data, data_dir=data_dir, samples=samples, batches=_ints(batch, "--batch"),
+                        kind_timeout=kind_timeout, retries=retries, force=force,
+                        bench={"iters": iters, "min_seconds": min_seconds, "rounds": 3})
+    console = _console()
+    with console.status("fleet...") as status:
+        run = run_fleet(opts, on_progress=status.update)
+    console.print(plan_table(run.plans))
+    if plan:
+        return
+    rep = merge_reports(run)
+    paths = write_fleet_files(run.folder, rep)
+    console.print(fleet_table(rep))
+    for p in rep.parity:
+        console.print(f"parity {p['precision']}: {p['kind_a']} vs {p['kind_b']}: top-1 agreement "
+                      f"{100 * p['top1_agreement']:.2f}%, rel. L2 {p['rel_l2']:.2e}")
+    for kind, line in rep.ship.items():
+        console.print(f"{escape(kind)}: {escape(line)}", soft_wrap=True)
+    if run.recorded:
+        console.print(f"[yellow]note:[/] recorded by an earlier fleet run, not run again: {', '.join(run.recorded)} "
+                      "(--force runs them)")
+    ray = ", ".join(f"{k} {v:.2f} s" for k, v in run.ray_seconds.items())
+    console.print(f"fleet: {len(run.results)} kind(s) run in {run.seconds:.0f} s (Ray's share: {ray or 'none'}); "
+                  f"reports: {escape(', '.join(str(p) for p in paths))}", soft_wrap=True)
+    if run.failed:
+        raise CheckFailed(f"fleet: kind(s) {', '.join(run.failed)} not run or failing their checks: see above")
+
 
 def _machine_table() -> Any:
     """What this machine has: versions, CUDA, onnxruntime's providers, TensorRT flavours, the zoo."""

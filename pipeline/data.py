@@ -18,6 +18,7 @@ __all__ = [
     "Preprocess",
     "Dataset",
     "Batch",
+    "ImageSet",
     "DATASETS",
     "FASHION_MNIST_DIR",
     "FASHION_MNIST_CLASSES",
@@ -25,13 +26,14 @@ __all__ = [
     "open_dataset",
     "iter_batches",
     "select_indices",
+    "stratified_indices",
+    "undecodable",
     "read_idx",
     "write_idx",
     "calibration_split",
     "calibration_overlap_note",
     "label_order_note",
     "near_chance_note",
-    "make_sample",
 ]
 
 log = logging.getLogger(__name__)
@@ -133,7 +135,7 @@ class Dataset:
         if self._images is not None:
             return self._images[idx]
         if self._files is not None:
-            return np.stack([_decode_image(self._files[i], self._preprocess) for i in idx])
+            return _decode_all([self._files[i] for i in idx], self._preprocess)
         h, w, c = self._synthetic_shape or (32, 32, 3)
         out = np.empty((len(idx), h, w, c), np.uint8)
         for j, i in enumerate(idx):  # per-index seeds: every runner sees identical inputs
@@ -146,6 +148,29 @@ class Batch:
     x: np.ndarray  # float32 NCHW, preprocessed
     y: np.ndarray | None  # int64 labels
     index: np.ndarray
+
+
+@dataclass(frozen=True)
+class ImageSet:
+    """Some images of a dataset, decoded and preprocessed a chunk at a time whenever they are read: memory does not
+    grow with their number, and every read gives the same bytes."""
+
+    ds: Dataset
+    pre: Preprocess
+    index: np.ndarray  # the dataset's indices, in the order they are read
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    @property
+    def labels(self) -> np.ndarray | None:
+        return None if self.ds.labels is None else self.ds.labels[self.index].astype(np.int64)
+
+    def chunks(self, size: int, rows: np.ndarray | None = None) -> Iterator[np.ndarray]:
+        """float32 NCHW, at most `size` images at a time: all of them, or those at positions `rows`."""
+        index = self.index if rows is None else self.index[rows]
+        for i in range(0, len(index), size):
+            yield self.pre(self.ds.raw(index[i : i + size]))
 
 
 def select_indices(n_total: int, limit: int | None, seed: int, shuffle: bool = False) -> np.ndarray:
@@ -269,6 +294,53 @@ def _cifar10(split: str, data_dir: Path | None, _: Preprocess | None) -> Dataset
 _IMAGE_EXT = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 
 
+def _decode_all(files: list[Path], pre: Preprocess | None) -> np.ndarray:
+    """The images, decoded to the model's size; every file that cannot be decoded is named in one error."""
+    out, bad = [], []
+    for f in files:
+        try:
+            out.append(_decode_image(f, pre))
+        except BadInput:
+            bad.append(str(f))
+    if bad:
+        raise BadInput(f"{len(bad)} image(s) cannot be decoded: {', '.join(bad[:8])}"
+                       f"{f' and {len(bad) - 8} more' if len(bad) > 8 else ''}; remove or replace them")
+    return np.stack(out)
+
+
+def undecodable(ds: Dataset, idx: np.ndarray) -> list[str]:
+    """The image files among `idx` that do not open as images (header and data checked, not decoded): found before
+    any long work, all at once."""
+    if ds._files is None:
+        return []
+    from PIL import Image
+
+    bad = []
+    for i in idx:
+        try:
+            with Image.open(ds._files[i]) as im:
+                im.verify()
+        except Exception:  # noqa: BLE001 - PIL raises many kinds for a broken file
+            bad.append(str(ds._files[i]))
+    return bad
+
+
+def stratified_indices(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """n indices drawn seeded and spread over the classes as evenly as they allow (round-robin over each class's
+    shuffled images), sorted: a small --samples of a folder read in class order still sees every class."""
+    rng = np.random.default_rng(seed)
+    pools = [rng.permutation(np.flatnonzero(labels == k)) for k in np.unique(labels)]
+    picked: list[int] = []
+    depth = 0
+    while len(picked) < n:
+        layer = [int(p[depth]) for p in pools if depth < len(p)]
+        if not layer:
+            break
+        picked += [int(i) for i in rng.permutation(layer)][: n - len(picked)]
+        depth += 1
+    return np.sort(np.asarray(picked, dtype=np.int64))
+
+
 def _decode_image(path: Path, pre: Preprocess | None) -> np.ndarray:
     from PIL import Image
 
@@ -372,21 +444,6 @@ def open_dataset(
         raise BadInput(f"unknown dataset {name!r}; known: {', '.join(DATASETS)} (imagefolder:DIR)")
     directory = Path(inline) if inline else (Path(data_dir) if data_dir else None)
     return DATASETS[key](split, directory, preprocess)
-
-
-def make_sample(dst: Path, *, data_dir: Path | None = None, per_class: int = 100, seed: int = 0) -> Path:
-    """Build the bundled sample: `per_class` seeded test images of each Fashion-MNIST class."""
-    ds = _fashion_mnist("test", data_dir, None)
-    if ds.labels is None or ds._images is None:
-        raise BadInput("the Fashion-MNIST test split has no labels or images")
-    rng = np.random.default_rng(seed)
-    idx = np.sort(np.concatenate([
-        rng.choice(np.flatnonzero(ds.labels == k), per_class, replace=False) for k in range(10)
-    ]))
-    buf = Path(dst)
-    np.savez_compressed(buf, images=ds._images[idx], labels=ds.labels[idx].astype(np.uint8),
-                        source_index=idx.astype(np.int32))
-    return buf
 
 
 def near_chance_note(top1: float | None, num_classes: int, what: str) -> str | None:

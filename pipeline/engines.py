@@ -2,14 +2,26 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from pipeline.artifacts import EngineEntry, Entry, LayerCounts
 from pipeline.export_options import ExportContext, check_batch_range
+from pipeline.machine import driver_version
 from pipeline.precisions import PRECISIONS, Precision
 from pipeline.steps import Step
 from pipeline.zoo import ModelInfo
-from resnetx.flavors import RTX_PORTABLE_CCS, EngineChoice, Flavor, available_flavors, import_flavor
+from resnetx.flavors import (
+    FLAVORS,
+    RTX_PORTABLE_CCS,
+    EngineChoice,
+    EngineTarget,
+    Flavor,
+    available_flavors,
+    gpu_kind_of,
+    import_flavor,
+)
 
-__all__ = ["resolve_flavor", "default_batch_range", "engine_profile", "engine_steps"]
+__all__ = ["resolve_flavor", "default_batch_range", "engine_profile", "engine_steps", "engine_target"]
 
 
 def resolve_flavor(choice: EngineChoice, notices: list[str]) -> Flavor | None:
@@ -40,45 +52,60 @@ def engine_profile(batch: int | None, batch_range: tuple[int, int, int] | None,
     return (batch,) * 3  # type: ignore[return-value]
 
 
-def engine_steps(ctx: ExportContext, precisions: tuple[Precision, ...], flavor: Flavor | None,
-                 batch: int | None) -> list[Step]:
-    """One engine per precision from its graph, keyed by the graph, the options, the TensorRT version and, for
-    enterprise TensorRT (whose engines are tied to the GPU they were built on), this GPU."""
-    if flavor is None:
-        return []
+def engine_target(ctx: ExportContext, p: Precision, flavor: Flavor, profile: tuple[int, int, int],
+                  ccs: tuple[str, ...]) -> EngineTarget:
+    """The target an engine built here will have: known before the build, so its step (and its file) is named
+    by it and engines for other targets sit beside it."""
+    o = ctx.opts
+    if flavor is Flavor.rtx:
+        return EngineTarget(flavor, ctx.versions.get(FLAVORS[flavor].pip) or "", p.value, profile,
+                            tuple(c.upper() for c in ccs))
     from exporters.tensorrt import gpu_target
 
-    o, v = ctx.opts, ctx.versions
+    gpu, cc = gpu_target()
+    version = ctx.versions.get(FLAVORS[flavor].pip) or ctx.versions.get("tensorrt") or ""
+    return EngineTarget(flavor, version, p.value, profile, (), gpu, cc, o.hardware_compat,
+                        gpu_kind_of(gpu) if gpu else None)
+
+
+def engine_steps(ctx: ExportContext, precisions: tuple[Precision, ...], flavor: Flavor | None,
+                 batch: int | None) -> list[Step]:
+    """One engine per precision from its graph, named and keyed by its target (the flavour's own version, the
+    compute capabilities it is built for, or the GPU it is built on and its compatibility level)."""
+    if flavor is None:
+        return []
+    o = ctx.opts
     profile = engine_profile(batch, o.batch_range, ctx.info)
     ccs = tuple(o.rtx_compute_capabilities or RTX_PORTABLE_CCS)
-    gpu = gpu_target() if flavor is Flavor.tensorrt else None
-    trt = v.get("tensorrt") or v.get("tensorrt-rtx-cu13") or v.get("tensorrt-cu13")
     steps = []
     for p in precisions:
-        inputs = {"flavor": flavor.value, "profile": profile, "ws": o.workspace_mb, "opt": o.opt_level,
-                  "ccs": ccs if flavor is Flavor.rtx else None, "tf32": p is not Precision.fp32, "gpu": gpu, "trt": trt}
-        steps.append(Step(f"{p.value}.{flavor.value}", f"engine {p.value}", inputs,
-                          _maker(ctx, p, flavor, profile, ccs), sources=(p.value,), describe=_note))
+        t = engine_target(ctx, p, flavor, profile, ccs)
+        inputs = {"target": t.tag, "profile": profile, "ws": o.workspace_mb, "opt": o.opt_level,
+                  "tf32": p is not Precision.fp32, "trt": t.trt_version}
+        steps.append(Step(f"{p.value}.{t.tag}", f"engine {p.value}", inputs, _maker(ctx, p, t), sources=(p.value,),
+                          describe=_note))
     return steps
 
 
-def _maker(ctx: ExportContext, p: Precision, flavor: Flavor, profile: tuple[int, int, int], ccs: tuple[str, ...]):
+def _maker(ctx: ExportContext, p: Precision, t: EngineTarget) -> Callable[[dict[str, Entry]], EngineEntry]:
     def make(made: dict[str, Entry]) -> EngineEntry:
         from exporters.tensorrt import build_engine
 
         o, src = ctx.opts, made[p.value]
-        ctx.progress(f"engine {p.value}: building with {flavor.value}")
-        e = build_engine(ctx.out / src.file, ctx.out / PRECISIONS[p].engine_file(flavor.value), flavor=flavor,
-                         precision=p.value, input_chw=ctx.info.input_shape, profile=profile,
+        ctx.progress(f"engine {p.value}: building with {t.flavor.value} for {t.tag}")
+        e = build_engine(ctx.out / src.file, ctx.out / PRECISIONS[p].engine_file(t.tag), flavor=t.flavor,
+                         precision=p.value, input_chw=ctx.info.input_shape, profile=t.profile,
                          workspace_mb=o.workspace_mb, opt_level=o.opt_level,
-                         timing_cache=ctx.out / "timing.cache" if flavor is Flavor.tensorrt else None,
-                         compute_capabilities=ccs)
-        t = e.target
+                         timing_cache=ctx.out / "timing.cache" if t.flavor is Flavor.tensorrt else None,
+                         compute_capabilities=t.compute_capabilities or RTX_PORTABLE_CCS,
+                         hardware_compat=t.hardware_compat)
+        built = e.target
         return EngineEntry(p, e.path.name, e.sha256, e.size_bytes, source_sha256=e.source_sha256,
-                           flavor=flavor, trt_version=t.trt_version, profile=t.profile, source_file=src.file,
-                           compute_capabilities=t.compute_capabilities, gpu=t.gpu,
-                           compute_capability=t.compute_capability, strongly_typed=e.strongly_typed,
-                           opt_level=e.opt_level, tf32=e.tf32,
+                           flavor=t.flavor, trt_version=built.trt_version, profile=built.profile, source_file=src.file,
+                           compute_capabilities=built.compute_capabilities, gpu=built.gpu,
+                           compute_capability=built.compute_capability, gpu_kind=t.kind,
+                           driver=driver_version() if built.gpu else None, hardware_compat=t.hardware_compat,
+                           strongly_typed=e.strongly_typed, opt_level=e.opt_level, tf32=e.tf32,
                            network=LayerCounts.from_dict(e.network) if e.network else None)
 
     return make
@@ -88,4 +115,4 @@ def _note(entry: Entry) -> str:
     if not isinstance(entry, EngineEntry):
         return ""
     counts = entry.network.note(entry.precision.value) if entry.network else "network precision not recorded"
-    return f"{entry.flavor.value} {entry.trt_version}; {counts}"
+    return f"{entry.flavor.value} {entry.trt_version} for {entry.target.tag}; {counts}"

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import logging
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+import numpy as np
 
 from pipeline.artifacts import (
     MANIFEST,
@@ -20,16 +23,19 @@ from pipeline.artifacts import (
     tool_versions,
     write_manifest,
 )
+from pipeline.audit import stale_files
+from pipeline.data import Dataset, open_dataset, select_indices, undecodable
 from pipeline.engines import engine_profile, engine_steps, resolve_flavor
 from pipeline.export_options import ExportContext, ExportOptions
-from pipeline.graphs import int8_notices
-from pipeline.precisions import PRECISIONS, Precision
-from pipeline.reference import compute_and_store, load_stored, reference_file, verify_inputs
+from pipeline.graphs import GRAPH_STEPS, int8_notices
+from pipeline.precisions import Precision
+from pipeline.reference import StoredRows, reference_file, store, stored_or_computed, verify_inputs
+from pipeline.search import accuracy_set
 from pipeline.steps import FolderWriter, Step, StepEvent, keep_earlier, kept_event, remove_strays, run_steps
 from pipeline.zoo import ModelInfo, load_model, state_sha256
 from resnetx.errors import BackendUnavailable, BadInput, ResnetxError
 from resnetx.files import file_sha256
-from resnetx.flavors import EngineChoice
+from resnetx.flavors import EngineChoice, Flavor
 
 if TYPE_CHECKING:
     import torch
@@ -75,31 +81,75 @@ def export(
     flavor = resolve_flavor(opts.engine, notices)
     if flavor:  # refused before minutes of work (ExportOptions checked the rest of the engine options)
         opts.check_engines_take_int8()
+    preflight(opts, info)
     events: list[StepEvent] = []
     hear = _listener(events, on_step)
-    versions = tool_versions()
-    with export_lock(opts.out):
-        remove_strays(opts.out)
-        old = _previous(opts.out)
-        ctx = ExportContext(opts, info, state_sha256(model), versions, model, on_progress or _quiet)
-        plan = [PRECISIONS[p].graph_step(ctx) for p in opts.wanted] + engine_steps(ctx, opts.wanted, flavor, opts.batch)
-        writer = FolderWriter(opts.out, old)
-        made = run_steps(plan, writer, force=opts.force, on_step=hear)
-        kept = [] if opts.force else keep_earlier(old, made, opts.out)
-        for entry in kept:
-            hear(kept_event(entry))
-        manifest = Manifest.of(ModelSection(info, opts.model, ctx.weights_sha), [*made.values(), *kept], versions)
-        if old is not None and not writer.written and old.same_content(manifest):
-            manifest = old  # nothing changed: keep the folder byte-for-byte as it was
-        else:
-            write_manifest(opts.out, manifest)
-        if opts.reference_samples:  # after the manifest: a kill here leaves a complete folder, minus this
-            run_steps([_reference_step(ctx, model)], FolderWriter(opts.out, None, keep_manifest=True), force=opts.force,
-                      on_step=hear)
+    fresh = not opts.out.exists()
+    try:
+        with export_lock(opts.out):
+            ctx = ExportContext(opts, info, state_sha256(model), tool_versions(), model, on_progress or _quiet)
+            manifest, made = _run_export(ctx, flavor, hear, notices)
+    except BaseException:
+        if fresh and not (opts.out / MANIFEST).exists():  # a folder this export created holds nothing usable
+            shutil.rmtree(opts.out, ignore_errors=True)
+        raise
     int8 = made.get(Precision.int8.value)
     int8 = int8 if isinstance(int8, GraphEntry) else None
     notices += int8_notices(int8, opts, info)
     return ExportResult(opts.out, manifest, events, info, notices, _missed(int8))
+
+
+def _run_export(ctx: ExportContext, flavor: Flavor | None, hear: Callable[[StepEvent], None],
+                notices: list[str]) -> tuple[Manifest, dict[str, Entry]]:
+    """Under the lock: the steps, the entries kept from an earlier export, the manifest, the reference logits, and
+    the removal of files no entry lists any more."""
+    opts = ctx.opts
+    remove_strays(opts.out)
+    old = _previous(opts.out)
+    plan = [GRAPH_STEPS[p](ctx) for p in opts.wanted] + engine_steps(ctx, opts.wanted, flavor, opts.batch)
+    writer = FolderWriter(opts.out, old)
+    made = run_steps(plan, writer, force=opts.force, on_step=hear)
+    kept = [] if opts.force else keep_earlier(old, made, opts.out)
+    for entry in kept:
+        hear(kept_event(entry))
+    manifest = Manifest.of(ModelSection(ctx.info, opts.model, ctx.weights_sha), [*made.values(), *kept],
+                           ctx.versions)
+    if old is not None and not writer.written and old.same_content(manifest):
+        manifest = old  # nothing changed: keep the folder byte-for-byte as it was
+    else:
+        write_manifest(opts.out, manifest)
+    if stale := stale_files(opts.out, manifest):
+        for name in stale:
+            (opts.out / name).unlink(missing_ok=True)
+        notices.append(f"removed {', '.join(stale)}: made by an earlier export from graphs this one replaced, "
+                       "listed by no manifest entry")
+    if opts.reference_samples:  # after the manifest: a kill here leaves a complete folder, minus this
+        run_steps([_reference_step(ctx, ctx.model)], FolderWriter(opts.out, None, keep_manifest=True),
+                  force=opts.force, on_step=hear)
+    return manifest, made
+
+
+def preflight(opts: ExportOptions, info: ModelInfo) -> None:
+    """Open every dataset the export will read and check the images it will use, before any work: an image folder
+    without images, or with files that do not decode, fails in seconds (all bad files named at once), not after
+    minutes of export, and leaves nothing behind."""
+    if Precision.int8 in opts.wanted:
+        ds = open_dataset(opts.calib_data, split="train", data_dir=opts.calib_dir, preprocess=info.preprocess)
+        _decodable(ds, select_indices(len(ds), opts.calib_samples, opts.seed, shuffle=True), "--calib-data")
+        if opts.max_accuracy_drop is not None:
+            acc = accuracy_set(opts, info)
+            _decodable(acc.images.ds, acc.images.index, "--accuracy-data")
+    if opts.reference_samples:
+        inputs = verify_inputs(opts.reference_data, opts.reference_data_dir, opts.reference_samples,
+                               info.preprocess, info.num_classes)
+        _decodable(inputs.images.ds, inputs.images.index, "--data")
+
+
+def _decodable(ds: Dataset, idx: np.ndarray, flag: str) -> None:
+    if bad := undecodable(ds, idx):
+        more = f" and {len(bad) - 8} more" if len(bad) > 8 else ""
+        raise BadInput(f"{flag} {ds.name}: {len(bad)} image(s) do not open as images: {', '.join(bad[:8])}{more}; "
+                       "remove or replace them")
 
 
 def _missed(int8: GraphEntry | None) -> str | None:
@@ -131,23 +181,27 @@ def _reference_step(ctx: ExportContext, model: torch.nn.Module) -> Step:
                            ctx.info.num_classes)
     rel = reference_file(o.reference_data, o.reference_samples)
     path = ctx.out / rel
-    note = f"fp32 PyTorch logits, {len(inputs.x)} inputs, for verify"
+    note = f"fp32 PyTorch logits, {len(inputs)} inputs, for verify"
 
     def entry() -> Entry:
         return Entry(Precision.fp32, str(rel), file_sha256(path), path.stat().st_size)
 
     def lookup() -> Entry | None:
-        return entry() if load_stored(path, ctx.weights_sha, inputs.x) else None
+        if not path.is_file():
+            return None
+        held = StoredRows(None, files=[path])  # this file itself must hold every input's logits
+        return entry() if stored_or_computed(inputs, ctx.weights_sha, held, None).logits is not None else None
 
     def make(made: dict[str, Entry]) -> Entry:
         ctx.progress(f"reference: fp32 PyTorch logits on verify's {o.reference_samples} inputs from {o.reference_data}")
-        done = [0]
+        done = 0
 
         def tick(n: int) -> None:
-            done[0] += n
-            ctx.progress(f"reference: fp32 PyTorch logits, {done[0]}/{len(inputs.x)} inputs")
+            nonlocal done
+            done += n
+            ctx.progress(f"reference: fp32 PyTorch logits, {done}/{len(inputs)} inputs")
 
-        compute_and_store(path, ctx.weights_sha, model, inputs.x, on_batch=tick)
+        store(path, stored_or_computed(inputs, ctx.weights_sha, StoredRows(None), model, on_batch=tick))
         return entry()
 
     return Step("reference", "reference", {}, make, describe=lambda e: note, lookup=lookup)

@@ -10,18 +10,18 @@ from typing import TYPE_CHECKING, Any
 from exporters.calibrate import CalibMethod
 from exporters.onnx import DEFAULT_OPSET, Exporter
 from exporters.quantize import Fallback, Int8Target
+from pipeline.defaults import DEFAULT_CALIB_SAMPLES, DEFAULT_OPT_LEVEL, DEFAULT_REFERENCE_SAMPLES
 from pipeline.precisions import Precision, parse_precisions
 from pipeline.zoo import ModelInfo, ModelSpec
 from resnetx.errors import BadInput
-from resnetx.flavors import EngineChoice
+from resnetx.flavors import EngineChoice, HardwareCompat
 
 if TYPE_CHECKING:
     from torch import nn
 
 
-__all__ = ["ExportOptions", "ExportContext", "DEFAULT_REFERENCE_SAMPLES", "check_batch_range"]
+__all__ = ["ExportOptions", "ExportContext", "check_batch_range"]
 
-DEFAULT_REFERENCE_SAMPLES = 512  # verify's default --samples: export stores the reference for those inputs
 
 
 def _set(obj: object, name: str, value: Any) -> None:
@@ -45,7 +45,7 @@ class ExportOptions:
     batch: int | None = None  # None: a dynamic batch; N: baked into every graph and engine (--static-batch)
     calib_data: str = "sample"
     calib_dir: Path | None = None
-    calib_samples: int = 512
+    calib_samples: int = DEFAULT_CALIB_SAMPLES
     calib_method: CalibMethod = CalibMethod.percentile
     int8_target: Int8Target = Int8Target.tensorrt
     keep_fp32: tuple[str, ...] = ()  # layers kept in fp32 in the fp16 graph and left unquantized in int8
@@ -60,8 +60,9 @@ class ExportOptions:
     engine: EngineChoice = EngineChoice.none
     batch_range: tuple[int, int, int] | None = None
     workspace_mb: int | None = None
-    opt_level: int = 3
+    opt_level: int = DEFAULT_OPT_LEVEL
     rtx_compute_capabilities: tuple[str, ...] | None = None
+    hardware_compat: HardwareCompat = HardwareCompat.none  # enterprise TensorRT: where else its engines may run
     seed: int = 0
     force: bool = False
     engines_only: bool = False  # engines from the folder's own graphs, without the model
@@ -71,7 +72,7 @@ class ExportOptions:
 
     def __post_init__(self) -> None:
         for name, enum in (("exporter", Exporter), ("calib_method", CalibMethod), ("int8_target", Int8Target),
-                           ("engine", EngineChoice), ("fallback", Fallback)):
+                           ("engine", EngineChoice), ("fallback", Fallback), ("hardware_compat", HardwareCompat)):
             _set(self, name, enum(getattr(self, name)))
         _set(self, "out", Path(self.out))
         if self.precisions is not None:
@@ -99,6 +100,17 @@ class ExportOptions:
             raise BadInput(f"--opt-level must be 0..5; got {self.opt_level}")
         if self.engine not in (EngineChoice.none, EngineChoice.auto):
             self.check_engines_take_int8()
+        engine_flags = [flag for flag, on in (
+            ("--batch-range", self.batch_range), ("--workspace-mb", self.workspace_mb),
+            ("--opt-level", self.opt_level != DEFAULT_OPT_LEVEL),
+            ("--rtx-compute-capability", self.rtx_compute_capabilities),
+            ("--hardware-compat", self.hardware_compat is not HardwareCompat.none)) if on]
+        if self.engine is EngineChoice.rtx and self.hardware_compat is not HardwareCompat.none:
+            raise BadInput("--hardware-compat is enterprise TensorRT's: TensorRT-RTX engines run on the compute "
+                           "capabilities they are built for (--rtx-compute-capability)")
+        if engine_flags and self.engine is EngineChoice.none and not self.engines_only:
+            raise BadInput(f"{', '.join(engine_flags)} only shape TensorRT engines, and none are asked for: add "
+                           "--engine rtx (or tensorrt, or auto), or leave them out")
 
     def check_engines_take_int8(self) -> None:
         """Refuse, before any work, engines of a cpu-recipe int8 graph (--engine auto: once a flavour is found)."""
@@ -136,11 +148,24 @@ class ExportOptions:
         """What kept layers compute in without a search: fp16 only when asked (auto decides by accuracy)."""
         return "fp16" if self.fallback is Fallback.fp16 else "fp32"
 
+    def _graph_flags(self) -> list[str]:
+        """The options given that shape the graphs rather than the engines (those that differ from the defaults)."""
+        d, m = ExportOptions(), self.model
+        return [flag for flag, on in (
+            ("--model", m.arch != "default"), ("--weights", m.weights), ("--num-classes", m.num_classes),
+            ("--in-chans", m.in_chans), ("--image-size", m.image_size), ("--mean", m.mean), ("--std", m.std),
+            ("--resize", m.resize), ("--class-names", m.class_names), ("--keep-fp32", self.keep_fp32),
+            ("--static-batch", self.batch is not None), ("--exporter", self.exporter != d.exporter),
+            ("--opset", self.opset != d.opset), ("--calib-data", self.calib_data != d.calib_data),
+            ("--calib-dir", self.calib_dir), ("--calib-samples", self.calib_samples != d.calib_samples),
+            ("--calib-method", self.calib_method != d.calib_method),
+            ("--int8-target", self.int8_target != d.int8_target),
+            ("--int8-quantize-ends", self.int8_quantize_ends), ("--no-int8-equalize", not self.int8_equalize),
+            ("--max-accuracy-drop", self.max_accuracy_drop is not None),
+            ("--accuracy-data", self.accuracy_data), ("--fallback", self.fallback != d.fallback)) if on]
+
     def _check_engines_only(self) -> None:
-        given = [flag for flag, on in (("--model", self.model.arch != "default"), ("--weights", self.model.weights),
-                                       ("--keep-fp32", self.keep_fp32), ("--static-batch", self.batch is not None),
-                                       ("--calib-data", self.calib_data != "sample")) if on]
-        if given:
+        if given := self._graph_flags():
             raise BadInput(f"--engines-only builds from the graphs already in the folder; {', '.join(given)} "
                            "would change those graphs: export them first without --engines-only")
 

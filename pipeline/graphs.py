@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -29,7 +29,7 @@ from pipeline.zoo import ModelInfo
 from resnetx.errors import BadInput
 from resnetx.files import content_key
 
-__all__ = ["fp32_step", "fp16_step", "int8_step", "int8_notices", "INT8_CHECK_IMAGES"]
+__all__ = ["GRAPH_STEPS", "fp32_step", "fp16_step", "int8_step", "int8_notices", "INT8_CHECK_IMAGES"]
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +140,7 @@ class _Calibrations:
         return self._ranges[method]
 
     def _load_or_calibrate(self, method: CalibMethod) -> Ranges:
-        from exporters.calibrate import calibrate
+        from exporters.calibrate import calibrate, passes
         from exporters.quantize import INT8_RECIPES
 
         ctx, o = self.ctx, self.ctx.opts
@@ -151,11 +151,12 @@ class _Calibrations:
                 other.unlink(missing_ok=True)
         if (found := Ranges.load(cache)) is not None:
             return found
-        r = calibrate(ctx.out / self.fp32.file, _calib_batches(o, ctx.info, self.ds), method,
+        total = min(o.calib_samples, len(self.ds)) * passes(method)
+        r = calibrate(ctx.out / self.fp32.file, lambda: _calib_batches(o, ctx.info, self.ds), method,
                       op_types=INT8_RECIPES[o.int8_target].op_types, symmetric=o.int8_target.value == "tensorrt",
                       equalize=o.int8_equalize,
-                      on_images=lambda n: ctx.progress(f"int8: calibrated {n}/{o.calib_samples} images "
-                                                       f"({method.value})"))
+                      on_images=lambda n: ctx.progress(f"int8: {method.value} calibration, {n}/{total} images read "
+                                                       f"({passes(method)} pass(es) over the calibration images)"))
         r.save(cache)
         return r
 
@@ -244,6 +245,10 @@ def _check_images(o: ExportOptions, info: ModelInfo, ds: Dataset) -> np.ndarray:
     """Images for the check right after quantization: the calibration data, drawn with another seed."""
     return np.concatenate([b.x for b in iter_batches(ds, info.preprocess, INT8_CHECK_IMAGES, limit=INT8_CHECK_IMAGES,
                                                      seed=o.seed + 1, shuffle=True)])
+
+
+GRAPH_STEPS: dict[Precision, Callable[[ExportContext], Step]] = {
+    Precision.fp32: fp32_step, Precision.fp16: fp16_step, Precision.int8: int8_step}
 
 
 def int8_notices(entry: GraphEntry | None, o: ExportOptions, info: ModelInfo) -> list[str]:

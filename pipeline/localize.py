@@ -75,12 +75,20 @@ def layer_outputs(model_bytes: bytes, x: np.ndarray) -> dict[str, tuple[str, np.
 
 
 def _baseline(folder: Path, manifest: Manifest, entry: GraphEntry, reference: Reference) -> tuple[bytes, str]:
-    """The fp32 ONNX in the folder for fp16/int8 graphs; a fresh export of the PyTorch reference for the fp32 graph."""
+    """What each layer is compared with: the fp32 graph in the folder for fp16/int8 graphs, in the form the int8
+    graph was made from (cross-layer equalized: its convs' channels are scaled, so the unequalized graph's tensors
+    differ from the int8 graph's before any rounding); a fresh export of the PyTorch reference for the fp32 graph."""
     if entry.precision is not Precision.fp32:
         fp32 = manifest.graphs.get(Precision.fp32)
         if fp32 is None:
             raise BadInput("localisation needs model.fp32.onnx in the folder")
-        return checked_file(folder, fp32).read_bytes(), "model.fp32.onnx"
+        path = checked_file(folder, fp32)
+        cal = entry.calibration
+        if entry.precision is Precision.int8 and cal is not None and cal.equalized:
+            from exporters.equalize import fp32_for_int8
+
+            return fp32_for_int8(path, True).SerializeToString(), "model.fp32.onnx, cross-layer equalized as int8 was"
+        return path.read_bytes(), "model.fp32.onnx"
     if reference.model is None:
         raise BadInput("localising an fp32 graph compares it with a fresh export of the PyTorch model, "
                        "whose weights are not on this machine")
@@ -120,9 +128,10 @@ def _largest_jump(layers: list[LayerError]) -> LayerError | None:
 
 
 def localize(folder: Path, manifest: Manifest, entry: GraphEntry, reference: Reference, x: np.ndarray,
-             tol: Tolerance, rank_inputs: np.ndarray | None = None) -> Localization:
+             tol: Tolerance, rank_inputs: np.ndarray | None = None, passed: bool = False) -> Localization:
     """First layer whose output departs from the fp32 baseline, by the module it comes from (layers are matched
-    by name: module paths); for int8, the layers whose reverting recovers most, ranked on `rank_inputs`."""
+    by name: module paths); for int8, the layers whose reverting recovers most, ranked on `rank_inputs`. An
+    artifact that `passed` with no layer past the bar gets no suggestion: there is nothing to fix."""
     baseline, what = _baseline(folder, manifest, entry, reference)
     layers = _errors(layer_outputs(baseline, x), layer_outputs((folder / entry.file).read_bytes(), x))
     if not layers:
@@ -136,7 +145,7 @@ def localize(folder: Path, manifest: Manifest, entry: GraphEntry, reference: Ref
         ranked = _revert_first(folder, manifest, entry, x if rank_inputs is None else rank_inputs, layers)
     keep = ranked[0] if ranked else jump.layer.split("/")[0] if jump else None
     suggestion = None
-    if keep and entry.precision is not Precision.fp32:
+    if keep and entry.precision is not Precision.fp32 and not (passed and first is None):
         suggestion = remake_command(manifest, folder, (entry.precision,), add_keep=(keep,))
     return Localization(what, bar, first.layer if first else None, culprit.layer.split("/")[0] if culprit else None,
                         jump.layer if jump else None, suggestion,

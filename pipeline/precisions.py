@@ -1,15 +1,13 @@
-"""The one table that drives precision: how each is made, what it is called on disk, how it is judged.
+"""The one table that drives precision: what each is called on disk and how it is judged.
 
-A new precision is one row here plus the function that makes its graph (named by `maker`, in
-pipeline/graphs.py) and the exporter function that function calls.
+A new precision is one row here, plus the step that makes its graph (pipeline/graphs.py `GRAPH_STEPS`, kept one
+row per precision by a test) and the exporter function that step calls.
 """
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any
 
 from resnetx.errors import BadInput
 
@@ -39,32 +37,27 @@ class PrecisionSpec:
     precision: Precision
     onnx_file: str
     tolerance: Tolerance
-    maker: str  # the function of pipeline.graphs that returns the export step making this graph
     torch_runs: bool  # the torch runtime can run the model in it (fp32, fp16; int8 is a graph, not a dtype)
     gpu_tolerance: Tolerance | None = None  # the bar when the candidate runs on a GPU, where it differs
 
-    def engine_file(self, flavor: str) -> str:
-        return f"model.{self.precision.value}.{flavor}.engine"
+    def engine_file(self, target_tag: str) -> str:
+        """model.fp16.rtx-sm86-sm89.engine: one file per precision and target (EngineTarget.tag)."""
+        return f"model.{self.precision.value}.{target_tag}.engine"
 
     def tolerance_on(self, device: str) -> Tolerance:
         return self.gpu_tolerance if device == "cuda" and self.gpu_tolerance else self.tolerance
 
-    def graph_step(self, ctx: Any) -> Any:
-        """The export step (a pipeline.steps.Step) that makes this precision's ONNX graph, from an ExportContext."""
-        graphs = importlib.import_module("pipeline.graphs")  # late: graphs imports this table
-        return getattr(graphs, self.maker)(ctx)
-
 
 PRECISIONS: dict[Precision, PrecisionSpec] = {
     Precision.fp32: PrecisionSpec(
-        Precision.fp32, "model.fp32.onnx", Tolerance(rel_l2=1e-4, top1_agreement=1.0), "fp32_step", True,
+        Precision.fp32, "model.fp32.onnx", Tolerance(rel_l2=1e-4, top1_agreement=1.0), True,
         gpu_tolerance=Tolerance(rel_l2=1e-3, top1_agreement=0.99),  # GPU kernels reassociate sums (TF32 off)
     ),
     Precision.fp16: PrecisionSpec(
-        Precision.fp16, "model.fp16.onnx", Tolerance(rel_l2=1e-2, top1_agreement=0.99), "fp16_step", True,
+        Precision.fp16, "model.fp16.onnx", Tolerance(rel_l2=1e-2, top1_agreement=0.99), True,
     ),
     Precision.int8: PrecisionSpec(
-        Precision.int8, "model.int8.onnx", Tolerance(top1_agreement=0.97, accuracy_drop=0.5), "int8_step", False,
+        Precision.int8, "model.int8.onnx", Tolerance(top1_agreement=0.97, accuracy_drop=0.5), False,
     ),
 }
 

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import hashlib
 import io
+import logging
 import re
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,16 +23,19 @@ import numpy as np
 import torch
 
 from pipeline.artifacts import Manifest
-from pipeline.data import Preprocess, iter_batches, open_dataset
-from pipeline.export_options import DEFAULT_REFERENCE_SAMPLES as DEFAULT_SAMPLES
+from pipeline.data import ImageSet, Preprocess, open_dataset, stratified_indices
+from pipeline.defaults import DEFAULT_REFERENCE_SAMPLES as DEFAULT_SAMPLES
 from pipeline.zoo import ModelInfo, load_model, state_sha256
 from resnetx.errors import BackendUnavailable, BadInput
 from resnetx.files import atomic_write
 
-__all__ = ["N_EXTREME", "DEFAULT_SAMPLES", "Inputs", "Reference", "verify_inputs", "reference_logits",
-           "reference_file", "load_stored", "compute_and_store"]
+__all__ = ["N_EXTREME", "DEFAULT_SAMPLES", "Inputs", "ArrayInputs", "Reference", "StoredRows", "verify_inputs",
+           "reference_logits", "reference_file", "ReferenceLogits", "stored_or_computed", "store"]
+
+log = logging.getLogger(__name__)
 
 N_EXTREME = 4  # zeros, unit noise, wide noise, a real image x5: the inputs real data never shows
+REFERENCE_CHUNK = 64  # inputs decoded and run at a time: memory does not grow with --samples
 
 
 @dataclass
@@ -72,13 +76,18 @@ class Reference:
         None). Stored logits count only if this torch computed them, unless the model is not here: then stored
         logits for these inputs are the reference, whatever torch computed them, and anything else is an error."""
         path = Path(folder) / reference_file(inputs.data_spec, samples)
-        if found := load_stored(path, self.state_sha256, inputs.x, any_torch=self.model is None):
-            return found
-        if self.model is None:
+        stored = StoredRows(path.parent, any_torch=self.model is None)
+        ref = stored_or_computed(inputs, self.state_sha256, stored, self.model, on_batch)
+        if ref.logits is None:
             raise BadInput(f"{self.why_missing}, and no stored reference logits match these inputs (export stores "
                            f"them for --data sample --samples {DEFAULT_SAMPLES}, which serve any smaller --samples "
                            "too); restore the weights, or verify with those")
-        return compute_and_store(path, self.state_sha256, self.model, inputs.x, on_batch), None
+        if ref.made_by is None:
+            try:
+                store(path, ref)
+            except OSError as e:  # a cache: a read-only folder costs the next verify this pass, nothing else
+                log.warning("could not store the reference logits in %s (%s)", path, e.strerror or e)
+        return ref.logits, ref.made_by
 
 
 def reference_file(data: str, samples: int) -> Path:
@@ -89,35 +98,113 @@ def reference_file(data: str, samples: int) -> Path:
 
 @dataclass(frozen=True)
 class Inputs:
-    x: np.ndarray  # float32 NCHW, real images first, then the extreme ones
+    """verify's inputs: real images (read a chunk at a time: memory does not grow with their number), then up to
+    N_EXTREME extreme ones."""
+
+    images: ImageSet
     labels: np.ndarray | None  # for the real images, when the dataset's classes are the model's
-    data: str
-    n_real: int
-    class_names: tuple[str, ...] | None = None  # the dataset's, in label order
+    n_extreme: int
+    drawn: str  # how the real images were chosen, in words
+    seed: int = 0
     data_spec: str = ""  # what the user named (--data): the stored reference's file name comes from it
+
+    @property
+    def data(self) -> str:
+        return self.images.ds.name
+
+    @property
+    def class_names(self) -> tuple[str, ...] | None:
+        return self.images.ds.class_names
+
+    @property
+    def n_real(self) -> int:
+        return len(self.images)
+
+    def __len__(self) -> int:
+        return self.n_real + self.n_extreme
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        pre = self.images.pre
+        return (len(self), pre.channels, pre.image_size, pre.image_size)
+
+    def chunks(self, size: int) -> Iterator[np.ndarray]:
+        """Every input in order, at most `size` at a time (float32 NCHW): the real images, then the extreme ones."""
+        yield from self.images.chunks(size)
+        if self.n_extreme:
+            yield self._extremes()
+
+    def head(self, n: int) -> np.ndarray:
+        """The first n inputs, in memory."""
+        out, have = [], 0
+        for c in self.chunks(min(max(n, 1), 64)):
+            out.append(c[: n - have])
+            have += len(out[-1])
+            if have >= n:
+                break
+        return np.concatenate(out)
+
+    def _extremes(self) -> np.ndarray:
+        """Zeros, unit noise, wide noise, the first real image x5: what real data never shows."""
+        shape = self.shape[1:]
+        rng = np.random.default_rng(self.seed)
+        first = next(self.images.chunks(1))[0]
+        made = [np.zeros(shape), rng.standard_normal(shape), 3.0 * rng.standard_normal(shape), 5.0 * first]
+        return np.stack(made[: self.n_extreme]).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class ArrayInputs:
+    """Inputs already in memory (a fleet node gets them from the object store, shipped once by the driver): the
+    same reading interface as Inputs."""
+
+    x: np.ndarray  # float32 NCHW: the real images first
+    labels: np.ndarray | None
+    n_real: int
+    data: str
+    drawn: str = ""
+    class_names: tuple[str, ...] | None = None
+    data_spec: str = ""
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.x.shape)
+
+    def chunks(self, size: int) -> Iterator[np.ndarray]:
+        for i in range(0, len(self.x), size):
+            yield self.x[i : i + size]
+
+    def head(self, n: int) -> np.ndarray:
+        return self.x[:n]
+
+    @classmethod
+    def of(cls, inputs: Inputs) -> ArrayInputs:
+        """Every input of `inputs` read into memory (what a fleet ships to its nodes)."""
+        return cls(inputs.head(len(inputs)), inputs.labels, inputs.n_real, inputs.data, inputs.drawn,
+                   inputs.class_names, inputs.data_spec)
 
 
 def verify_inputs(data: str, data_dir: Path | None, samples: int, pre: Preprocess, num_classes: int,
-                  *, seed: int = 0, batch_size: int = 64) -> Inputs:
-    """`samples` inputs: real test-split images, then up to N_EXTREME extreme ones."""
-    n_real = max(samples - N_EXTREME, 1)
+                  *, seed: int = 0) -> Inputs:
+    """`samples` inputs: real test-split images, then up to N_EXTREME extreme ones. An image folder (read in class
+    order) gets a seeded draw spread over its classes; the other datasets' first images are already mixed."""
     ds = open_dataset(data, split="test", data_dir=data_dir, preprocess=pre)
-    n_real = min(n_real, len(ds))
+    n_real = min(max(samples - N_EXTREME, 1), len(ds))
     n_extreme = min(N_EXTREME, max(0, samples - n_real))
-    x = np.empty((n_real + n_extreme, pre.channels, pre.image_size, pre.image_size), np.float32)
-    ys, filled = [], 0
-    for b in iter_batches(ds, pre, batch_size, limit=n_real):
-        x[filled : filled + len(b.x)] = b.x  # filled in place: no concatenated copies of a large array
-        filled += len(b.x)
-        if b.y is not None:
-            ys.append(b.y)
-    labels = np.concatenate(ys) if ys and len(ds.class_names or ()) == num_classes else None
-    rng = np.random.default_rng(seed)
-    shape = x.shape[1:]
-    extremes = [np.zeros(shape), rng.standard_normal(shape), 3.0 * rng.standard_normal(shape), 5.0 * x[0]]
-    for i in range(n_extreme):
-        x[n_real + i] = extremes[i]
-    return Inputs(x, labels, ds.name, n_real, ds.class_names, data)
+    if ds.name.startswith("imagefolder:") and ds.labels is not None and n_real < len(ds):
+        index = stratified_indices(ds.labels, n_real, seed)
+        per = np.bincount(ds.labels[index], minlength=len(ds.class_names or ()))
+        drawn = (f"{n_real} of {len(ds)} images drawn seeded across {int((per > 0).sum())} classes, "
+                 f"{per.min()}-{per.max()} each")
+    else:
+        index = np.arange(n_real)
+        drawn = f"the first {n_real} of {len(ds)} images" if n_real < len(ds) else f"all {n_real} images"
+    images = ImageSet(ds, pre, index)
+    labels = images.labels if len(ds.class_names or ()) == num_classes else None
+    return Inputs(images, labels, n_extreme, drawn, seed, data)
 
 
 def reference_logits(model: torch.nn.Module, x: np.ndarray, batch: int = 16,
@@ -138,58 +225,72 @@ def reference_logits(model: torch.nn.Module, x: np.ndarray, batch: int = 16,
     return np.concatenate(out)
 
 
-def _key(state_sha256: str, x: np.ndarray) -> str:
-    return hashlib.sha256(state_sha256.encode() + str(x.shape).encode() + x.tobytes()).hexdigest()
-
-
 def _row_keys(state_sha256: str, x: np.ndarray) -> list[str]:
     """One hash per input: a stored reference serves any subset of its inputs (verify --samples 64 after an
     export stored 512: the first real images and the extreme ones are the same arrays)."""
     return [hashlib.sha256(state_sha256.encode() + str(r.shape).encode() + r.tobytes()).hexdigest() for r in x]
 
 
-def _from_stored_rows(folder: Path, state_sha256: str, torch_version: str | None,
-                      x: np.ndarray) -> tuple[np.ndarray, str] | None:
-    """Logits for x gathered from a stored reference whose inputs include every row of x, if one does (computed
-    by `torch_version`, unless it is None)."""
-    wanted: list[str] | None = None
-    for f in sorted(folder.glob("reference.*.npz")):
-        try:
-            with np.load(f) as z:
-                made_by = str(z["torch"])
-                if "rows" not in z.files or (torch_version is not None and made_by != torch_version):
-                    continue
-                index = {k: i for i, k in enumerate(z["rows"].tolist())}
-                wanted = wanted or _row_keys(state_sha256, x)
-                if all(k in index for k in wanted):
-                    return z["logits"][[index[k] for k in wanted]], made_by
-        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
-            continue
-    return None
+class StoredRows:
+    """Every stored reference row in a reports folder (or in `files`), by its input's key: (logits, the torch that
+    computed them). Only this torch's rows count, unless `any_torch` (the model is not here to compute them again);
+    `StoredRows(None)` holds none."""
+
+    def __init__(self, reports: Path | None, *, any_torch: bool = False, files: list[Path] | None = None) -> None:
+        self.rows: dict[str, tuple[np.ndarray, str]] = {}
+        found = sorted(Path(reports).glob("reference.*.npz")) if reports is not None else []
+        for f in files if files is not None else found:
+            try:
+                with np.load(f) as z:
+                    made_by = str(z["torch"])
+                    if "rows" not in z.files or not (any_torch or made_by == torch.__version__):
+                        continue
+                    logits = z["logits"]
+                    for k, row in zip(z["rows"].tolist(), logits, strict=True):
+                        self.rows.setdefault(k, (row, made_by))
+            except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+                continue  # unreadable, truncated or an older format: its rows are computed again
+
+    def get(self, keys: list[str]) -> tuple[np.ndarray, str] | None:
+        if keys and all(k in self.rows for k in keys):
+            return np.stack([self.rows[k][0] for k in keys]), self.rows[keys[0]][1]
+        return None
 
 
-def load_stored(path: Path, state_sha256: str, x: np.ndarray, *,
-                any_torch: bool = False) -> tuple[np.ndarray, str] | None:
-    """(logits, torch version) for x from the stored reference at `path`, or from another stored one whose inputs
-    include every row of x; None when none does. Unless `any_torch`, only logits this torch computed count."""
-    key = _key(state_sha256, x)
-    if path.is_file():
-        try:
-            with np.load(path) as z:
-                made_by = str(z["torch"])
-                if str(z["key"]) == key and (any_torch or made_by == torch.__version__):
-                    return z["logits"], made_by
-        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
-            pass  # unreadable, truncated or an older format: recompute
-    return _from_stored_rows(path.parent, state_sha256, None if any_torch else torch.__version__, x)
+@dataclass(frozen=True)
+class ReferenceLogits:
+    logits: np.ndarray | None  # None: rows were missing and no model was here to compute them
+    made_by: str | None  # the torch version that stored them; None when any were computed now
+    rows: list[str]  # each input's key
+    key: str  # all inputs' key
 
 
-def compute_and_store(path: Path, state_sha256: str, model: torch.nn.Module, x: np.ndarray,
-                      on_batch: Callable[[int], None] | None = None) -> np.ndarray:
-    """fp32 PyTorch logits for x, stored at `path` keyed by the weights and the input bytes (whole and per row)."""
-    ref = reference_logits(model, x, on_batch=on_batch)
+def stored_or_computed(inputs: Inputs, state_sha256: str, stored: StoredRows, model: torch.nn.Module | None,
+                       on_batch: Callable[[int], None] | None = None) -> ReferenceLogits:
+    """The logits of every input, a chunk at a time: stored rows where there are, the model for the rest."""
+    out, made_by, computed, rows = [], None, False, []
+    whole = hashlib.sha256(state_sha256.encode() + str(inputs.shape).encode())
+    for x in inputs.chunks(REFERENCE_CHUNK):
+        keys = _row_keys(state_sha256, x)
+        whole.update(x.tobytes())
+        rows += keys
+        found = stored.get(keys)
+        if found is not None:
+            out.append(found[0])
+            made_by = made_by or found[1]
+        elif model is None:
+            return ReferenceLogits(None, None, rows, "")
+        else:
+            out.append(reference_logits(model, x))
+            computed = True
+        if on_batch:
+            on_batch(len(x))
+    return ReferenceLogits(np.concatenate(out), None if computed else made_by, rows, whole.hexdigest())
+
+
+def store(path: Path, ref: ReferenceLogits) -> None:
+    """Reference logits stored at `path`, keyed by the weights and each input's bytes (and all inputs': `key`)."""
     buf = io.BytesIO()
-    np.savez(buf, key=np.array(_key(state_sha256, x)), torch=np.array(torch.__version__), logits=ref,
-             rows=np.array(_row_keys(state_sha256, x)))
+    np.savez(buf, key=np.array(ref.key), torch=np.array(torch.__version__), logits=ref.logits,
+             rows=np.array(ref.rows))
     atomic_write(path, buf.getvalue())
-    return ref

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from exporters.onnx import DEFAULT_OPSET, Exporter
 from pipeline.artifacts import EngineEntry, Manifest
+from pipeline.defaults import DEFAULT_OPT_LEVEL
 from pipeline.precisions import Precision
 from resnetx.flavors import RTX_CCS, RTX_PORTABLE_CCS, Flavor
 
@@ -22,14 +23,39 @@ __all__ = ["remake_command"]
 def remake_command(manifest: Manifest, folder: Path, precisions: tuple[Precision, ...], *,
                    add_keep: tuple[str, ...] = (), engines_only: bool = False, gpu_cc: str | None = None) -> str:
     """The export line for `precisions` of the folder (their graphs and engines), with `add_keep` layers kept in
-    float beside those already kept. engines_only: the line that builds those engines again from the folder's
-    graphs (it needs neither the model nor its weights), for the GPU `gpu_cc` when given."""
+    float beside those already kept. Graphs that keep different layers in float (an int8 graph made by a search or
+    a `try:` line beside the fp16 graph before it) each get their own line, joined by &&: the later line keeps the
+    graphs the earlier one made. engines_only: the line that builds those engines again from the folder's graphs
+    (it needs neither the model nor its weights), for the GPU `gpu_cc` when given."""
     if engines_only:
-        args = _engines_args(manifest, folder, precisions[0], gpu_cc)
-    else:
-        args = _model_args(manifest, folder, precisions) + _graph_args(manifest, precisions)
-        args += _engine_args(manifest, precisions) + _kept_args(manifest, precisions, add_keep)
+        return _line(_engines_args(manifest, folder, precisions[0], gpu_cc))
+    lines = []
+    for group in _keep_groups(manifest, precisions, add_keep):
+        args = _model_args(manifest, folder, group) + _graph_args(manifest, group) + _kept_args(manifest, group,
+                                                                                                  add_keep)
+        lines.append(_line(args))
+    lines += [_line(args) for args in _rtx_lines(manifest, folder, precisions)]
+    return " && ".join(lines)
+
+
+def _line(args: list[str]) -> str:
     return " ".join(shlex.quote(a) for a in ["resnetx", "export", *args])
+
+
+def _keep_groups(manifest: Manifest, precisions: tuple[Precision, ...],
+                 add_keep: tuple[str, ...]) -> list[tuple[Precision, ...]]:
+    """The precisions in groups whose graphs keep the same layers in float, in precision order; fp32 (which keeps
+    none: it is the source) goes with the first group."""
+    groups: dict[tuple[str, ...], list[Precision]] = {}
+    for p in precisions:
+        g = manifest.graphs.get(p)
+        if p is Precision.fp32 or g is None:
+            continue
+        groups.setdefault(tuple(sorted({*g.keep_fp32, *add_keep})), []).append(p)
+    ordered = [tuple(ps) for ps in groups.values()] or [()]
+    if Precision.fp32 in precisions:
+        ordered[0] = (Precision.fp32, *ordered[0])
+    return [g for g in ordered if g]
 
 
 def _model_args(manifest: Manifest, folder: Path, precisions: tuple[Precision, ...]) -> list[str]:
@@ -77,16 +103,29 @@ def _kept_args(manifest: Manifest, precisions: tuple[Precision, ...], add_keep: 
     return ["--keep-fp32", ",".join(sorted(kept))] if kept else []
 
 
-def _engine_args(manifest: Manifest, precisions: tuple[Precision, ...]) -> list[str]:
-    engine = next((e for e in manifest.engines.values() if e.precision in precisions), None)
-    if engine is None:
-        return []
-    args = ["--engine", engine.flavor.value, "--batch-range", ",".join(map(str, engine.profile))]
-    if engine.flavor is Flavor.rtx and engine.compute_capabilities and engine.compute_capabilities != RTX_PORTABLE_CCS:
-        args += ["--rtx-compute-capability", ",".join(engine.compute_capabilities)]
-    if engine.opt_level != 3:
-        args += ["--opt-level", str(engine.opt_level)]
-    return args
+def _rtx_engines(manifest: Manifest, precisions: tuple[Precision, ...]) -> list[EngineEntry]:
+    """The folder's TensorRT-RTX engines of these precisions: the engines any machine can build again (an
+    enterprise engine is built on its own GPU kind; `resnetx info` says where)."""
+    return [e for e in manifest.engines.values() if e.precision in precisions and e.flavor is Flavor.rtx]
+
+
+def _rtx_lines(manifest: Manifest, folder: Path, precisions: tuple[Precision, ...]) -> list[list[str]]:
+    """One --engines-only line per TensorRT-RTX target (a set of compute capabilities) with exactly the precisions
+    that have an engine for it: what a folder's graphs need to get their engines back, on any machine."""
+    targets: dict[tuple[str, ...], list[EngineEntry]] = {}
+    for e in _rtx_engines(manifest, precisions):
+        targets.setdefault(e.compute_capabilities, []).append(e)
+    lines = []
+    for ccs, es in targets.items():
+        args = ["--out", str(folder), "--engines-only", "--engine", "rtx", "--precision",
+                ",".join(p.value for p in Precision if p in {e.precision for e in es}),
+                "--batch-range", ",".join(map(str, es[0].profile))]
+        if ccs and ccs != RTX_PORTABLE_CCS:
+            args += ["--rtx-compute-capability", ",".join(ccs)]
+        if es[0].opt_level != DEFAULT_OPT_LEVEL:
+            args += ["--opt-level", str(es[0].opt_level)]
+        lines.append(args)
+    return lines
 
 
 def _engines_args(manifest: Manifest, folder: Path, precision: Precision, gpu_cc: str | None) -> list[str]:

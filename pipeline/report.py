@@ -15,7 +15,8 @@ from resnetx.files import atomic_write, atomic_write_text
 if TYPE_CHECKING:
     from rich.table import Table
 
-    from pipeline.artifacts import EngineEntry, FolderAudit
+    from pipeline.artifacts import EngineEntry
+    from pipeline.audit import FolderAudit
     from pipeline.bench import BenchReport, BenchRow
     from pipeline.export import ExportResult
     from pipeline.localize import Localization
@@ -105,7 +106,9 @@ def verify_table(report: VerifyReport, width: int | None = None) -> Table:
 
     cols = ["artifact", "runtime", "verdict", "max abs", "mean abs", "rel L2", "min cos", "top-1 agree",
             "top-5 overlap", "NaN/Inf", "acc ref top-1/5", "acc top-1/5", "delta"]
-    return _fitted_table(f"resnetx verify: {report.samples} inputs from {_esc(report.data)} vs {report.reference}",
+    drawn = f" ({_esc(report.drawn)}, + the extreme ones)" if report.drawn else ""
+    return _fitted_table(f"resnetx verify: {report.samples} inputs from {_esc(report.data)}{drawn} vs "
+                         f"{report.reference}",
                          cols, [cells(r) for r in report.rows], width, _VERIFY_DROP_ORDER,
                          {"acc ref top-1/5": "acc ref", "acc top-1/5": "acc"}, left=("artifact", "runtime", "verdict"))
 
@@ -143,6 +146,9 @@ def verify_reasons(report: VerifyReport) -> list[str]:
             out.append(f"[yellow]skipped[/] {_esc(r.artifact)} ({_esc(r.runtime)}): {_esc(r.skipped)}")
         elif not r.passed:
             out.append(f"[red]FAIL[/] {_esc(r.artifact)} ({_esc(r.runtime)}): {_esc('; '.join(r.failures))}")
+    if any(r.precision == "int8" and r.metrics is not None for r in report.rows):
+        out.append("int8 rows are judged by top-1 agreement and accuracy drop only: rounding to 8 bits moves every "
+                   "logit, so max abs, rel L2 and min cos are shown, not judged")
     return out
 
 
@@ -216,15 +222,18 @@ def engine_target(e: EngineEntry) -> str:
     """Where an engine runs: the TensorRT flavour and version it needs, its GPUs, its batch profile."""
     from resnetx.flavors import FLAVORS
 
+    compat = {"none": f"{e.gpu_kind or e.gpu or 'its'} GPUs only", "same-cc": "any GPU of that compute capability",
+              "ampere+": "any compute 8.0+ GPU"}[e.hardware_compat.value]
     gpus = ", ".join(e.compute_capabilities) or (
-        f"{e.gpu or 'the build GPU'} (compute capability {e.compute_capability or 'unknown'})")
+        f"built on {e.gpu or 'a GPU'} (compute {e.compute_capability or 'unknown'}, driver {e.driver or 'unknown'}) "
+        f"for {compat}")
     lo, opt, hi = e.profile
     counts = e.network.note(e.precision.value) if e.network else "network precision not recorded"
     return f"{FLAVORS[e.flavor].name} {e.trt_version}, {gpus}, batch {lo}..{hi} (opt {opt}), {counts}"
 
 
 def folder_notes(audit: FolderAudit) -> list[str]:
-    """The lines under the folder table: calibration, version drift, references, last verify."""
+    """The lines under the folder table: calibration, version drift, references, verdicts, stale files."""
     from pipeline.artifacts import EngineEntry
 
     lines: list[str] = []
@@ -252,22 +261,46 @@ def folder_notes(audit: FolderAudit) -> list[str]:
     lines += [_esc(f"{e.file}: {engine_target(e)}") for e in m.entries() if isinstance(e, EngineEntry)]
     refs = audit.references
     lines.append(f"stored reference logits: {_esc(', '.join(refs))}" if refs else "no stored reference logits")
-    lines.append(_last_verify_line(audit))
+    lines += _verdict_lines(audit) + _target_lines(audit)
+    if audit.stale:
+        lines.append(f"[yellow]stale files (made by an earlier export, listed by no manifest entry):[/] "
+                     f"{_esc(', '.join(audit.stale))}")
     if not audit.intact:
         lines.append("[red]files differ from the manifest: their provenance is unknown; "
                      "re-run resnetx export --force[/]")
     return lines
 
 
-def _last_verify_line(audit: FolderAudit) -> str:
-    v = audit.verify
-    if v is None:
-        return "not verified yet: resnetx verify " + _esc(audit.folder)
-    if v.get("passed") is None:
-        return f"[yellow]{_esc(v.get('error', 'verify.json holds no verdict'))}[/]"
-    verdict = "[green]PASS[/]" if v["passed"] else "[red]FAIL[/]"
-    stale = "" if v["current"] else " [yellow](from an earlier export: verify again)[/]"
-    return f"last verify: {verdict} on {v['samples']} inputs from {_esc(v['data'])}{stale}"
+def _target_lines(audit: FolderAudit) -> list[str]:
+    """One line per target kind a fleet (or a verify there) reported on: its engines and how its checks went."""
+    lines = []
+    for kind_dir in sorted(p for p in (audit.folder / "reports").glob("*") if (p / "verify.json").is_file()):
+        try:
+            v = json.loads((kind_dir / "verify.json").read_text())
+            fleet = json.loads((kind_dir / "fleet.json").read_text()) if (kind_dir / "fleet.json").is_file() else {}
+        except (OSError, json.JSONDecodeError):
+            continue
+        rows = v.get("rows", [])
+        count = {w: sum(1 for r in rows if (r.get("skipped") and w == "not run") or
+                        (not r.get("skipped") and bool(r.get("passed")) == (w == "pass"))) for w in
+                 ("pass", "fail", "not run")}
+        how = f"compute {fleet['cc']}, {fleet.get('flavor') or 'no engines'}" if fleet.get("cc") else "no engines"
+        engines = f"engines {', '.join(fleet['engines'])}; " if fleet.get("engines") else ""
+        lines.append(f"target {_esc(kind_dir.name)} ({how}): {engines}verify {count['pass']} pass, "
+                     f"{count['fail']} fail, {count['not run']} not run on {v.get('samples')} {_esc(v.get('data'))} "
+                     "inputs")
+    return lines
+
+
+def _verdict_lines(audit: FolderAudit) -> list[str]:
+    """Each artifact's standing verdict and what it was measured on; those never verified."""
+    if not audit.verdicts:
+        return ["not verified yet: resnetx verify " + _esc(audit.folder)]
+    lines = [f"{name}: {'[green]PASS[/]' if st.passed else '[red]FAIL[/]'} ({_esc(st.words)})"
+             for name, st in audit.verdicts.items()]
+    if unjudged := [e.name for e in audit.manifest.entries() if e.name not in audit.verdicts]:
+        lines.append(f"not verified: {', '.join(unjudged)}")
+    return ["standing verdicts (the latest on the most representative data each was verified on):", *lines]
 
 
 def _sort_key(r: BenchRow) -> tuple[Any, ...]:
@@ -434,7 +467,7 @@ def write_bench_files(report: BenchReport, folder: Path) -> list[Path]:
 
 
 def write_verify_json(report: VerifyReport) -> Path | None:
-    """reports/verify.json, unless nothing was verified (then the last real verdict stays)."""
+    """reports/<kind>/verify.json, unless nothing was verified (then the last real verdict stays)."""
     path = report.report_path
     if path is not None:
         atomic_write_text(path, json.dumps(report.to_dict(), indent=2, default=_json_value) + "\n")

@@ -20,10 +20,10 @@ from pathlib import Path
 import numpy as np
 
 from exporters.calibrate import CalibMethod
-from exporters.onnx import run_cpu
+from exporters.onnx import cpu_session, run_cpu
 from exporters.quantize import Fallback
 from pipeline.artifacts import SearchRecord, Trial
-from pipeline.data import calibration_split, open_dataset, select_indices
+from pipeline.data import ImageSet, calibration_split, open_dataset, select_indices
 from pipeline.export_options import ExportOptions
 from pipeline.zoo import ModelInfo
 from resnetx.errors import BadInput
@@ -31,15 +31,17 @@ from resnetx.errors import BadInput
 __all__ = ["AccuracySet", "accuracy_set", "Logits", "rank_layers", "search_int8"]
 
 log = logging.getLogger(__name__)
+LOGIT_CHUNK = 256  # images decoded at a time for a trial's logits
 RANKING_IMAGES = 256  # the images int8 gets most wrong, on which each layer's recovery is ranked
 METHOD_ORDER = (CalibMethod.percentile, CalibMethod.mean_max, CalibMethod.entropy, CalibMethod.max)
 
 
 @dataclass(frozen=True)
 class AccuracySet:
-    """Held-out labelled images that judge int8: never the calibration images."""
+    """Held-out labelled images that judge int8: never the calibration images. Read a chunk at a time by every
+    trial, so memory does not grow with --accuracy-samples."""
 
-    x: np.ndarray
+    images: ImageSet
     y: np.ndarray
     description: str  # which data judged, in words
 
@@ -62,18 +64,21 @@ def accuracy_set(o: ExportOptions, info: ModelInfo) -> AccuracySet:
     if len(idx) < 50:
         raise BadInput(f"--max-accuracy-drop: only {len(idx)} held-out image(s) of {ds.name}; give --accuracy-data "
                        "with more labelled images")
-    x = np.concatenate([info.preprocess(ds.raw(idx[i : i + 256])) for i in range(0, len(idx), 256)])
-    return AccuracySet(x, ds.labels[idx].astype(np.int64), f"{len(idx)} {ds.name} {where}")
+    images = ImageSet(ds, info.preprocess, idx)
+    return AccuracySet(images, images.labels, f"{len(idx)} {ds.name} {where}")
 
 
 class Logits:
-    """Logits of ONNX graphs (onnxruntime CPU) on fixed images, or on some rows of them."""
+    """Logits of ONNX graphs (onnxruntime CPU) on a set of images, or on some rows of it, read a chunk at a time."""
 
-    def __init__(self, x: np.ndarray) -> None:
-        self.x = x
+    def __init__(self, images: ImageSet | np.ndarray) -> None:
+        self.images = images
 
     def of(self, path: Path, rows: np.ndarray | None = None) -> np.ndarray:
-        return run_cpu(path, self.x if rows is None else self.x[rows], batch=64)
+        if isinstance(self.images, np.ndarray):
+            return run_cpu(path, self.images if rows is None else self.images[rows], batch=64)
+        sess = cpu_session(path)
+        return np.concatenate([run_cpu(sess, x, batch=64) for x in self.images.chunks(LOGIT_CHUNK, rows)])
 
 
 def rank_layers(layers: list[str], graph_without: Callable[[str], Path], logits: Logits, reference: np.ndarray,
@@ -139,7 +144,7 @@ def search_int8(o: ExportOptions, fp32_path: Path, acc: AccuracySet,
                 on_progress: Callable[[str], None]) -> SearchRecord:
     """Run the search; the record's chosen trial names the method, the reverted layers and their fallback."""
     start = time.perf_counter()
-    logits = Logits(acc.x)
+    logits = Logits(acc.images)
     reference = logits.of(fp32_path)
     with tempfile.TemporaryDirectory(prefix=".tmp-search-", dir=fp32_path.parent) as tmp:
         s = _Search(make, logits, acc.y, reference, float(o.max_accuracy_drop or 0.0), start + o.search_seconds,

@@ -10,7 +10,7 @@ from pipeline.artifacts import EngineEntry, Entry, GraphEntry, Manifest, checked
 from pipeline.precisions import PRECISIONS, Precision
 from pipeline.reference import Reference
 from pipeline.remake import remake_command
-from resnetx.errors import BadInput, IncompatibleArtifact
+from resnetx.errors import BackendUnavailable, BadInput, IncompatibleArtifact
 from runtimes.base import RUNTIMES, Runtime, RuntimeSpec, open_runtime, runtime_spec
 
 __all__ = ["Target", "default_runtimes", "check_device", "select_targets", "open_target"]
@@ -74,10 +74,12 @@ def select_targets(manifest: Manifest, folder: Path, *, command: str, runtimes: 
     return out
 
 
-def open_target(t: Target, folder: Path, manifest: Manifest, reference: Reference, **opts: Any) -> Runtime:
+def open_target(t: Target, folder: Path, manifest: Manifest, reference: Reference | None, **opts: Any) -> Runtime:
     """The runtime for a target, its file checked against the manifest first. An engine made for another GPU or
     TensorRT says how to rebuild it here."""
     if t.entry is None:
+        if reference is None:
+            raise BackendUnavailable(f"the {t.runtime.name} runtime runs the PyTorch model, which is not here")
         model = reference.require_model(f"the {t.runtime.name} runtime runs the PyTorch model")
         return open_runtime(t.runtime.name, model, device=t.device, precision=t.precision.value, **opts)
     path = checked_file(folder, t.entry)

@@ -15,17 +15,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline.artifacts import EngineEntry, Entry, FolderAudit, GraphEntry, Manifest, audit_folder
+from pipeline.artifacts import EngineEntry, Entry, GraphEntry, Manifest
+from pipeline.audit import FolderAudit, audit_folder, serving_gate
 from pipeline.precisions import Precision
+from pipeline.verdicts import Standing
 from resnetx.contract import INPUT_NAME, OUTPUT_NAME
 from resnetx.errors import BadInput
-from resnetx.flavors import RTX_CCS, Flavor
+from resnetx.flavors import RTX_CCS, Flavor, HardwareCompat
 
 __all__ = ["TritonOptions", "Tensor", "TritonModel", "TritonResult", "plan_repository", "config_text",
-           "DEFAULT_MAX_BATCH"]
+           "shared_cc_notes", "DEFAULT_MAX_BATCH"]
 
 DEFAULT_MAX_BATCH = 64  # ONNX graphs with a dynamic batch and no engine profile to follow
 DEVICES = ("gpu", "cpu")
+AMPERE_PLUS_CCS = ("8.0", "8.6", "8.7", "8.9", "9.0", "10.0", "12.0")  # what an ampere+ engine is mapped to
 # ONNX TensorProto element types -> Triton data types
 _ONNX_TYPES = {1: "TYPE_FP32", 10: "TYPE_FP16", 16: "TYPE_BF16", 11: "TYPE_FP64", 2: "TYPE_UINT8", 3: "TYPE_INT8",
                6: "TYPE_INT32", 7: "TYPE_INT64", 9: "TYPE_BOOL"}
@@ -102,28 +105,10 @@ class TritonResult:
 
 
 # --------------------------------------------------------------------------- what the folder allows
-def _gate(audit: FolderAudit, allow_unverified: bool, notes: list[str]) -> dict[str, str]:
-    """Refuse a tampered folder always, an unverified one unless allowed; the verdict of each artifact."""
-    bad = [f"{r.entry.file} ({r.status})" for r in audit.rows if r.status != "ok"]
-    if bad:
-        raise BadInput(f"{audit.folder} fails its sha256 audit: {', '.join(bad)}; a repository would serve files "
-                       f"of unknown provenance: re-run the resnetx export that made it with --force")
-    v = audit.verify
-    problem = ("has never been verified" if v is None else "could not be read: reports/verify.json is unreadable"
-               if v.get("error") else "was re-exported after its last verify" if not v.get("current")
-               else "failed its last verify" if not v.get("passed") else None)
-    if problem is None:
-        return v["artifacts"]
-    if not allow_unverified:
-        raise BadInput(f"{audit.folder} {problem}; run 'resnetx verify {audit.folder}' until it passes, or give "
-                       "--allow-unverified to write the repository anyway")
-    notes.append(f"--allow-unverified: {audit.folder} {problem}; the repository serves unverified artifacts")
-    return {}
-
-
-def _verified(entries: tuple[Entry, ...], verdicts: dict[str, str]) -> str:
-    words = [f"{e.name} {verdicts.get(e.name, 'not run')}" for e in entries]
-    return ", ".join(words)
+def _verified(entries: tuple[Entry, ...], verdicts: dict[str, Standing]) -> str:
+    """Each artifact's standing verdict and the data it came from, in words."""
+    return "; ".join(f"{e.name} {verdicts[e.name].words}" if e.name in verdicts else f"{e.name} not verified"
+                     for e in entries)
 
 
 # --------------------------------------------------------------------------- tensors
@@ -161,17 +146,17 @@ def _contract_tensors(m: Manifest, batch: int) -> tuple[tuple[Tensor, ...], tupl
             (Tensor(OUTPUT_NAME, "TYPE_FP32", (batch, info.num_classes)),))
 
 
-def _with_batch(ts: tuple[Tensor, ...], batch: int) -> tuple[Tensor, ...]:
-    return tuple(Tensor(t.name, t.data_type, (batch, *t.shape[1:])) for t in ts)
-
-
 # --------------------------------------------------------------------------- planning
 def _bench_batches(folder: Path) -> tuple[int, ...]:
-    try:
-        rows = json.loads((folder / "reports" / "bench.json").read_text()).get("rows", [])
-        return tuple(sorted({int(r["batch"]) for r in rows if isinstance(r, dict) and r.get("batch")}))
-    except (OSError, json.JSONDecodeError, AttributeError, KeyError, TypeError, ValueError):
-        return ()
+    """The batch sizes any machine kind benchmarked (reports/<kind>/bench.json), for the README's perf lines."""
+    found: set[int] = set()
+    for path in (folder / "reports").glob("*/bench.json"):
+        try:
+            rows = json.loads(path.read_text()).get("rows", [])
+            found |= {int(r["batch"]) for r in rows if isinstance(r, dict) and r.get("batch")}
+        except (OSError, json.JSONDecodeError, AttributeError, KeyError, TypeError, ValueError):
+            continue
+    return tuple(sorted(found))
 
 
 def _batch_for(opts: TritonOptions, allowed: int, what: str) -> int:
@@ -196,14 +181,36 @@ def _onnx_model(folder: Path, e: GraphEntry, opts: TritonOptions, prefix: str, e
 
 
 def _cc_map(engines: list[EngineEntry]) -> dict[str, str]:
-    """compute capability -> engine file; an enterprise engine, built on that very GPU, wins over RTX's."""
+    """compute capability -> engine file, every compute capability the folder's engines serve. The most specific
+    engine wins: an enterprise one built on that compute capability over an ampere+ one over TensorRT-RTX's, and an
+    RTX engine for fewer compute capabilities over a portable one."""
+    def specific(e: EngineEntry) -> tuple[int, int]:
+        if e.flavor is Flavor.rtx:
+            return (0, -len(e.compute_capabilities))
+        return (1, 0 if e.hardware_compat is HardwareCompat.ampere_plus else 1)
+
     ccs: dict[str, str] = {}
-    for e in sorted(engines, key=lambda e: e.flavor is Flavor.tensorrt):
+    for e in sorted(engines, key=specific):
         if e.flavor is Flavor.rtx:
             ccs.update({RTX_CCS.get(sm, sm): e.file for sm in e.compute_capabilities})
+        elif e.hardware_compat is HardwareCompat.ampere_plus:
+            ccs.update({cc: e.file for cc in AMPERE_PLUS_CCS if cc not in ccs})
         elif e.compute_capability:
             ccs[e.compute_capability] = e.file
     return dict(sorted(ccs.items(), key=lambda kv: tuple(int(p) for p in kv[0].split("."))))
+
+
+def shared_cc_notes(engines: list[EngineEntry]) -> list[str]:
+    """Engines tied to their GPU kind (--hardware-compat none) of two kinds with one compute capability: Triton picks
+    an engine by compute capability alone, so one of the kinds would load an engine built for the other."""
+    by_cc: dict[str, set[str]] = {}
+    for e in engines:
+        if e.flavor is Flavor.tensorrt and e.hardware_compat is HardwareCompat.none and e.compute_capability:
+            by_cc.setdefault(e.compute_capability, set()).add(e.gpu_kind or e.gpu or "unknown")
+    return [f"{' and '.join(sorted(kinds))} share compute capability {cc}: Triton selects an engine by compute "
+            f"capability only, so one kind would load the other's engine; build one engine for both with "
+            f"--hardware-compat same-cc, or write one model repository per kind" for cc, kinds in by_cc.items()
+            if len(kinds) > 1]
 
 
 def _engine_model(folder: Path, m: Manifest, engines: list[EngineEntry], opts: TritonOptions, prefix: str,
@@ -233,8 +240,10 @@ def plan_repository(opts: TritonOptions) -> tuple[list[TritonModel], list[str], 
     """The models a repository of `opts.folder` holds, and notes for the user; refuses what must not be served."""
     audit = audit_folder(opts.folder)
     m, notes = audit.manifest, []
-    verdicts = _gate(audit, opts.allow_unverified, notes)
     wanted = set(opts.precisions or Precision)
+    served = [e.name for e in m.entries() if e.precision in wanted
+              and not (opts.device == "cpu" and isinstance(e, EngineEntry))]
+    verdicts = serving_gate(audit, served, opts.allow_unverified, notes, "a Triton repository")
     if opts.precisions and (missing := sorted(p.value for p in wanted - set(m.graphs)
                                               - {e.precision for e in m.engines.values()})):
         raise BadInput(f"--precision {','.join(missing)}: {opts.folder} holds {m.holdings()}; export it first")
@@ -256,22 +265,21 @@ def plan_repository(opts: TritonOptions) -> tuple[list[TritonModel], list[str], 
               for g in m.graphs.values() if g.precision in wanted] + engines
     if not models:
         raise BadInput(f"nothing to serve: {opts.folder} holds {m.holdings() or 'no artifacts'}")
-    notes += _model_notes(models, labels)
+    notes += _model_notes(models, labels) + [n for es in by_precision.values() for n in shared_cc_notes(es)]
     return models, notes, audit
 
 
-def _common(opts: TritonOptions, entries: list[Any], verdicts: dict[str, str], batches: tuple[int, ...],
+def _common(opts: TritonOptions, entries: list[Any], verdicts: dict[str, Standing], batches: tuple[int, ...],
             labels: bool) -> dict[str, Any]:
     return {"instances": opts.instances, "queue_delay_us": opts.queue_delay_us, "labels": labels,
-            "verified": _verified(tuple(entries), verdicts) if verdicts else "not verified (--allow-unverified)",
-            "bench_batches": batches}
+            "verified": _verified(tuple(entries), verdicts), "bench_batches": batches}
 
 
 def _model_notes(models: list[TritonModel], labels: bool) -> list[str]:
     notes = []
     if not labels:
         notes.append("the model has no class names: configs name no label file (give --class-names at export)")
-    if unrun := [x.name for x in models if "not run" in x.verified]:
+    if unrun := [x.name for x in models if "not verified" in x.verified]:
         notes.append(f"not verified by resnetx verify: {', '.join(unrun)} (engines are verified with "
                      "'resnetx verify DIR --device cuda' on their GPU)")
     if any(e.flavor is Flavor.rtx for x in models for e in x.entries if isinstance(e, EngineEntry)):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as _dt
 import logging
 import time
 from collections.abc import Callable
@@ -12,14 +13,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipeline.artifacts import EngineEntry, GraphEntry, Manifest, read_manifest, system_info
+from pipeline.artifacts import EngineEntry, GraphEntry, Manifest, tool_versions
+from pipeline.audit import audit_folder
 from pipeline.data import calibration_overlap_note, label_order_note, near_chance_note
 from pipeline.localize import Localization, localize
+from pipeline.machine import CPU_KIND, system_info
 from pipeline.precisions import PRECISIONS, Precision, Tolerance, parse_precisions
-from pipeline.reference import DEFAULT_SAMPLES, Inputs, Reference, verify_inputs
+from pipeline.reference import DEFAULT_SAMPLES, ArrayInputs, Inputs, Reference, verify_inputs
 from pipeline.targets import Target, open_target, select_targets
+from pipeline.verdicts import Verdict
 from resnetx.errors import BackendUnavailable, BadInput, CheckFailed, IncompatibleArtifact, ResnetxError
-from runtimes.base import Device, runtime_spec
+from runtimes.base import Device, Runtime, runtime_spec
 
 __all__ = [
     "VerifyOptions",
@@ -29,6 +33,8 @@ __all__ = [
     "compare",
     "verify",
     "judge",
+    "judge_targets",
+    "audited",
 ]
 
 log = logging.getLogger(__name__)
@@ -113,6 +119,10 @@ class VerifyReport:
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
     system: dict[str, Any] = field(default_factory=dict)  # where it ran: CPU, GPU, driver, library versions
+    kind: str = CPU_KIND  # the target kind it ran on: its report is reports/<kind>/verify.json
+    labelled: bool = False  # accuracy was measured (labels of the model's classes), not only agreement
+    drawn: str = ""  # which images were compared, in words
+    logits: dict[str, np.ndarray] = field(default_factory=dict, repr=False)  # each row that ran: its logits
 
     @property
     def nothing_ran(self) -> bool:
@@ -121,13 +131,28 @@ class VerifyReport:
 
     @property
     def report_path(self) -> Path | None:
-        """reports/verify.json, which holds this verdict; None when nothing ran (the last real one is kept)."""
-        return None if self.nothing_ran else self.folder / "reports" / "verify.json"
+        """reports/<kind>/verify.json, which holds this verdict; None when nothing ran (the last real one is kept)."""
+        return None if self.nothing_ran else self.folder / "reports" / self.kind / "verify.json"
 
     @property
     def passed(self) -> bool:
         ran = [r for r in self.rows if r.skipped is None]
         return bool(ran) and all(r.passed for r in ran)
+
+    def verdicts(self, manifest: Manifest) -> list[Verdict]:
+        """The records this verify adds to the folder's verdicts: each artifact it measured (skipped rows judged
+        nothing; torch-* rows judge the model itself)."""
+        date = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+        out = []
+        for r in self.rows:
+            entry = manifest.entry(r.artifact)
+            if r.skipped is not None or r.metrics is None:
+                continue
+            sha = entry.sha256 if entry is not None else manifest.model.state_sha256
+            out.append(Verdict(r.artifact, sha, r.passed, r.runtime, r.device, self.kind, self.data, self.samples,
+                               self.labelled, date, tuple(r.failures), r.metrics.top1_agreement,
+                               r.metrics.accuracy_drop))
+        return out
 
     def to_dict(self) -> dict[str, Any]:
         rows = []
@@ -137,7 +162,8 @@ class VerifyReport:
                 d["metrics"]["accuracy_drop"] = r.metrics.accuracy_drop
             rows.append(d)
         return {"folder": str(self.folder), "reference": self.reference, "reference_stored": self.reference_stored,
-                "data": self.data, "samples": self.samples, "passed": self.passed, "seconds": round(self.seconds, 2),
+                "data": self.data, "samples": self.samples, "drawn": self.drawn, "labelled": self.labelled,
+                "kind": self.kind, "passed": self.passed, "seconds": round(self.seconds, 2),
                 "manifest_created": self.manifest_created, "system": self.system, "notes": self.notes, "rows": rows}
 
 
@@ -221,18 +247,19 @@ class _Run:
     opts: VerifyOptions
     folder: Path
     manifest: Manifest
-    reference: Reference
-    inputs: Inputs
+    reference: Reference | None  # None: judged on logits shipped to a fleet node, no model there
+    inputs: Inputs | ArrayInputs
     ref_logits: np.ndarray
     batch: int
 
 
 def verify(opts: VerifyOptions, *, on_progress: ProgressFn | None = None) -> VerifyReport:
-    """Compare each selected artifact with the fp32 PyTorch reference. The report says where it belongs
+    """Compare each selected artifact with the fp32 PyTorch reference. Every file of the folder is checked against
+    the manifest first (a changed or missing file fails before anything runs). The report says where it belongs
     (`report_path`); writing it is the caller's (a run that judged nothing must not replace a real verdict)."""
     start = time.perf_counter()
     folder = opts.folder
-    manifest = read_manifest(folder)
+    manifest = audited(folder)
     targets = select_targets(manifest, folder, command="verify", runtimes=opts.runtimes, precisions=opts.precisions,
                              device=opts.device)
     torch.manual_seed(opts.seed)
@@ -241,51 +268,92 @@ def verify(opts: VerifyOptions, *, on_progress: ProgressFn | None = None) -> Ver
     inputs = verify_inputs(opts.data, opts.data_dir, opts.samples, info.preprocess, info.num_classes, seed=opts.seed)
     notes = _input_notes(inputs, opts.samples, info.num_classes)
     logits, made_by = ref.logits(folder, inputs, samples=opts.samples,
-                                 on_batch=_ticker(on_progress, "torch-cpu-fp32 reference", len(inputs.x)))
+                                 on_batch=_ticker(on_progress, "torch-cpu-fp32 reference", len(inputs)))
     if ref.model is None:
         notes.append(f"{ref.why_missing}: the reference is the stored fp32 PyTorch logits (computed with torch "
                      f"{made_by})")
-    run = _Run(opts, folder, manifest, ref, inputs, logits, opts.batch_size or (16 if info.image_size >= 96 else 64))
-    rows = [_verify_one(run, t, on_progress) for t in targets]
-    notes += _data_notes(run, rows) + _unverified_engines(opts, manifest)
-    return VerifyReport(folder, rows, inputs.data, len(inputs.x), reference_stored=made_by is not None,
-                        manifest_created=manifest.created, seconds=time.perf_counter() - start, notes=notes,
-                        system=system_info())
+    report = judge_targets(opts, manifest, targets, inputs, logits, ref, on_progress)
+    report.notes[:0] = notes
+    report.reference_stored = made_by is not None
+    report.seconds = time.perf_counter() - start
+    return report
 
 
-def _verify_one(run: _Run, t: Target, on_progress: ProgressFn | None) -> VerifyRow:
+def judge_targets(opts: VerifyOptions, manifest: Manifest, targets: list[Target], inputs: Inputs | ArrayInputs,
+                  ref_logits: np.ndarray, reference: Reference | None = None,
+                  on_progress: ProgressFn | None = None, kind: str | None = None) -> VerifyReport:
+    """Run each target on the inputs and judge it against the reference logits: verify's second half, also what a
+    fleet node runs on the inputs and logits its driver shipped (`reference` None: no torch rows, no fp32
+    localisation there; `kind` names the fleet's kind of the node)."""
+    start = time.perf_counter()
+    info = manifest.model.info
+    run = _Run(opts, opts.folder, manifest, reference, inputs, ref_logits,
+               opts.batch_size or (16 if info.image_size >= 96 else 64))
+    rows, logits = [], {}
+    for t in targets:
+        row, got = _verify_one(run, t, on_progress)
+        rows.append(row)
+        if got is not None:
+            logits[t.key] = got
+    system = system_info(tool_versions())
+    kind = kind or system["kind"]
+    notes = _data_notes(run, rows) + _unverified_engines(opts, manifest)
+    return VerifyReport(opts.folder, rows, inputs.data, len(inputs), manifest_created=manifest.created,
+                        seconds=time.perf_counter() - start, notes=notes, system={**system, "kind": kind},
+                        kind=kind, labelled=inputs.labels is not None, drawn=inputs.drawn, logits=logits)
+
+
+def audited(folder: Path) -> Manifest:
+    """The folder's manifest, after checking every file it names, engines too (even where they cannot run): a
+    changed or missing file fails here, naming each one, before anything runs."""
+    audit = audit_folder(folder)
+    if bad := [f"{r.entry.file} ({r.status})" for r in audit.rows if r.status != "ok"]:
+        raise CheckFailed(f"{folder} fails its audit before verify runs anything: {', '.join(bad)} differ from "
+                          f"manifest.json; their provenance is unknown: re-run the resnetx export that made {folder} "
+                          "(resnetx info shows the line) with --force")
+    return audit.manifest
+
+
+def _infer_inputs(rt: Runtime, inputs: Inputs | ArrayInputs, batch: int, tick: Callable[[int], None]) -> np.ndarray:
+    """The runtime's logits for every input, decoded a chunk at a time."""
+    return np.concatenate([rt.infer_all(x, batch, tick) for x in inputs.chunks(max(batch, 64))])
+
+
+def _verify_one(run: _Run, t: Target, on_progress: ProgressFn | None) -> tuple[VerifyRow, np.ndarray | None]:
+    """The target's row, and its logits when it ran."""
     t0 = time.perf_counter()
     tol = _tolerance(run.opts, t)
-    x = run.inputs.x
     try:
         with open_target(t, run.folder, run.manifest, run.reference) as rt:
-            got = rt.infer_all(x, run.batch, _ticker(on_progress, rt.name, len(x)))
+            got = _infer_inputs(rt, run.inputs, run.batch, _ticker(on_progress, rt.name, len(run.inputs)))
             name = rt.name
     except (BackendUnavailable, IncompatibleArtifact) as e:  # not for this machine: the other rows still run
-        return VerifyRow(t.key, t.label, t.precision.value, t.device, False, skipped=str(e))
+        return VerifyRow(t.key, t.label, t.precision.value, t.device, False, skipped=str(e)), None
     except CheckFailed as e:  # sha mismatch: provenance broken
-        return VerifyRow(t.key, t.label, t.precision.value, t.device, False, tolerance=tol, failures=[str(e)])
+        return VerifyRow(t.key, t.label, t.precision.value, t.device, False, tolerance=tol, failures=[str(e)]), None
     m = compare(run.ref_logits, got, run.inputs.labels, task_rows=run.inputs.n_real)
     fails = judge(m, tol)
     row = VerifyRow(t.key, name, t.precision.value, t.device, not fails, metrics=m, tolerance=tol, failures=fails,
                     seconds=time.perf_counter() - t0)
-    if isinstance(t.entry, GraphEntry) and t.runtime.name == "ort" and (run.opts.localize or fails):
+    if isinstance(t.entry, GraphEntry) and t.runtime.name == "ort" and (run.opts.localize or fails) \
+            and run.reference is not None:
         t_loc = time.perf_counter()
         try:
-            row.localization = localize(run.folder, run.manifest, t.entry, run.reference, x[: min(8, len(x))], tol,
-                                        rank_inputs=x[: min(RANK_IMAGES, run.inputs.n_real)])
+            head = run.inputs.head(min(RANK_IMAGES, run.inputs.n_real))
+            row.localization = localize(run.folder, run.manifest, t.entry, run.reference, head[:8], tol,
+                                        rank_inputs=head, passed=not fails)
             row.localization.seconds = round(time.perf_counter() - t_loc, 2)
         except ResnetxError as e:
             row.localization_error = str(e)
-    return row
+    return row, got
 
 
 def _input_notes(inputs: Inputs, asked: int, num_classes: int) -> list[str]:
     """Say when the data gave less than was asked: fewer images, or labels that cannot score this model."""
     notes = []
-    if len(inputs.x) < asked:
-        notes.append(f"{inputs.data} has {inputs.n_real} image(s): {len(inputs.x)} inputs ({inputs.n_real} + "
-                     f"{len(inputs.x) - inputs.n_real} extreme), not the {asked} --samples asked for")
+    if len(inputs) < asked:
+        notes.append(f"{inputs.data} has {inputs.n_real} image(s): {len(inputs)} inputs ({inputs.n_real} + "
+                     f"{len(inputs) - inputs.n_real} extreme), not the {asked} --samples asked for")
     if inputs.labels is None and inputs.class_names and len(inputs.class_names) != num_classes:
         notes.append(f"accuracy n/a: {inputs.data} has {len(inputs.class_names)} classes, the model "
                      f"{num_classes}; parity and agreement are measured all the same")
@@ -297,11 +365,11 @@ def _data_notes(run: _Run, rows: list[VerifyRow]) -> list[str]:
     notes = []
     if run.inputs.labels is None:
         return notes
-    if order := label_order_note(run.inputs.data, run.inputs.class_names, run.reference.info.class_names):
+    if order := label_order_note(run.inputs.data, run.inputs.class_names, run.manifest.model.info.class_names):
         notes.append(order)
     ref_top1 = next((r.metrics.ref_top1 for r in rows if r.metrics is not None), None)
     what = f"{run.inputs.n_real} {run.inputs.data} images"
-    if chance := near_chance_note(ref_top1, run.reference.info.num_classes, what):
+    if chance := near_chance_note(ref_top1, run.manifest.model.info.num_classes, what):
         notes.append(chance)
     if any(r.precision == "int8" and r.metrics is not None for r in rows):
         cal = run.manifest.calibration

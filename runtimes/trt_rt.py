@@ -11,12 +11,18 @@ import numpy as np
 from resnetx.contract import INPUT_NAME, OUTPUT_NAME
 from resnetx.errors import BackendUnavailable, BadInput, IncompatibleArtifact
 from resnetx.files import atomic_write
-from resnetx.flavors import FLAVORS, RTX_CCS, EngineTarget, Flavor, import_flavor
+from resnetx.flavors import FLAVORS, RTX_CCS, EngineTarget, Flavor, gpu_kind_of, import_flavor
 from runtimes.base import Runtime
 
 __all__ = ["TrtRuntime", "RuntimeCacheFile", "open_trt", "check_engine_compatible"]
 
 log = logging.getLogger(__name__)
+
+
+def _gpu_kind() -> str | None:
+    import torch
+
+    return gpu_kind_of(torch.cuda.get_device_name(0)) if torch.cuda.is_available() else None
 
 
 def _gpu_cc() -> str:
@@ -32,24 +38,18 @@ def _gpu_cc() -> str:
 
 
 def check_engine_compatible(target: EngineTarget, installed_version: str, gpu_cc: str,
-                            name: str = "the engine") -> None:
-    """Refuse an engine built for another TensorRT version or GPU, before touching its bytes. The error names the
-    GPU at hand (`gpu_cc`) so that the caller can say how to rebuild it here."""
+                            name: str = "the engine", gpu_kind: str | None = None) -> None:
+    """Refuse an engine built for another TensorRT version or GPU, before touching its bytes, naming both targets.
+    The error names the GPU at hand (`gpu_cc`) so that the caller can say how to rebuild it here."""
     flavor = target.flavor.value
     if target.trt_version != installed_version:
         raise IncompatibleArtifact(f"{name} was built with {flavor} {target.trt_version}, this machine has "
                                    f"{installed_version}", gpu_cc=gpu_cc)
-    runs_on = target.gpus()
-    if target.flavor is Flavor.rtx and gpu_cc not in runs_on:
-        why = ""
-        if gpu_cc not in RTX_CCS.values():
-            why = (f" ({FLAVORS[Flavor.rtx].name} targets only "
-                   f"{', '.join(sorted(set(RTX_CCS.values()), key=float))}: use --engine tensorrt there)")
-        raise IncompatibleArtifact(f"{name} targets compute capabilities {', '.join(runs_on)}; this GPU is "
-                                   f"{gpu_cc}{why}", gpu_cc=gpu_cc)
-    if target.flavor is Flavor.tensorrt and runs_on and gpu_cc not in runs_on:
-        raise IncompatibleArtifact(f"{name} was built on a {target.gpu} (compute {target.compute_capability}); "
-                                   f"this GPU is compute {gpu_cc}", gpu_cc=gpu_cc)
+    if why := target.runs_on(gpu_cc, gpu_kind):
+        if target.flavor is Flavor.rtx and gpu_cc not in RTX_CCS.values():
+            why += (f" ({FLAVORS[Flavor.rtx].name} targets only "
+                    f"{', '.join(sorted(set(RTX_CCS.values()), key=float))}: use --engine tensorrt there)")
+        raise IncompatibleArtifact(f"{name} (target {target.tag}) cannot run here: {why}", gpu_cc=gpu_cc)
 
 
 class RuntimeCacheFile:
@@ -97,7 +97,7 @@ class TrtRuntime(Runtime):
                          batch_range=(target.profile[0], target.profile[2]))
         trt = import_flavor(target.flavor)
         path = Path(path)
-        check_engine_compatible(target, str(trt.__version__), _gpu_cc(), path.name)
+        check_engine_compatible(target, str(trt.__version__), _gpu_cc(), path.name, _gpu_kind())
         import torch
 
         self._torch = torch

@@ -13,6 +13,8 @@ run cut off still leaves what finished (summary.json says which stage did what):
 4. bench: ResNet-50 fp16 at batch 1 and 256: torch eager, channels_last + CUDA graph, torch.compile (mode
    default): latency and the throughput column, % of the peak from stage 1
 5. compile: torch.compile max-autotune at batch 256, cached in the folder, then the cached re-run
+6. fleet: `resnetx fleet` on a local one-node Ray instance with this GPU as its kind (needs `ray[default]`;
+   without it the stage records exit 3 and the pip line)
 The repository root is put on PYTHONPATH: nothing needs installing but what `--wheels` lists.
 """
 
@@ -113,7 +115,13 @@ def stage_verify(r: Run, folder: Path) -> None:
     device = "cpu" if r.dry else "cuda"
     r.cli("verify", "verify", ["verify", str(folder), "--device", device, "--runtime", "torch", "--samples", "64"],
           240)
-    _keep(folder / "reports" / "verify.json", r.out / "verify.json")
+    _keep(_kind_report(folder, "verify.json"), r.out / "verify.json")
+
+
+def _kind_report(folder: Path, name: str) -> Path:
+    """reports/<kind>/NAME of this machine (its GPU kind, or cpu on a dry run): the newest such file."""
+    found = sorted((folder / "reports").glob(f"*/{name}"), key=lambda p: p.stat().st_mtime)
+    return found[-1] if found else folder / "reports" / name
 
 
 def _keep(src: Path, dst: Path) -> None:
@@ -129,10 +137,11 @@ def _bench(r: Run, stage: str, folder: Path, name: str, extra: list[str], limit:
     if peak:
         args += ["--peak-tflops", str(peak)]
     for f in ("bench.json", "bench.md"):
-        (folder / "reports" / f).unlink(missing_ok=True)  # never keep an older run's report under this name
+        for old in (folder / "reports").glob(f"*/{f}"):
+            old.unlink()  # never keep an older run's report under this name
     r.cli(stage, name, args, limit)
     for f in ("bench.json", "bench.md"):
-        _keep(folder / "reports" / f, r.out / f"{name}.{f.split('.')[1]}")
+        _keep(_kind_report(folder, f), r.out / f"{name}.{f.split('.')[1]}")
 
 
 def stage_bench(r: Run, folder: Path, peak: float | None) -> None:
@@ -149,13 +158,22 @@ def stage_compile(r: Run, folder: Path, peak: float | None) -> None:
     _bench(r, "compile", folder, "compile-cached", extra, 120, peak)
 
 
+def stage_fleet(r: Run, folder: Path) -> None:
+    """The fleet path on real hardware: this machine as a one-node Ray cluster, its GPU the kind."""
+    batches = "1,8" if r.dry else "1,256"
+    r.cli("fleet", "fleet", ["fleet", str(folder), "--samples", "64", "--batch", batches, "--iters", "20",
+                             "--min-seconds", "0.5", "--kind-timeout", "240", "--force"], 300)
+    _keep(folder / "reports" / "fleet.md", r.out / "fleet.md")
+    _keep(folder / "reports" / "fleet.json", r.out / "fleet.json")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=Path("/tmp/gpu_out"))
     ap.add_argument("--budget", type=float, default=540.0, help="Seconds for the whole run (default 540).")
     ap.add_argument("--dry-run", action="store_true", help="The same plan on a CPU with the default model.")
     ap.add_argument("--wheels", action="store_true", help="Print the wheels to install first, and exit.")
-    ap.add_argument("--stages", default="env,tests,verify,bench,compile")
+    ap.add_argument("--stages", default="env,tests,verify,bench,compile,fleet")
     a = ap.parse_args()
     if a.wheels:
         print(WHEELS)
@@ -167,7 +185,8 @@ def main() -> None:
     # (stage, the seconds it needs at least to be worth starting)
     for name, need, fn in (("tests", 30, lambda: stage_tests(r)), ("verify", 60, lambda: stage_verify(r, folder)),
                            ("bench", 60, lambda: stage_bench(r, folder, peak)),
-                           ("compile", 120, lambda: stage_compile(r, folder, peak))):
+                           ("compile", 120, lambda: stage_compile(r, folder, peak)),
+                           ("fleet", 60, lambda: stage_fleet(r, folder))):
         if name not in stages:
             continue
         if r.left() < need:

@@ -32,6 +32,16 @@ def default_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def rtx_folder(default_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """default_folder plus TensorRT-RTX engines of its three graphs, built ahead of time here on the CPU."""
+    if not HAS_RTX:
+        pytest.skip("tensorrt_rtx not installed (pip install 'resnetx[tensorrt-rtx]')")
+    out = copy_folder(default_folder, tmp_path_factory.mktemp("rtx") / "f")
+    export(ExportOptions(out=out, engines_only=True, engine="rtx"))
+    return out
+
+
+@pytest.fixture(scope="session")
 def graphs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The default model's fp32, fp16 and int8 (tensorrt recipe) graphs, made by the exporters alone: the
     exporters' tests stand on the exporters, not on the pipeline that chains them."""

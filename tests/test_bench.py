@@ -91,7 +91,7 @@ def test_bench_writes_reports(default_folder: Path, tmp_path: Path) -> None:
     opts = BenchOptions(folder=folder, batches=(1, 4), iters=5, warmup=1, warmup_seconds=0.0, min_seconds=0.0,
                         accuracy_samples=200, threads=1)
     report = bench(opts)
-    write_bench_files(report, folder / "reports")
+    write_bench_files(report, report.reports)
     rows = [r for r in report.rows if r.latency_ms]
     assert {(r.backend, r.precision) for r in rows} == {("torch", "fp32"), ("ort", "fp32"), ("ort", "fp16"),
                                                        ("ort", "int8")}
@@ -101,15 +101,15 @@ def test_bench_writes_reports(default_folder: Path, tmp_path: Path) -> None:
         assert r.throughput_ips == pytest.approx(r.batch / (lat["mean"] / 1e3), rel=1e-2)
         # memory: the peak RSS the runtime added, its library's one-time load excluded
         assert 1 <= r.peak_mem_mb < 4096 and r.size_mb > 0 and 50 < r.accuracy_top1 <= 100 and r.iters >= 5
-    d = json.loads((folder / "reports" / "bench.json").read_text())
+    d = json.loads((folder / "reports" / "cpu" / "bench.json").read_text())
     keys = {"runtime", "mode", "precision", "device", "batch", "latency_ms", "throughput_ips", "peak_mem_mb",
             "accuracy_top1", "size_mb"}
     assert keys <= set(d["rows"][0]) and d["system"]["cores"] and d["system"]["versions"]["onnxruntime"]
     for name in ("bench.md", "bench.csv", "bench.png"):
-        assert (folder / "reports" / name).stat().st_size > 100
-    png = (folder / "reports" / "bench.png").read_bytes()
+        assert (folder / "reports" / "cpu" / name).stat().st_size > 100
+    png = (folder / "reports" / "cpu" / "bench.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
-    ratios = compare_reports(report, folder / "reports" / "bench.json")
+    ratios = compare_reports(report, folder / "reports" / "cpu" / "bench.json")
     assert len(ratios) == len(rows) and all(r["speedup"] == pytest.approx(1.0) for r in ratios)
     assert any("--int8-target cpu" in n for n in report.notes)  # the int8 timed here is TensorRT's recipe
 
@@ -172,15 +172,15 @@ def test_compile_time_is_apart_and_cached_in_the_folder(default_folder: Path, tm
         r = subprocess.run(cmd, env=env, cwd=root, capture_output=True, text=True, timeout=600)
         assert r.returncode == 0, r.stderr[-2000:]
         assert "compile/build s" in r.stdout
-        rows.append(json.loads((folder / "reports" / "bench.json").read_text())["rows"][0])
+        rows.append(json.loads((folder / "reports" / "cpu" / "bench.json").read_text())["rows"][0])
     first, second = rows
     assert first["mode"] == "compile" and first["compile_s"] > 0 and second["compile_s"] > 0
     for row in rows:  # the compile is not inside the latency
         assert row["latency_ms"]["p99"] < 1000 * row["compile_s"]
     assert any((folder / "inductor_cache").rglob("*")), "nothing cached in the artifact folder"
-    notes = json.loads((folder / "reports" / "bench.json").read_text())["notes"]
+    notes = json.loads((folder / "reports" / "cpu" / "bench.json").read_text())["notes"]
     assert f"torch.compile mode max-autotune-no-cudagraphs, cache: {folder / 'inductor_cache'}" in notes
-    assert json.loads((folder / "reports" / "bench.json").read_text())["options"]["compile_mode"] == \
+    assert json.loads((folder / "reports" / "cpu" / "bench.json").read_text())["options"]["compile_mode"] == \
         "max-autotune-no-cudagraphs"
     assert second["compile_s"] < first["compile_s"] / 2, (first["compile_s"], second["compile_s"])
 
@@ -209,12 +209,12 @@ def test_flops_and_share_of_peak(default_folder: Path, tmp_path: Path) -> None:
     report = bench(BenchOptions(folder=folder, runtimes=("ort",), precisions=("fp32",), batches=(4,), iters=3,
                                 warmup=0, warmup_seconds=0.0, min_seconds=0.0, rounds=1, accuracy=False,
                                 peak_tflops=0.5))
-    write_bench_files(report, folder / "reports")
+    write_bench_files(report, report.reports)
     row = report.rows[0]
     assert 0 < report.gflops_per_image < 1
     assert row.tflops == pytest.approx(row.throughput_ips * report.gflops_per_image / 1e3, rel=1e-3)
     assert row.peak_pct == pytest.approx(100 * row.tflops / 0.5, rel=1e-3)
-    md = (folder / "reports" / "bench.md").read_text()
+    md = (folder / "reports" / "cpu" / "bench.md").read_text()
     assert "GFLOP per image" in md and "% peak" in md
 
 
@@ -253,11 +253,11 @@ def test_a_model_that_answers_nan_is_flagged_beside_its_timings(default_folder: 
     tamper_weight(folder, "layer3.0.conv2.weight", lambda w: w.__setitem__((0, 0, 0, 0), np.nan))
     r = bench(BenchOptions(folder=folder, runtimes=("ort",), precisions=("fp32", "fp16"), batches=(1,), iters=2,
                            min_seconds=0.0, warmup=1, accuracy_samples=64))
-    write_bench_files(r, folder / "reports")
+    write_bench_files(r, r.reports)
     flagged = [n for n in r.notes if "NaN/Inf" in n]
     assert len(flagged) == 1 and flagged[0].startswith("ort-cpu-fp32 gave NaN/Inf logits for 65 input(s)"), r.notes
     assert "resnetx verify" in flagged[0] and all(row.latency_ms for row in r.rows)  # still timed, not hidden
-    assert "NaN/Inf" in (folder / "reports" / "bench.md").read_text()
+    assert "NaN/Inf" in (folder / "reports" / "cpu" / "bench.md").read_text()
 
 
 @pytest.mark.parametrize("width", [80, 200])
@@ -290,7 +290,7 @@ def test_a_bench_that_timed_nothing_keeps_the_last_report(default_folder: Path, 
     r = CliRunner().invoke(app, ["bench", str(folder), "--runtime", "ort", "--batch", "1", "--no-accuracy",
                                  "--iters", "2", "--warmup", "0", "--min-seconds", "0"])
     assert r.exit_code == 0, r.output
-    last = (folder / "reports" / "bench.json").read_bytes()
+    last = (folder / "reports" / "cpu" / "bench.json").read_bytes()
 
     def missing(*args: object, **kwargs: object) -> Runtime:
         raise BackendUnavailable("backend X is not installed: pip install X")
@@ -302,7 +302,7 @@ def test_a_bench_that_timed_nothing_keeps_the_last_report(default_folder: Path, 
     assert report.nothing_ran
     r = CliRunner().invoke(app, ["bench", str(folder), "--runtime", "ort", "--batch", "1", "--no-accuracy"])
     assert r.exit_code == 3 and "nothing was benchmarked: backend X is not installed" in r.output
-    assert "NOTHING RAN" in r.output and (folder / "reports" / "bench.json").read_bytes() == last
+    assert "NOTHING RAN" in r.output and (folder / "reports" / "cpu" / "bench.json").read_bytes() == last
 
 
 @pytest.mark.gpu
@@ -314,7 +314,7 @@ def test_bench_on_cuda_times_every_torch_mode(default_folder: Path, tmp_path: Pa
     for extra in ({}, {"channels_last": True, "cuda_graph": True}, {"include_transfers": True}):
         report = bench(BenchOptions(folder=folder, runtimes=("torch",), device="cuda", batches=(1, 8), iters=20,
                                     warmup=2, warmup_seconds=0.0, min_seconds=0.0, accuracy_samples=256, **extra))
-        assert report.written and report.system["gpu"]["name"]
+        assert not report.nothing_ran and report.system["gpu"]["name"]
         assert any("cuDNN autotuning (torch.backends.cudnn.benchmark) on" in n for n in report.notes)
         rows += report.rows
     assert len(rows) == 12 and all(r.latency_ms for r in rows), [r.error for r in rows]
@@ -487,7 +487,7 @@ def test_batch_auto_through_the_cli(default_folder: Path, tmp_path: Path) -> Non
                                  "--iters", "5", "--warmup", "1", "--min-seconds", "0.1", "--no-accuracy"],
                            catch_exceptions=False)
     assert r.exit_code == 0, r.output
-    rows = json.loads((folder / "reports" / "bench.json").read_text())["rows"]
+    rows = json.loads((folder / "reports" / "cpu" / "bench.json").read_text())["rows"]
     batches = [row["batch"] for row in rows]
     # where it stops depends on this machine's timings (sweep_batches' rules are tested above); it always measures
     # 1 and 2, in order, and says why it stopped
@@ -507,8 +507,8 @@ def test_the_gpu_check_dry_run_runs_its_whole_plan(tmp_path: Path) -> None:
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     summary = json.loads((tmp_path / "summary.json").read_text())
-    assert set(summary) == {"env", "tests", "verify", "bench", "compile"}
-    for stage in ("verify", "bench", "compile"):
+    assert set(summary) == {"env", "tests", "verify", "bench", "compile", "fleet"}
+    for stage in ("verify", "bench", "compile", "fleet"):
         failed = {k: v for k, v in summary[stage].items() if isinstance(v, dict) and v.get("rc") != 0}
         assert not failed, f"{stage}: {failed}"
     verify = json.loads((tmp_path / "verify.json").read_text())
@@ -517,3 +517,4 @@ def test_the_gpu_check_dry_run_runs_its_whole_plan(tmp_path: Path) -> None:
     assert {row["batch"] for row in bench["rows"]} == {1, 8}
     assert all("cov" in row["latency_ms"] for row in bench["rows"])
     assert (tmp_path / "compile-cached.json").is_file()
+    assert "## What to ship" in (tmp_path / "fleet.md").read_text()  # this machine as a one-node Ray fleet

@@ -9,13 +9,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline.artifacts import audit_folder, read_manifest
+from pipeline.artifacts import read_manifest
+from pipeline.audit import audit_folder
 from pipeline.export import ExportOptions, export
 from pipeline.precisions import Precision
 from pipeline.zoo import ModelSpec, build_model
 from resnetx.errors import BadInput
 from tests.conftest import copy_folder, needs_rtx
 
+RTX = "rtx-sm80-sm86-sm89-sm120"  # the portable TensorRT-RTX target
 ALL = (Precision.fp32, Precision.fp16, Precision.int8)
 FP32, FP16, INT8 = ALL
 
@@ -142,16 +144,16 @@ def test_engines_in_manifest(default_folder: Path, tmp_path: Path) -> None:
     from resnetx.flavors import Flavor
 
     engines = {e.name: e for e in r.manifest.engines.values()}
-    assert set(engines) == {"fp32.rtx", "fp16.rtx", "int8.rtx"}
-    e = engines["int8.rtx"]
+    assert set(engines) == {f"{p}.{RTX}" for p in ("fp32", "fp16", "int8")}
+    e = engines[f"int8.{RTX}"]
     assert e.profile == (1, 16, 128) and e.flavor is Flavor.rtx and e.trt_version
     assert e.source_sha256 == r.manifest.graphs[INT8].sha256
     assert e.compute_capabilities == ("SM80", "SM86", "SM89", "SM120") and e.seconds > 0
-    assert (folder / "model.int8.rtx.engine").stat().st_size == e.size_bytes
+    assert (folder / f"model.int8.{RTX}.engine").stat().st_size == e.size_bytes
     assert e.network.int8_compute_layers == 20 and e.network.compute_layers == 22  # stem and classifier stay float
     audit = {row.entry.name: row for row in audit_folder(folder).rows}  # what `resnetx info DIR` prints
-    assert audit["int8.rtx"].source == "model.int8.onnx" and audit["int8.rtx"].status == "ok"
-    target = engine_target(audit["int8.rtx"].entry)
+    assert audit[f"int8.{RTX}"].source == "model.int8.onnx" and audit[f"int8.{RTX}"].status == "ok"
+    target = engine_target(audit[f"int8.{RTX}"].entry)
     assert target.startswith("TensorRT-RTX ") and "SM86" in target and target.endswith("20/22 conv/matmul in int8")
     assert audit["fp32"].source == "PyTorch model"
 
@@ -247,10 +249,10 @@ def test_engines_only_builds_from_the_folder_without_the_weights(default_folder:
             "--rtx-compute-capability", "SM86")
     assert r.exit_code == 0, r.output
     after = read_manifest(folder)
-    assert set(_shas(folder)) == {"fp32", "fp16", "int8", "fp16.rtx", "int8.rtx"}  # fp32 asked for nothing
+    assert set(_shas(folder)) == {"fp32", "fp16", "int8", "fp16.rtx-sm86", "int8.rtx-sm86"}  # fp32 asked for nothing
     assert {k: v for k, v in _shas(folder).items() if k in graphs} == graphs  # the graphs are untouched
     for p in ("fp16", "int8"):
-        e = after.entry(f"{p}.rtx")
+        e = after.entry(f"{p}.rtx-sm86")
         assert e.source_sha256 == graphs[p] and e.compute_capabilities == ("SM86",)
     assert audit_folder(folder).intact
     before = (folder / "manifest.json").read_bytes()
@@ -260,8 +262,8 @@ def test_engines_only_builds_from_the_folder_without_the_weights(default_folder:
     cmd = remake_command(after, folder, (INT8,), engines_only=True, gpu_cc="8.9")
     r = CliRunner().invoke(app, shlex.split(cmd)[1:], catch_exceptions=False)
     assert r.exit_code == 0, r.output
-    assert read_manifest(folder).entry("int8.rtx").compute_capabilities == ("SM89",)
-    assert read_manifest(folder).entry("fp16.rtx").compute_capabilities == ("SM86",)  # the others stay
+    assert read_manifest(folder).entry("int8.rtx-sm89").compute_capabilities == ("SM89",)  # added, for the GPU
+    assert read_manifest(folder).entry("int8.rtx-sm86").compute_capabilities == ("SM86",)  # the others stay
 
     for args, code, msg in (
         (["--weights", "w.pth"], 2, "--weights would change those graphs"),
@@ -277,7 +279,7 @@ def test_engines_only_builds_from_the_folder_without_the_weights(default_folder:
     export(ExportOptions(out=cpu_recipe, precisions=(FP32, INT8), int8_target="cpu", calib_samples=64,
                          reference_samples=0))
     r = cli("export", "--out", cpu_recipe, "--engines-only", "--engine", "rtx")
-    assert r.exit_code == 2 and "cpu recipe" in r.output and "model.fp32.rtx.engine" not in r.output, r.output
+    assert r.exit_code == 2 and "cpu recipe" in r.output and "model.fp32.rtx" not in r.output, r.output
     with open(folder / "model.fp16.onnx", "ab") as f:  # an engine from a changed graph would lie about its source
         f.write(b"\0")
     r = cli("export", "--out", folder, "--engines-only", "--engine", "rtx", "--precision", "fp16", "--force")
@@ -303,5 +305,57 @@ def test_engines_only_failure_keeps_the_manifest_and_the_engines_before_it(defau
     monkeypatch.setattr(trt_exporter, "build_engine", int8_fails)
     with pytest.raises(ResnetxError, match="out of memory"):
         export(ExportOptions(out=folder, engine="rtx", rtx_compute_capabilities=("SM89",), engines_only=True))
-    assert set(_shas(folder)) == {"fp32", "fp16", "int8", "fp32.rtx", "fp16.rtx"}
-    assert audit_folder(folder).intact and not (folder / "model.int8.rtx.engine").exists()
+    assert set(_shas(folder)) == {"fp32", "fp16", "int8", "fp32.rtx-sm89", "fp16.rtx-sm89"}
+    assert audit_folder(folder).intact and not (folder / "model.int8.rtx-sm89.engine").exists()
+
+
+@needs_rtx
+def test_an_engine_of_a_replaced_graph_is_removed(rtx_folder: Path, tmp_path: Path) -> None:
+    """int8 exported again without --engine: the int8 engine, built from the old graph, goes with a notice."""
+    folder = copy_folder(rtx_folder, tmp_path / "f")
+    r = export(ExportOptions(model=ModelSpec("default"), out=folder, precisions=(Precision.int8,), calib_samples=256,
+                             keep_fp32=("layer2.0.conv1",)))
+    assert not (folder / f"model.int8.{RTX}.engine").exists() and f"int8.{RTX}" not in _shas(folder)
+    assert any(n.startswith(f"removed model.int8.{RTX}.engine:") for n in r.notices), r.notices
+    assert f"fp16.{RTX}" in _shas(folder)  # its graph is kept, and so is its engine
+    assert audit_folder(folder).stale == [] and audit_folder(folder).intact
+
+
+def test_bad_image_folders_fail_before_any_work(tmp_path: Path) -> None:
+    """Checked before the fp32 export: a folder of empty class folders, and undecodable images all named at
+    once; nothing is left behind in a folder the export would have created."""
+    from tests.test_cli import invoke
+
+    empty = tmp_path / "empty"
+    for c in ("a", "b"):
+        (empty / c).mkdir(parents=True)
+    out = tmp_path / "out"
+    r = invoke("export", "--precision", "fp32,int8", "--calib-data", f"imagefolder:{empty}", "--out", out)
+    assert r.exit_code == 2 and "has class folders but no .jpg/.png images" in r.output, r.output
+    assert not out.exists()
+    broken = tmp_path / "broken"
+    (broken / "a").mkdir(parents=True)
+    from PIL import Image
+
+    Image.new("L", (28, 28)).save(broken / "a" / "good.png")
+    for i in range(3):
+        (broken / "a" / f"bad{i}.png").write_bytes(b"\x89PNG not really")
+    r = invoke("export", "--precision", "fp32,int8", "--calib-data", f"imagefolder:{broken}", "--out", out)
+    text = " ".join(r.output.split())
+    assert r.exit_code == 2 and "3 image(s) do not open as images" in text and "bad2.png" in text, r.output
+    assert not out.exists()
+
+
+def test_engines_only_refuses_what_would_change_the_graphs(default_folder: Path, tmp_path: Path) -> None:
+    from tests.test_cli import invoke
+
+    folder = copy_folder(default_folder, tmp_path / "f")
+    for flag, value in (("--calib-samples", "64"), ("--calib-method", "max"), ("--opset", "17"),
+                        ("--int8-target", "cpu"), ("--mean", "0.5")):
+        r = invoke("export", "--out", folder, "--engines-only", "--engine", "rtx", flag, value)
+        assert r.exit_code == 2 and f"{flag} would change those graphs" in r.output, (flag, r.output)
+    for flag, value in (("--workspace-mb", "512"), ("--opt-level", "2"), ("--rtx-compute-capability", "SM89"),
+                        ("--batch-range", "1,8,64")):
+        r = invoke("export", "--out", tmp_path / "g", flag, value)
+        assert r.exit_code == 2 and f"{flag} only shape TensorRT engines" in r.output, (flag, r.output)
+    assert not (tmp_path / "g").exists()

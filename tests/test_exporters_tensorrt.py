@@ -79,8 +79,9 @@ def test_rtx_resnet50_all_precisions(tmp_path: Path) -> None:
                              precisions=(Precision.fp32, Precision.fp16, Precision.int8), engine="rtx",
                              calib_samples=64, exporter="legacy"))
     engines = {e.name: e for e in r.manifest.engines.values()}
-    assert set(engines) == {"fp32.rtx", "fp16.rtx", "int8.rtx"}
-    assert engines["fp16.rtx"].size_bytes < 0.8 * engines["fp32.rtx"].size_bytes
+    names = {e.precision.value: e for e in engines.values()}
+    assert len(engines) == 3 and set(names) == {"fp32", "fp16", "int8"}
+    assert names["fp16"].size_bytes < 0.8 * names["fp32"].size_bytes
 
 
 @pytest.mark.skipif(importlib.util.find_spec("tensorrt") is not None, reason="enterprise TensorRT is installed")

@@ -27,4 +27,4 @@ def test_a_gpu_has_its_own_fp32_bar_and_overrides_win() -> None:
 def test_help_text_comes_from_the_table() -> None:
     assert tolerance_help("rel_l2") == "fp32 0.0001, fp16 0.01, int8 none"
     assert tolerance_help("accuracy_drop") == "fp32 none, fp16 none, int8 0.5"
-    assert PRECISIONS[Precision.int8].engine_file("rtx") == "model.int8.rtx.engine"
+    assert PRECISIONS[Precision.int8].engine_file("rtx-sm89") == "model.int8.rtx-sm89.engine"

@@ -23,10 +23,11 @@ def test_the_line_names_model_calibration_engines_and_kept_layers() -> None:
     m = _v1(V1_RTX)  # version-1 folders were calibrated without cross-layer equalization: the line says so
     assert remake_command(m, Path("artifacts/default"), tuple(m.graphs)) == (
         "resnetx export --model default --out artifacts/default --precision fp32,fp16,int8 --calib-data sample "
-        "--calib-samples 512 --calib-method max --int8-target tensorrt --no-int8-equalize --engine rtx "
-        "--batch-range 1,32,256")
+        "--calib-samples 512 --calib-method max --int8-target tensorrt --no-int8-equalize && resnetx export "
+        "--out artifacts/default --engines-only --engine rtx --precision fp32,fp16,int8 --batch-range 1,32,256")
     keep = remake_command(m, Path("my dir"), (Precision.int8,), add_keep=("layer2.0.conv1",))
-    assert shlex.split(keep)[-2:] == ["--keep-fp32", "layer2.0.conv1"] and "'my dir'" in keep
+    first = keep.split(" && ")[0]
+    assert shlex.split(first)[-2:] == ["--keep-fp32", "layer2.0.conv1"] and "'my dir'" in keep
 
 
 def test_a_fixed_batch_cpu_recipe_folder_says_so() -> None:
@@ -49,3 +50,26 @@ def test_the_engine_rebuild_needs_only_the_folder() -> None:
     no_engines = read_manifest(V1_FOLDER)
     assert remake_command(no_engines, Path("my dir"), (Precision.int8,), engines_only=True, gpu_cc="8.7") == (
         "resnetx export --out 'my dir' --engines-only --engine tensorrt --precision int8 --force")
+
+
+def test_graphs_made_with_other_kept_layers_each_get_their_line(default_folder: Path, tmp_path: Path) -> None:
+    """After following a `try:` line the int8 graph keeps a layer in float and the fp16 graph (kept from before)
+    does not: one line cannot make both; the re-make is two lines joined by &&, and it gives the same bytes."""
+    from pipeline.export import ExportOptions, export
+    from pipeline.zoo import ModelSpec
+    from tests.conftest import copy_folder
+    from tests.test_cli import invoke
+
+    folder = copy_folder(default_folder, tmp_path / "f")
+    export(ExportOptions(model=ModelSpec("default"), out=folder, precisions=(Precision.int8,), calib_samples=256,
+                         keep_fp32=("layer1.1.conv1",)))  # what the try: line runs
+    m = read_manifest(folder)
+    assert m.graphs[Precision.fp16].keep_fp32 == () and m.graphs[Precision.int8].keep_fp32 == ("layer1.1.conv1",)
+    line = remake_command(m, tmp_path / "again", tuple(m.graphs))
+    first, second = line.split(" && ")
+    assert "--precision fp32,fp16" in first and "--keep-fp32" not in first
+    assert "--precision int8" in second and "--keep-fp32 layer1.1.conv1" in second
+    for part in (first, second):
+        assert invoke(*shlex.split(part)[1:], "--reference-samples", "0").exit_code == 0
+    again = read_manifest(tmp_path / "again")
+    assert {e.name: e.sha256 for e in again.entries()} == {e.name: e.sha256 for e in m.entries()}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,7 @@ import torch
 from pipeline.artifacts import read_manifest
 from pipeline.reference import Reference
 from resnetx.errors import BackendUnavailable, BadInput, IncompatibleArtifact
-from resnetx.flavors import EngineTarget, Flavor
+from resnetx.flavors import EngineTarget, Flavor, HardwareCompat
 from runtimes.base import open_runtime
 from runtimes.trt_rt import check_engine_compatible
 from tests.conftest import needs_cuda
@@ -79,9 +80,20 @@ def test_engine_compatibility_checked_before_bytes() -> None:
     with pytest.raises(IncompatibleArtifact, match="this GPU is 9.0 .*use --engine tensorrt there") as e:
         check_engine_compatible(TARGET, "1.7.1.116", "9.0")
     assert e.value.gpu_cc == "9.0"
-    enterprise = EngineTarget(Flavor.tensorrt, "10.9", "fp16", (1, 8, 64), gpu="L4", compute_capability="8.9")
-    with pytest.raises(IncompatibleArtifact, match="built on a L4"):
+    enterprise = EngineTarget(Flavor.tensorrt, "10.9", "fp16", (1, 8, 64), gpu="NVIDIA L4", compute_capability="8.9",
+                              kind="L4")
+    with pytest.raises(IncompatibleArtifact, match=r"target trt10.9-sm89-L4\) cannot run here: .*built on a NVIDIA L4"):
         check_engine_compatible(enterprise, "10.9", "9.0")
+    check_engine_compatible(enterprise, "10.9", "8.9", gpu_kind="L4")
+    with pytest.raises(IncompatibleArtifact, match="built on a L4 for that kind .*this GPU is a GeForce-RTX-4090"):
+        check_engine_compatible(enterprise, "10.9", "8.9", gpu_kind="GeForce-RTX-4090")  # one cc, another kind
+    same_cc = replace(enterprise, hardware_compat=HardwareCompat.same_cc)
+    check_engine_compatible(same_cc, "10.9", "8.9", gpu_kind="GeForce-RTX-4090")
+    ampere = replace(enterprise, hardware_compat=HardwareCompat.ampere_plus)
+    assert same_cc.tag == "trt10.9-sm89-samecc" and ampere.tag == "trt10.9-sm89-ampere+"
+    check_engine_compatible(ampere, "10.9", "8.0", gpu_kind="A100")
+    with pytest.raises(IncompatibleArtifact, match="Ampere or newer"):
+        check_engine_compatible(ampere, "10.9", "7.5", gpu_kind="T4")
 
 
 def test_trt_runner_without_gpu_says_so(tmp_path: Path) -> None:

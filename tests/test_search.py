@@ -13,7 +13,8 @@ import torch
 from typer.testing import CliRunner
 
 from exporters.quantize import quantized_layers
-from pipeline.artifacts import audit_folder, read_manifest
+from pipeline.artifacts import read_manifest
+from pipeline.audit import audit_folder
 from pipeline.cli import app
 from pipeline.data import open_dataset, select_indices
 from pipeline.export import ExportOptions, export
@@ -120,7 +121,7 @@ def test_the_searched_graph_builds_with_its_reverted_layers_in_float(searched: t
     out, _, _ = searched
     folder = copy_folder(out, tmp_path / "f")
     r = export(ExportOptions(out=folder, engines_only=True, engine="rtx", precisions=(Precision.int8,)))
-    e = r.manifest.entry("int8.rtx")
+    e = r.manifest.entry("int8.rtx-sm80-sm86-sm89-sm120")
     s = r.manifest.graphs[Precision.int8].search
     reverted_convs = [n for n in s.result.reverted if "/add" not in n]
     assert r.manifest.graphs[Precision.int8].quantize_ends  # the search starts from every layer in int8, ends too
@@ -150,7 +151,8 @@ def test_the_accuracy_images_are_never_calibration_images() -> None:
     ds = open_dataset("sample")
     calib_x = info.preprocess(ds.raw(calib))
     assert len(acc.y) == 488 and acc.description == "488 sample images not used for calibration"
-    assert not any(torch.equal(torch.from_numpy(a), torch.from_numpy(b)) for a in acc.x[:20] for b in calib_x)
+    held = next(acc.images.chunks(20))
+    assert not any(torch.equal(torch.from_numpy(a), torch.from_numpy(b)) for a in held for b in calib_x)
 
 
 def test_equalization_spreads_loud_channels_and_localisation_ranks_what_to_revert(tmp_path: Path) -> None:

@@ -17,6 +17,9 @@ from tests.conftest import V1_FOLDER
 V1_RTX = Path(__file__).with_name("data") / "v1_manifests" / "rtx_engines.json"
 
 
+RTX = "rtx-sm80-sm86-sm89-sm120"  # the portable TensorRT-RTX target: its engines' names carry it
+
+
 def _pairs(targets: list) -> list[tuple[str, str, str]]:
     return [(t.key, t.runtime.name, t.device) for t in targets]
 
@@ -33,12 +36,13 @@ def test_graphs_engines_and_the_model_each_get_their_runtime() -> None:
     verify = select_targets(m, Path("f"), command="verify", runtimes=("ort", "trt", "torch"), precisions=None,
                             device="cpu")
     assert _pairs(verify) == [("fp32", "ort", "cpu"), ("fp16", "ort", "cpu"), ("int8", "ort", "cpu"),
-                              ("fp32.rtx", "trt", "cuda"), ("fp16.rtx", "trt", "cuda"), ("int8.rtx", "trt", "cuda"),
+                              (f"fp32.{RTX}", "trt", "cuda"), (f"fp16.{RTX}", "trt", "cuda"),
+                              (f"int8.{RTX}", "trt", "cuda"),
                               ("torch-fp32", "torch", "cpu"), ("torch-fp16", "torch", "cpu")]
     bench = select_targets(m, Path("f"), command="bench", runtimes=("torch",), precisions=None, device="cpu")
     assert _pairs(bench) == [("torch-fp32", "torch", "cpu")]  # fp16 on a CPU is emulated: parity, not speed
     fp16 = select_targets(m, Path("f"), command="bench", runtimes=None, precisions=(Precision.fp16,), device="cuda")
-    assert _pairs(fp16) == [("fp16", "ort", "cuda"), ("fp16.rtx", "trt", "cuda"), ("torch-fp16", "torch", "cuda")]
+    assert _pairs(fp16) == [("fp16", "ort", "cuda"), (f"fp16.{RTX}", "trt", "cuda"), ("torch-fp16", "torch", "cuda")]
 
 
 def test_nothing_to_run_says_what_the_folder_holds() -> None:
@@ -66,7 +70,7 @@ def test_an_engine_for_another_gpu_says_how_to_rebuild_it_here(monkeypatch: pyte
 
     m = Manifest.from_dict(json.loads(V1_RTX.read_text()))
     t = next(t for t in select_targets(m, Path("/a/f"), command="verify", runtimes=("trt",), precisions=None,
-                                       device="cuda") if t.key == "fp16.rtx")
+                                       device="cuda") if t.key == "fp16.rtx-sm80-sm86-sm89-sm120")
 
     def sm90(name: str, path: Path, **kw: object) -> None:
         raise IncompatibleArtifact("model.fp16.rtx.engine targets compute capabilities 8.0; this GPU is 9.0",

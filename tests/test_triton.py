@@ -104,7 +104,7 @@ def test_default_repository_parses_and_matches_graphs(engines_folder: Path, tmp_
     readme = (repo / "README.md").read_text()
     assert "tritonserver --model-repository" in readme and "perf_analyzer -m resnet20_int8_trt -b 1 " in readme
     assert "subtract mean [0.2854] and divide by std [0.3526]" in readme
-    assert "not run" in r.output and "TensorRT-RTX engines load only" in r.output
+    assert "not verified" in r.output and "TensorRT-RTX engines load only" in r.output
 
 
 def test_fixed_batch_export_declares_the_batch(tmp_path: Path) -> None:
@@ -134,6 +134,8 @@ def test_engines_only_folder(engines_folder: Path, tmp_path: Path) -> None:
     write_manifest(folder, m)
     repo = tmp_path / "repo"
     r = _write(folder, repo, "--max-batch", "32", "--instances", "2", "--queue-delay-us", "500")
+    assert r.exit_code == 2 and "never been verified" in r.output  # engines verify on their GPU only
+    r = _write(folder, repo, "--max-batch", "32", "--instances", "2", "--queue-delay-us", "500", "--allow-unverified")
     assert r.exit_code == 0, r.output
     cfgs = _configs(repo)
     assert sorted(cfgs) == ["resnet20_fp16_trt", "resnet20_fp32_trt", "resnet20_int8_trt"]
@@ -181,23 +183,25 @@ def test_tampered_folder_is_refused(default_folder: Path, tmp_path: Path) -> Non
 
 
 def test_unverified_folder_is_refused(default_folder: Path, tmp_path: Path) -> None:
+    from pipeline.verdicts import VERDICTS, standing
+
     folder = copy_folder(default_folder, tmp_path / "art")
-    (folder / "reports" / "verify.json").unlink(missing_ok=True)
+    (folder / VERDICTS).unlink(missing_ok=True)
     repo = tmp_path / "repo"
     r = _write(folder, repo)
     assert r.exit_code == 2 and "never been verified" in r.output and not repo.exists()
     _verified(folder)
-    v = json.loads((folder / "reports" / "verify.json").read_text())
-    (folder / "reports" / "verify.json").write_text(json.dumps({**v, "passed": False}))
+    v = json.loads((folder / VERDICTS).read_text())
+    v["verdicts"][-1]["passed"] = False  # the last row, int8, failed
+    (folder / VERDICTS).write_text(json.dumps(v))
     r = _write(folder, repo)
-    assert r.exit_code == 2 and "failed its last verify" in r.output
+    assert r.exit_code == 2 and "has a failing verdict for int8 (fail on 64 sample inputs" in r.output
     r = _write(folder, repo, "--allow-unverified")
     assert r.exit_code == 0 and "--allow-unverified" in r.output
     assert all(x.parameters is not None for x in _configs(repo).values())
-    m = read_manifest(folder)
-    write_manifest(folder, replace(m, created="2000-01-01T00:00:00+00:00"))
-    r = _write(folder, tmp_path / "repo2")
-    assert r.exit_code == 2 and "re-exported after its last verify" in r.output
+    m = read_manifest(folder)  # exported again: other files, so the verdicts were about other artifacts
+    m.graphs = {p: replace(g, sha256="0" * 64) for p, g in m.graphs.items()}
+    assert standing(folder, m) == {}
 
 
 def _client(repo: Path) -> object:

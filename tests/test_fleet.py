@@ -1,0 +1,176 @@
+"""resnetx fleet on a real multi-node Ray cluster on this machine: three kinds build real TensorRT-RTX engines ahead of
+time, verify and bench; the driver merges, resumes, and survives a node that dies. Plans are checked without Ray."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from pipeline.artifacts import read_manifest
+from pipeline.audit import audit_folder
+from pipeline.fleet import CC_LABEL, KIND_LABEL, FleetOptions, plan_fleet, run_fleet
+from pipeline.fleet_node import NodeInfo
+from pipeline.verdicts import read_verdicts
+from tests.conftest import copy_folder, needs_rtx
+
+KINDS = {"A10G": "8.6", "L4": "8.9", "RTX5090": "12.0"}
+QUICK = {"iters": 2, "min_seconds": 0.0, "rounds": 1, "warmup": 0, "warmup_seconds": 0.0}
+
+
+def _node(node_id: str, gpu: str | None = None, cc: str | None = None, backends: tuple[str, ...] = ("tensorrt_rtx",),
+          version: str = "0.1.0") -> NodeInfo:
+    return NodeInfo(node_id, "host", version, gpu, cc, backends)
+
+
+def test_the_plan_says_what_builds_where_and_why(tmp_path: Path) -> None:
+    opts = FleetOptions(folder=tmp_path, kinds=("L4", "H100", "T4", "orin", "odd", "A10G", "cpu", "gone"))
+    found = [({"ray.io/accelerator-type": "L4"}, _node("a", "NVIDIA L4", "8.9")),
+             ({"ray.io/accelerator-type": "H100"}, _node("b", "NVIDIA H100", "9.0")),
+             ({"ray.io/accelerator-type": "T4"}, _node("c", "Tesla T4", "7.5")),
+             ({KIND_LABEL: "orin"}, _node("d", backends=("tensorrt", "tensorrt_rtx"))),
+             ({KIND_LABEL: "odd"}, _node("e")),
+             ({KIND_LABEL: "A10G", CC_LABEL: "8.6"}, _node("f", version="0.0.9")),
+             ({}, _node("g", backends=()))]
+    plans = {p.kind: p for p in plan_fleet(opts, found, "0.1.0")}
+    assert plans["L4"].flavor == "rtx" and plans["L4"].cc == "8.9" and plans["L4"].cc_from == "GPU"
+    assert plans["H100"].flavor is None and "does not target compute 9.0" in plans["H100"].why
+    assert plans["T4"].flavor is None and "--rtx-turing" in plans["T4"].why
+    assert plans["orin"].cc == "8.7" and plans["orin"].cc_from == "known kinds" and plans["orin"].flavor is None
+    assert not plans["odd"].runnable and f"{CC_LABEL}=X.Y" in plans["odd"].why  # an unknown kind, refused by name
+    assert not plans["A10G"].runnable and "resnetx 0.0.9" in plans["A10G"].why
+    assert plans["cpu"].runnable and plans["cpu"].flavor is None and "CPU target" in plans["cpu"].why
+    assert not plans["gone"].runnable and "no live node" in plans["gone"].why
+    turing = plan_fleet(FleetOptions(folder=tmp_path, rtx_turing=True), found[2:3], "0.1.0")[0]
+    assert turing.flavor == "rtx" and "SM75" in turing.why
+    trt = plan_fleet(FleetOptions(folder=tmp_path, hardware_compat="same-cc"),
+                     [({"ray.io/accelerator-type": "H100"}, _node("b", "NVIDIA H100", "9.0", ("tensorrt",)))],
+                     "0.1.0")[0]
+    assert trt.flavor == "tensorrt" and "same-cc" in trt.why
+
+
+@pytest.fixture(scope="module")
+def cluster():  # noqa: ANN201
+    """A head and one node per kind, each labelled with its kind and the compute capability it builds for."""
+    if importlib.util.find_spec("ray") is None:
+        pytest.skip("ray not installed (pip install 'resnetx[fleet]')")
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # the loopback address only
+    import ray
+    from ray.cluster_utils import Cluster
+
+    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+    for kind, cc in KINDS.items():
+        c.add_node(num_cpus=1, labels={KIND_LABEL: kind, CC_LABEL: cc})
+    ray.init(address=c.address, logging_level="ERROR", log_to_driver=False)
+    yield c
+    ray.shutdown()
+    c.shutdown()
+
+
+@pytest.fixture(scope="module")
+def fleet_folder(cluster, default_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:  # noqa: ANN001
+    folder = copy_folder(default_folder, tmp_path_factory.mktemp("fleet") / "f")
+    run = run_fleet(FleetOptions(folder=folder, kinds=tuple(KINDS), samples=64, batches=(1, 4), bench=QUICK))
+    assert set(run.results) == set(KINDS) and not run.not_run, run.not_run
+    assert all(r.error is None for r in run.results.values()), {k: r.error for k, r in run.results.items()}
+    assert all(v < 3.0 for v in run.ray_seconds.values()), run.ray_seconds  # Ray's own share per kind
+    from pipeline.fleet_report import merge_reports, write_fleet_files
+
+    write_fleet_files(folder, merge_reports(run))
+    return folder
+
+
+@pytest.mark.slow
+@needs_rtx
+def test_three_kinds_build_verify_bench_and_merge(fleet_folder: Path, tmp_path: Path) -> None:
+    import json
+
+    m = read_manifest(fleet_folder)
+    assert set(m.engines) == {f"{p}.rtx-sm{cc.replace('.', '')}" for p in ("fp32", "fp16", "int8")
+                              for cc in KINDS.values()}
+    assert audit_folder(fleet_folder).intact and all(e.gpu is None for e in m.engines.values())  # ahead of time
+    for kind in KINDS:
+        v = json.loads((fleet_folder / "reports" / kind / "verify.json").read_text())
+        assert v["kind"] == kind and v["samples"] == 64
+        rows = {r["artifact"]: r for r in v["rows"]}
+        assert all(rows[p]["passed"] for p in ("fp32", "fp16", "int8"))  # the graphs, with onnxruntime CPU
+        engines = [r for name, r in rows.items() if "." in name]
+        assert engines and all("not run: no GPU on node" in r["skipped"] for r in engines)
+        assert (fleet_folder / "reports" / kind / "bench.json").is_file()
+    kinds_judged = {(r.artifact, r.kind) for r in read_verdicts(fleet_folder)}
+    assert {("int8", k) for k in KINDS} <= kinds_judged
+    report = json.loads((fleet_folder / "reports" / "fleet.json").read_text())
+    assert len(report["parity"]) == 9 and all(p["top1_agreement"] == 1.0 for p in report["parity"])
+    assert set(report["ship"]) == set(KINDS) and "not run there" in report["ship"]["L4"]
+    assert "## Parity between kinds" in (fleet_folder / "reports" / "fleet.md").read_text()
+
+
+@pytest.mark.slow
+@needs_rtx
+def test_the_merged_folder_serves_one_engine_per_compute_capability(fleet_folder: Path, tmp_path: Path) -> None:
+    mc = pytest.importorskip("tritonclient.grpc.model_config_pb2")
+    from google.protobuf import text_format
+
+    from tests.test_cli import invoke
+
+    r = invoke("triton", fleet_folder, "--out", tmp_path / "repo")
+    assert r.exit_code == 0, r.output
+    for p in ("fp32", "fp16", "int8"):
+        cfg = text_format.Parse((tmp_path / "repo" / f"resnet20_{p}_trt" / "config.pbtxt").read_text(),
+                                mc.ModelConfig())
+        assert dict(cfg.cc_model_filenames) == {cc: f"model.{p}.rtx-sm{cc.replace('.', '')}.engine"
+                                                for cc in KINDS.values()}
+    info = " ".join(invoke("info", fleet_folder).output.split())
+    assert "target A10G (compute 8.6, rtx): engines fp32.rtx-sm86, fp16.rtx-sm86, int8.rtx-sm86" in info, info
+
+
+@pytest.mark.slow
+@needs_rtx
+def test_a_driver_started_again_redoes_only_the_kinds_not_recorded(fleet_folder: Path) -> None:
+    again = run_fleet(FleetOptions(folder=fleet_folder, kinds=tuple(KINDS), samples=64, batches=(1,), bench=QUICK))
+    assert again.results == {} and sorted(again.recorded) == sorted(KINDS)
+    (fleet_folder / "reports" / "L4" / "fleet.json").unlink()  # as if the driver was killed before L4 landed
+    third = run_fleet(FleetOptions(folder=fleet_folder, kinds=tuple(KINDS), samples=64, batches=(1,), bench=QUICK))
+    assert set(third.results) == {"L4"} and sorted(third.recorded) == ["A10G", "RTX5090"]
+    assert audit_folder(fleet_folder).intact
+
+
+def _kill_when_running(cluster, nodes: list, timeout: float = 120.0) -> object | None:  # noqa: ANN001
+    """Remove the first of `nodes` on which a fleet task has started (its scratch folder appears), as a dying machine
+    would; the node removed, or None."""
+    import tempfile
+
+    end = time.time() + timeout
+    while time.time() < end:
+        started = {p.name for p in Path(tempfile.gettempdir()).iterdir() if p.name.startswith("resnetx-fleet-")}
+        for node in nodes:
+            if any(name.startswith(f"resnetx-fleet-{node.node_id[:12]}-") for name in started):
+                cluster.remove_node(node)
+                return node
+        time.sleep(0.2)
+    return None
+
+
+@pytest.mark.slow
+@needs_rtx
+def test_a_node_that_dies_is_retried_or_reported_not_run(cluster, default_folder: Path, tmp_path: Path) -> None:  # noqa: ANN001
+    twins = [cluster.add_node(num_cpus=1, labels={KIND_LABEL: "A2", CC_LABEL: "8.6"}) for _ in range(2)]
+    lone = cluster.add_node(num_cpus=1, labels={KIND_LABEL: "A16", CC_LABEL: "8.6"})
+    folder = copy_folder(default_folder, tmp_path / "f")
+    out: dict[str, object] = {}
+    opts = FleetOptions(folder=folder, kinds=("A2", "A16"), samples=64, batches=(1,), bench=QUICK, kind_timeout=60)
+    worker = threading.Thread(target=lambda: out.update(run=run_fleet(opts)))
+    worker.start()
+    killed = [_kill_when_running(cluster, [lone]), _kill_when_running(cluster, twins)]
+    worker.join(timeout=400)
+    run = out["run"]
+    assert all(killed), "a task never started"
+    assert "A16" in run.not_run and "A16" not in run.results, run.not_run  # its only node died: not run, said why
+    assert "A2" in run.results and run.results["A2"].error is None  # retried on the other A2 node
+    m = read_manifest(folder)
+    assert all("sm86" in name for name in m.engines) and audit_folder(folder).intact
+    assert not (folder / "reports" / "A16").exists() and not list(folder.glob(".tmp-*"))  # nothing half-written
