@@ -44,6 +44,10 @@ __all__ = [
     "compare_with_torch",
     "compare_graphs",
     "run_cpu",
+    "GraphInterface",
+    "graph_interface",
+    "import_onnx",
+    "graph_gflops",
     "activation_bytes",
     "cpu_session",
     "graph_batch",
@@ -253,6 +257,7 @@ def export_onnx(
     start = time.perf_counter()
     proto = _trace(model, example, exporter, opset, dynamic=batch is None)
     seconds = time.perf_counter() - start
+    _own_weights(proto)  # the exporter may share equal weights behind Identity nodes
     module_of = name_nodes_by_module(proto)
     _strip_noise(proto)
     proto.producer_name = "resnetx"
@@ -271,6 +276,141 @@ def export_onnx(
         details={"exporter": exporter.value, "parity": parity, "nodes": len(proto.graph.node),
                  "modules": len(set(module_of.values()))},
     )
+
+
+# --------------------------------------------------------------------------- a user's ONNX file
+@dataclass(frozen=True)
+class GraphInterface:
+    """What an ONNX file takes and gives, as found in it."""
+
+    input_name: str
+    output_name: str
+    layout: str  # "NCHW" or "NHWC"
+    chw: tuple[int, int, int]  # channels, height, width (NCHW order, whatever the file's layout)
+    classes: int
+    batch: int | None  # fixed in the file, or None when dynamic
+
+
+def _dims(vi: onnx.ValueInfoProto) -> list[int | None]:
+    return [d.dim_value if d.HasField("dim_value") else None for d in vi.type.tensor_type.shape.dim]
+
+
+def graph_interface(model: onnx.ModelProto, where: str) -> GraphInterface:
+    """One float image input (NCHW, or NHWC said so) and one float logits output (N, classes), or a one-line
+    error naming what was found."""
+    inits = {i.name for i in model.graph.initializer}
+    inputs = [i for i in model.graph.input if i.name not in inits]
+    outputs = list(model.graph.output)
+    found = (f"it has inputs {[(i.name, _dims(i)) for i in inputs]} and outputs "
+             f"{[(o.name, _dims(o)) for o in outputs]}")
+    if len(inputs) != 1 or len(outputs) != 1:
+        raise BadInput(f"{where} must have one image input and one logits output; {found}")
+    x, y = inputs[0], outputs[0]
+    floats = (onnx.TensorProto.FLOAT,)
+    dx, dy = _dims(x), _dims(y)
+    if x.type.tensor_type.elem_type not in floats or y.type.tensor_type.elem_type not in floats:
+        raise BadInput(f"{where}: the input and the output must be float32; {found}")
+    if len(dx) != 4 or len(dy) != 2:
+        raise BadInput(f"{where} must take one rank-4 image batch (N,C,H,W or N,H,W,C) and give rank-2 logits "
+                       f"(N, classes); {found}")
+    nhwc = dx[1] not in (1, 3, 4) and dx[3] in (1, 3, 4)
+    c, h, w = (dx[3], dx[1], dx[2]) if nhwc else (dx[1], dx[2], dx[3])
+    if c not in (1, 3, 4) or not h or not w or not dy[1]:
+        raise BadInput(f"{where}: the input is not an image batch with 1, 3 or 4 channels and a fixed height and "
+                       f"width, or the output has no fixed class count; {found}")
+    if h != w:
+        raise BadInput(f"{where} takes {h}x{w} images; resnetx handles square inputs (H = W) only")
+    batch = dx[0] if dx[0] == dy[0] and dx[0] else None
+    return GraphInterface(x.name, y.name, "NHWC" if nhwc else "NCHW", (c, h, w), dy[1], batch)
+
+
+def _rename(model: onnx.ModelProto, old: str, new: str) -> None:
+    """Rename one tensor everywhere: graph I/O, node inputs and outputs, value infos."""
+    g = model.graph
+    for v in [*g.input, *g.output, *g.value_info]:
+        if v.name == old:
+            v.name = new
+    for n in g.node:
+        n.input[:] = [new if t == old else t for t in n.input]
+        n.output[:] = [new if t == old else t for t in n.output]
+
+
+def _own_weights(model: onnx.ModelProto) -> None:
+    """Identity nodes of an initializer become initializers of their own: exporters deduplicate equal weights
+    (zero-initialised convs, tied layers) behind Identity, and a layer whose weight is not an initializer is one
+    that int8 placement and fp16 conversion cannot see."""
+    from onnx import numpy_helper
+
+    g = model.graph
+    inits = {i.name: i for i in g.initializer}
+    keep = []
+    for n in g.node:
+        if n.op_type == "Identity" and n.input and n.input[0] in inits:
+            g.initializer.append(numpy_helper.from_array(numpy_helper.to_array(inits[n.input[0]]), n.output[0]))
+        else:
+            keep.append(n)
+    del g.node[:]
+    g.node.extend(keep)
+    used = {i for n in g.node for i in n.input} | {o.name for o in g.output}
+    kept = [i for i in g.initializer if i.name in used]
+    del g.initializer[:]
+    g.initializer.extend(kept)
+
+
+def import_onnx(src: Path, dst: Path, *, metadata: dict[str, str] | None = None) -> OnnxArtifact:
+    """A user's ONNX file (external data included) as resnetx's fp32 graph: checked, its input and output renamed
+    to `input`/`logits`, an NHWC input put behind a Transpose so the graph takes NCHW, `metadata` added.
+    The same file always gives the same bytes."""
+    from onnx import helper
+
+    model = load_onnx(src)
+    try:
+        onnx.checker.check_model(model, full_check=False)
+        model = onnx.shape_inference.infer_shapes(model, strict_mode=True)
+    except Exception as e:  # noqa: BLE001 - the checker's many error types
+        raise BadInput(f"{Path(src).name} fails the ONNX checker: {first_line(e)}") from e
+    io_ = graph_interface(model, Path(src).name)
+    del model.graph.value_info[:]  # inferred again by check_onnx; the renamed tensors' old entries go
+    _own_weights(model)
+    _rename(model, io_.output_name, OUTPUT_NAME)
+    if io_.layout == "NHWC":
+        _rename(model, io_.input_name, "input_nhwc")
+        x = model.graph.input[0]
+        x.name = INPUT_NAME
+        c, h, w = io_.chw
+        dims = x.type.tensor_type.shape.dim
+        for d, v in zip(dims[1:], (c, h, w), strict=True):
+            d.dim_value = v
+        model.graph.node.insert(0, helper.make_node("Transpose", [INPUT_NAME], ["input_nhwc"],
+                                                    name="resnetx/nchw_to_nhwc", perm=[0, 2, 3, 1]))
+    else:
+        _rename(model, io_.input_name, INPUT_NAME)
+    set_metadata(model, metadata or {})
+    check_onnx(model, where=f"{Path(src).name} as resnetx's fp32 graph")
+    sha, size = save_onnx(model, dst)
+    return OnnxArtifact(Path(dst), sha, "fp32", opset_of(model), size, 0.0, static_batch=io_.batch,
+                        details={"source_input": io_.input_name, "source_output": io_.output_name,
+                                 "source_layout": io_.layout, "nodes": len(model.graph.node)})
+
+
+def graph_gflops(model: onnx.ModelProto) -> float:
+    """FLOPs per image (2 x the multiply-adds of Conv, Gemm and MatMul), from the graph's inferred shapes."""
+    from onnx import numpy_helper
+
+    inferred = onnx.shape_inference.infer_shapes(model)
+    shapes = {v.name: _dims(v) for v in [*inferred.graph.value_info, *inferred.graph.output, *inferred.graph.input]}
+    weights = {i.name: tuple(i.dims) for i in model.graph.initializer}
+    weights |= {n.output[0]: tuple(numpy_helper.to_array(n.attribute[0].t).shape) for n in model.graph.node
+                if n.op_type == "Constant" and n.attribute and n.attribute[0].type == onnx.AttributeProto.TENSOR}
+    macs = 0
+    for n in model.graph.node:
+        out, w = shapes.get(n.output[0]), weights.get(n.input[1]) if len(n.input) > 1 else None
+        if n.op_type == "Conv" and out and w and all(out[1:]):
+            macs += int(np.prod(out[1:])) * int(np.prod(w[1:]))
+        elif n.op_type in ("Gemm", "MatMul") and out and w and len(w) == 2 and all(out[1:]):
+            trans_b = next((a.i for a in n.attribute if a.name == "transB"), 0)
+            macs += int(np.prod(out[1:])) * int(w[1] if trans_b else w[0])
+    return 2 * macs / 1e9
 
 
 def _ort_max_opset() -> int:

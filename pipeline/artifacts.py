@@ -21,10 +21,11 @@ from typing import Any, ClassVar
 
 from pipeline.defaults import DEFAULT_OPT_LEVEL
 from pipeline.precisions import Precision
-from pipeline.zoo import ModelInfo, ModelSpec
+from pipeline.zoo import ModelInfo, ModelSpec, OnnxSpec, spec_from_dict
 from resnetx.errors import BadInput, CheckFailed
 from resnetx.files import TMP_PREFIX, atomic_write_text, file_sha256
 from resnetx.flavors import EngineTarget, Flavor, HardwareCompat
+from runtimes.registry import runners_of
 
 __all__ = [
     "MANIFEST",
@@ -260,8 +261,8 @@ class ModelSection:
     """The model the artifacts came from: what it is, how the user named it, the hash of its weights."""
 
     info: ModelInfo
-    spec: ModelSpec
-    state_sha256: str
+    spec: ModelSpec | OnnxSpec  # what it came from: a zoo model and its checkpoint, or a user's ONNX file
+    state_sha256: str  # the source's hash: the weights' state for a PyTorch model, the file's for --onnx
 
     def to_dict(self) -> dict[str, Any]:
         return {**self.info.to_dict(), "spec": self.spec.to_dict(), "state_sha256": self.state_sha256}
@@ -273,7 +274,7 @@ class ModelSection:
             info = ModelInfo.from_dict(d)  # the preprocessing spec and field types
         except KeyError as e:
             raise ValueError(f"missing model.preprocess.{e.args[0]}") from e
-        spec = ModelSpec.from_dict(d.get("spec") or {"arch": d["arch"]})
+        spec = spec_from_dict(d.get("spec") or {"arch": d["arch"]})
         return cls(info, spec, d["state_sha256"])
 
 
@@ -320,9 +321,8 @@ class Manifest:
         return [e for e in self.engines.values() if e.precision is precision]
 
     def holdings(self) -> str:
-        """'fp32 (ort), int8 (trt)': the precisions and runners of what the folder holds, for messages."""
-        return ", ".join(sorted({f"{e.precision.value} ({'ort' if e.kind == 'graph' else 'trt'})"
-                                 for e in self.entries()}))
+        """'fp32 (ort), int8 (trt)': the precisions of what the folder holds and the runtimes that run them."""
+        return ", ".join(sorted({f"{e.precision.value} ({', '.join(runners_of(e.kind))})" for e in self.entries()}))
 
     def same_content(self, other: Manifest) -> bool:
         """Equal but for the time it was written."""

@@ -66,7 +66,7 @@ def audit_folder(folder: Path) -> FolderAudit:
     rows = []
     for e in m.entries():
         status = "missing" if not (folder / e.file).is_file() else "ok" if intact(folder, e) else "changed"
-        source = by_sha.get(e.source_sha256 or "") or getattr(e, "source_file", "") or "PyTorch model"
+        source = by_sha.get(e.source_sha256 or "") or getattr(e, "source_file", "") or m.model.spec.describe
         rows.append(AuditRow(e, status, source))
     now = tool_versions()
     drift = {k: (v, now.get(k)) for k, v in m.versions.items() if k != "resnetx" and now.get(k) != v}

@@ -20,18 +20,20 @@ from pipeline.artifacts import EngineEntry, GraphEntry, Manifest, read_manifest,
 from pipeline.data import calibration_overlap_note, iter_batches, label_order_note, near_chance_note, open_dataset
 from pipeline.defaults import DEFAULT_BENCH_ACCURACY_SAMPLES
 from pipeline.machine import CPU_KIND, cpu_isa, system_info
-from pipeline.memory import mem_mb, peak_rss_mb, prime_backends, reset_peak_rss, trim_heap
-from pipeline.precisions import Precision, parse_precisions
+from pipeline.memory import mem_mb, peak_rss_mb, reset_peak_rss, trim_heap
+from pipeline.precisions import PRECISIONS, Precision, parse_precisions
+from pipeline.recommend import Measured, recommend
 from pipeline.reference import Reference
 from pipeline.targets import Target, check_device, open_target, select_targets
 from pipeline.timing import Timing, sweep_batches, time_runtime, time_throughput
-from pipeline.zoo import build_model
+from pipeline.verdicts import standing
 from resnetx.errors import BackendUnavailable, BadInput, IncompatibleArtifact, ResnetxError
-from runtimes.base import Device, Runtime, require_cuda, runtime_spec
+from runtimes.base import Device, Runtime, require_cuda
+from runtimes.registry import RuntimeSpec, prime, runtime_spec
 from runtimes.torch_rt import CompileMode
 
 __all__ = ["BenchOptions", "Timing", "BenchRow", "BenchReport", "Cell", "time_runtime", "time_cells", "bench",
-           "check_batches", "compare_reports", "model_gflops", "stability_notes"]
+           "check_batches", "compare_reports", "stability_notes"]
 
 log = logging.getLogger(__name__)
 N_BUFFERS = 4  # inputs rotated so caches cannot flatter small models
@@ -79,6 +81,7 @@ class BenchOptions:
     seed: int = 0
     peak_tflops: float | None = None  # the device's compute peak at this precision: rows get % of it
     auto_batch: bool = False  # --batch auto: per runtime, double the batch until throughput saturates
+    ov_device: str | None = None  # openvino: the device string OpenVINO compiles for (default its CPU plugin)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "folder", Path(self.folder))
@@ -104,14 +107,20 @@ class BenchOptions:
                            "captured inside another: leave out --cuda-graph, or use --compile-mode "
                            "max-autotune-no-cudagraphs")
 
-    def runtime_options(self) -> dict[str, dict[str, Any]]:
-        """Each runtime's own options from these (ort-trt's batch profile is the benchmarked range)."""
-        torch_opts = {"channels_last": self.channels_last, "cuda_graph": self.cuda_graph, "compile": self.compile,
-                      "compile_mode": self.compile_mode, "cudnn_benchmark": self.cudnn_benchmark,
-                      "compile_cache": self.folder / "inductor_cache" if self.compile else None}
+    @property
+    def compile_cache(self) -> Path | None:
+        """torch.compile's cache, kept in the folder."""
+        return self.folder / "inductor_cache" if self.compile else None
+
+    @property
+    def trt_profile(self) -> tuple[int, int, int]:
+        """ort-trt's engine profile: the benchmarked batch range."""
         lo, hi = (1, 1024) if self.auto_batch else (min(self.batches), max(self.batches))
-        return {"torch": torch_opts, "ort": {"threads": self.threads, "prefer_nhwc": self.prefer_nhwc},
-                "ort-trt": {"trt_profile": (lo, hi, hi)}, "trt": {"cuda_graph": self.cuda_graph}}
+        return (lo, hi, hi)
+
+    def runtime_options(self, spec: RuntimeSpec, **known: Any) -> dict[str, Any]:
+        """The options the runtime's registry row says it takes, from these (or from `known`, per target)."""
+        return {k: known[k] if k in known else getattr(self, k) for k in spec.takes if k in known or hasattr(self, k)}
 
 
 @dataclass
@@ -136,6 +145,7 @@ class BenchRow:
     peak_pct: float | None = None  # tflops as % of --peak-tflops
     stream_ips: float | None = None  # cuda: images/s with batches enqueued back to back (one sync per window)
     error: str | None = None
+    artifact: str = ""  # the manifest's name of what it ran ("int8", "fp16.rtx-sm89"; "torch-fp32": the model)
 
     @property
     def one_time_s(self) -> float | None:
@@ -152,6 +162,7 @@ class BenchReport:
     accuracy_data: str | None = None
     notes: list[str] = field(default_factory=list)
     gflops_per_image: float | None = None
+    recommendations: list[str] = field(default_factory=list)  # per device: what to ship (pipeline/recommend.py)
 
     @property
     def nothing_ran(self) -> bool:
@@ -166,16 +177,16 @@ class BenchReport:
     def to_dict(self) -> dict[str, Any]:
         return {"folder": str(self.folder), "system": self.system, "options": self.options,
                 "accuracy_data": self.accuracy_data, "gflops_per_image": self.gflops_per_image, "notes": self.notes,
+                "recommendations": self.recommendations,
                 "rows": [asdict(r) for r in self.rows]}
 
 
-def model_gflops(model: torch.nn.Module, input_shape: tuple[int, int, int]) -> float:
-    """FLOPs per image (2 x the multiply-adds of convolutions and linear layers), counted by torch."""
-    from torch.utils.flop_counter import FlopCounterMode
+def _gflops(folder: Path, manifest: Manifest) -> float:
+    """FLOPs per image, counted in the fp32 graph (whatever made it: a PyTorch model or a user's ONNX file)."""
+    from exporters.onnx import graph_gflops, load_onnx
 
-    with FlopCounterMode(display=False) as counter, torch.no_grad():
-        model.eval()(torch.zeros(1, *input_shape))
-    return counter.get_total_flops() / 1e9
+    fp32 = manifest.graphs.get(Precision.fp32)
+    return graph_gflops(load_onnx(folder / fp32.file)) if fp32 is not None and (folder / fp32.file).is_file() else 0.0
 
 
 def _buffers(shape: tuple[int, ...], n: int, seed: int, device: str) -> list[Any]:
@@ -287,17 +298,24 @@ def bench(opts: BenchOptions, *, on_row: Callable[[BenchRow], None] | None = Non
         if on_row:
             on_row(row)
     return BenchReport(opts.folder, rows, system_info(tool_versions()), _opts_dict(opts), run.acc_name, run.notes,
-                       gflops_per_image=round(run.gflops, 4))
+                       gflops_per_image=round(run.gflops, 4), recommendations=_recommendations(run, rows))
+
+
+def _recommendations(run: _Run, rows: list[BenchRow]) -> list[str]:
+    """What to ship per device, from the timed rows: never an artifact whose standing verdict is a fail."""
+    files = {e.name: e.file for e in run.manifest.entries()}
+    measured = [Measured(r.artifact, files.get(r.artifact, "the PyTorch model"), r.backend, r.precision, r.device,
+                         r.batch, r.stream_ips or r.throughput_ips, r.accuracy_top1)
+                for r in rows if r.latency_ms and r.throughput_ips]
+    failing = {name for name, v in standing(run.opts.folder, run.manifest).items() if not v.passed}
+    return recommend(measured, {p.value: s.tolerance.accuracy_drop for p, s in PRECISIONS.items()}, failing)
 
 
 def _prepare(opts: BenchOptions, manifest: Manifest,
              accuracy: tuple[str, list[tuple[np.ndarray, np.ndarray]]] | None = None) -> _Run:
     ref = Reference.of(manifest)
     info = ref.info
-    # FLOPs do not depend on the weights: a fresh model counts when the reference's are not here
-    counted = ref.model if ref.model is not None else build_model(info.arch, num_classes=info.num_classes,
-                                                                  in_chans=info.in_chans)
-    run = _Run(opts, manifest, ref, model_gflops(counted, info.input_shape), [], None, [])
+    run = _Run(opts, manifest, ref, _gflops(opts.folder, manifest), [], None, [])
     engines = [e.file for e in manifest.entries() if isinstance(e, EngineEntry)]
     if engines and opts.device != "cuda":
         run.notes.append(f"{len(engines)} TensorRT engine(s) not timed: engines run on --device cuda only")
@@ -322,7 +340,7 @@ def _open_and_time(run: _Run, targets: list[Target],
     opts = run.opts
     if opts.device == "cuda":
         torch.zeros(1, device="cuda")  # the CUDA context exists before the first runtime's memory is counted
-    prime_backends({t.runtime.name for t in targets}, opts.device)
+    prime({t.runtime.name for t in targets}, opts.device)
     cells: list[Cell] = []
     failed: list[BenchRow] = []
     opened: list[Runtime] = []
@@ -332,7 +350,7 @@ def _open_and_time(run: _Run, targets: list[Target],
                 rt, load_s, acc, added = _open_cell(run, t)
             except (BackendUnavailable, IncompatibleArtifact) as e:  # not for this machine: the rest still runs
                 failed.append(BenchRow(t.label, t.runtime.name, "", t.precision.value, t.device, 0,
-                                       size_mb=_size_mb(t, run), error=str(e)))
+                                       size_mb=_size_mb(t, run), error=str(e), artifact=t.key))
                 continue
             opened.append(rt)
             if opts.auto_batch:
@@ -385,10 +403,9 @@ def _open_cell(run: _Run, t: Target) -> tuple[Runtime, float, float | None, floa
     t0 = time.perf_counter()
     before = mem_mb(opts.device)
     peak_tracked = opts.device == "cpu" and reset_peak_rss()
-    extra = dict(opts.runtime_options().get(t.runtime.name, {}))
-    if t.runtime.name == "ort-trt":  # a fixed-batch graph has its one shape: no profile to give
-        fixed = isinstance(t.entry, GraphEntry) and t.entry.static_batch
-        extra = {"trt_profile": None if fixed else extra["trt_profile"], "input_chw": run.reference.info.input_shape}
+    fixed = isinstance(t.entry, GraphEntry) and t.entry.static_batch  # its one shape: no profile to give
+    extra = opts.runtime_options(t.runtime, input_chw=run.reference.info.input_shape,
+                                 **({"trt_profile": None} if fixed else {}))
     rt = open_target(t, opts.folder, run.manifest, run.reference, **extra)
     load_s = time.perf_counter() - t0
     largest = 64 if opts.auto_batch else max(opts.batches)
@@ -437,7 +454,7 @@ def _nonfinite_rows(logits: np.ndarray) -> int:
 def _row(c: Cell, run: _Run) -> BenchRow:
     t, opts = c.target, run.opts
     base = {"runtime": c.rt.name, "backend": t.runtime.name, "mode": c.rt.mode, "precision": t.precision.value,
-            "device": c.rt.device, "batch": c.batch, "accuracy_top1": c.acc, "size_mb": c.size_mb}
+            "device": c.rt.device, "batch": c.batch, "accuracy_top1": c.acc, "size_mb": c.size_mb, "artifact": t.key}
     if c.error or not c.samples:
         return BenchRow(**base, load_s=c.load_s, error=c.error)
     tm = Timing.from_samples(np.concatenate(c.samples), c.seconds, c.samples)

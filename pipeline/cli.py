@@ -25,13 +25,14 @@ from pipeline.precisions import tolerance_help
 from resnetx.errors import BadInput, CheckFailed, ResnetxError
 from resnetx.flavors import EngineChoice, HardwareCompat
 from runtimes.base import Device
+from runtimes.registry import runtimes_help
 from runtimes.torch_rt import CompileMode
 
 if TYPE_CHECKING:
     from pipeline.bench import BenchOptions, BenchReport
     from pipeline.export import ExportOptions, ExportResult
     from pipeline.verify import VerifyOptions, VerifyReport
-    from pipeline.zoo import ModelInfo, ModelSpec
+    from pipeline.zoo import ModelInfo, ModelSpec, OnnxSpec
 
 __all__ = ["app", "main", "cli"]
 
@@ -205,6 +206,9 @@ ResizeOpt = Annotated[int | None, typer.Option(min=1, rich_help_panel=MODEL, hel
     "Resize the shorter side to this before the center crop to --image-size."))]
 ClassNamesOpt = Annotated[Path | None, typer.Option(rich_help_panel=MODEL, help=(
     "A text file of class names, one per line, in logits order."))]
+OnnxOpt = Annotated[Path | None, typer.Option("--onnx", dir_okay=False, rich_help_panel=MODEL, help=(
+    "Your classifier as an ONNX file (one image input, NCHW or NHWC, one logits output) instead of --model: the "
+    "reference is the file itself on onnxruntime; give --mean/--std unless its metadata records them."))]
 OutOpt = Annotated[Path | None, typer.Option("--out", "-o", help="Artifact folder (default artifacts/<model>).")]
 DirArg = Annotated[Path, typer.Argument(help="Artifact folder written by resnetx export.")]
 CalibDataOpt = Annotated[str, typer.Option(rich_help_panel=INT8, help=(
@@ -214,6 +218,8 @@ Int8TargetOpt = Annotated[Int8Target, typer.Option(rich_help_panel=INT8, help=(
     "tensorrt: symmetric int8 activations, float bias; cpu: uint8 activations for onnxruntime x86."))]
 DataOpt = Annotated[str, typer.Option(rich_help_panel=DATA, help=(
     "Data: sample (bundled), fashion-mnist, cifar10, imagefolder:DIR, synthetic."))]
+OvDeviceOpt = Annotated[str | None, typer.Option(rich_help_panel="Runtime", help=(
+    "openvino: the device OpenVINO compiles for, passed through (GPU, NPU: untested here)."), show_default="CPU")]
 DataDirOpt = Annotated[Path | None, typer.Option(rich_help_panel=DATA,
                                                  help="Dataset directory (default: the dataset's standard place).")]
 
@@ -224,9 +230,18 @@ def _floats(text: str | None, what: str) -> tuple[float, ...] | None:
 
 def _model_spec(model: str, weights: Path | None, num_classes: int | None, in_chans: int | None,
                 image_size: int | None, trust: bool, mean: str | None = None, std: str | None = None,
-                resize: int | None = None, class_names: Path | None = None) -> ModelSpec:
-    from pipeline.zoo import ModelSpec
+                resize: int | None = None, class_names: Path | None = None,
+                onnx: Path | None = None) -> ModelSpec | OnnxSpec:
+    from pipeline.zoo import ModelSpec, OnnxSpec
 
+    if onnx is not None:
+        zoo = [flag for flag, on in (("--model", model != "default"), ("--weights", weights),
+                                     ("--num-classes", num_classes), ("--in-chans", in_chans),
+                                     ("--image-size", image_size), ("--trust-checkpoint", trust)) if on]
+        if zoo:
+            raise BadInput(f"--onnx is the model: {', '.join(zoo)} name another one; give one or the other (the "
+                           "file's input and output give its shape)")
+        return OnnxSpec(onnx, _floats(mean, "--mean"), _floats(std, "--std"), resize, class_names)
     if trust:
         log.warning("--trust-checkpoint: the checkpoint may run arbitrary code while loading")
     return ModelSpec(arch=model, num_classes=num_classes, in_chans=in_chans, image_size=image_size,
@@ -368,6 +383,7 @@ def export(
     std: StdOpt = None,
     resize: ResizeOpt = None,
     class_names: ClassNamesOpt = None,
+    onnx: OnnxOpt = None,
     out: OutOpt = None,
     precision: Annotated[str | None, typer.Option(help=PRECISION_HELP, show_default="fp32")] = None,
     exporter: Annotated[Exporter, typer.Option(help="dynamo (torch.export) or legacy (TorchScript).")] = "dynamo",
@@ -404,8 +420,8 @@ def export(
 
     _do_export(ExportOptions(
         model=_model_spec(model, weights, num_classes, in_chans, image_size, trust_checkpoint, mean, std, resize,
-                          class_names),
-        out=out or Path("artifacts") / model,
+                          class_names, onnx),
+        out=out or Path("artifacts") / (onnx.stem if onnx else model),
         precisions=parse_precisions(precision, with_source=False) if precision else None, exporter=exporter,
         opset=opset, batch=static_batch or (None if dynamic_batch else 1), calib_data=calib_data, calib_dir=calib_dir,
         calib_samples=calib_samples, calib_method=calib_method, int8_target=int8_target, keep_fp32=_csv(keep_fp32),
@@ -501,8 +517,8 @@ def verify(
     data: DataOpt = "sample",
     data_dir: DataDirOpt = None,
     precision: Annotated[str | None, typer.Option(help="Only these precisions, e.g. fp16,int8.")] = None,
-    runtime: Annotated[str | None, typer.Option(help="Only these runtimes: ort, trt, torch (torch = PyTorch itself on "
-                                                "--device in fp32/fp16), ort-trt.")] = None,
+    runtime: Annotated[str | None, typer.Option(help=f"Only these runtimes: {runtimes_help()}.",
+                                                show_default="ort; +trt on cuda")] = None,
     rtol_l2: Annotated[float | None, typer.Option(rich_help_panel=TOL, help=(
         f"Override the rel. L2 bar (defaults: {tolerance_help('rel_l2')})."))] = None,
     min_agreement: Annotated[float | None, typer.Option(min=0, max=1, rich_help_panel=TOL, help=(
@@ -511,6 +527,7 @@ def verify(
         f"Override the accuracy-drop bar in points ({tolerance_help('accuracy_drop')})."))] = None,
     localize: Annotated[bool, typer.Option(help="Always localise: error by depth and the first divergent layer "
                                            "(done anyway on failure).")] = False,
+    ov_device: OvDeviceOpt = None,
     batch_size: Annotated[int | None, typer.Option(min=1, help="Batch size for the runs (default 16 at ImageNet "
                                                    "sizes, 64 for small images).")] = None,
 ) -> None:
@@ -519,7 +536,8 @@ def verify(
 
     opts = VerifyOptions(folder=folder, device=device, samples=samples, data=data, data_dir=data_dir,
                          batch_size=batch_size, precisions=_csv(precision) or None, runtimes=_csv(runtime) or None,
-                         rel_l2=rtol_l2, top1_agreement=min_agreement, accuracy_drop=max_acc_drop, localize=localize)
+                         rel_l2=rtol_l2, top1_agreement=min_agreement, accuracy_drop=max_acc_drop, localize=localize,
+                         ov_device=ov_device)
     _verdict(verify_report=_do_verify(opts))
 
 
@@ -543,6 +561,8 @@ def _do_bench(opts: BenchOptions, compare: Path | None = None) -> BenchReport:
         console.print(line)
     for n in report.notes:
         console.print(f"[yellow]note:[/] {escape(n)}")
+    for line in report.recommendations:
+        console.print(f"[bold]recommended:[/] {escape(line)}", soft_wrap=True)
     if report.nothing_ran:
         console.print("[yellow]NOTHING RAN[/]: no report written (reports/<kind>/bench.* keep the last run)")
         return report
@@ -555,7 +575,7 @@ def _do_bench(opts: BenchOptions, compare: Path | None = None) -> BenchReport:
     return report
 
 
-RUNTIME_HELP = "Runtimes: torch, ort, trt, ort-trt (onnxruntime's TensorRT provider, on request)."
+RUNTIME_HELP = f"Runtimes: {runtimes_help()}."
 COMPILE_MODE_HELP = ("torch.compile mode: max-autotune-no-cudagraphs (minutes of autotuning, cached in the folder; "
                      "--cuda-graph adds graphs), max-autotune, reduce-overhead, default (fastest to compile).")
 CUDNN_HELP = ("torch CUDA: let cuDNN time its algorithms per shape (during warm-up), as onnxruntime's CUDA provider "
@@ -601,6 +621,7 @@ def bench(
     compare: Annotated[Path | None, typer.Option(exists=True, dir_okay=False,
                                                  help="An earlier bench.json: print ratios per row.")] = None,
     peak_tflops: Annotated[float | None, typer.Option(min=0, help=PEAK_HELP)] = None,
+    ov_device: OvDeviceOpt = None,
 ) -> None:
     """Latency percentiles, throughput, memory and accuracy for runtimes x precisions x batch sizes."""
     from pipeline.bench import BenchOptions
@@ -612,7 +633,7 @@ def bench(
                         iters=iters, min_seconds=min_seconds, rounds=rounds, threads=threads,
                         channels_last=channels_last, cuda_graph=cuda_graph, compile=compile, compile_mode=compile_mode,
                         prefer_nhwc=prefer_nhwc, cudnn_benchmark=cudnn_benchmark, include_transfers=include_transfers,
-                        accuracy=accuracy, data=data, data_dir=data_dir, peak_tflops=peak_tflops)
+                        accuracy=accuracy, data=data, data_dir=data_dir, peak_tflops=peak_tflops, ov_device=ov_device)
     _verdict(bench_report=_do_bench(opts, compare))
 
 
@@ -630,6 +651,7 @@ def run(
     std: StdOpt = None,
     resize: ResizeOpt = None,
     class_names: ClassNamesOpt = None,
+    onnx: OnnxOpt = None,
     out: OutOpt = None,
     precision: Annotated[str, typer.Option(help="Precisions to export, verify and bench.")] = "fp32,fp16,int8",
     engine: Annotated[EngineChoice, typer.Option(help="TensorRT engines to build (auto/tensorrt/rtx/none).")] = (
@@ -655,10 +677,10 @@ def run(
     from pipeline.verify import VerifyOptions
 
     # every option is checked, and the data opened, before minutes of export
-    out = out or Path("artifacts") / model
+    out = out or Path("artifacts") / (onnx.stem if onnx else model)
     dev = device.resolve()
     spec = _model_spec(model, weights, num_classes, in_chans, image_size, trust_checkpoint, mean, std, resize,
-                       class_names)
+                       class_names, onnx)
     exp = ExportOptions(model=spec, out=out, precisions=parse_precisions(precision), engine=engine,
                         calib_data=calib_data, calib_dir=calib_dir, calib_samples=calib_samples,
                         int8_target=int8_target, reference_data=data, reference_data_dir=data_dir)
@@ -753,6 +775,58 @@ def triton(
         console.print(f"note: {escape(line)}")
     console.print(f"serve with: tritonserver --model-repository {escape(str(result.repo))}  "
                   f"(see {escape(str(result.repo / 'README.md'))})", soft_wrap=True)
+
+class DsMode(str, Enum):
+    primary = "primary"
+    secondary = "secondary"
+
+
+@app.command(cls=_Command)
+@handled
+def deepstream(
+    folder: DirArg = Path("artifacts/default"),
+    out: Annotated[Path, typer.Option(help="The config folder to write (replaced only with --force).")] = Path(
+        "deepstream"),
+    precision: Annotated[str, typer.Option(help="The graph nvinfer runs: fp32, fp16 or int8.")] = "fp16",
+    kind: Annotated[str | None, typer.Option(help="The GPU kind it deploys to (L4, A10G, orin, ...): names the "
+                                             "folder's enterprise TensorRT engine for it.")] = None,
+    batch: Annotated[int | None, typer.Option(min=1, help="batch-size (within the engine's profile).")] = None,
+    mode: Annotated[DsMode, typer.Option(help="primary: whole frames; secondary: the objects a detector "
+                                         "found.")] = DsMode.primary,
+    fold_preprocessing: Annotated[bool, typer.Option(help="Ship a copy of the graph whose first convolution "
+                                                     "absorbs the per-channel std, so nvinfer's single "
+                                                     "net-scale-factor is exact.")] = False,
+    data: DataOpt = "sample",
+    data_dir: DataDirOpt = None,
+    samples: Annotated[int, typer.Option(min=1, help="Images the preprocessing fidelity is measured on.")] = (
+        DEFAULT_REFERENCE_SAMPLES),
+    allow_unverified: Annotated[bool, typer.Option(help="Write it even if the artifact's standing verdict is a "
+                                                   "fail, or it was never verified.")] = False,
+    force: Annotated[bool, typer.Option(help="Replace --out if it exists.")] = False,
+) -> None:
+    """Write a DeepStream nvinfer classifier config of a verified folder, and measure what nvinfer's preprocessing
+    costs against the model's own."""
+    from pipeline.deepstream import DeepStreamOptions, write_deepstream
+    from pipeline.deepstream_readme import fidelity_lines
+    from pipeline.precisions import parse_precisions
+
+    chosen = parse_precisions(precision, with_source=False)
+    if len(chosen) != 1:
+        raise BadInput(f"--precision {precision}: give one of fp32, fp16, int8")
+    opts = DeepStreamOptions(folder=folder, out=out, precision=chosen[0], kind=kind, batch=batch, mode=mode.value,
+                             fold=fold_preprocessing, data=data, data_dir=data_dir, samples=samples,
+                             allow_unverified=allow_unverified, force=force)
+    console = _console()
+    with console.status("deepstream: measuring nvinfer's preprocessing..."):
+        plan = write_deepstream(opts)
+    for line in plan.notes + fidelity_lines(plan, opts):
+        style = "[red]" if line.startswith("WARNING") else ""
+        console.print(f"{style}{escape(line)}{'[/]' if style else ''}", soft_wrap=True)
+    engine = plan.engine.file if plan.engine else f"none ({plan.engine_why})"
+    console.print(f"wrote {escape(str(out))}/config_infer_{plan.name}.txt: onnx-file {plan.props['onnx-file']}, "
+                  f"engine {escape(engine)}, network-mode {plan.props['network-mode']}, batch-size "
+                  f"{plan.props['batch-size']}; see {escape(str(out))}/README.md", soft_wrap=True)
+
 
 FLEET_KINDS_HELP = ("GPU kinds to serve: auto (every kind in the cluster: a node's ray.io/accelerator-type or "
                     "resnetx.io/kind label), or a list such as L4,A10G.")

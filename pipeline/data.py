@@ -130,6 +130,14 @@ class Dataset:
     def __len__(self) -> int:
         return self.size
 
+    def frame(self, i: int) -> np.ndarray:
+        """Image i at its own size, uint8 (H, W, C), not resized or cropped: what a video pipeline is handed."""
+        if self._files is not None:
+            gray = self._preprocess is not None and self._preprocess.channels == 1
+            return _decode_image(self._files[i], None, gray=gray)
+        a = self.raw(np.array([i]))[0]
+        return a if a.ndim == 3 else a[..., None]
+
     def raw(self, idx: np.ndarray) -> np.ndarray:
         """uint8 images for the given indices."""
         if self._images is not None:
@@ -341,12 +349,12 @@ def stratified_indices(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
     return np.sort(np.asarray(picked, dtype=np.int64))
 
 
-def _decode_image(path: Path, pre: Preprocess | None) -> np.ndarray:
+def _decode_image(path: Path, pre: Preprocess | None, gray: bool = False) -> np.ndarray:
     from PIL import Image
 
     try:
         with Image.open(path) as im:
-            im = im.convert("L" if pre and pre.channels == 1 else "RGB")
+            im = im.convert("L" if (pre and pre.channels == 1) or gray else "RGB")
             if pre is not None:  # shorter side -> resize, center crop -> image_size
                 w, h = im.size
                 s = pre.resize / min(w, h)

@@ -7,7 +7,6 @@ import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -26,19 +25,17 @@ from pipeline.artifacts import (
 from pipeline.audit import stale_files
 from pipeline.data import Dataset, open_dataset, select_indices, undecodable
 from pipeline.engines import engine_profile, engine_steps, resolve_flavor
-from pipeline.export_options import ExportContext, ExportOptions
+from pipeline.export_options import ExportContext, ExportOptions, check_batch_range
 from pipeline.graphs import GRAPH_STEPS, int8_notices
 from pipeline.precisions import Precision
 from pipeline.reference import StoredRows, reference_file, store, stored_or_computed, verify_inputs
 from pipeline.search import accuracy_set
+from pipeline.sources import open_source
 from pipeline.steps import FolderWriter, Step, StepEvent, keep_earlier, kept_event, remove_strays, run_steps
-from pipeline.zoo import ModelInfo, load_model, state_sha256
+from pipeline.zoo import ModelInfo
 from resnetx.errors import BackendUnavailable, BadInput, ResnetxError
 from resnetx.files import file_sha256
 from resnetx.flavors import EngineChoice, Flavor
-
-if TYPE_CHECKING:
-    import torch
 
 __all__ = ["ExportOptions", "StepEvent", "ExportResult", "export", "export_engines"]
 
@@ -76,18 +73,20 @@ def export(
     """
     if opts.engines_only:
         return export_engines(opts, on_step, on_progress)
-    model, info = load_model(opts.model)
+    source = open_source(opts.model)
+    info = source.info
     notices: list[str] = []
     flavor = resolve_flavor(opts.engine, notices)
     if flavor:  # refused before minutes of work (ExportOptions checked the rest of the engine options)
         opts.check_engines_take_int8()
     preflight(opts, info)
+    check_batch_range(source.batch, opts.batch_range)
     events: list[StepEvent] = []
     hear = _listener(events, on_step)
     fresh = not opts.out.exists()
     try:
         with export_lock(opts.out):
-            ctx = ExportContext(opts, info, state_sha256(model), tool_versions(), model, on_progress or _quiet)
+            ctx = ExportContext(opts, info, tool_versions(), source, on_progress or _quiet)
             manifest, made = _run_export(ctx, flavor, hear, notices)
     except BaseException:
         if fresh and not (opts.out / MANIFEST).exists():  # a folder this export created holds nothing usable
@@ -106,13 +105,14 @@ def _run_export(ctx: ExportContext, flavor: Flavor | None, hear: Callable[[StepE
     opts = ctx.opts
     remove_strays(opts.out)
     old = _previous(opts.out)
-    plan = [GRAPH_STEPS[p](ctx) for p in opts.wanted] + engine_steps(ctx, opts.wanted, flavor, opts.batch)
+    batch = opts.batch if opts.batch is not None else ctx.source.batch  # a user's ONNX file may fix its own
+    plan = [GRAPH_STEPS[p](ctx) for p in opts.wanted] + engine_steps(ctx, opts.wanted, flavor, batch)
     writer = FolderWriter(opts.out, old)
     made = run_steps(plan, writer, force=opts.force, on_step=hear)
     kept = [] if opts.force else keep_earlier(old, made, opts.out)
     for entry in kept:
         hear(kept_event(entry))
-    manifest = Manifest.of(ModelSection(ctx.info, opts.model, ctx.weights_sha), [*made.values(), *kept],
+    manifest = Manifest.of(ModelSection(ctx.info, opts.model, ctx.source.sha256), [*made.values(), *kept],
                            ctx.versions)
     if old is not None and not writer.written and old.same_content(manifest):
         manifest = old  # nothing changed: keep the folder byte-for-byte as it was
@@ -124,7 +124,7 @@ def _run_export(ctx: ExportContext, flavor: Flavor | None, hear: Callable[[StepE
         notices.append(f"removed {', '.join(stale)}: made by an earlier export from graphs this one replaced, "
                        "listed by no manifest entry")
     if opts.reference_samples:  # after the manifest: a kill here leaves a complete folder, minus this
-        run_steps([_reference_step(ctx, ctx.model)], FolderWriter(opts.out, None, keep_manifest=True),
+        run_steps([_reference_step(ctx)], FolderWriter(opts.out, None, keep_manifest=True),
                   force=opts.force, on_step=hear)
     return manifest, made
 
@@ -174,14 +174,14 @@ def _listener(events: list[StepEvent], on_step: Callable[[StepEvent], None] | No
     return hear
 
 
-def _reference_step(ctx: ExportContext, model: torch.nn.Module) -> Step:
-    """fp32 PyTorch logits on verify's default inputs, stored for verify (Polygraphy's --save-outputs)."""
-    o = ctx.opts
+def _reference_step(ctx: ExportContext) -> Step:
+    """fp32 reference logits on verify's default inputs, stored for verify (Polygraphy's --save-outputs)."""
+    o, source = ctx.opts, ctx.source
     inputs = verify_inputs(o.reference_data, o.reference_data_dir, o.reference_samples, ctx.info.preprocess,
                            ctx.info.num_classes)
     rel = reference_file(o.reference_data, o.reference_samples)
     path = ctx.out / rel
-    note = f"fp32 PyTorch logits, {len(inputs)} inputs, for verify"
+    note = f"fp32 reference logits ({source.reference_name}), {len(inputs)} inputs, for verify"
 
     def entry() -> Entry:
         return Entry(Precision.fp32, str(rel), file_sha256(path), path.stat().st_size)
@@ -189,19 +189,20 @@ def _reference_step(ctx: ExportContext, model: torch.nn.Module) -> Step:
     def lookup() -> Entry | None:
         if not path.is_file():
             return None
-        held = StoredRows(None, files=[path])  # this file itself must hold every input's logits
-        return entry() if stored_or_computed(inputs, ctx.weights_sha, held, None).logits is not None else None
+        held = StoredRows(None, files=[path], made_by=source.made_by)  # this file must hold every input's logits
+        return entry() if stored_or_computed(inputs, source.sha256, held, None).logits is not None else None
 
     def make(made: dict[str, Entry]) -> Entry:
-        ctx.progress(f"reference: fp32 PyTorch logits on verify's {o.reference_samples} inputs from {o.reference_data}")
+        ctx.progress(f"reference: fp32 logits on verify's {o.reference_samples} inputs from {o.reference_data}")
         done = 0
 
         def tick(n: int) -> None:
             nonlocal done
             done += n
-            ctx.progress(f"reference: fp32 PyTorch logits, {done}/{len(inputs)} inputs")
+            ctx.progress(f"reference: fp32 logits ({source.reference_name}), {done}/{len(inputs)} inputs")
 
-        store(path, stored_or_computed(inputs, ctx.weights_sha, StoredRows(None), model, on_batch=tick))
+        store(path, stored_or_computed(inputs, source.sha256, StoredRows(None), source.logits, on_batch=tick),
+              source.made_by)
         return entry()
 
     return Step("reference", "reference", {}, make, describe=lambda e: note, lookup=lookup)
@@ -231,7 +232,7 @@ def export_engines(
         batch = old.graphs[wanted[0]].static_batch
         engine_profile(batch, opts.batch_range, old.model.info)  # refused before building
         versions = {**old.versions, **{k: v for k, v in tool_versions().items() if k.startswith("tensorrt")}}
-        ctx = ExportContext(opts, old.model.info, old.model.state_sha256, versions, None, on_progress or _quiet)
+        ctx = ExportContext(opts, old.model.info, versions, None, on_progress or _quiet)
         state = {"manifest": old}  # every engine cached: the folder stays byte-for-byte as it was
 
         def rewrite(made: dict[str, Entry]) -> None:

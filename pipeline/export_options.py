@@ -5,22 +5,25 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from exporters.calibrate import CalibMethod
 from exporters.onnx import DEFAULT_OPSET, Exporter
 from exporters.quantize import Fallback, Int8Target
 from pipeline.defaults import DEFAULT_CALIB_SAMPLES, DEFAULT_OPT_LEVEL, DEFAULT_REFERENCE_SAMPLES
 from pipeline.precisions import Precision, parse_precisions
-from pipeline.zoo import ModelInfo, ModelSpec
+from pipeline.zoo import ModelInfo, ModelSpec, OnnxSpec
 from resnetx.errors import BadInput
 from resnetx.flavors import EngineChoice, HardwareCompat
 
 if TYPE_CHECKING:
+    import numpy as np
     from torch import nn
 
+    from pipeline.steps import Step
 
-__all__ = ["ExportOptions", "ExportContext", "check_batch_range"]
+
+__all__ = ["ExportOptions", "ExportContext", "Source", "check_batch_range"]
 
 
 
@@ -37,7 +40,7 @@ def check_batch_range(batch: int | None, batch_range: tuple[int, int, int] | Non
 
 @dataclass(frozen=True)
 class ExportOptions:
-    model: ModelSpec = field(default_factory=ModelSpec)
+    model: ModelSpec | OnnxSpec = field(default_factory=ModelSpec)  # the source: a zoo model, or --onnx FILE
     out: Path = Path("artifacts/default")
     precisions: tuple[Precision, ...] | None = None  # None: fp32; with engines_only, every graph in the folder
     exporter: Exporter = Exporter.dynamo
@@ -150,11 +153,10 @@ class ExportOptions:
 
     def _graph_flags(self) -> list[str]:
         """The options given that shape the graphs rather than the engines (those that differ from the defaults)."""
-        d, m = ExportOptions(), self.model
-        return [flag for flag, on in (
-            ("--model", m.arch != "default"), ("--weights", m.weights), ("--num-classes", m.num_classes),
-            ("--in-chans", m.in_chans), ("--image-size", m.image_size), ("--mean", m.mean), ("--std", m.std),
-            ("--resize", m.resize), ("--class-names", m.class_names), ("--keep-fp32", self.keep_fp32),
+        d = ExportOptions()
+        source = self.model.cli_args()[::2] if self.model != d.model else []  # --model/--onnx and their options
+        return source + [flag for flag, on in (
+            ("--keep-fp32", self.keep_fp32),
             ("--static-batch", self.batch is not None), ("--exporter", self.exporter != d.exporter),
             ("--opset", self.opset != d.opset), ("--calib-data", self.calib_data != d.calib_data),
             ("--calib-dir", self.calib_dir), ("--calib-samples", self.calib_samples != d.calib_samples),
@@ -176,15 +178,34 @@ class ExportOptions:
         return tuple(p for p in Precision if p in asked)
 
 
+class Source(Protocol):
+    """Where the fp32 graph comes from (pipeline/sources.py: a PyTorch model, or a user's ONNX file); nothing
+    downstream asks which."""
+
+    info: ModelInfo
+    sha256: str  # what the fp32 graph is keyed on: the weights' state hash, or the ONNX file's
+    reference_name: str  # how reports name the reference: "torch-cpu-fp32", "onnx-cpu-fp32 (onnxruntime)"
+    module: nn.Module | None  # the PyTorch model where there is one (the torch runtime runs it)
+    batch: int | None  # a batch the source fixes itself (a user's ONNX file may), else None
+
+    @property
+    def made_by(self) -> str: ...  # what computes the reference here, and its version
+
+    def fp32_step(self, ctx: ExportContext) -> Step: ...  # the export step that makes model.fp32.onnx
+
+    def logits(self, x: np.ndarray) -> np.ndarray: ...  # fp32 reference logits of a float32 NCHW batch
+
+    def baseline(self, opset: int, tmp: Path) -> bytes: ...  # a graph to compare an fp32 graph's layers with
+
+
 @dataclass(frozen=True)
 class ExportContext:
     """What every export step is given; nothing a step makes is in here (it gets that as its sources)."""
 
     opts: ExportOptions
     info: ModelInfo
-    weights_sha: str  # the model's state sha256
     versions: dict[str, str]
-    model: nn.Module | None = None  # None for --engines-only: the graphs are the source
+    source: Source | None = None  # None for --engines-only: the folder's graphs are the source
     on_progress: Callable[[str], None] = field(default=lambda _msg: None)
 
     @property

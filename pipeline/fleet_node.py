@@ -159,7 +159,7 @@ def _verify(folder: Path, kind: str, node: NodeInfo, ship: Shipment, x: np.ndarr
     targets = select_targets(manifest, folder, command="verify", runtimes=_runtimes(node), precisions=None,
                              device=device)
     inputs = ArrayInputs(x, ship.labels, ship.n_real, ship.data, ship.drawn)
-    report = judge_targets(opts, manifest, targets, inputs, reference, kind=kind)
+    report = judge_targets(opts, manifest, targets, inputs, reference, kind=kind, keep_logits=True)
     for row in report.rows:
         if row.skipped and row.artifact in manifest.engines and not node.gpu:
             row.skipped = f"not run: no GPU on node {node.host} ({row.skipped})"

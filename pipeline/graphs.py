@@ -3,7 +3,6 @@ notices export prints about the int8 graph it ends with."""
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable, Iterator
 from dataclasses import replace
@@ -12,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from exporters.calibrate import CalibMethod, Ranges
-from exporters.onnx import compare_graphs, export_onnx
+from exporters.onnx import compare_graphs
 from pipeline.artifacts import Calibration, Entry, GraphCheck, GraphEntry, SearchRecord
 from pipeline.data import (
     FASHION_MNIST_CLASSES,
@@ -39,32 +38,6 @@ FP32 = Precision.fp32.value
 
 def _file(ctx: ExportContext, precision: Precision) -> Path:
     return ctx.out / PRECISIONS[precision].onnx_file
-
-
-# --------------------------------------------------------------------------- fp32
-def fp32_step(ctx: ExportContext) -> Step:
-    """The exported graph: the source of every other artifact."""
-    o, v = ctx.opts, ctx.versions
-    inputs = {"weights": ctx.weights_sha, "info": ctx.info.to_dict(), "exporter": o.exporter.value, "opset": o.opset,
-              "batch": o.batch, "torch": v.get("torch"), "onnx": v.get("onnx"), "onnxscript": v.get("onnxscript")}
-    return Step(FP32, FP32, inputs, lambda made: _make_fp32(ctx))
-
-
-def _make_fp32(ctx: ExportContext) -> GraphEntry:
-    o, info = ctx.opts, ctx.info
-    if ctx.model is None:
-        raise BadInput("the fp32 graph is exported from the PyTorch model, which is not loaded here")
-    ctx.progress(f"fp32: exporting with the {o.exporter.value} exporter")
-    meta = {"resnetx.arch": info.arch, "resnetx.num_classes": info.num_classes,
-            "resnetx.input_shape": json.dumps(list(info.input_shape)),
-            "resnetx.preprocess": json.dumps(info.preprocess.to_dict()),
-            "resnetx.weights_sha256": ctx.weights_sha, "resnetx.exporter": o.exporter.value,
-            "resnetx.class_names": json.dumps(list(info.class_names or []))}
-    a = export_onnx(ctx.model, info.input_shape, _file(ctx, Precision.fp32), opset=o.opset, batch=o.batch,
-                    exporter=o.exporter, metadata=meta)
-    details = {k: v for k, v in a.details.items() if k != "exporter"}
-    return GraphEntry(Precision.fp32, a.path.name, a.sha256, a.size_bytes, opset=a.opset,
-                      static_batch=a.static_batch, exporter=o.exporter.value, details=details)
 
 
 # --------------------------------------------------------------------------- fp16
@@ -245,6 +218,14 @@ def _check_images(o: ExportOptions, info: ModelInfo, ds: Dataset) -> np.ndarray:
     """Images for the check right after quantization: the calibration data, drawn with another seed."""
     return np.concatenate([b.x for b in iter_batches(ds, info.preprocess, INT8_CHECK_IMAGES, limit=INT8_CHECK_IMAGES,
                                                      seed=o.seed + 1, shuffle=True)])
+
+
+def fp32_step(ctx: ExportContext) -> Step:
+    """The fp32 graph: the source of every other artifact, made by the export's source (pipeline/sources.py)."""
+    if ctx.source is None:
+        raise BadInput("the fp32 graph is made from the model or ONNX file the folder was exported from, which is "
+                       "not loaded here")
+    return ctx.source.fp32_step(ctx)
 
 
 GRAPH_STEPS: dict[Precision, Callable[[ExportContext], Step]] = {

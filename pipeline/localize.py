@@ -89,15 +89,10 @@ def _baseline(folder: Path, manifest: Manifest, entry: GraphEntry, reference: Re
 
             return fp32_for_int8(path, True).SerializeToString(), "model.fp32.onnx, cross-layer equalized as int8 was"
         return path.read_bytes(), "model.fp32.onnx"
-    if reference.model is None:
-        raise BadInput("localising an fp32 graph compares it with a fresh export of the PyTorch model, "
-                       "whose weights are not on this machine")
-    from exporters.onnx import export_onnx
-
+    if reference.source is None:
+        raise BadInput(f"localising an fp32 graph compares it with what it was exported from: {reference.why_missing}")
     with tempfile.TemporaryDirectory() as tmp:
-        a = export_onnx(reference.model, reference.info.input_shape, Path(tmp) / "ref.onnx", exporter="legacy",
-                        opset=entry.opset)
-        return a.path.read_bytes(), "pytorch reference (re-exported fp32)"
+        return reference.source.baseline(entry.opset, Path(tmp)), f"{reference.name} source (made again)"
 
 
 def _errors(base: dict[str, tuple[str, np.ndarray]], cand: dict[str, tuple[str, np.ndarray]]) -> list[LayerError]:

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import gc
 import os
 from pathlib import Path
 
-import numpy as np
-
-__all__ = ["mem_mb", "trim_heap", "prime_backends", "reset_peak_rss", "peak_rss_mb", "rss_mb"]
+__all__ = ["mem_mb", "trim_heap", "reset_peak_rss", "peak_rss_mb", "rss_mb"]
 
 
 def mem_mb(device: str) -> float:
@@ -32,36 +29,6 @@ def trim_heap() -> None:
         ctypes.CDLL(None).malloc_trim(0)
     except (OSError, AttributeError):  # not glibc (macOS, musl): the RSS may read low after earlier work
         pass
-
-
-def prime_backends(backends: set[str], device: str) -> None:
-    """Run each backend once on a tiny graph before any baseline: loading and first use of its library
-    (code pages, thread pools, oneDNN state; on cuda torch's cuDNN and cuBLAS handles) is a cost of the
-    process, paid once, and no row should carry it."""
-    if "torch" in backends:
-        import torch
-
-        with torch.inference_mode():
-            x = torch.ones(1, 3, 8, 8, device=device)
-            torch.nn.functional.conv2d(x, torch.ones(4, 3, 3, 3, device=device), padding=1)
-            torch.nn.functional.linear(x.flatten(1), torch.ones(4, 192, device=device))
-        if device == "cuda":
-            torch.cuda.synchronize()
-    if "ort" in backends and device == "cpu":  # the CUDA provider's handles belong to each session
-        with contextlib.suppress(ImportError):  # a missing onnxruntime is reported by its rows
-            import onnxruntime as ort
-            from onnx import TensorProto, helper
-
-            w = helper.make_tensor("w", TensorProto.FLOAT, [4, 3, 3, 3], np.ones(108, np.float32))
-            graph = helper.make_graph(
-                [helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1])], "prime",
-                [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
-                [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 8, 8])], [w])
-            model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
-            so = ort.SessionOptions()
-            so.log_severity_level = 3
-            sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
-            sess.run(None, {"x": np.ones((1, 3, 8, 8), np.float32)})
 
 
 def reset_peak_rss() -> bool:

@@ -11,13 +11,13 @@ recomputes it; without them (a folder copied to a machine that lacks the checkpo
 from __future__ import annotations
 
 import hashlib
-import io
 import logging
 import re
 import zipfile
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -25,12 +25,16 @@ import torch
 from pipeline.artifacts import Manifest
 from pipeline.data import ImageSet, Preprocess, open_dataset, stratified_indices
 from pipeline.defaults import DEFAULT_REFERENCE_SAMPLES as DEFAULT_SAMPLES
-from pipeline.zoo import ModelInfo, load_model, state_sha256
+from pipeline.sources import reference_logits, source_of
+from pipeline.zoo import ModelInfo, ModelSpec, OnnxSpec
 from resnetx.errors import BackendUnavailable, BadInput
-from resnetx.files import atomic_write
+from resnetx.files import atomic_writer
 
 __all__ = ["N_EXTREME", "DEFAULT_SAMPLES", "Inputs", "ArrayInputs", "Reference", "StoredRows", "verify_inputs",
            "reference_logits", "reference_file", "ReferenceLogits", "stored_or_computed", "store"]
+
+if TYPE_CHECKING:
+    from pipeline.export_options import Source
 
 log = logging.getLogger(__name__)
 
@@ -40,51 +44,60 @@ REFERENCE_CHUNK = 64  # inputs decoded and run at a time: memory does not grow w
 
 @dataclass
 class Reference:
-    """The fp32 PyTorch model the artifacts came from, or why it is not on this machine.
+    """The fp32 reference the artifacts are judged against: the source they were exported from (a PyTorch model, or
+    a user's ONNX file run by onnxruntime), or why it is not on this machine.
 
-    A weights file absent here (a folder copied elsewhere) is not an error: the stored logits stand in for
-    the model where they can. Weights that differ from the ones exported always are.
+    A source absent here (a folder copied elsewhere) is not an error: the stored logits stand in for it where they
+    can. A source that differs from the one exported always is.
     """
 
     info: ModelInfo
-    state_sha256: str
-    model: torch.nn.Module | None
+    state_sha256: str  # the source's hash, as the manifest records it
+    source: Source | None
     why_missing: str = ""
+    spec: ModelSpec | OnnxSpec = field(default_factory=ModelSpec)  # what the manifest says it came from
 
     @classmethod
     def of(cls, manifest: Manifest) -> Reference:
         section = manifest.model
-        weights = section.spec.weights
-        if weights and not Path(weights).is_file():
-            return cls(section.info, section.state_sha256, None,
-                       f"the reference weights {weights} are not on this machine")
-        model, info = load_model(section.spec)
-        if state_sha256(model) != section.state_sha256:
-            raise BadInput("the reference model's weights differ from the ones exported (state sha256 mismatch); "
-                           "re-run resnetx export --force")
-        return cls(info, section.state_sha256, model)
+        source, why = source_of(section)
+        return cls(source.info if source else section.info, section.state_sha256, source, why, section.spec)
+
+    @property
+    def model(self) -> torch.nn.Module | None:
+        """The PyTorch model, where the source is one and it is here."""
+        return self.source.module if self.source is not None else None
+
+    @property
+    def name(self) -> str:
+        """How reports name the reference: 'torch-cpu-fp32', 'onnx-cpu-fp32 (onnxruntime)'."""
+        return self.spec.reference_name
 
     def require_model(self, purpose: str) -> torch.nn.Module:
-        """The model, or BackendUnavailable saying what cannot run without it."""
+        """The PyTorch model, or BackendUnavailable saying what cannot run without it."""
         if self.model is None:
-            raise BackendUnavailable(f"{purpose}: {self.why_missing}")
+            why = self.why_missing or f"this folder's source is not a PyTorch model ({self.spec.describe} " \
+                                      f"{self.info.weights})"
+            raise BackendUnavailable(f"{purpose}: {why}")
         return self.model
 
     def logits(self, folder: Path, inputs: Inputs, *, samples: int,
                on_batch: Callable[[int], None] | None = None) -> tuple[np.ndarray, str | None]:
-        """(reference logits for the inputs, the torch version that computed them when they were stored, else
-        None). Stored logits count only if this torch computed them, unless the model is not here: then stored
-        logits for these inputs are the reference, whatever torch computed them, and anything else is an error."""
+        """(reference logits for the inputs, what computed them when they were stored, else None). Stored logits
+        count only if this machine's torch (or onnxruntime, for an ONNX source) computed them, unless the source
+        is not here: then stored logits for these inputs are the reference, and anything else is an error."""
         path = Path(folder) / reference_file(inputs.data_spec, samples)
-        stored = StoredRows(path.parent, any_torch=self.model is None)
-        ref = stored_or_computed(inputs, self.state_sha256, stored, self.model, on_batch)
+        made_by = self.source.made_by if self.source else None
+        stored = StoredRows(path.parent, made_by=made_by)
+        ref = stored_or_computed(inputs, self.state_sha256, stored, self.source.logits if self.source else None,
+                                 on_batch)
         if ref.logits is None:
             raise BadInput(f"{self.why_missing}, and no stored reference logits match these inputs (export stores "
                            f"them for --data sample --samples {DEFAULT_SAMPLES}, which serve any smaller --samples "
-                           "too); restore the weights, or verify with those")
+                           "too); restore it, or verify with those")
         if ref.made_by is None:
             try:
-                store(path, ref)
+                store(path, ref, made_by or "")
             except OSError as e:  # a cache: a read-only folder costs the next verify this pass, nothing else
                 log.warning("could not store the reference logits in %s (%s)", path, e.strerror or e)
         return ref.logits, ref.made_by
@@ -207,24 +220,6 @@ def verify_inputs(data: str, data_dir: Path | None, samples: int, pre: Preproces
     return Inputs(images, labels, n_extreme, drawn, seed, data)
 
 
-def reference_logits(model: torch.nn.Module, x: np.ndarray, batch: int = 16,
-                     on_batch: Callable[[int], None] | None = None) -> np.ndarray:
-    """fp32 PyTorch eager on the CPU. channels_last and small batches: oneDNN runs a ResNet-50 1.8x
-    faster that way here (95 vs 170 ms/image at 224x224), and it is still the unmodified model."""
-    ref = model.to(memory_format=torch.channels_last)
-    out = []
-    try:
-        with torch.inference_mode():
-            for i in range(0, len(x), batch):
-                xb = torch.from_numpy(x[i : i + batch]).contiguous(memory_format=torch.channels_last)
-                out.append(ref(xb).float().numpy())
-                if on_batch:
-                    on_batch(len(xb))
-    finally:
-        model.to(memory_format=torch.contiguous_format)
-    return np.concatenate(out)
-
-
 def _row_keys(state_sha256: str, x: np.ndarray) -> list[str]:
     """One hash per input: a stored reference serves any subset of its inputs (verify --samples 64 after an
     export stored 512: the first real images and the extreme ones are the same arrays)."""
@@ -232,22 +227,22 @@ def _row_keys(state_sha256: str, x: np.ndarray) -> list[str]:
 
 
 class StoredRows:
-    """Every stored reference row in a reports folder (or in `files`), by its input's key: (logits, the torch that
-    computed them). Only this torch's rows count, unless `any_torch` (the model is not here to compute them again);
-    `StoredRows(None)` holds none."""
+    """Every stored reference row in a reports folder (or in `files`), by its input's key: (logits, what computed
+    them: a torch version, or 'onnxruntime X'). Only the rows `made_by` computed count, any when it is None (the
+    source is not here to compute them again); `StoredRows(None)` holds none."""
 
-    def __init__(self, reports: Path | None, *, any_torch: bool = False, files: list[Path] | None = None) -> None:
+    def __init__(self, reports: Path | None, *, made_by: str | None = None, files: list[Path] | None = None) -> None:
         self.rows: dict[str, tuple[np.ndarray, str]] = {}
         found = sorted(Path(reports).glob("reference.*.npz")) if reports is not None else []
         for f in files if files is not None else found:
             try:
                 with np.load(f) as z:
-                    made_by = str(z["torch"])
-                    if "rows" not in z.files or not (any_torch or made_by == torch.__version__):
+                    computed_by = str(z["torch"])
+                    if "rows" not in z.files or (made_by is not None and computed_by != made_by):
                         continue
                     logits = z["logits"]
                     for k, row in zip(z["rows"].tolist(), logits, strict=True):
-                        self.rows.setdefault(k, (row, made_by))
+                        self.rows.setdefault(k, (row, computed_by))
             except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
                 continue  # unreadable, truncated or an older format: its rows are computed again
 
@@ -265,32 +260,34 @@ class ReferenceLogits:
     key: str  # all inputs' key
 
 
-def stored_or_computed(inputs: Inputs, state_sha256: str, stored: StoredRows, model: torch.nn.Module | None,
+def stored_or_computed(inputs: Inputs, state_sha256: str, stored: StoredRows,
+                       compute: Callable[[np.ndarray], np.ndarray] | None,
                        on_batch: Callable[[int], None] | None = None) -> ReferenceLogits:
-    """The logits of every input, a chunk at a time: stored rows where there are, the model for the rest."""
-    out, made_by, computed, rows = [], None, False, []
+    """The logits of every input, a chunk at a time: stored rows where there are, `compute` (the source's fp32
+    logits) for the rest."""
+    out: np.ndarray | None = None  # filled in place: one N x classes array, never a list of chunks and its copy
+    made_by, computed, rows, done = None, False, [], 0
     whole = hashlib.sha256(state_sha256.encode() + str(inputs.shape).encode())
     for x in inputs.chunks(REFERENCE_CHUNK):
         keys = _row_keys(state_sha256, x)
         whole.update(x.tobytes())
         rows += keys
         found = stored.get(keys)
-        if found is not None:
-            out.append(found[0])
-            made_by = made_by or found[1]
-        elif model is None:
+        if found is None and compute is None:
             return ReferenceLogits(None, None, rows, "")
-        else:
-            out.append(reference_logits(model, x))
-            computed = True
+        got = found[0] if found is not None else compute(x)
+        made_by, computed = (made_by or found[1], computed) if found is not None else (made_by, True)
+        if out is None:
+            out = np.empty((len(inputs), got.shape[1]), np.float32)
+        out[done : done + len(x)] = got
+        done += len(x)
         if on_batch:
             on_batch(len(x))
-    return ReferenceLogits(np.concatenate(out), None if computed else made_by, rows, whole.hexdigest())
+    return ReferenceLogits(out, None if computed else made_by, rows, whole.hexdigest())
 
 
-def store(path: Path, ref: ReferenceLogits) -> None:
-    """Reference logits stored at `path`, keyed by the weights and each input's bytes (and all inputs': `key`)."""
-    buf = io.BytesIO()
-    np.savez(buf, key=np.array(ref.key), torch=np.array(torch.__version__), logits=ref.logits,
-             rows=np.array(ref.rows))
-    atomic_write(path, buf.getvalue())
+def store(path: Path, ref: ReferenceLogits, made_by: str) -> None:
+    """Reference logits stored at `path`, keyed by the source's hash and each input's bytes (and all inputs': `key`),
+    with what computed them (the `torch` field: a torch version, or 'onnxruntime X' for an ONNX source)."""
+    with atomic_writer(path) as f:  # straight to the file: no in-memory copy of the logits
+        np.savez(f, key=np.array(ref.key), torch=np.array(made_by), logits=ref.logits, rows=np.array(ref.rows))

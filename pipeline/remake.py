@@ -59,22 +59,14 @@ def _keep_groups(manifest: Manifest, precisions: tuple[Precision, ...],
 
 
 def _model_args(manifest: Manifest, folder: Path, precisions: tuple[Precision, ...]) -> list[str]:
-    spec = manifest.model.spec
-    args = ["--model", spec.arch]
-    for opt, value in (("--weights", spec.weights), ("--num-classes", spec.num_classes),
-                       ("--in-chans", spec.in_chans), ("--image-size", spec.image_size),
-                       ("--mean", ",".join(map(str, spec.mean)) if spec.mean else None),
-                       ("--std", ",".join(map(str, spec.std)) if spec.std else None), ("--resize", spec.resize),
-                       ("--class-names", spec.class_names)):
-        if value is not None:
-            args += [opt, str(value)]
+    args = manifest.model.spec.cli_args()
     return args + ["--out", str(folder), "--precision", ",".join(p.value for p in precisions)]
 
 
 def _graph_args(manifest: Manifest, precisions: tuple[Precision, ...]) -> list[str]:
     args: list[str] = []
     fp32 = manifest.graphs.get(Precision.fp32)
-    if fp32 is not None:
+    if fp32 is not None and fp32.exporter in {e.value for e in Exporter} | {None}:  # made by a torch exporter
         if fp32.exporter not in (None, Exporter.dynamo.value):
             args += ["--exporter", fp32.exporter]
         if fp32.static_batch:

@@ -402,6 +402,7 @@ def bench_markdown(report: BenchReport) -> str:
                      f"{_f(r.accuracy_top1, '.2f')} | "
                      f"{_f(r.peak_mem_mb, '.0f')} | {_f(r.size_mb, '.2f')} | {_f(r.one_time_s, '.1f')} |")
     lines += [""] + [f"- {n}" for n in report.notes]
+    lines += [""] + [f"- recommended: {n}" for n in report.recommendations] if report.recommendations else []
     return "\n".join(lines) + "\n"
 
 

@@ -11,7 +11,8 @@ from pipeline.precisions import PRECISIONS, Precision
 from pipeline.reference import Reference
 from pipeline.remake import remake_command
 from resnetx.errors import BackendUnavailable, BadInput, IncompatibleArtifact
-from runtimes.base import RUNTIMES, Runtime, RuntimeSpec, open_runtime, runtime_spec
+from runtimes.base import Runtime
+from runtimes.registry import RUNTIMES, RuntimeSpec, open_runtime, runtime_spec
 
 __all__ = ["Target", "default_runtimes", "check_device", "select_targets", "open_target"]
 

@@ -218,7 +218,7 @@ def _engine_model(folder: Path, m: Manifest, engines: list[EngineEntry], opts: T
     precision = engines[0].precision
     lo = max(e.profile[0] for e in engines)
     hi = min(e.profile[2] for e in engines)
-    if lo > 1:
+    if lo > 1 and lo != hi:  # a fixed batch (N..N) is served as such: max_batch_size 0, dims with the batch
         raise BadInput(f"the {precision.value} engine profile starts at batch {lo}: Triton sends batches from 1; "
                        f"re-export with --batch-range 1,OPT,MAX")
     src = next((g for g in m.graphs.values() if g.sha256 == engines[0].source_sha256), None)

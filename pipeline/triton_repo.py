@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import pprint
-import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from pipeline.artifacts import EngineEntry, Entry, Manifest
+from pipeline.artifacts import EngineEntry, Manifest
 from pipeline.triton import TritonModel, TritonOptions, TritonResult, config_text, plan_repository
 from resnetx.errors import BadInput
-from resnetx.files import TMP_PREFIX, atomic_write_text, file_sha256
+from resnetx.files import atomic_dir, atomic_write_text, copy_checked
 from resnetx.flavors import FLAVORS
 
 __all__ = ["write_repository", "client_config", "client_script", "repository_readme"]
@@ -119,13 +117,6 @@ def repository_readme(m: Manifest, models: list[TritonModel], folder: Path) -> s
 
 
 # --------------------------------------------------------------------------- writing
-def _copy_checked(src: Path, dst: Path, entry: Entry) -> None:
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(src, dst)
-    if file_sha256(dst) != entry.sha256:
-        raise BadInput(f"{src} changed while it was copied (sha256 differs from the manifest); re-run resnetx triton")
-
-
 def write_repository(opts: TritonOptions, *, on_model: Callable[[TritonModel], None] | None = None) -> TritonResult:
     """Write the repository to a temporary folder beside `opts.out`, then move it into place."""
     out = Path(opts.out)
@@ -134,13 +125,11 @@ def write_repository(opts: TritonOptions, *, on_model: Callable[[TritonModel], N
     if out.resolve() == Path(opts.folder).resolve() or Path(opts.folder).resolve() in out.resolve().parents:
         raise BadInput(f"--out {out} is inside the artifact folder; write the repository elsewhere")
     models, notes, audit = plan_repository(opts)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{out.name}.", dir=out.parent))
-    try:
+    with atomic_dir(out, force=opts.force) as tmp:
         for model in models:
             d = tmp / model.name
             for e in model.entries:
-                _copy_checked(Path(opts.folder) / e.file, d / "1" / e.file, e)
+                copy_checked(Path(opts.folder) / e.file, d / "1" / e.file, e.sha256)
             atomic_write_text(d / "config.pbtxt", config_text(model))
             if model.labels:
                 atomic_write_text(d / "labels.txt", "\n".join(audit.manifest.model.info.class_names or ()) + "\n")
@@ -148,14 +137,4 @@ def write_repository(opts: TritonOptions, *, on_model: Callable[[TritonModel], N
                 on_model(model)
         atomic_write_text(tmp / "README.md", repository_readme(audit.manifest, models, opts.folder))
         atomic_write_text(tmp / "client.py", client_script(audit.manifest, models))
-        if out.exists():
-            old = out.with_name(f"{TMP_PREFIX}{out.name}.old")
-            out.rename(old)
-            tmp.rename(out)
-            shutil.rmtree(old)
-        else:
-            tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return TritonResult(out, models, notes)

@@ -23,7 +23,8 @@ from pipeline.reference import DEFAULT_SAMPLES, ArrayInputs, Inputs, Reference, 
 from pipeline.targets import Target, open_target, select_targets
 from pipeline.verdicts import Verdict
 from resnetx.errors import BackendUnavailable, BadInput, CheckFailed, IncompatibleArtifact, ResnetxError
-from runtimes.base import Device, Runtime, runtime_spec
+from runtimes.base import Device, Runtime
+from runtimes.registry import runtime_spec
 
 __all__ = [
     "VerifyOptions",
@@ -57,6 +58,7 @@ class VerifyOptions:
     accuracy_drop: float | None = None
     localize: bool = False
     seed: int = 0
+    ov_device: str | None = None  # openvino: the device string it compiles for (default its CPU plugin)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "folder", Path(self.folder))
@@ -168,42 +170,59 @@ class VerifyReport:
 
 
 # --------------------------------------------------------------------------- metrics
+COMPARE_BLOCK = 1024  # rows compared at a time: float64 copies of N x classes logits would grow with --samples
+
+
 def compare(ref: np.ndarray, got: np.ndarray, labels: np.ndarray | None = None,
             task_rows: int | None = None) -> Metrics:
-    """Element-wise and task metrics of `got` against `ref` (both N x classes logits).
+    """Element-wise and task metrics of `got` against `ref` (both N x classes logits), a block of rows at a time.
 
     Element-wise metrics and the NaN/Inf count use every row; top-1/top-5 agreement use the
     first `task_rows` (the real images: on noise inputs near-tied logits make argmax flips
     meaningless); accuracy uses the labelled rows at the start.
     """
-    ref64, got64 = ref.astype(np.float64), got.astype(np.float64)
-    finite = np.isfinite(got64)
-    nonfinite = int((~finite).sum())
-    g = np.where(finite, got64, 0.0)
-    diff = g - ref64
-    cos = (ref64 * g).sum(1) / np.maximum(np.linalg.norm(ref64, axis=1) * np.linalg.norm(g, axis=1), 1e-30)
-    k = min(5, ref.shape[1])
-    top_ref = np.argsort(-ref64, axis=1)[:, :k]
-    top_got = np.argsort(-g, axis=1)[:, :k]
-    t = len(ref) if task_rows is None else max(1, min(task_rows, len(ref)))
-    overlap = np.mean([len(set(a) & set(b)) / k for a, b in zip(top_ref[:t], top_got[:t], strict=True)])
-    m = Metrics(
-        max_abs=float(np.abs(diff).max()) if nonfinite == 0 else float("inf"),
-        mean_abs=float(np.abs(diff).mean()),
-        rel_l2=float(np.linalg.norm(diff) / max(np.linalg.norm(ref64), 1e-30)) if nonfinite == 0 else float("inf"),
-        min_cosine=float(cos.min()),
-        top1_agreement=float((top_ref[:t, 0] == top_got[:t, 0]).mean()),
-        top5_overlap=float(overlap),
-        nonfinite=nonfinite,
-        samples=int(len(ref)),
-    )
-    if labels is not None and len(labels):
-        n = len(labels)  # labelled inputs come first; the extreme inputs after them have none
-        m.ref_top1 = 100.0 * float((top_ref[:n, 0] == labels).mean())
-        m.top1 = 100.0 * float((top_got[:n, 0] == labels).mean())
-        m.ref_top5 = 100.0 * float((top_ref[:n] == labels[:, None]).any(1).mean())
-        m.top5 = 100.0 * float((top_got[:n] == labels[:, None]).any(1).mean())
+    n_rows, k = len(ref), min(5, ref.shape[1])
+    t = n_rows if task_rows is None else max(1, min(task_rows, n_rows))
+    n_lab = len(labels) if labels is not None else 0
+    s = {"max": 0.0, "abs": 0.0, "sq": 0.0, "ref_sq": 0.0, "cos": float("inf"), "agree": 0, "overlap": 0.0,
+         "bad": 0, "ref1": 0, "got1": 0, "ref5": 0, "got5": 0}
+    for i in range(0, n_rows, COMPARE_BLOCK):
+        _compare_block(ref[i : i + COMPARE_BLOCK].astype(np.float64), got[i : i + COMPARE_BLOCK].astype(np.float64),
+                       i, k, t, labels[i : i + COMPARE_BLOCK] if i < n_lab else None, s)
+    bad = int(s["bad"])
+    m = Metrics(max_abs=s["max"] if bad == 0 else float("inf"), mean_abs=s["abs"] / max(ref.size, 1),
+                rel_l2=float(np.sqrt(s["sq"]) / max(np.sqrt(s["ref_sq"]), 1e-30)) if bad == 0 else float("inf"),
+                min_cosine=s["cos"], top1_agreement=s["agree"] / t, top5_overlap=s["overlap"] / t, nonfinite=bad,
+                samples=int(n_rows))
+    if n_lab:  # labelled inputs come first; the extreme inputs after them have none
+        m.ref_top1, m.top1 = 100.0 * s["ref1"] / n_lab, 100.0 * s["got1"] / n_lab
+        m.ref_top5, m.top5 = 100.0 * s["ref5"] / n_lab, 100.0 * s["got5"] / n_lab
     return m
+
+
+def _compare_block(r: np.ndarray, gg: np.ndarray, start: int, k: int, t: int, labels: np.ndarray | None,
+                   s: dict[str, float]) -> None:
+    """Add one block of rows (starting at row `start`) to the running sums of compare()."""
+    finite = np.isfinite(gg)
+    s["bad"] += int((~finite).sum())
+    g = np.where(finite, gg, 0.0)
+    diff = np.abs(g - r)
+    s["max"] = max(s["max"], float(diff.max()))
+    s["abs"] += float(diff.sum())
+    s["sq"] += float((diff * diff).sum())
+    s["ref_sq"] += float((r * r).sum())
+    cos = (r * g).sum(1) / np.maximum(np.linalg.norm(r, axis=1) * np.linalg.norm(g, axis=1), 1e-30)
+    s["cos"] = min(s["cos"], float(cos.min()))
+    top_r, top_g = np.argsort(-r, axis=1)[:, :k], np.argsort(-g, axis=1)[:, :k]
+    task = max(0, min(len(r), t - start))
+    s["agree"] += int((top_r[:task, 0] == top_g[:task, 0]).sum())
+    s["overlap"] += sum(len(set(a) & set(b)) / k for a, b in zip(top_r[:task], top_g[:task], strict=True))
+    if labels is not None:
+        n = len(labels)
+        s["ref1"] += int((top_r[:n, 0] == labels).sum())
+        s["got1"] += int((top_g[:n, 0] == labels).sum())
+        s["ref5"] += int((top_r[:n] == labels[:, None]).any(1).sum())
+        s["got5"] += int((top_g[:n] == labels[:, None]).any(1).sum())
 
 
 def judge(m: Metrics, tol: Tolerance) -> list[str]:
@@ -268,23 +287,25 @@ def verify(opts: VerifyOptions, *, on_progress: ProgressFn | None = None) -> Ver
     inputs = verify_inputs(opts.data, opts.data_dir, opts.samples, info.preprocess, info.num_classes, seed=opts.seed)
     notes = _input_notes(inputs, opts.samples, info.num_classes)
     logits, made_by = ref.logits(folder, inputs, samples=opts.samples,
-                                 on_batch=_ticker(on_progress, "torch-cpu-fp32 reference", len(inputs)))
-    if ref.model is None:
-        notes.append(f"{ref.why_missing}: the reference is the stored fp32 PyTorch logits (computed with torch "
-                     f"{made_by})")
+                                 on_batch=_ticker(on_progress, f"{ref.name} reference", len(inputs)))
+    if ref.source is None:
+        notes.append(f"{ref.why_missing}: the reference is the stored fp32 logits (computed with {made_by})")
     report = judge_targets(opts, manifest, targets, inputs, logits, ref, on_progress)
     report.notes[:0] = notes
     report.reference_stored = made_by is not None
+    report.reference = ref.name
     report.seconds = time.perf_counter() - start
     return report
 
 
 def judge_targets(opts: VerifyOptions, manifest: Manifest, targets: list[Target], inputs: Inputs | ArrayInputs,
                   ref_logits: np.ndarray, reference: Reference | None = None,
-                  on_progress: ProgressFn | None = None, kind: str | None = None) -> VerifyReport:
+                  on_progress: ProgressFn | None = None, kind: str | None = None,
+                  keep_logits: bool = False) -> VerifyReport:
     """Run each target on the inputs and judge it against the reference logits: verify's second half, also what a
     fleet node runs on the inputs and logits its driver shipped (`reference` None: no torch rows, no fp32
-    localisation there; `kind` names the fleet's kind of the node)."""
+    localisation there; `kind` names the fleet's kind of the node; `keep_logits` keeps each row's logits in the
+    report, for the fleet's parity between kinds)."""
     start = time.perf_counter()
     info = manifest.model.info
     run = _Run(opts, opts.folder, manifest, reference, inputs, ref_logits,
@@ -293,7 +314,7 @@ def judge_targets(opts: VerifyOptions, manifest: Manifest, targets: list[Target]
     for t in targets:
         row, got = _verify_one(run, t, on_progress)
         rows.append(row)
-        if got is not None:
+        if got is not None and keep_logits:
             logits[t.key] = got
     system = system_info(tool_versions())
     kind = kind or system["kind"]
@@ -315,8 +336,16 @@ def audited(folder: Path) -> Manifest:
 
 
 def _infer_inputs(rt: Runtime, inputs: Inputs | ArrayInputs, batch: int, tick: Callable[[int], None]) -> np.ndarray:
-    """The runtime's logits for every input, decoded a chunk at a time."""
-    return np.concatenate([rt.infer_all(x, batch, tick) for x in inputs.chunks(max(batch, 64))])
+    """The runtime's logits for every input, decoded a chunk at a time, filled into one array."""
+    out: np.ndarray | None = None
+    done = 0
+    for x in inputs.chunks(max(batch, 64)):
+        got = rt.infer_all(x, batch, tick)
+        if out is None:
+            out = np.empty((len(inputs), got.shape[1]), np.float32)
+        out[done : done + len(got)] = got
+        done += len(got)
+    return out if out is not None else np.empty((0, 0), np.float32)
 
 
 def _verify_one(run: _Run, t: Target, on_progress: ProgressFn | None) -> tuple[VerifyRow, np.ndarray | None]:
@@ -324,7 +353,8 @@ def _verify_one(run: _Run, t: Target, on_progress: ProgressFn | None) -> tuple[V
     t0 = time.perf_counter()
     tol = _tolerance(run.opts, t)
     try:
-        with open_target(t, run.folder, run.manifest, run.reference) as rt:
+        options = {k: getattr(run.opts, k) for k in t.runtime.takes if getattr(run.opts, k, None) is not None}
+        with open_target(t, run.folder, run.manifest, run.reference, **options) as rt:
             got = _infer_inputs(rt, run.inputs, run.batch, _ticker(on_progress, rt.name, len(run.inputs)))
             name = rt.name
     except (BackendUnavailable, IncompatibleArtifact) as e:  # not for this machine: the other rows still run

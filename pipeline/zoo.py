@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import io
+import json
 import logging
 import re
 import warnings
@@ -18,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -31,6 +32,11 @@ from resnetx.files import atomic_write, file_sha256
 __all__ = [
     "ModelInfo",
     "ModelSpec",
+    "OnnxSpec",
+    "spec_from_dict",
+    "per_channel",
+    "read_class_names",
+    "save_safetensors",
     "ZooEntry",
     "DEFAULT_WEIGHTS",
     "known_models",
@@ -119,9 +125,64 @@ class ModelSpec:
                    mean=tuple(d["mean"]) if d.get("mean") else None, std=tuple(d["std"]) if d.get("std") else None,
                    resize=d.get("resize"), class_names=Path(d["class_names"]) if d.get("class_names") else None)
 
+    reference_name: ClassVar[str] = "torch-cpu-fp32"  # how reports name the reference it gives
+    describe: ClassVar[str] = "PyTorch model"
+
+    def cli_args(self) -> list[str]:
+        """The export options that name this source again (the re-make line)."""
+        return _args((("--model", self.arch), ("--weights", self.weights), ("--num-classes", self.num_classes),
+                      ("--in-chans", self.in_chans), ("--image-size", self.image_size),
+                      ("--mean", ",".join(map(str, self.mean)) if self.mean else None),
+                      ("--std", ",".join(map(str, self.std)) if self.std else None), ("--resize", self.resize),
+                      ("--class-names", self.class_names)))
+
     @property
     def declares_preprocessing(self) -> bool:
         return any(v is not None for v in (self.mean, self.std, self.resize))
+
+
+@dataclass(frozen=True)
+class OnnxSpec:
+    """A user's ONNX classifier (`export --onnx FILE`) and the preprocessing declared for it."""
+
+    file: Path
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    resize: int | None = None
+    class_names: Path | None = None
+
+    reference_name: ClassVar[str] = "onnx-cpu-fp32 (onnxruntime)"
+    describe: ClassVar[str] = "ONNX file"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "file", Path(self.file))
+
+    def cli_args(self) -> list[str]:
+        """The export options that name this source again (the re-make line)."""
+        return _args((("--onnx", self.file), ("--mean", ",".join(map(str, self.mean)) if self.mean else None),
+                      ("--std", ",".join(map(str, self.std)) if self.std else None), ("--resize", self.resize),
+                      ("--class-names", self.class_names)))
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {"kind": "onnx", "file": str(self.file.resolve()), "mean": list(self.mean) if self.mean else None,
+             "std": list(self.std) if self.std else None, "resize": self.resize,
+             "class_names": str(self.class_names.resolve()) if self.class_names else None}
+        return {k: v for k, v in d.items() if v is not None}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> OnnxSpec:
+        return cls(Path(d["file"]), tuple(d["mean"]) if d.get("mean") else None,
+                   tuple(d["std"]) if d.get("std") else None, d.get("resize"),
+                   Path(d["class_names"]) if d.get("class_names") else None)
+
+
+def _args(pairs: tuple[tuple[str, Any], ...]) -> list[str]:
+    return [part for flag, value in pairs if value is not None for part in (flag, str(value))]
+
+
+def spec_from_dict(d: dict[str, Any]) -> ModelSpec | OnnxSpec:
+    """The source a manifest's model section names: an ONNX file, or (written before sources had kinds) a model."""
+    return OnnxSpec.from_dict(d) if d.get("kind") == "onnx" else ModelSpec.from_dict(d)
 
 
 @dataclass(frozen=True)
@@ -234,7 +295,7 @@ def load_model(spec: ModelSpec) -> tuple[nn.Module, ModelInfo]:
         _load_checked(model, state, spec.weights)
     else:
         log.info("no weights given: %s is randomly initialised", spec.arch)
-    names = _class_names(spec.class_names, num_classes) if spec.class_names else meta.get("class_names")
+    names = read_class_names(spec.class_names, num_classes) if spec.class_names else meta.get("class_names")
     info = ModelInfo(
         arch=spec.arch, family=entry.family, num_classes=num_classes, in_chans=in_chans, image_size=image_size,
         preprocess=preprocess, weights=str(spec.weights) if spec.weights else None,
@@ -255,7 +316,7 @@ def _preprocess(spec: ModelSpec, family: str, in_chans: int, image_size: int,
         return pre, source
     if source == "checkpoint":
         log.warning("note: --mean/--std/--resize override the preprocessing recorded in %s", spec.weights)
-    mean, std = (_per_channel(v, in_chans, flag) if v else old for v, old, flag in
+    mean, std = (per_channel(v, in_chans, flag) if v else old for v, old, flag in
                  ((spec.mean, pre.mean, "--mean"), (spec.std, pre.std, "--std")))
     if any(s <= 0 for s in std):
         raise BadInput(f"--std must be > 0 for every channel; got {','.join(map(str, std))}")
@@ -265,7 +326,8 @@ def _preprocess(spec: ModelSpec, family: str, in_chans: int, image_size: int,
     return Preprocess(image_size=image_size, resize=resize, channels=in_chans, mean=mean, std=std), "options"
 
 
-def _per_channel(values: tuple[float, ...], channels: int, flag: str) -> tuple[float, ...]:
+def per_channel(values: tuple[float, ...], channels: int, flag: str) -> tuple[float, ...]:
+    """One value for every channel, or one per channel."""
     if len(values) == 1:
         return tuple(values) * channels
     if len(values) != channels:
@@ -273,7 +335,8 @@ def _per_channel(values: tuple[float, ...], channels: int, flag: str) -> tuple[f
     return tuple(float(v) for v in values)
 
 
-def _class_names(path: Path, num_classes: int) -> tuple[str, ...]:
+def read_class_names(path: Path, num_classes: int) -> tuple[str, ...]:
+    """--class-names: one name per line, in logits order, as many as the model has classes."""
     try:
         names = tuple(line.strip() for line in Path(path).read_text().splitlines() if line.strip())
     except (OSError, UnicodeDecodeError) as e:
@@ -336,6 +399,8 @@ def load_state_dict(path: Path, *, trust: bool = False) -> tuple[dict[str, Tenso
     path = Path(path)
     if not path.is_file():
         raise BadInput(f"checkpoint {path} does not exist")
+    if path.suffix == ".safetensors":
+        return _load_safetensors(path)
     if _is_torchscript(path):
         try:
             module = torch.jit.load(str(path), map_location="cpu")
@@ -363,6 +428,39 @@ def load_state_dict(path: Path, *, trust: bool = False) -> tuple[dict[str, Tenso
     return state, meta
 
 
+def _load_safetensors(path: Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """A .safetensors checkpoint (timm's and the hubs' format): tensors only, no pickle, so nothing to trust. resnetx
+    metadata (preprocessing, class names) is read from its `resnetx` metadata entry when it has one."""
+    try:
+        from safetensors import safe_open
+        from safetensors.torch import load_file
+    except ImportError as e:
+        from resnetx.errors import BackendUnavailable
+
+        raise BackendUnavailable("reading .safetensors needs safetensors: pip install safetensors") from e
+    try:
+        with safe_open(str(path), "pt") as f:
+            meta_text = (f.metadata() or {}).get("resnetx")
+        state = load_file(str(path))
+    except Exception as e:  # noqa: BLE001 - its header errors and others
+        raise BadInput(f"checkpoint {path} is not a readable .safetensors file ({first_line(e, 200)})") from e
+    meta = {}
+    if meta_text:
+        try:
+            meta = {k: v for k, v in json.loads(meta_text).items() if k in _META_KEYS}
+        except (ValueError, AttributeError):
+            log.warning("%s: its resnetx metadata is not readable; ignored", path)
+    return state, meta
+
+
+def save_safetensors(path: Path, model: nn.Module, meta: dict[str, Any]) -> None:
+    """The model's weights as .safetensors, resnetx's metadata (preprocessing, class names) in its header."""
+    from safetensors.torch import save
+
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    atomic_write(Path(path), save(state, metadata={"resnetx": json.dumps(meta)}))
+
+
 def _pickle_reason(e: Exception) -> str:
     """torch's weights_only errors bury the cause after a long preamble; keep just the cause."""
     text = str(e)
@@ -375,6 +473,11 @@ def _load_checked(model: nn.Module, state: dict[str, Tensor], path: Path) -> Non
     expected = model.state_dict()
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
+    unexpected.sort(key=lambda k: (k.endswith("num_batches_tracked"), k))  # the telling keys first
+    if unexpected and path.suffix == ".safetensors":  # timm's ResNet-D, SE-ResNets...: another architecture
+        raise BadInput(f"checkpoint {path} holds keys of another architecture than this {type(model).__name__} "
+                       f"(first unknown: {_few(unexpected)}); export it to ONNX with its own library (timm: "
+                       "torch.onnx.export) and bring that with resnetx export --onnx FILE")
     if missing or unexpected:
         raise BadInput(
             f"checkpoint {path} does not fit this model: "

@@ -1,10 +1,9 @@
-"""One runner shape for every backend: open -> infer(batch) -> logits -> close; and the runtime registry."""
+"""One runner shape for every backend: open -> infer(batch) -> logits -> close (the registry of runtimes is
+runtimes/registry.py, above the runners)."""
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
-from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
@@ -13,7 +12,7 @@ import numpy as np
 from resnetx.batching import batch_chunks
 from resnetx.errors import BackendUnavailable, BadInput
 
-__all__ = ["Device", "Runtime", "RuntimeSpec", "RUNTIMES", "runtime_spec", "open_runtime", "require_cuda"]
+__all__ = ["Device", "Runtime", "require_cuda"]
 
 
 class Device(str, Enum):
@@ -118,40 +117,6 @@ class Runtime:
         pass
 
 
-@dataclass(frozen=True)
-class RuntimeSpec:
-    """One entry of the registry: what `--runtime NAME` runs, with what, where, and when by default."""
-
-    name: str
-    module: str  # imported on first use: a missing backend costs nothing until it is asked for
-    opener: str
-    runs: str  # "module" (the PyTorch model), "graph" (an ONNX file) or "engine" (a TensorRT engine)
-    devices: tuple[str, ...]
-    default_for: tuple[str, ...] = ()  # the commands ("verify", "bench") that run it unless --runtime says
-    options: tuple[tuple[str, Any], ...] = ()  # fixed options for the opener (ort-trt: the provider)
-    help: str = ""
-
-
-RUNTIMES: dict[str, RuntimeSpec] = {s.name: s for s in (
-    RuntimeSpec("torch", "runtimes.torch_rt", "open_torch", "module", ("cpu", "cuda"), ("bench",),
-                help="PyTorch itself: eager, channels_last, CUDA graphs, torch.compile"),
-    RuntimeSpec("ort", "runtimes.ort_rt", "open_ort", "graph", ("cpu", "cuda"), ("verify", "bench"),
-                help="onnxruntime: CPU, or CUDA with I/O binding"),
-    # opt-in: it needs onnxruntime-gpu built with TensorRT AND TensorRT's libraries, yet onnxruntime lists the
-    # provider even where those are missing
-    RuntimeSpec("ort-trt", "runtimes.ort_rt", "open_ort", "graph", ("cuda",), options=(("provider", "trt-ep"),),
-                help="onnxruntime's TensorRT execution provider"),
-    RuntimeSpec("trt", "runtimes.trt_rt", "open_trt", "engine", ("cuda",), ("verify", "bench"),
-                help="the TensorRT engines built by export"),
-)}
-
-
-def runtime_spec(name: str) -> RuntimeSpec:
-    if name not in RUNTIMES:
-        raise BadInput(f"unknown runtime {name!r}; known: {', '.join(RUNTIMES)}")
-    return RUNTIMES[name]
-
-
 def require_cuda(consequence: str = "") -> None:
     """`--device cuda` was asked for: where torch sees no GPU, refuse at once and say what to do."""
     import torch
@@ -159,10 +124,3 @@ def require_cuda(consequence: str = "") -> None:
     if not torch.cuda.is_available():
         raise BackendUnavailable("--device cuda asked for, but torch sees no CUDA device (install a CUDA build "
                                  f"of torch, or use --device cpu){consequence}")
-
-
-def open_runtime(name: str, artifact: Any, device: str = "cpu", **opts: Any) -> Runtime:
-    """Open `artifact` (an nn.Module for torch, a file for the others) on `device` with the runtime `name`."""
-    spec = runtime_spec(name)
-    opener: Callable[..., Runtime] = getattr(importlib.import_module(spec.module), spec.opener)
-    return opener(artifact, device=device, **dict(spec.options), **opts)

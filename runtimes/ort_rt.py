@@ -149,3 +149,26 @@ def open_ort(path: Path, *, device: str = "cpu", precision: str = "fp32", provid
     sess = ort_session(Path(path), device=device, provider=provider, precision=precision, prefer_nhwc=prefer_nhwc,
                        **loader)
     return OrtRuntime(sess, precision=precision, mode=mode)
+
+
+def prime_graph() -> Any:
+    """A one-conv ONNX graph: what priming runtimes run once."""
+    from onnx import TensorProto, helper
+
+    w = helper.make_tensor("w", TensorProto.FLOAT, [4, 3, 3, 3], np.ones(108, np.float32))
+    graph = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1])], "prime",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 8, 8])], [w])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+
+
+def prime(device: str) -> None:
+    """Load onnxruntime's CPU kernels once before any memory baseline (the CUDA provider's handles belong to each
+    session: nothing to prime there)."""
+    if device != "cpu":
+        return
+    ort = _import_ort()
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    sess = ort.InferenceSession(prime_graph().SerializeToString(), so, providers=["CPUExecutionProvider"])
+    sess.run(None, {"x": np.ones((1, 3, 8, 8), np.float32)})

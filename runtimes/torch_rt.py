@@ -173,3 +173,14 @@ def open_torch(model: nn.Module, *, device: str = "cpu", **opts: Any) -> TorchRu
     if not isinstance(model, torch.nn.Module):
         raise BadInput("the torch runtime needs the PyTorch model, rebuilt from the manifest")
     return TorchRuntime(model, device=device, **opts)
+
+
+def prime(device: str) -> None:
+    """Load torch's kernels once (code pages, thread pools, oneDNN state; on cuda cuDNN and cuBLAS handles) before
+    any memory baseline."""
+    with torch.inference_mode():
+        x = torch.ones(1, 3, 8, 8, device=device)
+        torch.nn.functional.conv2d(x, torch.ones(4, 3, 3, 3, device=device), padding=1)
+        torch.nn.functional.linear(x.flatten(1), torch.ones(4, 192, device=device))
+    if device == "cuda":
+        torch.cuda.synchronize()

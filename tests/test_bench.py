@@ -135,7 +135,7 @@ def test_rounds_interleave_runtimes() -> None:
     from pipeline.bench import Cell, time_cells
     from pipeline.precisions import Precision
     from pipeline.targets import Target
-    from runtimes.base import RUNTIMES
+    from runtimes.registry import RUNTIMES
 
     log: list[str] = []
 
@@ -200,11 +200,19 @@ def test_reports_without_matplotlib_say_so(tmp_path: Path, monkeypatch: pytest.M
 
 
 def test_flops_and_share_of_peak(default_folder: Path, tmp_path: Path) -> None:
-    from pipeline.bench import model_gflops
+    """FLOPs are counted in the fp32 graph (whatever made it), as torch's own counter counts the model."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from exporters.onnx import export_onnx, graph_gflops, load_onnx
     from pipeline.zoo import build_model
 
-    r50 = build_model("resnet50", num_classes=1000, in_chans=3)
-    assert 8.1 < model_gflops(r50, (3, 224, 224)) < 8.3  # 4.1 G multiply-adds, the published figure
+    r50 = build_model("resnet50", num_classes=1000, in_chans=3).eval()
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        r50(torch.zeros(1, 3, 224, 224))
+    graph = graph_gflops(load_onnx(export_onnx(r50, (3, 224, 224), tmp_path / "r50.onnx", exporter="legacy").path))
+    assert graph == pytest.approx(counter.get_total_flops() / 1e9, rel=1e-3)
+    assert 8.1 < graph < 8.3  # 4.1 G multiply-adds, the published figure
     folder = copy_folder(default_folder, tmp_path / "f")
     report = bench(BenchOptions(folder=folder, runtimes=("ort",), precisions=("fp32",), batches=(4,), iters=3,
                                 warmup=0, warmup_seconds=0.0, min_seconds=0.0, rounds=1, accuracy=False,
@@ -242,7 +250,7 @@ def test_gpu_only_flags_are_refused_on_the_cpu(default_folder: Path, flag: str) 
         bench(BenchOptions(folder=default_folder, batches=(1,), iters=1, **{flag: True}))
     assert sorted((default_folder / "reports").iterdir()) == before
     if flag == "prefer_nhwc":
-        from runtimes.base import open_runtime
+        from runtimes.registry import open_runtime
 
         with pytest.raises(BadInput, match="CUDA provider"):
             open_runtime("ort", default_folder / "model.fp32.onnx", prefer_nhwc=True)

@@ -131,7 +131,7 @@ def test_random_bytes_engine_never_deserialized_without_gpu(tmp_path: Path) -> N
 
     from resnetx.errors import BackendUnavailable
     from resnetx.flavors import EngineTarget, Flavor
-    from runtimes.base import open_runtime
+    from runtimes.registry import open_runtime
 
     if torch.cuda.is_available():
         pytest.skip("a GPU is present")

@@ -15,7 +15,7 @@ from pipeline.artifacts import read_manifest
 from pipeline.reference import Reference
 from resnetx.errors import BackendUnavailable, BadInput, IncompatibleArtifact
 from resnetx.flavors import EngineTarget, Flavor, HardwareCompat
-from runtimes.base import open_runtime
+from runtimes.registry import open_runtime
 from runtimes.trt_rt import check_engine_compatible
 from tests.conftest import needs_cuda
 

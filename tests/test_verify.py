@@ -194,6 +194,7 @@ def test_metrics_and_judge_units() -> None:
 
 def test_reference_logits_are_cached(default_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import pipeline.reference as r
+    import pipeline.sources as sources
 
     folder = copy_folder(default_folder, tmp_path / "f")
     (folder / r.reference_file("sample", r.DEFAULT_SAMPLES)).unlink()  # export's, which holds these 40 inputs too
@@ -203,7 +204,7 @@ def test_reference_logits_are_cached(default_folder: Path, tmp_path: Path, monke
     def boom(*a: object, **k: object) -> None:
         raise AssertionError("reference recomputed although weights and inputs are unchanged")
 
-    monkeypatch.setattr(r, "reference_logits", boom)
+    monkeypatch.setattr(sources, "reference_logits", boom)
     again = verify(VerifyOptions(folder=folder, samples=40, precisions=("fp32",)))
     assert again.reference_stored and again.rows[0].metrics.rel_l2 == first.rows[0].metrics.rel_l2
     with pytest.raises(AssertionError, match="recomputed"):  # other inputs: a new reference
@@ -213,7 +214,7 @@ def test_reference_logits_are_cached(default_folder: Path, tmp_path: Path, monke
     (other / r.reference_file("sample", r.DEFAULT_SAMPLES)).unlink()
     fresh = verify(VerifyOptions(folder=other, samples=20, precisions=("fp32",)))
     assert not fresh.reference_stored
-    monkeypatch.setattr(r, "reference_logits", boom)
+    monkeypatch.setattr(sources, "reference_logits", boom)
     subset = verify(VerifyOptions(folder=folder, samples=20, precisions=("fp32",)))  # its 20 inputs are among the 40
     got, want = subset.rows[0].metrics, fresh.rows[0].metrics  # the same inputs' logits (batching may move last bits)
     assert subset.reference_stored and got.samples == want.samples == 20 and got.ref_top1 == want.ref_top1
@@ -223,6 +224,7 @@ def test_reference_logits_are_cached(default_folder: Path, tmp_path: Path, monke
 def test_export_stores_the_reference_that_default_verify_uses(default_folder: Path, tmp_path: Path,
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     import pipeline.reference as r
+    import pipeline.sources as sources
     folder = copy_folder(default_folder, tmp_path / "f")
     stored = folder / r.reference_file("sample", r.DEFAULT_SAMPLES)
     ref = r.Reference.of(read_manifest(folder))
@@ -234,7 +236,7 @@ def test_export_stores_the_reference_that_default_verify_uses(default_folder: Pa
     def boom(*a: object, **k: object) -> None:
         raise AssertionError("reference recomputed although export stored it")
 
-    monkeypatch.setattr(r, "reference_logits", boom)
+    monkeypatch.setattr(sources, "reference_logits", boom)
     report = verify(VerifyOptions(folder=folder, precisions=("fp32",)))
     assert report.reference_stored and report.passed and report.samples == r.DEFAULT_SAMPLES
 

@@ -1,0 +1,68 @@
+"""A copy of a graph whose first convolution absorbs a per-channel input scale: for pipelines that can only apply one
+scale factor to every channel (DeepStream's nvinfer computes net-scale-factor * (x - offsets))."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from exporters.onnx import (
+    OnnxArtifact,
+    _own_weights,
+    check_onnx,
+    graph_batch,
+    load_onnx,
+    opset_of,
+    save_onnx,
+    set_metadata,
+)
+from resnetx.contract import INPUT_NAME
+from resnetx.errors import BadInput
+from resnetx.lazy import lazy_import
+
+if TYPE_CHECKING:
+    import onnx
+else:
+    onnx = lazy_import("onnx")
+
+__all__ = ["fold_input_scale", "first_conv"]
+
+
+def first_conv(model: onnx.ModelProto) -> onnx.NodeProto:
+    """The convolution that reads the input (directly, or through a layout Transpose), with its weight an
+    initializer: the layer that can absorb a scale of each input channel."""
+    producer_free = [n for n in model.graph.node if INPUT_NAME in n.input]
+    node = producer_free[0] if len(producer_free) == 1 else None
+    if node is not None and node.op_type == "Transpose":
+        readers = [n for n in model.graph.node if node.output[0] in n.input]
+        node = readers[0] if len(readers) == 1 else None
+    inits = {i.name for i in model.graph.initializer}
+    if node is None or node.op_type != "Conv" or len(node.input) < 2 or node.input[1] not in inits:
+        raise BadInput("the graph's input does not go straight into one convolution with its own weights (an int8 "
+                       "graph that quantizes its stem, or another first layer): it cannot fold a per-channel scale")
+    return node
+
+
+def fold_input_scale(src: Path, dst: Path, scale: tuple[float, ...]) -> OnnxArtifact:
+    """`src` with its first convolution's weights multiplied by `scale[c]` along input channel c: fed x, the copy
+    computes what `src` computes fed x * scale (zero padding stays zero, so borders are exact too)."""
+    from onnx import numpy_helper
+
+    model = load_onnx(src)
+    _own_weights(model)
+    conv = first_conv(model)
+    init = next(i for i in model.graph.initializer if i.name == conv.input[1])
+    w = numpy_helper.to_array(init)
+    groups = next((a.i for a in conv.attribute if a.name == "group"), 1)
+    if groups != 1 or w.shape[1] != len(scale):
+        raise BadInput(f"the first convolution takes {w.shape[1]} input channel(s) in {groups} group(s); the scale "
+                       f"has {len(scale)} value(s)")
+    folded = (w.astype(np.float64) * np.asarray(scale, np.float64).reshape(1, -1, 1, 1)).astype(w.dtype)
+    init.CopyFrom(numpy_helper.from_array(folded, init.name))
+    set_metadata(model, {"resnetx.folded_input_scale": ",".join(f"{s:.9g}" for s in scale)})
+    check_onnx(model, where=Path(dst).name)
+    sha, size = save_onnx(model, dst)
+    return OnnxArtifact(Path(dst), sha, "folded", opset_of(model), size, 0.0, static_batch=graph_batch(model),
+                        details={"folded_into": conv.name, "scale": list(scale)})

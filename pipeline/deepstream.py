@@ -1,0 +1,285 @@
+"""A verified artifact folder as a DeepStream `nvinfer` classifier (`resnetx deepstream DIR --out CFG_DIR`): the
+config file, nvinfer's labels file, the files it names, a README, and what nvinfer's own preprocessing costs.
+
+nvinfer computes y = net-scale-factor * (x - offsets) on 0..255 pixels, with one scale factor for every channel, and
+scales the whole frame (or object crop) straight to the network's size: no resize-then-center-crop. resnetx knows the
+model's preprocessing, so it maps it onto nvinfer's (offsets = 255 x mean, one factor from the per-channel stds),
+runs the folder's graph on the verify data with both preprocessings reproduced in numpy, and reports the top-1
+agreement and the accuracy each gives. With `fold=True` the copy of the graph absorbs the per-channel std into its
+first convolution, so nvinfer's single factor is exact (only the crop remains).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.artifacts import EngineEntry, GraphEntry, Manifest
+from pipeline.audit import audit_folder, serving_gate
+from pipeline.data import Preprocess, open_dataset, stratified_indices
+from pipeline.machine import KNOWN_KIND_CC
+from pipeline.precisions import Precision
+from pipeline.verdicts import Standing
+from resnetx.errors import BadInput
+from resnetx.flavors import Flavor
+
+__all__ = ["DeepStreamOptions", "Fidelity", "DeepStreamPlan", "NETWORK_MODE", "plan_deepstream", "nvinfer_inputs",
+           "config_text", "write_deepstream", "FIDELITY_BAR"]
+
+NETWORK_MODE = {Precision.fp32: 0, Precision.int8: 1, Precision.fp16: 2}  # nvinfer's network-mode values
+COLOR_FORMAT = {3: 0, 1: 2}  # channels -> model-color-format: 0 RGB, 2 GRAY
+SCALING_FILTER_BILINEAR = 1  # NvBufSurfTransformInter_Bilinear
+FIDELITY_BAR = 0.5  # points of top-1 nvinfer's preprocessing may cost before the output says so loudly
+LOGIT_THRESHOLD = -1e9  # the graph gives logits, not probabilities: nvinfer keeps its top class whatever it is
+
+
+@dataclass(frozen=True)
+class DeepStreamOptions:
+    folder: Path
+    out: Path
+    precision: Precision = Precision.fp16
+    kind: str | None = None  # the GPU kind it deploys to: names an enterprise engine built for it
+    batch: int | None = None
+    mode: str = "primary"  # primary: whole frames; secondary: objects a detector found
+    fold: bool = False
+    data: str = "sample"
+    data_dir: Path | None = None
+    samples: int = 512
+    allow_unverified: bool = False
+    force: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "precision", Precision(self.precision))
+        if self.mode not in ("primary", "secondary"):
+            raise BadInput(f"--mode {self.mode!r}: use primary or secondary")
+        if self.batch is not None and self.batch < 1 or self.samples < 1:
+            raise BadInput("--batch and --samples must be >= 1")
+
+
+@dataclass
+class Fidelity:
+    """The graph on the same images with the export's preprocessing and with nvinfer's."""
+
+    data: str
+    images: int
+    agreement: float  # top-1 agreement, nvinfer's preprocessing against the export's
+    top1_export: float | None  # accuracy (%) with the export's preprocessing
+    top1_nvinfer: float | None
+    folded_agreement: float | None = None  # the folded graph under nvinfer's preprocessing, against the export's
+    folded_top1: float | None = None
+    fold_parity: dict[str, float] = field(default_factory=dict)  # folded vs original on the same resized pixels
+
+    @property
+    def cost(self) -> float | None:
+        """Points of top-1 nvinfer's preprocessing costs (None without labels)."""
+        if self.top1_export is None or self.top1_nvinfer is None:
+            return None
+        return self.top1_export - self.top1_nvinfer
+
+
+@dataclass
+class DeepStreamPlan:
+    name: str
+    graph: GraphEntry
+    engine: EngineEntry | None
+    engine_why: str  # why no engine is named, in words
+    props: dict[str, str]  # the [property] group
+    scale: float
+    offsets: tuple[float, ...]
+    fold_scale: tuple[float, ...]  # per input channel: what the folded copy's first conv absorbs
+    fidelity: Fidelity | None
+    verdicts: dict[str, Standing]
+    notes: list[str]
+    manifest: Manifest
+
+
+def nvinfer_inputs(raw: np.ndarray, size: int, channels: int, offsets: tuple[float, ...],
+                   scale: float) -> np.ndarray:
+    """uint8 (N,H,W[,C]) frames as nvinfer feeds the network: scaled straight to size x size (bilinear, aspect ratio
+    not kept, no crop), then net-scale-factor * (x - offsets) per channel; float32 NCHW."""
+    import torch
+    import torch.nn.functional as F
+
+    x = raw if raw.ndim == 4 else raw[..., None]
+    if x.shape[-1] == 1 and channels == 3:
+        x = np.repeat(x, 3, axis=-1)
+    elif x.shape[-1] == 3 and channels == 1:  # model-color-format GRAY: nvinfer takes the frame's luma
+        x = (x.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32))[..., None]
+    t = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2))).float()
+    if t.shape[-2:] != (size, size):
+        t = F.interpolate(t, size=(size, size), mode="bilinear", align_corners=False, antialias=False)
+    t = (t - torch.tensor(offsets, dtype=torch.float32).view(1, -1, 1, 1)) * scale
+    return np.ascontiguousarray(t.numpy(), np.float32)
+
+
+def _mapping(pre: Preprocess) -> tuple[float, tuple[float, ...], tuple[float, ...]]:
+    """(net-scale-factor, offsets, the per-channel factor a folded graph absorbs). The one factor is the mean of
+    1/(255 std): exact when the stds are equal."""
+    offsets = tuple(round(255.0 * m, 6) for m in pre.mean)
+    scale = float(np.mean([1.0 / (255.0 * s) for s in pre.std]))
+    fold = tuple(1.0 / (255.0 * s * scale) for s in pre.std)  # folded: nvinfer's scale times this is 1/(255 std)
+    return scale, offsets, fold
+
+
+def _engine_for(m: Manifest, precision: Precision, kind: str | None) -> tuple[EngineEntry | None, str]:
+    """The enterprise TensorRT engine of the precision that runs on the kind's GPU (nvinfer runs enterprise TensorRT:
+    a TensorRT-RTX engine is never named), or None and why."""
+    if kind is None:
+        return None, "no --kind given: nvinfer builds the engine from onnx-file on the device at first run"
+    cc = KNOWN_KIND_CC.get(kind) or next((e.compute_capability for e in m.engines.values() if e.gpu_kind == kind),
+                                         None)
+    if cc is None:
+        raise BadInput(f"--kind {kind}: resnetx does not know its compute capability and no engine of the folder was "
+                       "built on one; build one there (resnetx export --engines-only --engine tensorrt)")
+    for e in m.engines_of(precision):
+        if e.flavor is Flavor.tensorrt and e.target.runs_on(cc, kind) is None:
+            return e, ""
+    rtx = " (its TensorRT-RTX engines do not load in nvinfer, which runs enterprise TensorRT)" if any(
+        e.flavor is Flavor.rtx for e in m.engines_of(precision)) else ""
+    return None, (f"the folder has no enterprise TensorRT {precision.value} engine for a {kind} (compute {cc}){rtx}: "
+                  "nvinfer builds it from onnx-file on the device at first run")
+
+
+def _batch(opts: DeepStreamOptions, graph: GraphEntry, engine: EngineEntry | None) -> int:
+    if graph.static_batch:
+        if opts.batch not in (None, graph.static_batch):
+            raise BadInput(f"--batch {opts.batch}: the graph takes exactly {graph.static_batch} images at a time")
+        return graph.static_batch
+    batch = opts.batch or (engine.profile[1] if engine else 1)
+    if engine is not None and not engine.profile[0] <= batch <= engine.profile[2]:
+        lo, _, hi = engine.profile
+        raise BadInput(f"--batch {batch} is outside {engine.file}'s profile {lo}..{hi}; give a batch in it")
+    return batch
+
+
+def _props(plan_name: str, opts: DeepStreamOptions, m: Manifest, graph_file: str, engine: EngineEntry | None,
+           batch: int, scale: float, offsets: tuple[float, ...]) -> dict[str, str]:
+    info = m.model.info
+    props = {"gpu-id": "0", "net-scale-factor": f"{scale:.9g}", "offsets": ";".join(f"{o:g}" for o in offsets),
+             "model-color-format": str(COLOR_FORMAT.get(info.in_chans, 0)), "onnx-file": graph_file}
+    if engine is not None:
+        props["model-engine-file"] = engine.file
+    props |= {"labelfile-path": f"labels_{plan_name}.txt", "infer-dims": f"{info.in_chans};{info.image_size};"
+              f"{info.image_size}", "batch-size": str(batch), "network-mode": str(NETWORK_MODE[opts.precision]),
+              "network-type": "1", "process-mode": "1" if opts.mode == "primary" else "2",
+              "gie-unique-id": "1" if opts.mode == "primary" else "2", "output-blob-names": "logits",
+              "classifier-threshold": f"{LOGIT_THRESHOLD:g}", "maintain-aspect-ratio": "0",
+              "scaling-filter": str(SCALING_FILTER_BILINEAR)}
+    if opts.mode == "secondary":
+        props["operate-on-gie-id"] = "1"  # the primary detector's gie-unique-id
+    return props
+
+
+def config_text(props: dict[str, str], comment: str) -> str:
+    """The nvinfer config file: a GKeyFile [property] group, lists ';'-separated."""
+    return "".join(f"# {line}\n" for line in comment.splitlines()) + "[property]\n" + "".join(
+        f"{k}={v}\n" for k, v in props.items())
+
+
+def plan_deepstream(opts: DeepStreamOptions) -> DeepStreamPlan:
+    """What the config says and names, refused for a tampered or unverified folder as `resnetx triton` refuses (the
+    fidelity is measured by write_deepstream, once the folded graph exists)."""
+    audit = audit_folder(opts.folder)
+    m = audit.manifest
+    graph = m.graphs.get(opts.precision)
+    if graph is None:
+        raise BadInput(f"{opts.folder} holds no {opts.precision.value} graph ({m.holdings()}); export it first")
+    engine, why = _engine_for(m, opts.precision, opts.kind)
+    notes: list[str] = []
+    names = [graph.name] + ([engine.name] if engine else [])
+    verdicts = serving_gate(audit, names, opts.allow_unverified, notes, "a DeepStream config")
+    scale, offsets, fold = _mapping(m.model.info.preprocess)
+    name = m.model.info.arch
+    graph_file = graph.file if not opts.fold else Path(graph.file).with_suffix(".folded.onnx").name
+    props = _props(name, opts, m, graph_file, None if opts.fold else engine, _batch(opts, graph, engine), scale,
+                   offsets)
+    if opts.fold and engine is not None:
+        why = ("the folded graph is not the one the folder's engines were built from: nvinfer builds its engine from "
+               "onnx-file on the device at first run")
+    return DeepStreamPlan(name, graph, None if opts.fold else engine, why, props, scale, offsets, fold, None, verdicts,
+                          notes, m)
+
+
+def _frames(opts: DeepStreamOptions, pre: Preprocess) -> tuple[object, np.ndarray]:
+    """The verify data's images, as full frames: (dataset, indices), drawn as verify draws them."""
+    ds = open_dataset(opts.data, split="test", data_dir=opts.data_dir, preprocess=None)
+    n = min(opts.samples, len(ds))
+    idx = stratified_indices(ds.labels, n, 0) if ds.name.startswith("imagefolder:") and ds.labels is not None \
+        and n < len(ds) else np.arange(n)
+    return ds, idx
+
+
+def _top1(logits: np.ndarray, labels: np.ndarray | None) -> float | None:
+    return None if labels is None else 100.0 * float((logits.argmax(1) == labels).mean())
+
+
+def measure_fidelity(opts: DeepStreamOptions, m: Manifest, graph: GraphEntry, scale: float,
+                     offsets: tuple[float, ...], fold: tuple[float, ...], fold_path: Path | None) -> Fidelity:
+    """The graph on the same frames preprocessed the export's way and nvinfer's way (and the folded graph under
+    nvinfer's, when there is one): top-1 agreement, and accuracy where the data has the model's labels."""
+    from exporters.onnx import cpu_session, run_cpu
+
+    info = m.model.info
+    pre = info.preprocess
+    ds, idx = _frames(opts, pre)
+    sess = cpu_session(Path(opts.folder) / graph.file)
+    folded = cpu_session(fold_path) if fold_path is not None else None
+    export_l, nv_l, fold_l, exact_l = [], [], [], []
+    for i in range(0, len(idx), 32):
+        frames = [ds.frame(int(j)) for j in idx[i : i + 32]]
+        export_l.append(run_cpu(sess, np.concatenate([pre(f[None]) for f in frames])))
+        nv = np.concatenate([nvinfer_inputs(f[None], pre.image_size, pre.channels, offsets, scale) for f in frames])
+        nv_l.append(run_cpu(sess, nv))
+        if folded is not None:
+            fold_l.append(run_cpu(folded, nv))
+            exact = nv * np.asarray(fold, np.float32).reshape(1, -1, 1, 1)  # what the folded conv sees
+            exact_l.append(run_cpu(sess, exact))
+    labels = ds.labels[idx].astype(np.int64) if ds.labels is not None and len(ds.class_names or ()) == \
+        info.num_classes else None
+    ex, nv = np.concatenate(export_l), np.concatenate(nv_l)
+    f = Fidelity(ds.name, len(idx), float((ex.argmax(1) == nv.argmax(1)).mean()), _top1(ex, labels),
+                 _top1(nv, labels))
+    if fold_l:
+        fo, exact = np.concatenate(fold_l), np.concatenate(exact_l)
+        f.folded_agreement, f.folded_top1 = float((ex.argmax(1) == fo.argmax(1)).mean()), _top1(fo, labels)
+        diff = np.linalg.norm(fo.astype(np.float64) - exact) / max(np.linalg.norm(exact.astype(np.float64)), 1e-30)
+        f.fold_parity = {"rel_l2": float(diff), "top1_agreement": float((fo.argmax(1) == exact.argmax(1)).mean())}
+    return f
+
+
+def _labels(m: Manifest) -> str:
+    """nvinfer's labels file for a classifier: one line per output layer, its classes ';'-separated in logits order
+    (one line here: the graph has one output)."""
+    info = m.model.info
+    names = info.class_names or tuple(f"class{i}" for i in range(info.num_classes))
+    return ";".join(names) + "\n"
+
+
+def write_deepstream(opts: DeepStreamOptions) -> DeepStreamPlan:
+    """The config folder, written beside `opts.out` and moved into place (nothing half-written is ever left)."""
+    from exporters.fold import fold_input_scale
+    from pipeline.deepstream_readme import readme
+    from resnetx.files import atomic_dir, atomic_write_text, copy_checked
+
+    out, folder = Path(opts.out), Path(opts.folder)
+    if out.resolve() == folder.resolve() or folder.resolve() in out.resolve().parents:
+        raise BadInput(f"--out {out} is inside the artifact folder; write the config elsewhere")
+    plan = plan_deepstream(opts)
+    with atomic_dir(out, force=opts.force) as tmp:
+        onnx_file = plan.props["onnx-file"]
+        if opts.fold:
+            fold_input_scale(folder / plan.graph.file, tmp / onnx_file, plan.fold_scale)
+        else:
+            copy_checked(folder / plan.graph.file, tmp / onnx_file, plan.graph.sha256)
+        if plan.engine is not None:
+            copy_checked(folder / plan.engine.file, tmp / plan.engine.file, plan.engine.sha256)
+        plan.fidelity = measure_fidelity(opts, plan.manifest, plan.graph, plan.scale, plan.offsets, plan.fold_scale,
+                                         tmp / onnx_file if opts.fold else None)
+        atomic_write_text(tmp / plan.props["labelfile-path"], _labels(plan.manifest))
+        comment = (f"nvinfer classifier config written by resnetx deepstream from {folder} "
+                   f"(manifest of {plan.manifest.created}); see README.md")
+        atomic_write_text(tmp / f"config_infer_{plan.name}.txt", config_text(plan.props, comment))
+        atomic_write_text(tmp / "README.md", readme(plan, opts))
+    return plan
