@@ -31,11 +31,11 @@ __all__ = ["fold_input_scale", "first_conv"]
 
 
 def first_conv(model: onnx.ModelProto) -> onnx.NodeProto:
-    """The convolution that reads the input (directly, or through a layout Transpose), with its weight an
-    initializer: the layer that can absorb a scale of each input channel."""
-    producer_free = [n for n in model.graph.node if INPUT_NAME in n.input]
-    node = producer_free[0] if len(producer_free) == 1 else None
-    if node is not None and node.op_type == "Transpose":
+    """The convolution that reads the input (directly, or through a layout Transpose or an fp16 graph's Cast), with
+    its weight an initializer: the layer that can absorb a scale of each input channel."""
+    readers = [n for n in model.graph.node if INPUT_NAME in n.input]
+    node = readers[0] if len(readers) == 1 else None
+    while node is not None and node.op_type in ("Transpose", "Cast"):
         readers = [n for n in model.graph.node if node.output[0] in n.input]
         node = readers[0] if len(readers) == 1 else None
     inits = {i.name for i in model.graph.initializer}

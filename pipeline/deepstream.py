@@ -58,25 +58,35 @@ class DeepStreamOptions:
             raise BadInput("--batch and --samples must be >= 1")
 
 
+@dataclass(frozen=True)
+class Variant:
+    """One way of feeding the graph nvinfer's way: its top-1 agreement with the export's preprocessing, and accuracy."""
+
+    agreement: float
+    top1: float | None
+
+
 @dataclass
 class Fidelity:
-    """The graph on the same images with the export's preprocessing and with nvinfer's."""
+    """The graph on the same images with the export's preprocessing and with nvinfer's: as configured, with a centre
+    ROI (nvdspreprocess) where the model was evaluated on a centre crop, and with the folded graph."""
 
     data: str
     images: int
-    agreement: float  # top-1 agreement, nvinfer's preprocessing against the export's
     top1_export: float | None  # accuracy (%) with the export's preprocessing
-    top1_nvinfer: float | None
-    folded_agreement: float | None = None  # the folded graph under nvinfer's preprocessing, against the export's
-    folded_top1: float | None = None
+    variants: dict[str, Variant]  # "nvinfer", "nvinfer+roi", "folded", "folded+roi"
     fold_parity: dict[str, float] = field(default_factory=dict)  # folded vs original on the same resized pixels
 
-    @property
-    def cost(self) -> float | None:
-        """Points of top-1 nvinfer's preprocessing costs (None without labels)."""
-        if self.top1_export is None or self.top1_nvinfer is None:
+    def cost(self, variant: str = "nvinfer") -> float | None:
+        """Points of top-1 a variant costs against the export's preprocessing (None without labels)."""
+        v = self.variants.get(variant)
+        if self.top1_export is None or v is None or v.top1 is None:
             return None
-        return self.top1_export - self.top1_nvinfer
+        return self.top1_export - v.top1
+
+    @property
+    def agreement(self) -> float:
+        return self.variants["nvinfer"].agreement
 
 
 @dataclass
@@ -95,14 +105,30 @@ class DeepStreamPlan:
     manifest: Manifest
 
 
-def nvinfer_inputs(raw: np.ndarray, size: int, channels: int, offsets: tuple[float, ...],
-                   scale: float) -> np.ndarray:
+def centre_roi(height: int, width: int, fraction: float) -> tuple[int, int, int, int]:
+    """(left, top, width, height) of the centred square whose side is `fraction` of the shorter side: the region a
+    resize-the-shorter-side-then-centre-crop keeps, as an nvdspreprocess ROI in whole pixels (a side whose margins
+    are equal on the shorter side, so the ROI's centre is the frame's)."""
+    short = min(height, width)
+    exact = short * fraction
+    side = min(short, max(1, round(exact)))
+    if (short - side) % 2 and side > 1:  # an odd margin puts the ROI half a pixel off centre: take the closer even one
+        side = min((side - 1, side + 1), key=lambda s: (s > short, abs(s - exact)))
+    return (width - side) // 2, (height - side) // 2, side, side
+
+
+def nvinfer_inputs(raw: np.ndarray, size: int, channels: int, offsets: tuple[float, ...], scale: float,
+                   roi: float = 1.0) -> np.ndarray:
     """uint8 (N,H,W[,C]) frames as nvinfer feeds the network: scaled straight to size x size (bilinear, aspect ratio
-    not kept, no crop), then net-scale-factor * (x - offsets) per channel; float32 NCHW."""
+    not kept, no crop), then net-scale-factor * (x - offsets) per channel; float32 NCHW. roi < 1: only the centred
+    square of that fraction of the shorter side is scaled (an nvdspreprocess ROI)."""
     import torch
     import torch.nn.functional as F
 
     x = raw if raw.ndim == 4 else raw[..., None]
+    if roi < 1.0:
+        left, top, w, h = centre_roi(x.shape[1], x.shape[2], roi)
+        x = x[:, top : top + h, left : left + w]
     if x.shape[-1] == 1 and channels == 3:
         x = np.repeat(x, 3, axis=-1)
     elif x.shape[-1] == 3 and channels == 1:  # model-color-format GRAY: nvinfer takes the frame's luma
@@ -211,13 +237,26 @@ def _frames(opts: DeepStreamOptions, pre: Preprocess) -> tuple[object, np.ndarra
     return ds, idx
 
 
-def _top1(logits: np.ndarray, labels: np.ndarray | None) -> float | None:
-    return None if labels is None else 100.0 * float((logits.argmax(1) == labels).mean())
+def _top1(predicted: np.ndarray, labels: np.ndarray | None) -> float | None:
+    return None if labels is None else 100.0 * float((predicted == labels).mean())
+
+
+def _runs(pre: Preprocess, sess: object, folded: object | None) -> dict[str, tuple[object, float]]:
+    """The variants measured: name -> (session, ROI fraction)."""
+    roi = pre.image_size / pre.resize if pre.resize != pre.image_size else None
+    runs = {"nvinfer": (sess, 1.0)}
+    if roi is not None:
+        runs["nvinfer+roi"] = (sess, roi)
+    if folded is not None:
+        runs["folded"] = (folded, 1.0)
+        if roi is not None:
+            runs["folded+roi"] = (folded, roi)
+    return runs
 
 
 def measure_fidelity(opts: DeepStreamOptions, m: Manifest, graph: GraphEntry, scale: float,
                      offsets: tuple[float, ...], fold: tuple[float, ...], fold_path: Path | None) -> Fidelity:
-    """The graph on the same frames preprocessed the export's way and nvinfer's way (and the folded graph under
+    """The graph on the same frames preprocessed the export's way and nvinfer's ways (and the folded graph under
     nvinfer's, when there is one): top-1 agreement, and accuracy where the data has the model's labels."""
     from exporters.onnx import cpu_session, run_cpu
 
@@ -225,26 +264,29 @@ def measure_fidelity(opts: DeepStreamOptions, m: Manifest, graph: GraphEntry, sc
     pre = info.preprocess
     ds, idx = _frames(opts, pre)
     sess = cpu_session(Path(opts.folder) / graph.file)
-    folded = cpu_session(fold_path) if fold_path is not None else None
-    export_l, nv_l, fold_l, exact_l = [], [], [], []
+    runs = _runs(pre, sess, cpu_session(fold_path) if fold_path is not None else None)
+    out: dict[str, list[np.ndarray]] = {name: [] for name in [*runs, "export", "exact"]}
+    factor = np.asarray(fold, np.float32).reshape(1, -1, 1, 1)
     for i in range(0, len(idx), 32):
         frames = [ds.frame(int(j)) for j in idx[i : i + 32]]
-        export_l.append(run_cpu(sess, np.concatenate([pre(f[None]) for f in frames])))
-        nv = np.concatenate([nvinfer_inputs(f[None], pre.image_size, pre.channels, offsets, scale) for f in frames])
-        nv_l.append(run_cpu(sess, nv))
-        if folded is not None:
-            fold_l.append(run_cpu(folded, nv))
-            exact = nv * np.asarray(fold, np.float32).reshape(1, -1, 1, 1)  # what the folded conv sees
-            exact_l.append(run_cpu(sess, exact))
+        out["export"].append(run_cpu(sess, np.concatenate([pre(f[None]) for f in frames])))
+        for name, (session, roi) in runs.items():
+            x = np.concatenate([nvinfer_inputs(f[None], pre.image_size, pre.channels, offsets, scale, roi)
+                                for f in frames])
+            out[name].append(run_cpu(session, x))
+            if name == "folded":  # what the folded conv sees, fed to the original graph
+                out["exact"].append(run_cpu(sess, x * factor))
     labels = ds.labels[idx].astype(np.int64) if ds.labels is not None and len(ds.class_names or ()) == \
         info.num_classes else None
-    ex, nv = np.concatenate(export_l), np.concatenate(nv_l)
-    f = Fidelity(ds.name, len(idx), float((ex.argmax(1) == nv.argmax(1)).mean()), _top1(ex, labels),
-                 _top1(nv, labels))
-    if fold_l:
-        fo, exact = np.concatenate(fold_l), np.concatenate(exact_l)
-        f.folded_agreement, f.folded_top1 = float((ex.argmax(1) == fo.argmax(1)).mean()), _top1(fo, labels)
-        diff = np.linalg.norm(fo.astype(np.float64) - exact) / max(np.linalg.norm(exact.astype(np.float64)), 1e-30)
+    logits = {name: np.concatenate(v) for name, v in out.items() if v}
+    ex = logits.pop("export").argmax(1)
+    exact = logits.pop("exact", None)
+    f = Fidelity(ds.name, len(idx), _top1(ex, labels),
+                 {name: Variant(float((ex == v.argmax(1)).mean()), _top1(v.argmax(1), labels))
+                  for name, v in logits.items()})
+    if exact is not None:
+        fo = logits["folded"].astype(np.float64)
+        diff = np.linalg.norm(fo - exact) / max(np.linalg.norm(exact.astype(np.float64)), 1e-30)
         f.fold_parity = {"rel_l2": float(diff), "top1_agreement": float((fo.argmax(1) == exact.argmax(1)).mean())}
     return f
 

@@ -268,6 +268,9 @@ def folder_notes(audit: FolderAudit) -> list[str]:
     if not audit.intact:
         lines.append("[red]files differ from the manifest: their provenance is unknown; "
                      "re-run resnetx export --force[/]")
+    else:
+        lines.append("serve it: resnetx triton (a Triton model repository) or resnetx deepstream (an nvinfer config, "
+                     "with what its preprocessing costs); both need a passing verify")
     return lines
 
 

@@ -96,6 +96,8 @@ def repository_readme(m: Manifest, models: list[TritonModel], folder: Path) -> s
         "    tritonserver --model-repository=/models", "```", "",
         "or `tritonserver --model-repository .` where Triton is installed. Each model's `config.pbtxt` says its "
         "inputs, outputs, batching and instances.", "",
+        f"On Jetson or in a video pipeline, `resnetx deepstream {folder}` writes a DeepStream nvinfer config of the "
+        "same folder instead, and measures what nvinfer's preprocessing costs.", "",
         "## Preprocessing clients must apply", "",
         f"1. decode the image as {colour} ({pre.channels} channel{'s' if pre.channels > 1 else ''}, channel order "
         f"{'L' if pre.channels == 1 else 'R, G, B'});",

@@ -65,6 +65,12 @@ def content_key(**parts: Any) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:32]
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_dir(out: Path, *, force: bool = False) -> Iterator[Path]:
     """A folder to fill in place of `out`: a temporary folder beside it, moved into place when the block ends (the old
@@ -79,6 +85,7 @@ def atomic_dir(out: Path, *, force: bool = False) -> Iterator[Path]:
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{out.name}.", dir=out.parent))
     try:
+        tmp.chmod(0o777 & ~_umask())  # mkdtemp's folder is private; the result is a folder like any other
         yield tmp
         if out.exists():
             old = out.with_name(f"{TMP_PREFIX}{out.name}.old")

@@ -187,6 +187,7 @@ def test_info_on_a_folder_checks_every_file(default_folder: Path, tmp_path: Path
     assert r.exit_code == 0, r.output
     assert "model.fp16.onnx" in r.output and "ok" in r.output and "int8: PASS (pass on 16 sample inputs" in r.output
     assert "stored reference logits: reference.sample" in r.output
+    assert "resnetx deepstream (an nvinfer config" in " ".join(r.output.split())
     assert "int8 vs fp32 right after quantization: top-1 agreement" in r.output
     with open(folder / "model.int8.onnx", "ab") as f:  # edited after export
         f.write(b"\0")

@@ -15,8 +15,9 @@ from resnetx.files import file_sha256
 from tests.conftest import copy_folder, needs_rtx
 from tests.test_cli import invoke
 
-# The [property] keys of gst-nvinfer's config parser, as DeepStream's gstnvinfer_property_parser.h defines them
-# (CONFIG_GROUP_INFER_* of DeepStream 6.x; the per-class "class-attrs-*" groups are not used by a classifier).
+# The [property] keys of gst-nvinfer's config parser: the CONFIG_GROUP_INFER_* strings of DeepStream 6.x's
+# sources/gst-plugins/gst-nvinfer/gstnvinfer_property_parser.h (read from the public mirror
+# github.com/hiennguyen9874/deepstream-sources); the per-class "class-attrs-*" groups are not used by a classifier.
 NVINFER_KEYS = {
     "parse-func", "gie-unique-id", "process-mode", "interval", "labelfile-path", "gpu-id",
     "secondary-reinfer-interval", "output-tensor-meta", "enable-dla", "use-dla-core", "batch-size",
@@ -79,8 +80,20 @@ def test_the_config_is_nvinfers_and_names_what_was_built(verified: Path, tmp_pat
 def test_the_default_model_loses_nothing_to_nvinfers_preprocessing(verified: Path, tmp_path: Path) -> None:
     r = invoke("deepstream", verified, "--out", tmp_path / "ds", "--samples", "200")
     text = " ".join(r.output.split())
-    assert r.exit_code == 0 and "top-1 agreement 100.00% between nvinfer's preprocessing and the export's" in text
+    configured = "nvinfer's preprocessing (one net-scale-factor, whole frame scaled): top-1 agreement 100.00%"
+    assert r.exit_code == 0 and configured in text and "<- this config" in text
     assert "WARNING" not in text
+
+
+def test_a_centre_roi_keeps_what_resize_then_crop_keeps() -> None:
+    from pipeline.deepstream import centre_roi, nvinfer_inputs
+
+    assert centre_roi(720, 1280, 32 / 36) == (320, 40, 640, 640)
+    assert centre_roi(224, 224, 224 / 256) == (14, 14, 196, 196)
+    frame = np.zeros((1, 40, 40), np.uint8)
+    frame[:, 10:30, 10:30] = 200  # a bright centre square: the ROI sees nothing else
+    x = nvinfer_inputs(frame, 8, 1, (0.0,), 1.0, roi=0.5)
+    assert x.shape == (1, 1, 8, 8) and np.all(x == 200.0)
 
 
 def test_nvinfers_preprocessing_is_reproduced() -> None:
@@ -132,6 +145,8 @@ def test_folding_makes_one_scale_factor_exact(tmp_path: Path) -> None:
     text = " ".join(r.output.split())
     parity = float(text.split("resized pixels: rel. L2 ")[1].split(",")[0])
     assert parity < 1e-5, text  # the fold is exact: only the resize (no crop) remains
+    assert "folded graph on a centre ROI (nvdspreprocess): top-1 agreement" in text  # the crop's remedy, measured
+    assert "roi-params-src-0=320;40;640;640" in (tmp_path / "fold" / "README.md").read_text()
     import onnx
 
     g = onnx.load(str(tmp_path / "fold" / p["onnx-file"]))

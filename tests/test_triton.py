@@ -104,6 +104,7 @@ def test_default_repository_parses_and_matches_graphs(engines_folder: Path, tmp_
     readme = (repo / "README.md").read_text()
     assert "tritonserver --model-repository" in readme and "perf_analyzer -m resnet20_int8_trt -b 1 " in readme
     assert "subtract mean [0.2854] and divide by std [0.3526]" in readme
+    assert "resnetx deepstream" in readme  # the edge hand-off, one line
     assert "not verified" in r.output and "TensorRT-RTX engines load only" in r.output
 
 
