@@ -79,6 +79,7 @@ class Int8Recipe:
     activation: str  # "int8" (symmetric) or "uint8" (asymmetric)
     op_types: tuple[str, ...]  # the ops whose tensors get Q/DQ pairs (calibration covers their tensors)
     quantize_bias: bool
+    reduce_range: bool = False  # cpu: 7-bit weights, onnxruntime's remedy for u8 x s8 saturation without VNNI
 
 
 INT8_RECIPES = {
@@ -213,14 +214,17 @@ def _place_ort(src: Path, ranges: Ranges, excluded: set[str], recipe: Int8Recipe
         raise BackendUnavailable("the cpu int8 recipe needs onnxruntime >= 1.32: pip install -U onnxruntime") from e
     data = {k: TensorData(lowest=np.array([lo], np.float32), highest=np.array([hi], np.float32))
             for k, (lo, hi) in ranges.ranges.items()}
-    extra = {"ActivationSymmetric": False, "WeightSymmetric": True, "QuantizeBias": recipe.quantize_bias}
+    signed = recipe.activation == "int8"
+    extra = {"ActivationSymmetric": signed, "WeightSymmetric": True, "QuantizeBias": recipe.quantize_bias}
     with tempfile.TemporaryDirectory(prefix="rx-quant-") as tmp, quiet_converters():
         cache, out = Path(tmp) / "ranges.json", Path(tmp) / "int8.onnx"
         save_tensors_data(TensorsData(CalibrationMethod.MinMax, data), cache)
         try:
             quantize_static(str(src), str(out), None, quant_format=QuantFormat.QDQ,
-                            op_types_to_quantize=list(recipe.op_types), per_channel=True, reduce_range=False,
-                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                            op_types_to_quantize=list(recipe.op_types), per_channel=True,
+                            reduce_range=recipe.reduce_range,
+                            activation_type=QuantType.QInt8 if signed else QuantType.QUInt8,
+                            weight_type=QuantType.QInt8,
                             nodes_to_exclude=sorted(excluded), calibrate_method=CalibrationMethod.MinMax,
                             extra_options=extra, calibration_cache_path=str(cache))
         except (ValueError, RuntimeError, KeyError) as e:

@@ -110,10 +110,14 @@ class Calibration:
     cache_file: str
     images: int | None = None  # how many the ranges came from (a small dataset gives fewer than `samples`)
     equalized: bool = False  # the ranges are of the cross-layer equalized fp32 graph (see exporters/equalize.py)
+    isa: tuple[str, ...] | None = None  # cpu recipe: the int8-relevant instruction sets of the CPU it was made on
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Calibration:
-        return cls(**_plain(d, cls))
+        fields = _plain(d, cls)
+        if fields.get("isa") is not None:
+            fields["isa"] = tuple(fields["isa"])
+        return cls(**fields)
 
 
 @dataclass(frozen=True)

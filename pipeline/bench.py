@@ -19,7 +19,7 @@ import torch
 from pipeline.artifacts import EngineEntry, GraphEntry, Manifest, read_manifest, tool_versions
 from pipeline.data import calibration_overlap_note, iter_batches, label_order_note, near_chance_note, open_dataset
 from pipeline.defaults import DEFAULT_BENCH_ACCURACY_SAMPLES
-from pipeline.machine import CPU_KIND, cpu_isa, system_info
+from pipeline.machine import CPU_KIND, INT8_DOT, cpu_isa, isa_mismatch, system_info
 from pipeline.memory import mem_mb, peak_rss_mb, reset_peak_rss, trim_heap
 from pipeline.precisions import PRECISIONS, Precision, parse_precisions
 from pipeline.recommend import Measured, recommend
@@ -42,7 +42,6 @@ LATENCY_KEYS = ("p50", "p90", "p95", "p99", "mean", "std", "min", "cov", "round_
 # and shared CPUs vary more): then a note says so and how to run longer
 UNSTABLE_COV = {"cpu": 0.10, "cuda": 0.05}
 UNSTABLE_SPREAD = 0.10
-INT8_DOT = {"avx512_vnni", "avx_vnni", "amx_int8", "asimddp"}  # int8 dot-product instructions
 INT8_GAIN = 0.10  # an int8 row not this much faster than the same runtime's fp16/fp32 row gets a note
 
 
@@ -474,6 +473,9 @@ def _notes(run: _Run, rows: list[BenchRow]) -> list[str]:
     opts = run.opts
     cal = run.manifest.calibration
     notes = stability_notes(rows, opts) + _int8_notes(run, rows)
+    if opts.device == "cpu" and any(r.precision == "int8" for r in rows) and cal is not None and (
+            isa := isa_mismatch(cal.isa, cal.recipe)):
+        notes.append(isa)
     if any(r.precision == "int8" and r.accuracy_top1 is not None for r in rows):
         if overlap := calibration_overlap_note(cal.dataset if cal else None, opts.data):
             notes.append(overlap)

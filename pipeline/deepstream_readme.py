@@ -3,12 +3,8 @@ and what nvinfer's preprocessing costs against the model's own."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
+from pipeline.nvinfer import FIDELITY_BAR, DeepStreamOptions, DeepStreamPlan, Fidelity, centre_roi
 from resnetx.flavors import FLAVORS
-
-if TYPE_CHECKING:
-    from pipeline.deepstream import DeepStreamOptions, DeepStreamPlan, Fidelity
 
 __all__ = ["readme", "fidelity_lines"]
 
@@ -35,8 +31,6 @@ def _variant_line(f: Fidelity, name: str, deployed: str) -> str:
 
 def fidelity_lines(plan: DeepStreamPlan, opts: DeepStreamOptions) -> list[str]:
     """What nvinfer's preprocessing costs, in words, loudly past the bar, with the remedy and what it measured."""
-    from pipeline.deepstream import FIDELITY_BAR
-
     f: Fidelity = plan.fidelity
     pre = plan.manifest.model.info.preprocess
     deployed = "folded" if opts.fold else "nvinfer"
@@ -44,8 +38,9 @@ def fidelity_lines(plan: DeepStreamPlan, opts: DeepStreamOptions) -> list[str]:
              f"{_pct(f.top1_export)} with the export's own preprocessing; against it:"]
     lines += [_variant_line(f, name, deployed) for name in VARIANT_WORDS if name in f.variants]
     if f.fold_parity:
-        lines.append(f"  folded graph vs the original on the same resized pixels: rel. L2 {f.fold_parity['rel_l2']:.2e}, "
-                     f"top-1 agreement {100 * f.fold_parity['top1_agreement']:.2f}%")
+        parity = f.fold_parity
+        lines.append(f"  folded graph vs the original on the same resized pixels: rel. L2 {parity['rel_l2']:.2e}, "
+                     f"top-1 agreement {100 * parity['top1_agreement']:.2f}%")
     cost = f.cost(deployed)
     if cost is None or cost <= FIDELITY_BAR:
         return lines
@@ -83,8 +78,6 @@ MUX_WIDTH, MUX_HEIGHT = 1280, 720  # the nvstreammux size of the README's pipeli
 
 def _roi_lines(plan: DeepStreamPlan, opts: DeepStreamOptions) -> list[str]:
     """How to give nvinfer the centre crop the model was evaluated on: an nvdspreprocess ROI."""
-    from pipeline.deepstream import centre_roi
-
     pre = plan.manifest.model.info.preprocess
     if pre.resize == pre.image_size:
         return []

@@ -22,6 +22,7 @@ from pipeline.data import (
     open_dataset,
 )
 from pipeline.export_options import ExportContext, ExportOptions
+from pipeline.machine import cpu_isa
 from pipeline.precisions import PRECISIONS, Precision
 from pipeline.steps import Step
 from pipeline.zoo import ModelInfo
@@ -105,7 +106,8 @@ class _Calibrations:
                           op_types=INT8_RECIPES[o.int8_target].op_types, calibrator=2)
         images = self._ranges[method].images if method in self._ranges else None
         cache_file = f"calib.{o.int8_target.value}.{method.value}.{key[:12]}.json"
-        return Calibration(**fields, key=key, cache_file=cache_file, images=images)  # type: ignore[arg-type]
+        isa = cpu_isa() if o.int8_target.value == "cpu" else None  # the CPU a cpu-recipe graph was made on
+        return Calibration(**fields, key=key, cache_file=cache_file, images=images, isa=isa)  # type: ignore[arg-type]
 
     def ranges(self, method: CalibMethod) -> Ranges:
         if method not in self._ranges:

@@ -15,8 +15,8 @@ from typing import Any
 
 from resnetx.flavors import gpu_kind_of
 
-__all__ = ["CPU_KIND", "KNOWN_KIND_CC", "cpu_name", "cpu_isa", "gpu_kind_of", "local_kind", "system_info",
-           "driver_version"]
+__all__ = ["CPU_KIND", "KNOWN_KIND_CC", "INT8_DOT", "cpu_name", "cpu_isa", "isa_mismatch", "gpu_kind_of",
+           "local_kind", "system_info", "driver_version"]
 
 CPU_KIND = "cpu"
 # compute capability of the kinds a fleet names (Ray's accelerator types, Jetson modules); others come from the
@@ -29,6 +29,7 @@ KNOWN_KIND_CC = {
     "xavier": "7.2",
 }
 _ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "asimddp")
+INT8_DOT = frozenset({"avx512_vnni", "avx_vnni", "amx_int8", "asimddp"})  # int8 dot-product instructions
 
 
 def cpu_name() -> str:
@@ -47,6 +48,24 @@ def cpu_isa() -> tuple[str, ...]:
         flags = set(line.split(":", 1)[1].split())
         return tuple(f for f in _ISA_FLAGS if f in flags)
     return ()
+
+
+def isa_mismatch(made_on: tuple[str, ...] | list[str] | None, recipe: str | None) -> str | None:
+    """A warning when a cpu-recipe int8 graph made on one CPU runs on a CPU whose int8 instructions differ: without
+    VNNI, u8 x s8 products go through 16-bit sums that can saturate, so accuracy measured on one is not the other's."""
+    if recipe != "cpu" or made_on is None:
+        return None
+    here = cpu_isa()
+
+    def dot(isa: tuple[str, ...] | list[str]) -> tuple[str, ...]:
+        return tuple(sorted(set(isa) & (INT8_DOT | {"avx512f"})))
+
+    if dot(made_on) == dot(here):
+        return None
+    then, now = (", ".join(dot(isa)) or "no VNNI/AVX-512" for isa in (made_on, here))
+    return (f"the int8 graph (cpu recipe) was made on a CPU with {then}; this CPU has {now}: "
+            "int8 saturation differs between them (u8 x s8 without VNNI sums in 16 bits), so verify it here "
+            "before trusting another CPU's numbers")
 
 
 def local_kind() -> str:

@@ -17,7 +17,7 @@ from pipeline.artifacts import EngineEntry, GraphEntry, Manifest, tool_versions
 from pipeline.audit import audit_folder
 from pipeline.data import calibration_overlap_note, label_order_note, near_chance_note
 from pipeline.localize import Localization, localize
-from pipeline.machine import CPU_KIND, system_info
+from pipeline.machine import CPU_KIND, isa_mismatch, system_info
 from pipeline.precisions import PRECISIONS, Precision, Tolerance, parse_precisions
 from pipeline.reference import DEFAULT_SAMPLES, ArrayInputs, Inputs, Reference, verify_inputs
 from pipeline.targets import Target, open_target, select_targets
@@ -286,6 +286,10 @@ def verify(opts: VerifyOptions, *, on_progress: ProgressFn | None = None) -> Ver
     info = ref.info
     inputs = verify_inputs(opts.data, opts.data_dir, opts.samples, info.preprocess, info.num_classes, seed=opts.seed)
     notes = _input_notes(inputs, opts.samples, info.num_classes)
+    cal = manifest.calibration
+    if opts.device == "cpu" and cal is not None and any(t.precision is Precision.int8 for t in targets) and (
+            isa := isa_mismatch(cal.isa, cal.recipe)):
+        notes.append(isa)
     logits, made_by = ref.logits(folder, inputs, samples=opts.samples,
                                  on_batch=_ticker(on_progress, f"{ref.name} reference", len(inputs)))
     if ref.source is None:

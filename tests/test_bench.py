@@ -336,7 +336,7 @@ def test_bench_on_cuda_times_every_torch_mode(default_folder: Path, tmp_path: Pa
 
 
 def test_nothing_to_benchmark_says_what_the_folder_holds(small_folder: Path) -> None:
-    with pytest.raises(BadInput, match=r"holds fp32 \(ort\)"):
+    with pytest.raises(BadInput, match=r"holds fp32 \(ort, "):
         bench(BenchOptions(folder=small_folder, runtimes=("ort",), precisions=("int8",)))
 
 

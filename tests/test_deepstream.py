@@ -86,7 +86,7 @@ def test_the_default_model_loses_nothing_to_nvinfers_preprocessing(verified: Pat
 
 
 def test_a_centre_roi_keeps_what_resize_then_crop_keeps() -> None:
-    from pipeline.deepstream import centre_roi, nvinfer_inputs
+    from pipeline.nvinfer import centre_roi, nvinfer_inputs
 
     assert centre_roi(720, 1280, 32 / 36) == (320, 40, 640, 640)
     assert centre_roi(224, 224, 224 / 256) == (14, 14, 196, 196)
@@ -98,7 +98,7 @@ def test_a_centre_roi_keeps_what_resize_then_crop_keeps() -> None:
 
 def test_nvinfers_preprocessing_is_reproduced() -> None:
     """y = net-scale-factor * (x - offsets) after a straight bilinear resize; 28x28 gray at its own size: exact."""
-    from pipeline.deepstream import nvinfer_inputs
+    from pipeline.nvinfer import nvinfer_inputs
 
     pre = Preprocess(28, 28, 1, (0.2854,), (0.3526,))
     frames = np.random.default_rng(0).integers(0, 256, (4, 28, 28, 1), dtype=np.uint8)

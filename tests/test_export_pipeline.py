@@ -28,7 +28,7 @@ def _shas(folder: Path) -> dict[str, str]:
 
 def test_manifest_describes_everything(default_folder: Path) -> None:
     m = json.loads((default_folder / "manifest.json").read_text())
-    assert m["version"] == 2
+    assert m["version"] == 3
     assert m["model"]["arch"] == "resnet20" and m["model"]["weights"] == "default"
     assert m["model"]["preprocess"]["channels"] == 1 and len(m["model"]["state_sha256"]) == 64
     assert set(m["graphs"]) == {"fp32", "fp16", "int8"} and m["engines"] == {}
@@ -192,7 +192,7 @@ def test_static_batch_end_to_end(tmp_path: Path) -> None:
     said: list[str] = []
     r = export(ExportOptions(model=ModelSpec("default"), out=out, precisions=ALL, calib_samples=66, batch=4,
                              engine="rtx" if rtx else "none", reference_samples=70), on_progress=said.append)
-    assert "reference: fp32 PyTorch logits, 70/70 inputs" in said  # long steps say how far they are
+    assert "reference: fp32 logits (torch-cpu-fp32), 70/70 inputs" in said  # long steps say how far they are
     m = r.manifest
     assert m.calibration.images == 66  # 17 batches of 4, the last padded: the padding is not counted
     assert {m.graphs[p].static_batch for p in ALL} == {4} == {audit_folder(out).static_batch}

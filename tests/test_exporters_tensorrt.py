@@ -60,7 +60,7 @@ def test_int32_bias_graph_is_rejected_clearly(graphs: Path, tmp_path: Path) -> N
 @needs_rtx
 def test_bad_options(graphs: Path, tmp_path: Path) -> None:
     src = graphs / "model.fp32.onnx"
-    with pytest.raises(BadInput, match="MIN<=OPT<=MAX"):
+    with pytest.raises(BadInput, match="1 <= MIN <= OPT <= MAX"):
         build_engine(src, tmp_path / "x.engine", flavor="rtx", precision="fp32", input_chw=(1, 28, 28),
                      profile=(8, 1, 64))
     with pytest.raises(BadInput, match="unknown compute capability SM90"):

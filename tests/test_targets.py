@@ -47,8 +47,8 @@ def test_graphs_engines_and_the_model_each_get_their_runtime() -> None:
 
 def test_nothing_to_run_says_what_the_folder_holds() -> None:
     m = read_manifest(V1_FOLDER)
-    with pytest.raises(BadInput, match=r"nothing to benchmark in f for precision\(s\) fp16 .*it holds fp32 \(ort\), "
-                                       r"int8 \(ort\)"):
+    with pytest.raises(BadInput, match=r"nothing to benchmark in f for precision\(s\) fp16 .*it holds fp32 \(ort, "
+                                       r"ort-trt, openvino\), int8 \(ort, ort-trt, openvino\)"):
         select_targets(m, Path("f"), command="bench", runtimes=("ort",), precisions=(Precision.fp16,), device="cpu")
     with pytest.raises(BadInput, match="unknown runtime 'tvm'"):
         select_targets(m, Path("f"), command="verify", runtimes=("tvm",), precisions=None, device="cpu")

@@ -371,7 +371,7 @@ def test_an_artifact_for_another_gpu_is_skipped_not_fatal(default_folder: Path, 
 def test_nothing_to_verify_says_what_the_folder_holds(small_folder: Path) -> None:
     from resnetx.errors import BadInput
 
-    with pytest.raises(BadInput, match=r"it holds fp32 \(ort\); export more"):
+    with pytest.raises(BadInput, match=r"it holds fp32 \(ort, ort-trt, openvino\); export more"):
         verify(VerifyOptions(folder=small_folder, precisions=("int8",)))
 
 

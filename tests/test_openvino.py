@@ -1,0 +1,156 @@
+"""CPU runtimes: the registry (a row added from outside reaches help, bench, memory priming and the manifest's
+messages), OpenVINO against the real package (verify and bench rows, exit 3 without it, a graph it cannot compile),
+and the recommendation's choice rule."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipeline.recommend import Measured, recommend
+from tests.conftest import copy_folder
+from tests.test_cli import invoke
+
+ROOT = Path(__file__).resolve().parents[1]
+openvino = pytest.importorskip("openvino")
+
+FAKE_ROW = """
+import sys
+from runtimes.registry import RuntimeSpec, register
+register(RuntimeSpec("fake", "tests.fake_runtime", "open_fake", "graph", ("cpu",), takes=("threads",),
+                     primer="prime", pip="pip install fake-runtime", help="a row added from outside"))
+from typer.testing import CliRunner
+from pipeline.cli import app
+from pipeline.artifacts import read_manifest
+runner = CliRunner()
+print("HELP", " ".join(runner.invoke(app, ["bench", "--help"], terminal_width=200).output.split()))
+r = runner.invoke(app, ["bench", sys.argv[1], "--runtime", "fake", "--precision", "fp32", "--batch", "1",
+                        "--iters", "2", "--warmup", "1", "--min-seconds", "0", "--threads", "1"], terminal_width=200)
+print("BENCH", r.exit_code, " ".join(r.output.split()))
+print("HOLDS", read_manifest(sys.argv[1]).holdings())
+"""
+
+
+def test_a_runtime_row_added_from_outside_reaches_help_bench_memory_and_the_manifest(default_folder: Path,
+                                                                                     tmp_path: Path) -> None:
+    folder = copy_folder(default_folder, tmp_path / "f")
+    log = tmp_path / "fake.log"
+    env = {**os.environ, "RESNETX_FAKE_RUNTIME_LOG": str(log), "PYTHONPATH": str(ROOT), "COLUMNS": "400"}
+    out = subprocess.run([sys.executable, "-c", FAKE_ROW, str(folder)], capture_output=True, text=True, env=env,
+                         cwd=ROOT, timeout=600)
+    assert out.returncode == 0, out.stderr
+    lines = {ln.split(" ", 1)[0]: ln.split(" ", 1)[1] for ln in out.stdout.splitlines() if " " in ln}
+    assert "fake (a row added from outside)" in lines["HELP"]
+    assert lines["BENCH"].startswith("0 ") and "fake" in lines["BENCH"], lines["BENCH"]
+    assert "fake" in lines["HOLDS"]  # "fp32 (ort, ..., fake)": what can run the graphs comes from the rows
+    calls = log.read_text().splitlines()
+    assert calls[0] == "prime cpu" and any(c.startswith("open model.fp32.onnx cpu threads=1") for c in calls[1:])
+    report = json.loads((folder / "reports" / "cpu" / "bench.json").read_text())
+    assert {r["backend"] for r in report["rows"]} == {"fake"}  # the registry name, whatever the runner calls itself
+
+
+def test_openvino_verifies_and_benches_the_folders_graphs(default_folder: Path, tmp_path: Path) -> None:
+    folder = copy_folder(default_folder, tmp_path / "f")
+    r = invoke("verify", folder, "--runtime", "openvino", "--samples", "200")
+    assert r.exit_code == 0, r.output
+    rows = json.loads((folder / "reports" / "cpu" / "verify.json").read_text())["rows"]
+    assert {row["runtime"] for row in rows} == {"openvino-cpu-fp32", "openvino-cpu-fp16", "openvino-cpu-int8"}
+    fp32 = next(row for row in rows if row["runtime"] == "openvino-cpu-fp32")
+    assert fp32["metrics"]["top1_agreement"] == 1.0 and fp32["metrics"]["rel_l2"] < 1e-5  # f32 hint: fp32 stays fp32
+    r = invoke("bench", folder, "--runtime", "openvino,ort", "--batch", "1,8", "--iters", "3", "--warmup", "1",
+               "--min-seconds", "0")
+    assert r.exit_code == 0, r.output
+    report = json.loads((folder / "reports" / "cpu" / "bench.json").read_text())
+    ov = [row for row in report["rows"] if row["runtime"].startswith("openvino")]
+    assert len(ov) == 6 and all(row["latency_ms"]["p50"] > 0 for row in ov)
+    assert report["recommendations"] and report["recommendations"][0].startswith("cpu: ship model.")
+    assert "recommended: cpu: ship model." in " ".join(r.output.split())
+
+
+def test_openvino_and_onnxruntime_agree_on_the_same_graph(default_folder: Path) -> None:
+    """The runtime-parity check: one int8 graph, two CPU runtimes, the same inputs."""
+    from pipeline.artifacts import read_manifest
+    from pipeline.data import open_dataset
+    from runtimes.registry import open_runtime
+
+    pre = read_manifest(default_folder).model.info.preprocess
+    x = pre(open_dataset("sample", split="test").raw(np.arange(128)))
+    graph = default_folder / "model.int8.onnx"
+    with open_runtime("openvino", graph, precision="int8") as ov, open_runtime("ort", graph, precision="int8") as ort:
+        a, b = ov.infer_all(x, 32), ort.infer_all(x, 32)
+    assert (a.argmax(1) == b.argmax(1)).mean() >= 0.97
+    assert np.linalg.norm(a - b) / np.linalg.norm(b) < 0.1
+
+
+def test_without_openvino_the_runtime_exits_3_with_the_pip_line(default_folder: Path, tmp_path: Path) -> None:
+    script = ("import sys; sys.modules['openvino'] = None\n"
+              "from typer.testing import CliRunner\nfrom pipeline.cli import app\n"
+              "r = CliRunner().invoke(app, ['verify', sys.argv[1], '--runtime', 'openvino', '--samples', '16'])\n"
+              "print(r.exit_code, ' '.join(r.output.split()))")
+    folder = copy_folder(default_folder, tmp_path / "f")
+    out = subprocess.run([sys.executable, "-c", script, str(folder)], capture_output=True, text=True, cwd=ROOT,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=300)
+    assert out.stdout.startswith("3 ") and "pip install openvino" in out.stdout, out.stdout + out.stderr
+
+
+def test_a_graph_openvino_cannot_compile_is_one_line(tmp_path: Path) -> None:
+    from onnx import TensorProto, helper, save
+
+    from resnetx.errors import BadInput
+    from runtimes.registry import open_runtime
+
+    node = helper.make_node("NoSuchOp", ["input"], ["logits"], domain="com.example")
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 3])])
+    save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid("com.example", 1)]),
+         str(tmp_path / "bad.onnx"))
+    with pytest.raises(BadInput) as e:
+        open_runtime("openvino", tmp_path / "bad.onnx")
+    assert "\n" not in str(e.value) and "bad.onnx" in str(e.value) and "NoSuchOp" in str(e.value)
+
+
+def _m(runtime: str, precision: str, batch: int, ips: float, top1: float | None = 90.0, device: str = "cpu",
+       artifact: str | None = None) -> Measured:
+    return Measured(artifact or precision, f"model.{precision}.onnx", runtime, precision, device, batch, ips, top1)
+
+
+def test_the_recommendation_is_the_fastest_row_that_passes() -> None:
+    bars = {"fp32": None, "fp16": None, "int8": 0.5}
+    rows = [_m("ort", "fp32", 1, 100), _m("ort", "fp32", 32, 400), _m("openvino", "int8", 32, 900, 89.6),
+            _m("ort", "int8", 32, 1200, 88.0)]  # the fastest row drops 2 points: never recommended
+    assert recommend(rows, bars) == ["cpu: ship model.int8.onnx on openvino: 2.25x ort fp32 at batch 32, -0.40 pt"]
+    failing = recommend(rows, bars, failing={"int8"})  # a failing verdict rules a row out whatever its speed
+    assert failing[0] == "cpu: ship model.fp32.onnx on ort: 1.00x ort fp32 at batch 32, +0.00 pt"
+    assert failing[1] == "cpu: int8 does not pay here: no int8 row passes its accuracy bar and verdict"
+    slow = recommend([_m("ort", "fp32", 8, 500), _m("ort", "int8", 8, 450, 89.9)], bars)
+    assert slow[1].startswith("cpu: int8 does not pay here: its fastest row (ort, batch 8) runs at 0.90x")
+    two = recommend([_m("ort", "fp32", 1, 10), _m("ort", "fp32", 1, 50, device="cuda")], bars)
+    assert [ln.split(":")[0] for ln in two] == ["cpu", "cuda"]  # one line per device
+
+
+def test_a_cpu_recipe_records_its_isa_and_warns_on_another(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import pipeline.machine as machine
+    from pipeline.artifacts import read_manifest
+    from pipeline.export import ExportOptions, export
+    from pipeline.precisions import Precision
+
+    folder = tmp_path / "c"
+    export(ExportOptions(out=folder, precisions=(Precision.fp32, Precision.int8), int8_target="cpu",
+                         calib_samples=64, reference_samples=64))
+    cal = read_manifest(folder).calibration
+    assert cal.recipe == "cpu" and cal.isa == machine.cpu_isa()  # the CPU it was made on, read back as written
+    r = invoke("verify", folder, "--samples", "32")
+    assert r.exit_code == 0 and "int8 saturation differs" not in r.output  # same CPU: nothing to say
+    other = ("avx2", "avx512f", "avx512_vnni") if "avx512_vnni" not in cal.isa else ("avx2",)
+    monkeypatch.setattr(machine, "cpu_isa", lambda: other)
+    for args in (("verify", folder, "--samples", "32"),
+                 ("bench", folder, "--runtime", "ort", "--batch", "1", "--iters", "2", "--min-seconds", "0")):
+        text = " ".join(invoke(*args).output.split())
+        assert "int8 saturation differs" in text and ", ".join(sorted(set(other) - {"avx2"})) in text, text
+    assert machine.isa_mismatch(("avx2",), "tensorrt") is None  # the TensorRT recipe does not run on CPU kernels
