@@ -18,7 +18,7 @@ import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -476,8 +476,10 @@ def layers_to_fp16(q: onnx.ModelProto, names: Iterable[str]) -> list[str]:
 
 # --------------------------------------------------------------------------- int8
 def int8_graph(src: Path, ranges: Ranges, *, recipe: Int8Target, exclude_nodes: Iterable[str] = (),
-               quantize_ends: bool = False, equalize: bool = False) -> tuple[onnx.ModelProto, set[str], list[str]]:
-    """(the Q/DQ graph before bias correction, the layers kept in float, the float ends): in memory."""
+               quantize_ends: bool = False, equalize: bool = False,
+               reduce_range: bool = False) -> tuple[onnx.ModelProto, set[str], list[str]]:
+    """(the Q/DQ graph before bias correction, the layers kept in float, the float ends): in memory.
+    reduce_range (cpu recipe): 7-bit weights, for CPUs without int8 dot-product instructions."""
     model = fp32_for_int8(src, equalize)
     ends = [] if quantize_ends else end_layers(model)
     excluded = set(exclude_nodes) | set(ends)
@@ -490,7 +492,8 @@ def int8_graph(src: Path, ranges: Ranges, *, recipe: Int8Target, exclude_nodes: 
     else:
         with tempfile.TemporaryDirectory(prefix="rx-eq-") as tmp:  # quantize_static reads a file
             onnx.save(model, str(Path(tmp) / "fp32.onnx"))
-            q = _place_ort(Path(tmp) / "fp32.onnx", ranges, excluded, INT8_RECIPES[recipe])
+            q = _place_ort(Path(tmp) / "fp32.onnx", ranges, excluded,
+                           replace(INT8_RECIPES[recipe], reduce_range=reduce_range))
     keep_float(q, excluded)
     return q, excluded, ends
 
@@ -507,6 +510,7 @@ def quantize_int8(
     shifts: dict[str, np.ndarray] | None = None,
     fallback: str = "fp32",
     equalize: bool = False,
+    reduce_range: bool = False,
 ) -> OnnxArtifact:
     """The int8 Q/DQ graph of `src` from calibration `ranges`.
 
@@ -519,7 +523,7 @@ def quantize_int8(
     recipe = Int8Target(recipe)
     start = time.perf_counter()
     q, excluded, ends = int8_graph(src, ranges, recipe=recipe, exclude_nodes=exclude_nodes, quantize_ends=quantize_ends,
-                                   equalize=equalize)
+                                   equalize=equalize, reduce_range=reduce_range)
     r = INT8_RECIPES[recipe]
     if shifts is None and correction_images is not None:
         shifts = bias_shifts(Path(src), q, correction_images, equalize=equalize)
@@ -534,7 +538,8 @@ def quantize_int8(
         seconds=time.perf_counter() - start, static_batch=graph_batch(q),
         details={"quantizer": "resnetx Q/DQ placement" if recipe is Int8Target.tensorrt else
                  "onnxruntime.quantization.quantize_static (QDQ)", "recipe": recipe.value,
-                 "activation": r.activation, "weights": "int8 per-channel symmetric",
+                 "activation": r.activation,
+                 "weights": "int8 per-channel symmetric" + (", 7-bit (reduce_range)" if reduce_range else ""),
                  "bias": "int32" if r.quantize_bias else "float", "method": ranges.method.value,
                  "calibration_images": ranges.images, "bias_corrected": len(corrected),
                  "qdq_pairs": [n.op_type for n in q.graph.node].count("QuantizeLinear"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as _dt
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -315,17 +316,38 @@ def judge_targets(opts: VerifyOptions, manifest: Manifest, targets: list[Target]
     run = _Run(opts, opts.folder, manifest, reference, inputs, ref_logits,
                opts.batch_size or (16 if info.image_size >= 96 else 64))
     rows, logits = [], {}
+    shared = Counter(t.entry.file for t in targets if t.entry is not None)
+    by_file: dict[str, list[tuple[str, np.ndarray]]] = {}  # one graph run by several runtimes: their parity
     for t in targets:
         row, got = _verify_one(run, t, on_progress)
         rows.append(row)
         if got is not None and keep_logits:
             logits[t.key] = got
+        if got is not None and t.entry is not None and shared[t.entry.file] > 1:
+            by_file.setdefault(t.entry.file, []).append((t.runtime.name, got))
     system = system_info(tool_versions())
     kind = kind or system["kind"]
-    notes = _data_notes(run, rows) + _unverified_engines(opts, manifest)
+    notes = _data_notes(run, rows) + _unverified_engines(opts, manifest) + runtime_parity(by_file)
     return VerifyReport(opts.folder, rows, inputs.data, len(inputs), manifest_created=manifest.created,
                         seconds=time.perf_counter() - start, notes=notes, system={**system, "kind": kind},
                         kind=kind, labelled=inputs.labels is not None, drawn=inputs.drawn, logits=logits)
+
+
+def _rel_l2(a: np.ndarray, b: np.ndarray) -> float:
+    diff = np.linalg.norm(a.astype(np.float64) - b.astype(np.float64))
+    return float(diff / max(np.linalg.norm(b.astype(np.float64)), 1e-30))
+
+
+def runtime_parity(by_file: dict[str, list[tuple[str, np.ndarray]]]) -> list[str]:
+    """One line per graph that several runtimes ran: how far their logits are from each other's (the same bytes,
+    different kernels), against the first runtime."""
+    lines = []
+    for file, runs in by_file.items():
+        (base, ref), others = runs[0], runs[1:]
+        parts = [f"{name} vs {base}: top-1 agreement {100 * float((got.argmax(1) == ref.argmax(1)).mean()):.2f}%, "
+                 f"rel. L2 {_rel_l2(got, ref):.2e}" for name, got in others]
+        lines.append(f"runtime parity on {file}: {'; '.join(parts)}")
+    return lines
 
 
 def audited(folder: Path) -> Manifest:
