@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from exporters.equalize import fp32_for_int8
-from exporters.onnx import activation_bytes, graph_batch, quiet_converters
+from exporters.onnx import activation_bytes, cpu_session, graph_batch, quiet_converters
 from resnetx.batching import batch_chunks
 from resnetx.contract import INPUT_NAME
 from resnetx.errors import BackendUnavailable, BadInput, first_line
@@ -106,12 +106,7 @@ def _reducing_graph(model: onnx.ModelProto, tensors: list[str]) -> onnx.ModelPro
 def _per_image_extremes(model: onnx.ModelProto, batches: Iterator[tuple[np.ndarray, int]], tensors: list[str],
                         on_images: Callable[[int], None] | None) -> tuple[np.ndarray, np.ndarray]:
     """(images x tensors) arrays of each image's min and max of each tensor."""
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    sess = ort.InferenceSession(_reducing_graph(model, tensors).SerializeToString(), so,
-                                providers=["CPUExecutionProvider"])
+    sess = cpu_session(_reducing_graph(model, tensors))
     lows, highs, seen = [], [], 0
     for x, real in batches:
         out = sess.run(None, {INPUT_NAME: x})

@@ -10,11 +10,11 @@ import numpy as np
 
 from exporters.onnx import (
     OnnxArtifact,
-    _own_weights,
     check_onnx,
     graph_batch,
     load_onnx,
     opset_of,
+    own_weights,
     save_onnx,
     set_metadata,
 )
@@ -51,7 +51,7 @@ def fold_input_scale(src: Path, dst: Path, scale: tuple[float, ...]) -> OnnxArti
     from onnx import numpy_helper
 
     model = load_onnx(src)
-    _own_weights(model)
+    own_weights(model)
     conv = first_conv(model)
     init = next(i for i in model.graph.initializer if i.name == conv.input[1])
     w = numpy_helper.to_array(init)

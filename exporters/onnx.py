@@ -38,6 +38,7 @@ __all__ = [
     "Exporter",
     "OnnxArtifact",
     "export_onnx",
+    "own_weights",
     "check_onnx",
     "load_onnx",
     "save_onnx",
@@ -81,13 +82,14 @@ class OnnxArtifact:
     details: dict[str, Any] = field(default_factory=dict)  # what the converter did, for the manifest
 
 
-def load_onnx(path: Path) -> onnx.ModelProto:
-    """Load an ONNX file with a one-line error when it is missing or not ONNX."""
+def load_onnx(path: Path, *, external_data: bool = True) -> onnx.ModelProto:
+    """Load an ONNX file with a one-line error when it is missing or not ONNX; without `external_data`, only the
+    graph (enough to read its interface and metadata: weights kept beside a large graph are not read)."""
     path = Path(path)
     if not path.is_file():
         raise BadInput(f"ONNX file {path} does not exist")
     try:
-        return onnx.load(str(path))
+        return onnx.load(str(path), load_external_data=external_data)
     except Exception as e:
         raise BadInput(f"{path} is not a readable ONNX model ({type(e).__name__}); re-export it") from e
 
@@ -257,7 +259,7 @@ def export_onnx(
     start = time.perf_counter()
     proto = _trace(model, example, exporter, opset, dynamic=batch is None)
     seconds = time.perf_counter() - start
-    _own_weights(proto)  # the exporter may share equal weights behind Identity nodes
+    own_weights(proto)  # the exporter may share equal weights behind Identity nodes
     module_of = name_nodes_by_module(proto)
     _strip_noise(proto)
     proto.producer_name = "resnetx"
@@ -335,7 +337,7 @@ def _rename(model: onnx.ModelProto, old: str, new: str) -> None:
         n.output[:] = [new if t == old else t for t in n.output]
 
 
-def _own_weights(model: onnx.ModelProto) -> None:
+def own_weights(model: onnx.ModelProto) -> None:
     """Identity nodes of an initializer become initializers of their own: exporters deduplicate equal weights
     (zero-initialised convs, tied layers) behind Identity, and a layer whose weight is not an initializer is one
     that int8 placement and fp16 conversion cannot see."""
@@ -371,7 +373,7 @@ def import_onnx(src: Path, dst: Path, *, metadata: dict[str, str] | None = None)
         raise BadInput(f"{Path(src).name} fails the ONNX checker: {first_line(e)}") from e
     io_ = graph_interface(model, Path(src).name)
     del model.graph.value_info[:]  # inferred again by check_onnx; the renamed tensors' old entries go
-    _own_weights(model)
+    own_weights(model)
     _rename(model, io_.output_name, OUTPUT_NAME)
     if io_.layout == "NHWC":
         _rename(model, io_.input_name, "input_nhwc")

@@ -31,6 +31,7 @@ from exporters.onnx import (
     OnnxArtifact,
     activation_bytes,
     check_onnx,
+    cpu_session,
     graph_batch,
     opset_of,
     quiet_converters,
@@ -352,7 +353,6 @@ def bias_shifts(fp32_path: Path, q: onnx.ModelProto, images: np.ndarray, batch: 
                 equalize: bool = False) -> dict[str, np.ndarray]:
     """Per quantized layer, the per-channel mean of (fp32 layer - int8 layer) on the fp32 graph's input to it (the
     equalized fp32 graph's, with `equalize`)."""
-    import onnxruntime as ort
     import torch
 
     fp32 = fp32_for_int8(fp32_path, equalize)
@@ -364,9 +364,7 @@ def bias_shifts(fp32_path: Path, q: onnx.ModelProto, images: np.ndarray, batch: 
     m.CopyFrom(fp32)
     have = {o.name for o in m.graph.output}
     m.graph.output.extend(onnx.helper.make_empty_tensor_value_info(t) for t in wanted if t not in have)
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    sess = ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    sess = cpu_session(m)
     sums: dict[str, Any] = {}
     counts: dict[str, int] = defaultdict(int)
     fixed = graph_batch(fp32)

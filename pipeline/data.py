@@ -27,6 +27,8 @@ __all__ = [
     "iter_batches",
     "select_indices",
     "stratified_indices",
+    "spread_over_classes",
+    "eval_indices",
     "undecodable",
     "read_idx",
     "write_idx",
@@ -331,6 +333,18 @@ def undecodable(ds: Dataset, idx: np.ndarray) -> list[str]:
         except Exception:  # noqa: BLE001 - PIL raises many kinds for a broken file
             bad.append(str(ds._files[i]))
     return bad
+
+
+def spread_over_classes(ds: Dataset, n: int) -> bool:
+    """Whether n images of `ds` are drawn across its classes: an image folder (read in class order) asked for fewer
+    images than it holds; the other datasets' first images are already mixed."""
+    return ds.name.startswith("imagefolder:") and ds.labels is not None and n < len(ds)
+
+
+def eval_indices(ds: Dataset, n: int, seed: int) -> np.ndarray:
+    """The n images of a test split that verify (and what reproduces its inputs) reads: seeded and spread over the
+    classes where `spread_over_classes`, else the first n."""
+    return stratified_indices(ds.labels, n, seed) if spread_over_classes(ds, n) else np.arange(n)
 
 
 def stratified_indices(labels: np.ndarray, n: int, seed: int) -> np.ndarray:

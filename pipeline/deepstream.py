@@ -17,7 +17,7 @@ import numpy as np
 
 from pipeline.artifacts import EngineEntry, GraphEntry, Manifest
 from pipeline.audit import audit_folder, serving_gate
-from pipeline.data import Preprocess, open_dataset, stratified_indices
+from pipeline.data import Preprocess, eval_indices, open_dataset
 from pipeline.machine import KNOWN_KIND_CC
 from pipeline.nvinfer import (
     COLOR_FORMAT,
@@ -34,6 +34,7 @@ from pipeline.nvinfer import (
 from pipeline.precisions import Precision
 from resnetx.errors import BadInput
 from resnetx.flavors import Flavor
+from resnetx.parity import logit_parity
 
 __all__ = ["plan_deepstream", "config_text", "write_deepstream", "measure_fidelity"]
 
@@ -119,10 +120,7 @@ def plan_deepstream(opts: DeepStreamOptions) -> DeepStreamPlan:
 def _frames(opts: DeepStreamOptions, pre: Preprocess) -> tuple[object, np.ndarray]:
     """The verify data's images, as full frames: (dataset, indices), drawn as verify draws them."""
     ds = open_dataset(opts.data, split="test", data_dir=opts.data_dir, preprocess=None)
-    n = min(opts.samples, len(ds))
-    idx = stratified_indices(ds.labels, n, 0) if ds.name.startswith("imagefolder:") and ds.labels is not None \
-        and n < len(ds) else np.arange(n)
-    return ds, idx
+    return ds, eval_indices(ds, min(opts.samples, len(ds)), 0)
 
 
 def _top1(predicted: np.ndarray, labels: np.ndarray | None) -> float | None:
@@ -173,9 +171,8 @@ def measure_fidelity(opts: DeepStreamOptions, m: Manifest, graph: GraphEntry, sc
                  {name: Variant(float((ex == v.argmax(1)).mean()), _top1(v.argmax(1), labels))
                   for name, v in logits.items()})
     if exact is not None:
-        fo = logits["folded"].astype(np.float64)
-        diff = np.linalg.norm(fo - exact) / max(np.linalg.norm(exact.astype(np.float64)), 1e-30)
-        f.fold_parity = {"rel_l2": float(diff), "top1_agreement": float((fo.argmax(1) == exact.argmax(1)).mean())}
+        agreement, rel = logit_parity(logits["folded"], exact)
+        f.fold_parity = {"rel_l2": rel, "top1_agreement": agreement}
     return f
 
 

@@ -71,15 +71,10 @@ def probe(node_id: str) -> NodeInfo:
     import platform
     from importlib import metadata
 
+    from exporters.tensorrt import gpu_target
     from pipeline.machine import cpu_isa
 
-    gpu = cc = None
-    with contextlib.suppress(ImportError):
-        import torch
-
-        if torch.cuda.is_available():
-            major, minor = torch.cuda.get_device_capability(0)
-            gpu, cc = torch.cuda.get_device_name(0), f"{major}.{minor}"
+    gpu, cc = gpu_target()
     backends = [m for m in ("tensorrt", "tensorrt_rtx") if importlib.util.find_spec(m) is not None]
     with contextlib.suppress(ImportError):
         import onnxruntime as ort

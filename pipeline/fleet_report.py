@@ -3,7 +3,6 @@ and one line per kind saying what to ship (reports/fleet.{json,md,png}), read ba
 
 from __future__ import annotations
 
-import io
 import json
 from dataclasses import dataclass, field
 from itertools import combinations
@@ -12,7 +11,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from pipeline.report import png_bytes
 from resnetx.files import atomic_write, atomic_write_text
+from resnetx.parity import logit_parity
 
 if TYPE_CHECKING:
     from rich.table import Table
@@ -85,10 +86,9 @@ def _parity(folder: Path, kinds: list[str]) -> list[dict[str, Any]]:
             if pick[a] is None or pick[b] is None:
                 continue
             (na, xa), (nb, xb) = pick[a], pick[b]
-            rel = float(np.linalg.norm(xa.astype(np.float64) - xb) / max(np.linalg.norm(xb.astype(np.float64)),
-                                                                           1e-30))
+            agreement, rel = logit_parity(xa, xb)
             out.append({"precision": precision, "kind_a": a, "artifact_a": na, "kind_b": b, "artifact_b": nb,
-                        "top1_agreement": float((xa.argmax(1) == xb.argmax(1)).mean()), "rel_l2": rel})
+                        "top1_agreement": agreement, "rel_l2": rel})
     return out
 
 
@@ -192,11 +192,7 @@ def _png(rep: FleetReport) -> bytes | None:
                                                          for r in timed])
     ax.set_xlabel("images/s (green: passed verify on that kind)")
     ax.invert_yaxis()
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    plt.close(fig)
-    return buf.getvalue()
+    return png_bytes(fig, dpi=100)
 
 
 def write_fleet_files(folder: Path, rep: FleetReport) -> list[Path]:

@@ -179,6 +179,7 @@ def _search(ctx: ExportContext, src: Path, cals: _Calibrations,
 
     o = ctx.opts
     acc = accuracy_set(o, ctx.info)
+    rr = reduce_range(o)  # read once: every trial is laid out for the same CPU
     ctx.progress(f"int8 search: judged on {acc.description}")
     shifts: dict[CalibMethod, dict[str, np.ndarray]] = {}
 
@@ -186,12 +187,12 @@ def _search(ctx: ExportContext, src: Path, cals: _Calibrations,
         if method not in shifts:  # a layer's shift does not depend on which other layers are reverted
             plain, _, _ = int8_graph(src, cals.ranges(method), recipe=o.int8_target, exclude_nodes=o.keep_fp32,
                                      quantize_ends=o.quantize_ends, equalize=o.int8_equalize,
-                                     reduce_range=reduce_range(o))
+                                     reduce_range=rr)
             shifts[method] = bias_shifts(src, plain, correction, equalize=o.int8_equalize)
         a = quantize_int8(src, path, cals.ranges(method), recipe=o.int8_target,
                           exclude_nodes=(*o.keep_fp32, *reverted), quantize_ends=o.quantize_ends,
                           shifts=shifts[method], fallback=fallback, equalize=o.int8_equalize,
-                          reduce_range=reduce_range(o))
+                          reduce_range=rr)
         return list(a.details["revertible"])
 
     return search_int8(o, src, acc, make, ctx.progress), shifts

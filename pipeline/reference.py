@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from pipeline.artifacts import Manifest
-from pipeline.data import ImageSet, Preprocess, open_dataset, stratified_indices
+from pipeline.data import ImageSet, Preprocess, eval_indices, open_dataset, spread_over_classes
 from pipeline.defaults import DEFAULT_REFERENCE_SAMPLES as DEFAULT_SAMPLES
 from pipeline.sources import reference_logits, source_of
 from pipeline.zoo import ModelInfo, ModelSpec, OnnxSpec
@@ -207,13 +207,12 @@ def verify_inputs(data: str, data_dir: Path | None, samples: int, pre: Preproces
     ds = open_dataset(data, split="test", data_dir=data_dir, preprocess=pre)
     n_real = min(max(samples - N_EXTREME, 1), len(ds))
     n_extreme = min(N_EXTREME, max(0, samples - n_real))
-    if ds.name.startswith("imagefolder:") and ds.labels is not None and n_real < len(ds):
-        index = stratified_indices(ds.labels, n_real, seed)
+    index = eval_indices(ds, n_real, seed)
+    if spread_over_classes(ds, n_real):
         per = np.bincount(ds.labels[index], minlength=len(ds.class_names or ()))
         drawn = (f"{n_real} of {len(ds)} images drawn seeded across {int((per > 0).sum())} classes, "
                  f"{per.min()}-{per.max()} each")
     else:
-        index = np.arange(n_real)
         drawn = f"the first {n_real} of {len(ds)} images" if n_real < len(ds) else f"all {n_real} images"
     images = ImageSet(ds, pre, index)
     labels = images.labels if len(ds.class_names or ()) == num_classes else None

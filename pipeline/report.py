@@ -38,6 +38,7 @@ __all__ = [
     "write_bench_files",
     "write_verify_json",
     "bench_markdown",
+    "png_bytes",
 ]
 
 
@@ -438,9 +439,16 @@ def _png(report: BenchReport) -> bytes | None:
     axes[0].set_xscale("log", base=2)
     axes[1].set_xscale("log", base=2)
     axes[0].legend(fontsize=7)
+    return png_bytes(fig, dpi=110)
+
+
+def png_bytes(fig: Any, dpi: int) -> bytes:
+    """A matplotlib figure as PNG bytes (laid out tight), the figure closed."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
+    fig.savefig(buf, format="png", dpi=dpi)
     plt.close(fig)
     return buf.getvalue()
 

@@ -116,20 +116,10 @@ class TorchSource:
 # --------------------------------------------------------------------------- a user's ONNX file
 def _file_sha(path: Path) -> str:
     """The file's sha256, and its external data files' (a graph past 2 GB keeps its weights beside it)."""
-    model = load_onnx_header(path)
+    model = load_onnx(path, external_data=False)
     extra = sorted({e.value for i in model.graph.initializer for e in i.external_data if e.key == "location"})
     parts = [file_sha256(path)] + [file_sha256(path.parent / f) for f in extra]
     return parts[0] if len(parts) == 1 else sha256_bytes("".join(parts).encode())
-
-
-def load_onnx_header(path: Path) -> Any:
-    """The graph without its external data (enough to read its interface and metadata)."""
-    import onnx
-
-    try:
-        return onnx.load(str(path), load_external_data=False)
-    except Exception as e:  # noqa: BLE001 - protobuf's decode errors and others
-        raise BadInput(f"{path} is not a readable ONNX model ({type(e).__name__}); check the file") from e
 
 
 def _onnx_info(spec: OnnxSpec, model: Any) -> ModelInfo:
@@ -198,7 +188,7 @@ class OnnxSource:
     def open(cls, spec: OnnxSpec) -> OnnxSource:
         if not spec.file.is_file():
             raise BadInput(f"--onnx {spec.file} does not exist")
-        header = load_onnx_header(spec.file)
+        header = load_onnx(spec.file, external_data=False)
         model = load_onnx(spec.file) if any(i.external_data for i in header.graph.initializer) else header
         info = _onnx_info(spec, model)
         io_ = graph_interface(model, spec.file.name)

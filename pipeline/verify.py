@@ -24,6 +24,7 @@ from pipeline.reference import DEFAULT_SAMPLES, ArrayInputs, Inputs, Reference, 
 from pipeline.targets import Target, open_target, select_targets
 from pipeline.verdicts import Verdict
 from resnetx.errors import BackendUnavailable, BadInput, CheckFailed, IncompatibleArtifact, ResnetxError
+from resnetx.parity import logit_parity
 from runtimes.base import Device, Runtime
 from runtimes.registry import runtime_spec
 
@@ -333,19 +334,16 @@ def judge_targets(opts: VerifyOptions, manifest: Manifest, targets: list[Target]
                         kind=kind, labelled=inputs.labels is not None, drawn=inputs.drawn, logits=logits)
 
 
-def _rel_l2(a: np.ndarray, b: np.ndarray) -> float:
-    diff = np.linalg.norm(a.astype(np.float64) - b.astype(np.float64))
-    return float(diff / max(np.linalg.norm(b.astype(np.float64)), 1e-30))
-
-
 def runtime_parity(by_file: dict[str, list[tuple[str, np.ndarray]]]) -> list[str]:
     """One line per graph that several runtimes ran: how far their logits are from each other's (the same bytes,
     different kernels), against the first runtime."""
     lines = []
     for file, runs in by_file.items():
         (base, ref), others = runs[0], runs[1:]
-        parts = [f"{name} vs {base}: top-1 agreement {100 * float((got.argmax(1) == ref.argmax(1)).mean()):.2f}%, "
-                 f"rel. L2 {_rel_l2(got, ref):.2e}" for name, got in others]
+        parts = []
+        for name, got in others:
+            agreement, rel = logit_parity(got, ref)
+            parts.append(f"{name} vs {base}: top-1 agreement {100 * agreement:.2f}%, rel. L2 {rel:.2e}")
         lines.append(f"runtime parity on {file}: {'; '.join(parts)}")
     return lines
 
