@@ -1,10 +1,11 @@
-"""Calibration: the range of every activation tensor of an fp32 graph over real images, by one method.
+"""Calibration: the range of every activation tensor of an fp32 graph over real images, by one or more methods.
 
 Ranges are computed once per method and reused by every int8 graph made from them (an export with other
-layers kept in float, each trial of the accuracy search). `max` and `mean-max` reduce each tensor in the
-graph itself (ReduceMin/ReduceMax per image); `percentile` and `entropy` build onnxruntime's histograms batch by
-batch (the same bins and counts its calibrators make from all images at once) and let its collector pick the
-ranges. Either way memory does not grow with the number of images.
+layers kept in float, each trial of the accuracy search). Every method asked comes from the same passes over
+the images, a bounded chunk of activations at a time: the first keeps each image's min and max of each tensor
+(`max` and `mean-max` are made of them), the second, for `percentile` and `entropy`, counts onnxruntime's
+histograms (the same bins and counts its calibrators make from all images at once) and lets its collector pick
+the ranges. Memory does not grow with the number of images.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from exporters.equalize import fp32_for_int8
-from exporters.onnx import activation_bytes, cpu_session, graph_batch, quiet_converters
+from exporters.onnx import activation_bytes, graph_batch, quiet_converters
 from resnetx.batching import batch_chunks
 from resnetx.contract import INPUT_NAME
 from resnetx.errors import BackendUnavailable, BadInput, first_line
@@ -33,7 +34,7 @@ if TYPE_CHECKING:
 else:
     onnx = lazy_import("onnx")
 
-__all__ = ["CalibMethod", "Ranges", "calibrate", "passes"]
+__all__ = ["CalibMethod", "Ranges", "calibrate", "calibrate_methods", "passes"]
 
 
 class CalibMethod(str, Enum):
@@ -72,54 +73,6 @@ class Ranges:
             return None
 
 
-def _float_tensors(model: onnx.ModelProto) -> list[str]:
-    """Every float activation: the graph input and each node output that is not a constant."""
-    inferred = onnx.shape_inference.infer_shapes(model)
-    types = {vi.name: vi.type.tensor_type for vi in [*inferred.graph.value_info, *inferred.graph.output,
-                                                      *inferred.graph.input]}
-    inits = {i.name for i in model.graph.initializer}
-    names = [INPUT_NAME] + [o for n in model.graph.node if n.op_type != "Constant" for o in n.output]
-    return [t for t in names if t not in inits and t in types and types[t].elem_type == onnx.TensorProto.FLOAT
-            and len(types[t].shape.dim) >= 2]
-
-
-def _reducing_graph(model: onnx.ModelProto, tensors: list[str]) -> onnx.ModelProto:
-    """The graph with each tensor's per-image min and max as outputs (shape [N]): small, whatever the model."""
-    from onnx import helper
-
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
-    del m.graph.output[:]
-    inferred = onnx.shape_inference.infer_shapes(model)
-    rank = {vi.name: len(vi.type.tensor_type.shape.dim) for vi in [*inferred.graph.value_info, *inferred.graph.output,
-                                                                   *inferred.graph.input]}
-    for i, t in enumerate(tensors):
-        axes = helper.make_tensor(f"rx_axes_{i}", onnx.TensorProto.INT64, [rank[t] - 1], list(range(1, rank[t])))
-        m.graph.initializer.append(axes)
-        for op in ("ReduceMin", "ReduceMax"):
-            out = f"rx_{op}_{i}"
-            m.graph.node.append(helper.make_node(op, [t, axes.name], [out], keepdims=0))
-            m.graph.output.append(helper.make_tensor_value_info(out, onnx.TensorProto.FLOAT, [None]))
-    return m
-
-
-def _per_image_extremes(model: onnx.ModelProto, batches: Iterator[tuple[np.ndarray, int]], tensors: list[str],
-                        on_images: Callable[[int], None] | None) -> tuple[np.ndarray, np.ndarray]:
-    """(images x tensors) arrays of each image's min and max of each tensor."""
-    sess = cpu_session(_reducing_graph(model, tensors))
-    lows, highs, seen = [], [], 0
-    for x, real in batches:
-        out = sess.run(None, {INPUT_NAME: x})
-        lows.append(np.stack(out[0::2], 1)[:real])
-        highs.append(np.stack(out[1::2], 1)[:real])
-        seen += real
-        if on_images:
-            on_images(seen)
-    if not seen:
-        raise BadInput("int8 calibration saw no images; check --calib-data and --calib-samples")
-    return np.concatenate(lows), np.concatenate(highs)
-
-
 def passes(method: CalibMethod | str) -> int:
     """How many times calibration by `method` reads each image: the histogram methods find each tensor's range
     first, then count into bins over it."""
@@ -130,19 +83,15 @@ HISTOGRAM_BINS = {CalibMethod.percentile: 2048, CalibMethod.entropy: 128}  # onn
 CHUNK_BYTES = 256 << 20  # activations held at once while histogramming: what bounds calibration's memory
 
 
-def _calibrator(src: Path, tmp: Path, method: CalibMethod, op_types: list[str], symmetric: bool,
-                percentile: float) -> Any:
-    """onnxruntime's histogram calibrator for `src`: its choice of tensors, its augmented session (every such
-    tensor a graph output), and its collector, which turns histograms into ranges."""
+def _calibrator(src: Path, tmp: Path, op_types: list[str]) -> Any:
+    """onnxruntime's histogram calibrator for `src`: its choice of tensors and its augmented session (every such
+    tensor a graph output)."""
     try:
         from onnxruntime.quantization import CalibrationMethod, create_calibrator
     except ImportError as e:
         raise BackendUnavailable("int8 calibration needs onnxruntime: pip install onnxruntime") from e
-    kind = CalibrationMethod.Percentile if method is CalibMethod.percentile else CalibrationMethod.Entropy
-    return create_calibrator(src, op_types, augmented_model_path=str(tmp / "augmented.onnx"), calibrate_method=kind,
-                             providers=["CPUExecutionProvider"], extra_options={
-                                 "symmetric": symmetric, "percentile": percentile,
-                                 "num_bins": HISTOGRAM_BINS[method], "num_quantized_bins": 128})
+    return create_calibrator(src, op_types, augmented_model_path=str(tmp / "augmented.onnx"),
+                             calibrate_method=CalibrationMethod.Percentile, providers=["CPUExecutionProvider"])
 
 
 class _Activations:
@@ -172,58 +121,107 @@ class _Activations:
                     self.on_images(self.read)
 
 
-def _histograms(acts: _Activations, method: CalibMethod, symmetric: bool) -> tuple[dict[str, tuple], int]:
-    """Each tensor's histogram exactly as onnxruntime's collector makes it from all images at once (the same
-    bins over the same range, so the same counts), in two streamed passes: the extremes, then the counts."""
-    lo: dict[str, np.ndarray] = {}
-    hi: dict[str, np.ndarray] = {}
-    lo_abs: dict[str, np.ndarray] = {}
-    images = 0
-    for values, n in acts:
+@dataclass
+class _Extremes:
+    """Pass 1 over the images: each image's min and max of each tensor (what max and mean-max are made of), and
+    what the histograms' ranges need (the overall extremes, the smallest |x|)."""
+
+    lows: dict[str, list[np.ndarray]] = field(default_factory=dict)
+    highs: dict[str, list[np.ndarray]] = field(default_factory=dict)
+    lo_abs: dict[str, np.ndarray] = field(default_factory=dict)
+    images: int = 0
+
+    def add(self, values: dict[str, np.ndarray], n: int, smallest_abs: bool) -> None:
         for t, v in values.items():
-            a, b = np.nanmin(v), np.nanmax(v)
-            lo[t], hi[t] = (a, b) if t not in lo else (min(lo[t], a), max(hi[t], b))
-            if symmetric and method is CalibMethod.percentile:
+            flat = v.reshape(n, -1)
+            lo, hi = flat.min(1), flat.max(1)  # NaN only where an image has one: then what onnxruntime ignores
+            self.lows.setdefault(t, []).append(np.nanmin(flat, 1) if np.isnan(lo).any() else lo)
+            self.highs.setdefault(t, []).append(np.nanmax(flat, 1) if np.isnan(hi).any() else hi)
+            if smallest_abs:
                 c = np.nanmin(np.abs(v))
-                lo_abs[t] = c if t not in lo_abs else min(lo_abs[t], c)
-        images += n
-    if not images:
+                self.lo_abs[t] = c if t not in self.lo_abs else min(self.lo_abs[t], c)
+        self.images += n
+
+    def per_image(self) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        return ({t: np.concatenate(v) for t, v in self.lows.items()},
+                {t: np.concatenate(v) for t, v in self.highs.items()})
+
+
+def _scan(acts: _Activations, methods: list[CalibMethod], symmetric: bool) -> _Extremes:
+    ext = _Extremes()
+    for values, n in acts:
+        ext.add(values, n, symmetric and CalibMethod.percentile in methods)
+    if not ext.images:
         raise BadInput("int8 calibration saw no images; check --calib-data and --calib-samples")
-    bins, absolute = HISTOGRAM_BINS[method], symmetric and method is CalibMethod.percentile
-    edges_of: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    for t in lo:
-        top = np.array(max(abs(lo[t]), abs(hi[t])), dtype=lo[t].dtype)
-        edges_of[t] = (lo_abs[t], top) if absolute else (-top, top)
-    counts: dict[str, np.ndarray] = {}
+    return ext
+
+
+def _histograms(acts: _Activations, ext: _Extremes, methods: list[CalibMethod],
+                symmetric: bool) -> dict[CalibMethod, dict[str, tuple]]:
+    """Each tensor's histogram for each histogram method exactly as onnxruntime's collector makes it from all
+    images at once (the same bins over the same range, so the same counts), counted in one more streamed pass."""
+    lows, highs = ext.per_image()
+    lo = {t: v.min() for t, v in lows.items()}
+    hi = {t: v.max() for t, v in highs.items()}
+    shape: dict[CalibMethod, tuple[int, dict[str, tuple]]] = {}
+    for m in methods:
+        absolute = symmetric and m is CalibMethod.percentile
+        edges_of = {}
+        for t in lo:
+            top = np.array(max(abs(lo[t]), abs(hi[t])), dtype=lo[t].dtype)
+            edges_of[t] = (ext.lo_abs[t], top) if absolute else (-top, top)
+        shape[m] = (absolute, edges_of)
+    counts: dict[CalibMethod, dict[str, np.ndarray]] = {m: {} for m in methods}
     edges: dict[str, np.ndarray] = {}
     for values, _ in acts:
-        for t, v in values.items():
-            h, e = np.histogram(np.abs(v) if absolute else v, bins, range=edges_of[t])
-            counts[t] = counts[t] + h if t in counts else h
-            edges[t] = e.astype(v.dtype)
-    if absolute:
-        return {t: (counts[t], edges[t], lo[t], hi[t]) for t in counts}, images
-    return {t: (counts[t], edges[t], lo[t], hi[t], edges_of[t][1]) for t in counts}, images
+        for m, (absolute, edges_of) in shape.items():
+            for t, v in values.items():
+                h, e = np.histogram(np.abs(v) if absolute else v, HISTOGRAM_BINS[m], range=edges_of[t])
+                counts[m][t] = counts[m][t] + h if t in counts[m] else h
+                edges[(m, t)] = e.astype(v.dtype)
+    out = {}
+    for m, (absolute, edges_of) in shape.items():
+        c = counts[m]
+        out[m] = ({t: (c[t], edges[(m, t)], lo[t], hi[t]) for t in c} if absolute else
+                  {t: (c[t], edges[(m, t)], lo[t], hi[t], edges_of[t][1]) for t in c})
+    return out
 
 
-def _histogram_ranges(src: Path, batches: Callable[[], Iterable[tuple[np.ndarray, int]]], method: CalibMethod,
-                      op_types: list[str], symmetric: bool, percentile: float, fixed: int | None,
-                      on_images: Callable[[int], None] | None) -> tuple[dict, int]:
-    """onnxruntime's percentile or entropy ranges of the tensors it picks, from histograms built batch by batch."""
+def _collect(method: CalibMethod, hists: dict[str, tuple], symmetric: bool, percentile: float) -> dict:
+    """onnxruntime's collector turns the histograms into ranges."""
     from onnxruntime.quantization.calibrate import HistogramCollector
 
+    collector = HistogramCollector(method=method.value, symmetric=symmetric, num_bins=HISTOGRAM_BINS[method],
+                                   num_quantized_bins=128, percentile=percentile, scenario="same")
+    collector.histogram_dict = hists
+    try:
+        result = collector.compute_collection_result()
+    except (ValueError, RuntimeError) as e:
+        raise BadInput(f"int8 calibration failed: {first_line(e)}") from e
+    return {k: (float(np.min(v[0])), float(np.max(v[1]))) for k, v in result.items()}
+
+
+def _all_ranges(src: Path, batches: Callable[[], Iterable[tuple[np.ndarray, int]]], methods: list[CalibMethod],
+                op_types: list[str], symmetric: bool, percentile: float, fixed: int | None,
+                on_images: Callable[[int], None] | None) -> tuple[dict[CalibMethod, dict], int]:
+    """The ranges of every method asked, from at most two passes over the images: the per-image extremes give
+    max and mean-max (and the histograms' ranges), the counts give percentile and entropy. The tensors are the
+    ones onnxruntime's calibrator picks for op_types."""
     with tempfile.TemporaryDirectory(prefix="rx-calib-") as tmp, quiet_converters():
-        cal = _calibrator(src, Path(tmp), method, op_types, symmetric, percentile)
+        cal = _calibrator(src, Path(tmp), op_types)
         acts = _Activations(cal, batches, fixed, on_images)
-        hists, images = _histograms(acts, method, symmetric)
-        collector = HistogramCollector(method=method.value, symmetric=symmetric, num_bins=HISTOGRAM_BINS[method],
-                                       num_quantized_bins=128, percentile=percentile, scenario="same")
-        collector.histogram_dict = hists
-        try:
-            result = collector.compute_collection_result()
-        except (ValueError, RuntimeError) as e:
-            raise BadInput(f"int8 calibration failed: {first_line(e)}") from e
-    return {k: (float(np.min(v[0])), float(np.max(v[1]))) for k, v in result.items()}, images
+        ext = _scan(acts, methods, symmetric)
+        hist_methods = [m for m in methods if passes(m) == 2]
+        hists = _histograms(acts, ext, hist_methods, symmetric) if hist_methods else {}
+    lows, highs = ext.per_image()
+    out = {}
+    for m in methods:
+        if m in hists:
+            out[m] = _collect(m, hists[m], symmetric, percentile)
+        else:
+            pick = (np.min, np.max) if m is CalibMethod.max else (np.mean, np.mean)
+            out[m] = {t: (float(pick[0](lows[t])), float(pick[1](highs[t]))) for t in lows}
+    return out, ext.images
 
 
 def _rebatch(batches: Iterable[np.ndarray], fixed: int | None) -> Iterator[tuple[np.ndarray, int]]:
@@ -235,18 +233,18 @@ def _rebatch(batches: Iterable[np.ndarray], fixed: int | None) -> Iterator[tuple
             yield from batch_chunks(b, fixed, pad_to=fixed)
 
 
-def calibrate(src: Path, batches: Iterable[np.ndarray] | Callable[[], Iterable[np.ndarray]],
-              method: CalibMethod | str = CalibMethod.percentile, *,
-              op_types: tuple[str, ...] = ("Conv", "Gemm", "Add"), symmetric: bool = True,
-              percentile: float = 99.99, equalize: bool = False,
-              on_images: Callable[[int], None] | None = None) -> Ranges:
-    """The ranges of the fp32 graph's activations over `batches` of preprocessed images (of its equalized form
-    with `equalize`: what quantize_int8(equalize=True) quantizes).
+def calibrate_methods(src: Path, batches: Iterable[np.ndarray] | Callable[[], Iterable[np.ndarray]],
+                      methods: Iterable[CalibMethod | str], *, op_types: tuple[str, ...] = ("Conv", "Gemm", "Add"),
+                      symmetric: bool = True, percentile: float = 99.99, equalize: bool = False,
+                      on_images: Callable[[int], None] | None = None) -> dict[CalibMethod, Ranges]:
+    """The ranges of the fp32 graph's activations over `batches` of preprocessed images by each of `methods`,
+    all from the same passes (of its equalized form with `equalize`: what quantize_int8(equalize=True)
+    quantizes).
 
     `batches` is best a callable returning a fresh iterable of batches: the histogram methods read the images
     twice (extremes, then counts; `passes`) and hold only a bounded chunk of activations at a time. A one-shot
     iterator is read into memory first. on_images hears the images read so far, over every pass."""
-    method = CalibMethod(method)
+    wanted = list(dict.fromkeys(CalibMethod(m) for m in methods))
     start = time.perf_counter()
     model = fp32_for_int8(src, equalize)
     fixed = graph_batch(model)
@@ -255,18 +253,16 @@ def calibrate(src: Path, batches: Iterable[np.ndarray] | Callable[[], Iterable[n
     else:
         kept = batches if isinstance(batches, list | tuple) else list(batches)
         source = lambda: kept  # noqa: E731
-    if method in (CalibMethod.percentile, CalibMethod.entropy):
-        with tempfile.TemporaryDirectory(prefix="rx-eq-") as tmp:
-            path = Path(tmp) / "fp32.onnx"
-            onnx.save(model, str(path))
-            ranges, images = _histogram_ranges(path, lambda: _rebatch(source(), fixed), method, list(op_types),
-                                               symmetric, percentile, fixed, on_images)
-        return Ranges(method, images, ranges, time.perf_counter() - start)
-    tensors = _float_tensors(model)
-    lows, highs = _per_image_extremes(model, _rebatch(source(), fixed), tensors, on_images)
-    if method is CalibMethod.max:
-        lo, hi = lows.min(0), highs.max(0)
-    else:
-        lo, hi = lows.mean(0), highs.mean(0)
-    ranges = {t: (float(a), float(b)) for t, a, b in zip(tensors, lo, hi, strict=True)}
-    return Ranges(method, len(lows), ranges, time.perf_counter() - start)
+    with tempfile.TemporaryDirectory(prefix="rx-eq-") as tmp:
+        path = Path(tmp) / "fp32.onnx"
+        onnx.save(model, str(path))
+        ranges, images = _all_ranges(path, lambda: _rebatch(source(), fixed), wanted, list(op_types), symmetric,
+                                     percentile, fixed, on_images)
+    seconds = time.perf_counter() - start
+    return {m: Ranges(m, images, ranges[m], seconds) for m in wanted}
+
+
+def calibrate(src: Path, batches: Iterable[np.ndarray] | Callable[[], Iterable[np.ndarray]],
+              method: CalibMethod | str = CalibMethod.percentile, **options: Any) -> Ranges:
+    """The ranges by one method (see calibrate_methods)."""
+    return calibrate_methods(src, batches, [method], **options)[CalibMethod(method)]

@@ -49,11 +49,11 @@ else:
     onnx = lazy_import("onnx")
 
 __all__ = ["Int8Target", "Fallback", "Int8Recipe", "INT8_RECIPES", "INT8_GRAPH_REVISION", "quantize_int8",
-           "int8_graph", "bias_shifts", "shifts_of", "quantized_layers", "end_layers", "keep_float",
-           "layers_to_fp16"]
+           "int8_graph", "bias_shifts", "shifts_of", "apply_shifts", "quantized_layers", "end_layers", "keep_float",
+           "revert_layers", "layers_to_fp16"]
 
 CHUNK_BYTES = 256 << 20  # activations held at once while bias correction measures each layer
-INT8_GRAPH_REVISION = 3  # bumped when quantize_int8 makes a different graph from the same inputs (export's cache key)
+INT8_GRAPH_REVISION = 4  # bumped when quantize_int8 makes a different graph from the same inputs (export's cache key)
 WEIGHTED = ("Conv", "Gemm")
 # ops a kept layer's group extends through: they pass a value on without mixing it with another
 PASS_THROUGH = ("Relu", "Clip", "MaxPool", "AveragePool", "GlobalAveragePool", "Flatten", "Reshape", "Identity",
@@ -240,11 +240,41 @@ def keep_float(model: onnx.ModelProto, excluded: set[str]) -> None:
     a kept layer's output is the fp32 layer's output of the same float input. Pairs left unread are removed."""
     g = model.graph
     producer = _producers(g)
-    for node in g.node:
-        if node.name in excluded:
-            for k in range(1 if node.op_type in WEIGHTED else len(node.input)):
-                _bypass(model, producer, node, k)
+    for name in [n.name for n in g.node if n.name in excluded]:  # _bypass removes nodes: look each one up again
+        node = next(n for n in g.node if n.name == name)
+        for k in range(1 if node.op_type in WEIGHTED else len(node.input)):
+            _bypass(model, producer, node, k)
     _drop_dead_qdq(g)
+
+
+def revert_layers(q: onnx.ModelProto, fp32: onnx.ModelProto, names: Iterable[str]) -> None:
+    """Layers of a placed int8 graph (before bias correction) put back in float, in place: their weights and
+    biases from `fp32` (the graph it was placed from), their inputs through keep_float. What int8_graph makes with
+    them excluded, without placing the graph again: the accuracy search's quick trials."""
+    wanted = set(names)
+    f_nodes = {n.name: n for n in fp32.graph.node}
+    f_inits = {i.name: i for i in fp32.graph.initializer}
+    producer = _producers(q.graph)
+    taken = {i.name for i in q.graph.initializer} | set(producer)
+    for node in q.graph.node:
+        if node.name not in wanted or node.op_type not in WEIGHTED:
+            continue
+        f = f_nodes[node.name]
+        for k in range(1, min(len(node.input), len(f.input))):
+            dq = producer.get(node.input[k])
+            if dq is None or dq.op_type != "DequantizeLinear" or f.input[k] not in f_inits:
+                continue
+            name = f.input[k] if f.input[k] not in taken else f"{f.input[k]}_float"  # quantize_static's DQ outputs
+            if name not in taken:  # keep the float names
+                q.graph.initializer.append(f_inits[f.input[k]])
+                q.graph.initializer[-1].name = name
+                taken.add(name)
+            node.input[k] = name
+    keep_float(q, wanted)
+    used = {i for n in q.graph.node for i in n.input}
+    kept = [i for i in q.graph.initializer if i.name in used]
+    del q.graph.initializer[:]
+    q.graph.initializer.extend(kept)
 
 
 def _bypass(model: onnx.ModelProto, producer: dict[str, onnx.NodeProto], node: onnx.NodeProto, k: int) -> None:
@@ -349,7 +379,7 @@ def _apply_layer(layer: _Layer, x: Any, w: np.ndarray) -> Any:
                     groups=layer.attrs.get("group", 1))
 
 
-def bias_shifts(fp32_path: Path, q: onnx.ModelProto, images: np.ndarray, batch: int = 16,
+def bias_shifts(fp32_path: Path, q: onnx.ModelProto, images: np.ndarray, batch: int = 64,
                 equalize: bool = False) -> dict[str, np.ndarray]:
     """Per quantized layer, the per-channel mean of (fp32 layer - int8 layer) on the fp32 graph's input to it (the
     equalized fp32 graph's, with `equalize`)."""
@@ -406,7 +436,7 @@ def shifts_of(fp32: onnx.ModelProto, q: onnx.ModelProto) -> dict[str, np.ndarray
     return out
 
 
-def _apply_shifts(q: onnx.ModelProto, shifts: dict[str, np.ndarray]) -> list[str]:
+def apply_shifts(q: onnx.ModelProto, shifts: dict[str, np.ndarray]) -> list[str]:
     """Add each layer's shift to its bias (a float bias, or an int32 one behind DequantizeLinear)."""
     from onnx import numpy_helper
 
@@ -525,7 +555,7 @@ def quantize_int8(
     r = INT8_RECIPES[recipe]
     if shifts is None and correction_images is not None:
         shifts = bias_shifts(Path(src), q, correction_images, equalize=equalize)
-    corrected = _apply_shifts(q, shifts) if shifts else []
+    corrected = apply_shifts(q, shifts) if shifts else []
     half = layers_to_fp16(q, set(exclude_nodes) - set(ends)) if fallback == "fp16" else []
     set_metadata(q, {"resnetx.precision": "int8", "resnetx.int8_recipe": recipe.value,
                      "resnetx.calib_method": ranges.method.value})

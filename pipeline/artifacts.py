@@ -130,6 +130,7 @@ class Trial:
     top1: float
     drop: float  # points of top-1 below the fp32 graph on the same images
     seconds: float
+    margin: float = 0.0  # points the drop must stay below the budget by (see SearchRecord.margin_rule)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Trial:
@@ -149,6 +150,8 @@ class SearchRecord:
     met: bool
     seconds: float
     ranking: tuple[str, ...] = ()  # quantized layers, the one whose reverting recovers most first
+    margin_rule: str = ""  # how each trial's margin was set, in words
+    estimates: int = 0  # graphs estimated on the images where int8 departs from fp32, besides the trials
 
     @property
     def result(self) -> Trial:

@@ -355,6 +355,10 @@ CalibMethodOpt = Annotated[CalibMethod, typer.Option(rich_help_panel=INT8, help=
 AccDirOpt = Annotated[Path | None, typer.Option(help="Accuracy dataset directory.", rich_help_panel=SEARCH)]
 AccSamplesOpt = Annotated[int, typer.Option(min=1, help="Held-out images that judge the search (or all).",
                                             rich_help_panel=SEARCH)]
+AccMarginOpt = Annotated[float | None, typer.Option(min=0, rich_help_panel=SEARCH, show_default="one std. error",
+                                                     help=(
+    "Points a graph's drop must stay below the budget by on the judging images, so the budget also holds on "
+    "others; 0 judges the drop alone (as NNCF does)."))]
 SearchSecondsOpt = Annotated[float, typer.Option(min=1, rich_help_panel=SEARCH, help=(
     "Time cap of the search; then the best graph found is kept (exit 1 if over budget)."))]
 EngineOpt = Annotated[EngineChoice, typer.Option(rich_help_panel=TRT, help=(
@@ -402,6 +406,7 @@ def export(
     accuracy_data: Annotated[str | None, typer.Option(help=ACC_DATA_HELP, rich_help_panel=SEARCH)] = None,
     accuracy_dir: AccDirOpt = None,
     accuracy_samples: AccSamplesOpt = 2000,
+    accuracy_margin: AccMarginOpt = None,
     fallback: Annotated[Fallback, typer.Option(help=FALLBACK_HELP, rich_help_panel=SEARCH)] = Fallback.auto,
     search_seconds: SearchSecondsOpt = 600.0,
     engine: EngineOpt = EngineChoice.none,
@@ -427,10 +432,10 @@ def export(
         calib_samples=calib_samples, calib_method=calib_method, int8_target=int8_target, keep_fp32=_csv(keep_fp32),
         int8_quantize_ends=int8_quantize_ends, int8_equalize=int8_equalize, max_accuracy_drop=max_accuracy_drop,
         accuracy_data=accuracy_data, accuracy_dir=accuracy_dir, accuracy_samples=accuracy_samples, fallback=fallback,
-        search_seconds=search_seconds, engine=engine, batch_range=_batch_range(batch_range), workspace_mb=workspace_mb,
-        opt_level=opt_level, rtx_compute_capabilities=_csv(rtx_compute_capability) or None,
-        hardware_compat=hardware_compat, force=force, engines_only=engines_only, reference_samples=reference_samples,
-    ))
+        accuracy_margin=accuracy_margin, search_seconds=search_seconds, engine=engine,
+        batch_range=_batch_range(batch_range), workspace_mb=workspace_mb, opt_level=opt_level, force=force,
+        rtx_compute_capabilities=_csv(rtx_compute_capability) or None, hardware_compat=hardware_compat,
+        engines_only=engines_only, reference_samples=reference_samples))
 
 
 # --------------------------------------------------------------------------- verify

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import gzip
 import logging
 import pickle
@@ -209,7 +210,17 @@ def iter_batches(
 
 # --------------------------------------------------------------------------- readers
 def read_idx(path: Path) -> np.ndarray:
-    """Read an idx file (MNIST format), gzipped or raw."""
+    """Read an idx file (MNIST format), gzipped or raw. The last few read are kept (read-only): an export opens
+    the same split several times (preflight, calibration, the accuracy search)."""
+    try:
+        st = path.stat()
+    except OSError:
+        st = None
+    return _read_idx(path, (st.st_size, st.st_mtime_ns) if st else None)
+
+
+@functools.lru_cache(maxsize=4)
+def _read_idx(path: Path, _stamp: tuple[int, int] | None) -> np.ndarray:
     opener = gzip.open if path.suffix == ".gz" else open
     try:
         with opener(path, "rb") as f:

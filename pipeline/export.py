@@ -157,8 +157,9 @@ def _missed(int8: GraphEntry | None) -> str | None:
     if s is None or s.met:
         return None
     return (f"the int8 search missed its budget: the best graph found loses {s.result.drop:.2f} points of top-1 "
-            f"(budget {s.budget:g}) on {s.data}; it is in the folder, recorded as missed. Raise "
-            "--max-accuracy-drop or --search-seconds, or calibrate on more representative data")
+            f"(+ margin {s.result.margin:.2f}; budget {s.budget:g}) on {s.data}; it is in the folder, recorded as "
+            "missed. Raise --max-accuracy-drop, --accuracy-samples (a smaller margin) or --search-seconds, or "
+            "calibrate on more representative data")
 
 
 def _quiet(_msg: str) -> None:

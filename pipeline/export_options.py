@@ -58,6 +58,7 @@ class ExportOptions:
     accuracy_data: str | None = None  # the held-out labelled images that judge it (None: from --calib-data)
     accuracy_dir: Path | None = None
     accuracy_samples: int = 2000
+    accuracy_margin: float | None = None  # points below the budget a graph must judge; None: one standard error
     fallback: Fallback = Fallback.auto
     search_seconds: float = 600.0
     engine: EngineChoice = EngineChoice.none
@@ -136,6 +137,8 @@ class ExportOptions:
                                "cifar10, imagefolder:VAL_DIR)")
         if self.accuracy_samples < 1 or self.search_seconds <= 0:
             raise BadInput("--accuracy-samples must be >= 1 and --search-seconds > 0")
+        if self.accuracy_margin is not None and self.accuracy_margin < 0:
+            raise BadInput(f"--accuracy-margin must be >= 0 points; got {self.accuracy_margin}")
         if self.fallback is Fallback.fp16 and self.int8_target is Int8Target.cpu:
             raise BadInput("--fallback fp16 is for the tensorrt recipe (fp16 layers run on GPUs); the cpu recipe "
                            "keeps layers in fp32: leave --fallback out")

@@ -7,6 +7,7 @@ import logging
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -73,7 +74,7 @@ def int8_step(ctx: ExportContext) -> Step:
     o = ctx.opts
     search = None if o.max_accuracy_drop is None else {
         "budget": o.max_accuracy_drop, "data": o.accuracy_data, "dir": str(o.accuracy_dir) if o.accuracy_dir else None,
-        "samples": o.accuracy_samples, "seconds": o.search_seconds}
+        "samples": o.accuracy_samples, "seconds": o.search_seconds, "margin": o.accuracy_margin, "search": 2}
     inputs = {"calibration": _calibration_inputs(o, ctx.info), "onnxruntime": ctx.versions.get("onnxruntime"),
               "keep": sorted(o.keep_fp32), "ends": o.quantize_ends, "rev": INT8_GRAPH_REVISION,
               "fallback": o.fallback.value, "search": search, "reduce_range": reduce_range(o)}
@@ -103,7 +104,7 @@ class _Calibrations:
         o = self.ctx.opts
         fields = _calibration_inputs(o, self.ctx.info, method)
         key = content_key(source=self.fp32.sha256, **fields, ort=self.ctx.versions.get("onnxruntime"),
-                          op_types=INT8_RECIPES[o.int8_target].op_types, calibrator=2)
+                          op_types=INT8_RECIPES[o.int8_target].op_types, calibrator=3)
         images = self._ranges[method].images if method in self._ranges else None
         cache_file = f"calib.{o.int8_target.value}.{method.value}.{key[:12]}.json"
         isa = cpu_isa() if o.int8_target.value == "cpu" else None  # the CPU a cpu-recipe graph was made on
@@ -111,29 +112,39 @@ class _Calibrations:
 
     def ranges(self, method: CalibMethod) -> Ranges:
         if method not in self._ranges:
-            self._ranges[method] = self._load_or_calibrate(method)
+            self.prepare((method,))
         return self._ranges[method]
 
-    def _load_or_calibrate(self, method: CalibMethod) -> Ranges:
-        from exporters.calibrate import calibrate, passes
+    def prepare(self, methods: tuple[CalibMethod, ...]) -> None:
+        """The ranges of each method: from the folder's cache, the others calibrated together, in the same passes
+        over the images."""
+        from exporters.calibrate import calibrate_methods, passes
         from exporters.quantize import INT8_RECIPES
 
         ctx, o = self.ctx, self.ctx.opts
-        cache = ctx.out / self.record(method).cache_file
-        stem = f"calib.{o.int8_target.value}.{method.value}"
-        for other in [*ctx.out.glob(f"{stem}.*.json"), ctx.out / f"{stem}.json"]:  # stale ranges of this method
-            if other.name != cache.name or o.force:
-                other.unlink(missing_ok=True)
-        if (found := Ranges.load(cache)) is not None:
-            return found
-        total = min(o.calib_samples, len(self.ds)) * passes(method)
-        r = calibrate(ctx.out / self.fp32.file, lambda: _calib_batches(o, ctx.info, self.ds), method,
-                      op_types=INT8_RECIPES[o.int8_target].op_types, symmetric=o.int8_target.value == "tensorrt",
-                      equalize=o.int8_equalize,
-                      on_images=lambda n: ctx.progress(f"int8: {method.value} calibration, {n}/{total} images read "
-                                                       f"({passes(method)} pass(es) over the calibration images)"))
-        r.save(cache)
-        return r
+        missing = []
+        for method in dict.fromkeys(m for m in methods if m not in self._ranges):
+            cache = ctx.out / self.record(method).cache_file
+            stem = f"calib.{o.int8_target.value}.{method.value}"
+            for other in [*ctx.out.glob(f"{stem}.*.json"), ctx.out / f"{stem}.json"]:  # stale ranges of this method
+                if other.name != cache.name or o.force:
+                    other.unlink(missing_ok=True)
+            if (found := Ranges.load(cache)) is not None:
+                self._ranges[method] = found
+            else:
+                missing.append(method)
+        if not missing:
+            return
+        n = max(passes(m) for m in missing)
+        total, names = min(o.calib_samples, len(self.ds)) * n, ", ".join(m.value for m in missing)
+        got = calibrate_methods(ctx.out / self.fp32.file, lambda: _calib_batches(o, ctx.info, self.ds), missing,
+                                op_types=INT8_RECIPES[o.int8_target].op_types,
+                                symmetric=o.int8_target.value == "tensorrt", equalize=o.int8_equalize,
+                                on_images=lambda k: ctx.progress(f"int8: {names} calibration, {k}/{total} images "
+                                                                 f"read ({n} pass(es) over the calibration images)"))
+        for method, r in got.items():
+            r.save(ctx.out / self.record(method).cache_file)
+            self._ranges[method] = r
 
 
 def reduce_range(o: ExportOptions) -> bool:
@@ -170,32 +181,68 @@ def _make_int8(ctx: ExportContext, fp32: Entry) -> GraphEntry:
                       fallback=fallback, search=record, details=details)
 
 
+class _TrialGraphs:
+    """The search's int8 graphs, each from the cached ranges and bias shifts of its method (a layer's shift does
+    not depend on which other layers are reverted): written as export would write them (exact), or made in
+    memory from the method's placed plain graph (quick)."""
+
+    def __init__(self, ctx: ExportContext, src: Path, cals: _Calibrations, correction: np.ndarray) -> None:
+        from exporters.equalize import fp32_for_int8
+
+        self.o, self.src, self.cals, self.correction = ctx.opts, src, cals, correction
+        self.rr = reduce_range(ctx.opts)  # read once: every trial is laid out for the same CPU
+        self.fp32 = fp32_for_int8(src, ctx.opts.int8_equalize)
+        self.placed: dict[CalibMethod, Any] = {}
+        self.shifts: dict[CalibMethod, dict[str, np.ndarray]] = {}
+
+    def _plain(self, method: CalibMethod) -> Any:
+        from exporters.quantize import bias_shifts, int8_graph
+
+        o = self.o
+        if method not in self.placed:
+            self.placed[method], _, _ = int8_graph(self.src, self.cals.ranges(method), recipe=o.int8_target,
+                                                   exclude_nodes=o.keep_fp32, quantize_ends=o.quantize_ends,
+                                                   equalize=o.int8_equalize, reduce_range=self.rr)
+            self.shifts[method] = bias_shifts(self.src, self.placed[method], self.correction,
+                                              equalize=o.int8_equalize)
+        return self.placed[method]
+
+    def exact(self, method: CalibMethod, reverted: tuple[str, ...], fallback: str, path: Path) -> list[str]:
+        from exporters.quantize import quantize_int8
+
+        o = self.o
+        self._plain(method)
+        a = quantize_int8(self.src, path, self.cals.ranges(method), recipe=o.int8_target,
+                          exclude_nodes=(*o.keep_fp32, *reverted), quantize_ends=o.quantize_ends,
+                          shifts=self.shifts[method], fallback=fallback, equalize=o.int8_equalize, reduce_range=self.rr)
+        return list(a.details["revertible"])
+
+    def quick(self, method: CalibMethod, reverted: tuple[str, ...], fallback: str) -> Any:
+        import onnx
+
+        from exporters.quantize import apply_shifts, layers_to_fp16, revert_layers
+
+        q = onnx.ModelProto()
+        q.CopyFrom(self._plain(method))
+        revert_layers(q, self.fp32, reverted)
+        apply_shifts(q, self.shifts[method])
+        if fallback == "fp16":
+            layers_to_fp16(q, {*self.o.keep_fp32, *reverted})
+        return q
+
+
 def _search(ctx: ExportContext, src: Path, cals: _Calibrations,
             correction: np.ndarray) -> tuple[SearchRecord, dict[CalibMethod, dict[str, np.ndarray]]]:
-    """The accuracy search's trials, each an int8 graph from the cached ranges and bias shifts of its method;
-    the record, and the shifts (the final graph reuses them)."""
-    from exporters.quantize import bias_shifts, int8_graph, quantize_int8
-    from pipeline.search import accuracy_set, search_int8
+    """The accuracy search, its methods calibrated in the same passes; the record, and the bias shifts (the final
+    graph reuses them)."""
+    from pipeline.search import SEARCH_METHODS, Makers, accuracy_set, search_int8
 
     o = ctx.opts
     acc = accuracy_set(o, ctx.info)
-    rr = reduce_range(o)  # read once: every trial is laid out for the same CPU
     ctx.progress(f"int8 search: judged on {acc.description}")
-    shifts: dict[CalibMethod, dict[str, np.ndarray]] = {}
-
-    def make(method: CalibMethod, reverted: tuple[str, ...], fallback: str, path: Path) -> list[str]:
-        if method not in shifts:  # a layer's shift does not depend on which other layers are reverted
-            plain, _, _ = int8_graph(src, cals.ranges(method), recipe=o.int8_target, exclude_nodes=o.keep_fp32,
-                                     quantize_ends=o.quantize_ends, equalize=o.int8_equalize,
-                                     reduce_range=rr)
-            shifts[method] = bias_shifts(src, plain, correction, equalize=o.int8_equalize)
-        a = quantize_int8(src, path, cals.ranges(method), recipe=o.int8_target,
-                          exclude_nodes=(*o.keep_fp32, *reverted), quantize_ends=o.quantize_ends,
-                          shifts=shifts[method], fallback=fallback, equalize=o.int8_equalize,
-                          reduce_range=rr)
-        return list(a.details["revertible"])
-
-    return search_int8(o, src, acc, make, ctx.progress), shifts
+    cals.prepare((o.calib_method, *SEARCH_METHODS))
+    graphs = _TrialGraphs(ctx, src, cals, correction)
+    return search_int8(o, src, acc, Makers(graphs.exact, graphs.quick), ctx.progress), graphs.shifts
 
 
 def _correction_images(o: ExportOptions, info: ModelInfo, ds: Dataset, limit: int = 256) -> np.ndarray:
@@ -213,8 +260,9 @@ def _int8_note(entry: Entry) -> str:
         t = s.result
         kept = (f"{len(t.reverted)} kept out of int8 (fallback {t.fallback}): {', '.join(t.reverted)}" if t.reverted
                 else "none reverted")
-        note += (f"; search: drop {t.drop:.2f} of budget {s.budget:g} on {s.data} ({'met' if s.met else 'MISSED'}), "
-                 f"{kept}, {len(s.trials)} trial(s) in {s.seconds:.0f} s")
+        note += (f"; search: drop {t.drop:.2f} + margin {t.margin:.2f} of budget {s.budget:g} on {s.data} "
+                 f"({'met' if s.met else 'MISSED'}), {kept}, {len(s.trials)} trial(s) and {s.estimates} estimate(s) "
+                 f"in {s.seconds:.0f} s")
     return note
 
 
@@ -259,6 +307,10 @@ def int8_notices(entry: GraphEntry | None, o: ExportOptions, info: ModelInfo) ->
     if entry.search is not None and (chance := near_chance_note(entry.search.fp32_top1, info.num_classes,
                                                                 entry.search.data)):
         notices.append(chance)
+    if (s := entry.search) is not None and s.result.margin > s.budget / 2:
+        notices.append(f"the int8 search's margin was {s.result.margin:.2f} points ({s.margin_rule}), over half "
+                       f"the {s.budget:g}-point budget: layers may stay out of int8 that the budget would allow; "
+                       "judge on more --accuracy-samples, or set --accuracy-margin")
     bar = PRECISIONS[Precision.int8].tolerance.top1_agreement or 0.0
     if entry.check is not None and entry.check.top1_agree < bar:
         notices.append(f"int8 agrees with fp32 on only {100 * entry.check.top1_agree:.1f}% of {entry.check.samples} "

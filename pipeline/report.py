@@ -250,9 +250,10 @@ def folder_notes(audit: FolderAudit) -> list[str]:
         t = s.result
         kept = f"{len(t.reverted)} kept out of int8 (fallback {t.fallback}): {', '.join(t.reverted)}" \
             if t.reverted else "none kept out of int8"
-        lines.append(f"int8 search: budget {s.budget:g} points on {s.data}; drop {t.drop:.2f} "
-                     f"({'met' if s.met else '[red]MISSED[/]'}); {_esc(kept)}; {len(s.trials)} trial(s), "
-                     f"{s.seconds:.0f} s")
+        margin = f" + margin {t.margin:.2f} ({s.margin_rule})" if s.margin_rule else ""
+        lines.append(f"int8 search: budget {s.budget:g} points on {s.data}; drop {t.drop:.2f}{margin} "
+                     f"({'met' if s.met else '[red]MISSED[/]'}); {_esc(kept)}; {len(s.trials)} trial(s) and "
+                     f"{s.estimates} estimate(s), {s.seconds:.0f} s")
     if audit.static_batch:
         lines.append(f"fixed batch {audit.static_batch}: every graph and engine runs exactly that many images at "
                      "a time (exported with --static-batch)")

@@ -1,21 +1,31 @@
 """The int8 accuracy search (`export --max-accuracy-drop`): the int8 graph within a top-1 budget of the fp32
 graph that keeps the most layers in int8.
 
-Plain int8 first; over budget, the other calibration methods; then the quantized layers (and residual adds)
-ranked by how much reverting each one alone recovers on the images int8 gets most wrong, reverted greedily (each
-as a group, see exporters/quantize.py; a revert that does not lower the drop is undone) and re-measured until the
-graph is within budget. Calibration ranges and bias shifts are
-computed once per method and reused by every trial. The same ranking gives verify's `try:` suggestion.
+A graph passes when its drop plus a margin is within the budget: one standard error of the paired drop on the
+judging images (or --accuracy-margin points), so that the budget also holds on images the search did not judge.
+
+Plain int8 is measured first, on every judging image. Over budget, candidates are first estimated on the proxy
+rows: the judging images whose answer a graph between the last measured one and fp32 is most likely to change
+(where the two differ in right or wrong, then where the label's lead is smallest), the other images keeping that
+graph's answers. With another --calib-method, percentile (calibrated in the same passes over the images) is
+estimated; then the quantized layers (and residual adds) are ranked once, by how much reverting each alone
+recovers; the first-ranked are reverted as a group growing 1, 2, 4, ..., bisected back to the fewest that pass,
+and pruned of any the others do without. Only that candidate is measured on every judging image; if the
+estimate was too kind, the proxy rows are drawn again from it, its layers stay reverted and the search goes on.
+Estimated graphs are made in memory from the placed plain graph (Makers.quick); measured ones are the graphs
+export writes (Makers.exact). The same ranking gives verify's `try:` suggestion.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -28,12 +38,16 @@ from pipeline.export_options import ExportOptions
 from pipeline.zoo import ModelInfo
 from resnetx.errors import BadInput
 
-__all__ = ["AccuracySet", "accuracy_set", "Logits", "rank_layers", "search_int8"]
+__all__ = ["AccuracySet", "accuracy_set", "Judge", "Logits", "Makers", "rank_layers", "search_int8", "SEARCH_METHODS"]
 
 log = logging.getLogger(__name__)
 LOGIT_CHUNK = 256  # images decoded at a time for a trial's logits
-RANKING_IMAGES = 256  # the images int8 gets most wrong, on which each layer's recovery is ranked
-METHOD_ORDER = (CalibMethod.percentile, CalibMethod.mean_max, CalibMethod.entropy, CalibMethod.max)
+RANKING_IMAGES = 128  # the proxy images int8 gets most wrong, on which each layer's recovery is ranked
+PROXY_ROWS = (256, 768)  # estimates read at least/at most this many judging images: those most at risk of flipping
+PROXY_CACHE_BYTES = 256 << 20  # the proxy rows' decoded inputs are kept in memory up to this size
+# the calibration methods the search tries beside the asked one: percentile lost the least top-1 on every model of
+# `scripts/int8_anchor.py --methods` (mean-max, max and entropy never won; docs/precision.md)
+SEARCH_METHODS = (CalibMethod.percentile,)
 
 
 @dataclass(frozen=True)
@@ -69,22 +83,45 @@ def accuracy_set(o: ExportOptions, info: ModelInfo) -> AccuracySet:
 
 
 class Logits:
-    """Logits of ONNX graphs (onnxruntime CPU) on a set of images, or on some rows of it, read a chunk at a time."""
+    """Logits of ONNX graphs (onnxruntime CPU; a file or an onnx.ModelProto) on a set of images, or on some rows
+    of it, read a chunk at a time."""
 
-    def __init__(self, images: ImageSet | np.ndarray) -> None:
+    def __init__(self, images: ImageSet | np.ndarray, fuse_qdq: bool = True) -> None:
         self.images = images
+        self.fuse_qdq = fuse_qdq  # False: quicker for the tensorrt recipe's graphs (see cpu_session)
 
-    def of(self, path: Path, rows: np.ndarray | None = None) -> np.ndarray:
+    def of(self, graph: Path | Any, rows: np.ndarray | None = None) -> np.ndarray:
+        sess = cpu_session(graph, self.fuse_qdq)
         if isinstance(self.images, np.ndarray):
-            return run_cpu(path, self.images if rows is None else self.images[rows], batch=64)
-        sess = cpu_session(path)
+            return run_cpu(sess, self.images if rows is None else self.images[rows], batch=64)
         return np.concatenate([run_cpu(sess, x, batch=64) for x in self.images.chunks(LOGIT_CHUNK, rows)])
 
+    def subset(self, rows: np.ndarray, fuse_qdq: bool = True) -> Logits:
+        """The logits of those rows only: their inputs decoded once and kept, when they fit PROXY_CACHE_BYTES."""
+        if isinstance(self.images, np.ndarray):
+            return Logits(self.images[rows], fuse_qdq)
+        first = next(self.images.chunks(1, rows[:1]))
+        if first.nbytes * len(rows) > PROXY_CACHE_BYTES:
+            return _Rows(self, rows, fuse_qdq)
+        return Logits(np.concatenate(list(self.images.chunks(LOGIT_CHUNK, rows))), fuse_qdq)
 
-def rank_layers(layers: list[str], graph_without: Callable[[str], Path], logits: Logits, reference: np.ndarray,
+
+class _Rows(Logits):
+    """Some rows of a set of images too large to keep decoded: read again for every graph."""
+
+    def __init__(self, parent: Logits, rows: np.ndarray, fuse_qdq: bool) -> None:
+        super().__init__(parent.images, fuse_qdq)
+        self.rows = rows
+
+    def of(self, graph: Path | Any, rows: np.ndarray | None = None) -> np.ndarray:
+        return super().of(graph, self.rows if rows is None else self.rows[rows])
+
+
+def rank_layers(layers: list[str], graph_without: Callable[[str], Path | Any], logits: Logits, reference: np.ndarray,
                 plain: np.ndarray) -> list[str]:
     """The quantized layers, the one whose reverting alone brings the logits closest to the reference first, on
-    the images where plain int8 departs most from it. graph_without(layer) is the int8 graph with it reverted."""
+    the images where plain int8 departs most from it. graph_without(layer) is the int8 graph with it reverted (a
+    file or a graph in memory)."""
     err = ((plain - reference) ** 2).mean(1)
     rows = np.sort(np.argsort(-err, kind="stable")[:RANKING_IMAGES])
     ref = reference[rows]
@@ -96,106 +133,231 @@ def rank_layers(layers: list[str], graph_without: Callable[[str], Path], logits:
     return [layer for _, _, layer in sorted(gains, reverse=True)]
 
 
+
+@dataclass(frozen=True)
+class Makers:
+    """How the search makes its int8 graphs, given (method, reverted layers, fallback)."""
+
+    exact: Callable[[CalibMethod, tuple[str, ...], str, Path], list[str]]  # writes the graph export would write;
+    # -> what may be kept out of int8
+    quick: Callable[[CalibMethod, tuple[str, ...], str], Any]  # the same graph, in memory (onnx.ModelProto)
+
+
+@dataclass(frozen=True)
+class Judge:
+    """Whether a graph's answers on the judging images are within budget: its drop plus a margin."""
+
+    labels: np.ndarray
+    fp32_correct: np.ndarray  # the fp32 graph right, per judging image
+    budget: float
+    fixed_margin: float | None = None  # None: one standard error of the paired drop
+
+    def drop(self, correct: np.ndarray) -> float:
+        return 100.0 * float(self.fp32_correct.mean() - correct.mean())
+
+    def margin(self, correct: np.ndarray) -> float:
+        if self.fixed_margin is not None:
+            return self.fixed_margin
+        d = self.fp32_correct.astype(np.float64) - correct
+        return 100.0 * float(d.std(ddof=1)) / math.sqrt(len(d)) if len(d) > 1 else 0.0
+
+    def passes(self, correct: np.ndarray) -> bool:
+        return self.drop(correct) + self.margin(correct) <= self.budget + 1e-9
+
+    @property
+    def rule(self) -> str:
+        if self.fixed_margin is not None:
+            return f"{self.fixed_margin:g} point(s) (--accuracy-margin)"
+        return f"one standard error of the drop on the {len(self.labels)} judging images"
+
+
+@dataclass
+class _Measured:
+    trial: Trial
+    logits: np.ndarray
+    layers: list[str]  # what may be kept out of int8 in this graph
+
+
 @dataclass
 class _Search:
-    """What every trial is made from and measured on."""
+    """What every trial is made from and measured on, and the proxy rows estimates read."""
 
-    make: Callable[[CalibMethod, tuple[str, ...], str, Path], list[str]]  # -> what it may keep out of int8
+    makers: Makers
     logits: Logits
-    labels: np.ndarray
+    judge: Judge
     reference: np.ndarray  # the fp32 graph's logits
-    budget: float
     deadline: float
     tmp: Path
     on_progress: Callable[[str], None]
     trials: list[Trial] = field(default_factory=list)
-    fp32_top1: float = 0.0
+    trial_logits: list[np.ndarray] = field(default_factory=list)  # each trial's, on every judging image
+    estimates: int = 0
+    rows: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # the proxy rows
+    proxy: Logits | None = None
+    answers: np.ndarray | None = None  # the last measured graph right, per judging image
+    last: float = 0.0  # the last estimate's drop
+    unfused: bool = False  # estimates run Q/DQ unfused (tensorrt recipe: quicker; see cpu_session)
 
-    def run(self, method: CalibMethod, reverted: tuple[str, ...], fallback: str) -> tuple[Trial, np.ndarray, list[str]]:
+    def measure(self, method: CalibMethod, reverted: tuple[str, ...], fallback: str) -> _Measured:
+        """The exact graph on every judging image: a trial of the record."""
         start = time.perf_counter()
         path = self.tmp / f"trial{len(self.trials)}.onnx"
-        int8_layers = self.make(method, reverted, fallback, path)
+        layers = self.makers.exact(method, reverted, fallback, path)
         got = self.logits.of(path)
-        top1 = 100.0 * float((got.argmax(1) == self.labels).mean())
-        t = Trial(method.value, reverted, fallback, round(top1, 3), round(self.fp32_top1 - top1, 3),
-                  round(time.perf_counter() - start, 2))
+        correct = got.argmax(1) == self.judge.labels
+        drop, margin = self.judge.drop(correct), self.judge.margin(correct)
+        t = Trial(method.value, reverted, fallback, round(100.0 * float(correct.mean()), 3), round(drop, 3),
+                  round(time.perf_counter() - start, 2), round(margin, 3))
         self.trials.append(t)
-        self.on_progress(f"int8 search: trial {len(self.trials)}, {method.value}, {len(reverted)} layer(s) reverted, "
-                         f"top-1 drop {t.drop:.2f} (budget {self.budget:g})")
-        return t, got, int8_layers
+        self.trial_logits.append(got)
+        self.on_progress(f"int8 search: trial {len(self.trials)} on every judging image, {method.value}, "
+                         f"{len(reverted)} layer(s) reverted, top-1 drop {drop:.2f} + margin {margin:.2f} "
+                         f"(budget {self.judge.budget:g})")
+        return _Measured(t, got, layers)
 
-    def within(self, t: Trial) -> bool:
-        return t.drop <= self.budget
+    def passes(self, t: Trial) -> bool:
+        return t.drop + t.margin <= self.judge.budget + 1e-9
+
+    def rebase(self, got: np.ndarray) -> None:
+        """Estimates from now on: relative to this measured graph, read on the rows whose answer (right or wrong)
+        another graph between it and fp32 is most likely to change: those where the two differ, then those where
+        the label's lead (or gap) is smallest in either, less how far the logits moved."""
+        lead_ref, lead_got = _lead(self.reference, self.judge.labels), _lead(got, self.judge.labels)
+        risk = np.minimum(np.abs(lead_ref), np.abs(lead_got)) - np.abs(got - self.reference).max(1)
+        risk[(lead_ref > 0) != (lead_got > 0)] = -np.inf
+        n = min(len(risk), int(np.clip(2 * np.isinf(risk).sum(), *PROXY_ROWS)))
+        self.rows = np.sort(np.argsort(risk, kind="stable")[:n])
+        self.proxy = self.logits.subset(self.rows, fuse_qdq=not self.unfused)
+        self.answers = got.argmax(1) == self.judge.labels
+
+    def estimate(self, method: CalibMethod, reverted: tuple[str, ...], fallback: str = "fp32") -> bool:
+        """Whether the graph would pass, from its answers on the proxy rows (its estimated drop: self.last)."""
+        assert self.proxy is not None and self.answers is not None
+        got = self.proxy.of(self.makers.quick(method, reverted, fallback))
+        correct = self.answers.copy()
+        correct[self.rows] = got.argmax(1) == self.judge.labels[self.rows]
+        self.estimates += 1
+        ok, self.last = self.judge.passes(correct), self.judge.drop(correct)
+        self.on_progress(f"int8 search: estimate {self.estimates}, {method.value}, {len(reverted)} layer(s) "
+                         f"reverted: drop ~{self.last:.2f} ({'passes' if ok else 'over budget'})")
+        return ok
 
     def out_of_time(self) -> bool:
         return time.perf_counter() > self.deadline
 
 
+def _lead(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """How far the label's logit leads the highest other one (negative: the answer is wrong)."""
+    rows = np.arange(len(labels))
+    others = logits.copy()
+    others[rows, labels] = -np.inf
+    return logits[rows, labels] - others.max(1)
+
+
 def _best(trials: list[Trial], budget: float) -> int:
     """The trial kept: within budget with the fewest layers reverted (then the highest top-1), else the best."""
-    within = [i for i, t in enumerate(trials) if t.drop <= budget]
+    within = [i for i, t in enumerate(trials) if t.drop + t.margin <= budget + 1e-9]
     if within:
         return min(within, key=lambda i: (len(trials[i].reverted), -trials[i].top1, i))
     return min(range(len(trials)), key=lambda i: (trials[i].drop, len(trials[i].reverted), i))
 
 
-def search_int8(o: ExportOptions, fp32_path: Path, acc: AccuracySet,
-                make: Callable[[CalibMethod, tuple[str, ...], str, Path], list[str]],
+def search_int8(o: ExportOptions, fp32_path: Path, acc: AccuracySet, makers: Makers,
                 on_progress: Callable[[str], None]) -> SearchRecord:
     """Run the search; the record's chosen trial names the method, the reverted layers and their fallback."""
     start = time.perf_counter()
     logits = Logits(acc.images)
     reference = logits.of(fp32_path)
+    judge = Judge(acc.y, reference.argmax(1) == acc.y, float(o.max_accuracy_drop or 0.0), o.accuracy_margin)
     with tempfile.TemporaryDirectory(prefix=".tmp-search-", dir=fp32_path.parent) as tmp:
-        s = _Search(make, logits, acc.y, reference, float(o.max_accuracy_drop or 0.0), start + o.search_seconds,
-                    Path(tmp), on_progress)
-        s.fp32_top1 = 100.0 * float((reference.argmax(1) == acc.y).mean())
+        s = _Search(makers, logits, judge, reference, start + o.search_seconds, Path(tmp), on_progress,
+                    unfused=o.int8_target.value == "tensorrt")
         ranking = _methods_then_layers(s, o)
-        chosen = _best(s.trials, s.budget)
+        chosen = _best(s.trials, judge.budget)
         if o.int8_target.value == "tensorrt" and o.fallback is not Fallback.fp32 and s.trials[chosen].reverted:
             chosen = _try_fp16(s, chosen, o.fallback)
-    return SearchRecord(s.budget, acc.description, len(acc.y), round(s.fp32_top1, 3), tuple(s.trials), chosen,
-                        s.trials[chosen].drop <= s.budget, round(time.perf_counter() - start, 2), tuple(ranking))
+    t = s.trials[chosen]
+    return SearchRecord(judge.budget, acc.description, len(acc.y), round(100.0 * float(judge.fp32_correct.mean()), 3),
+                        tuple(s.trials), chosen, s.passes(t), round(time.perf_counter() - start, 2), tuple(ranking),
+                        judge.rule, s.estimates)
 
 
 def _methods_then_layers(s: _Search, o: ExportOptions) -> list[str]:
-    """Plain int8 with the asked method; then the other methods; then layers reverted greedily with the best."""
-    first, got, layers = s.run(o.calib_method, (), "fp32")
-    if s.within(first):
+    """Plain int8 with the asked method; then the other methods, estimated; then layers reverted (see the module's
+    doc). Returns the ranking."""
+    m = s.measure(o.calib_method, (), "fp32")
+    if s.passes(m.trial) or s.out_of_time():
         return []
-    plain = {o.calib_method: (first, got, layers)}
-    for m in METHOD_ORDER:
-        if m not in plain and not s.out_of_time():
-            plain[m] = s.run(m, (), "fp32")
-    method, (best, got, layers) = max(plain.items(), key=lambda kv: (kv[1][0].top1, -METHOD_ORDER.index(kv[0])))
-    if s.within(best) or s.out_of_time():
+    s.rebase(m.logits)
+    method, best = o.calib_method, m
+    for other in SEARCH_METHODS:  # another method's plain graph, measured if its estimate loses less
+        if other is o.calib_method or s.out_of_time() or not (s.estimate(other, ()) or s.last < best.trial.drop):
+            continue
+        m = s.measure(other, (), "fp32")
+        if s.passes(m.trial):
+            return []
+        if m.trial.drop < best.trial.drop:
+            method, best = other, m
+    if s.out_of_time():
         return []
-    tmp = s.tmp / "rank.onnx"
-
-    def without(layer: str) -> Path:
-        s.make(method, (layer,), "fp32", tmp)
-        return tmp
-
-    s.on_progress(f"int8 search: ranking {len(layers)} quantized layers by what reverting each recovers")
-    ranking = rank_layers(layers, without, s.logits, s.reference, got)
-    reverted, drop = (), best.drop
-    for layer in ranking:  # a revert that does not lower the drop is undone: the layer stays int8
-        if s.out_of_time():
+    m = best
+    s.rebase(m.logits)
+    s.on_progress(f"int8 search: ranking {len(m.layers)} quantized layers by what reverting each recovers")
+    ranking = rank_layers(m.layers, lambda layer: s.makers.quick(method, (layer,), "fp32"), s.proxy,
+                          s.reference[s.rows], m.logits[s.rows])
+    reverted: tuple[str, ...] = ()
+    while not s.out_of_time():
+        reverted = _fewest(s, method, ranking, reverted)
+        m = s.measure(method, reverted, "fp32")
+        if s.passes(m.trial) or len(reverted) == len(ranking):
             break
-        t = s.run(method, (*reverted, layer), "fp32")[0]
-        if t.drop < drop:
-            reverted, drop = t.reverted, t.drop
-        if s.within(t):
-            break
+        s.rebase(m.logits)  # the estimate was too kind: draw the proxy rows again from this graph
     return ranking
 
 
+def _fewest(s: _Search, method: CalibMethod, ranking: list[str], kept: tuple[str, ...]) -> tuple[str, ...]:
+    """By estimate: `kept` and the first-ranked others, reverted as a group growing 1, 2, 4, ... until it passes,
+    bisected back to the fewest that pass, then pruned of each added layer the others do without (`kept` stays:
+    a measured graph with them reverted did not pass)."""
+    rest = [x for x in ranking if x not in kept]
+    if not rest:
+        return kept
+
+    def ok(k: int) -> bool:
+        return s.estimate(method, (*kept, *rest[:k]))
+
+    lo, hi, k = 0, len(rest), 1
+    while not s.out_of_time():
+        if ok(k):
+            hi = k
+            break
+        if k == len(rest):
+            break
+        lo, k = k, min(2 * k, len(rest))
+    while hi - lo > 1 and not s.out_of_time():
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if ok(mid) else (mid, hi)
+    chosen = [*kept, *rest[:hi]]
+    for layer in reversed(rest[: hi - 1]):  # the last one added is what made the group pass
+        if s.out_of_time():
+            break
+        fewer = tuple(x for x in chosen if x != layer)
+        if s.estimate(method, fewer):
+            chosen = list(fewer)
+    return tuple(chosen)
+
+
 def _try_fp16(s: _Search, chosen: int, fallback: Fallback) -> int:
-    """The chosen graph with its reverted layers in fp16 (faster on GPUs): kept if asked, or if within budget."""
+    """The chosen graph with its reverted layers in fp16 (faster on GPUs): kept if asked, or if within budget
+    (estimated first, then measured)."""
     t = s.trials[chosen]
-    if s.out_of_time() and fallback is Fallback.auto:
-        return chosen
-    half, _, _ = s.run(CalibMethod(t.method), t.reverted, "fp16")
-    if fallback is Fallback.fp16 or half.drop <= s.budget:
+    if fallback is Fallback.auto:
+        if s.out_of_time():
+            return chosen
+        s.rebase(s.trial_logits[chosen])
+        if not s.estimate(CalibMethod(t.method), t.reverted, "fp16"):
+            return chosen
+    half = s.measure(CalibMethod(t.method), t.reverted, "fp16").trial
+    if fallback is Fallback.fp16 or s.passes(half):
         return len(s.trials) - 1
     return chosen

@@ -1,6 +1,7 @@
 """resnetx's int8 against NNCF's, side by side on the same fp32 ONNX, calibration and validation images.
 
     python scripts/int8_anchor.py --nncf-python /path/to/nncf-venv/bin/python [--models default,hostile,...]
+    python scripts/int8_anchor.py --methods [--models ...]   # plain int8's drop by each calibration method
 
 NNCF runs in its own virtual environment (pip install nncf onnx onnxruntime torch==2.13.0), through
 scripts/nncf_quantize.py; both sides get 300 calibration images (Fashion-MNIST train, resnetx's seeded draw),
@@ -93,12 +94,12 @@ def _floats(path: Path) -> int:
     return sum(n.op_type in ("Conv", "Gemm") for n in m.graph.node) - len(quantized_layers(m))
 
 
-def _resnetx(spec: ModelSpec, folder: Path, budget: float | None) -> tuple[Path, float]:
+def _resnetx(spec: ModelSpec, folder: Path, budget: float | None, margin: float | None = None) -> tuple[Path, float]:
     export(ExportOptions(model=spec, out=folder, reference_samples=0))  # the fp32 graph, not timed
     start = time.perf_counter()
     export(ExportOptions(model=spec, out=folder, precisions=(Precision.fp32, Precision.int8),
                          calib_data="fashion-mnist", calib_samples=CALIB, max_accuracy_drop=budget,
-                         accuracy_samples=JUDGE, reference_samples=0, search_seconds=1800))
+                         accuracy_samples=JUDGE, accuracy_margin=margin, reference_samples=0, search_seconds=1800))
     return folder / "model.int8.onnx", time.perf_counter() - start
 
 
@@ -112,15 +113,44 @@ def _nncf(python: str, fp32: Path, data: Path, out: Path, budget: float | None) 
     return out, json.loads(r.stdout.strip().splitlines()[-1])["seconds"]
 
 
+def _methods(names: list[str], r18: Path | None) -> None:
+    """Which calibration method the search should try: plain int8 (every layer, as the search starts) by each."""
+    from exporters.calibrate import CalibMethod
+
+    print("| model | " + " | ".join(m.value for m in CalibMethod) + " |\n|---|" + "---:|" * len(CalibMethod))
+    with tempfile.TemporaryDirectory() as tmp_s:
+        tmp = Path(tmp_s)
+        for name in names:
+            spec, desc = _checkpoint(name, tmp, r18)
+            _, info = load_model(spec)
+            test = open_dataset("fashion-mnist", split="test")
+            x = np.concatenate([b.x for b in iter_batches(test, info.preprocess, 1000)])[:JUDGE]
+            y = test.labels.astype(np.int64)[:JUDGE]
+            drops = []
+            for m in CalibMethod:
+                folder = tmp / name / m.value
+                export(ExportOptions(model=spec, out=folder, precisions=(Precision.fp32, Precision.int8),
+                                     calib_data="fashion-mnist", calib_samples=CALIB, calib_method=m,
+                                     int8_quantize_ends=True, reference_samples=0))
+                drops.append(_top1(folder / "model.fp32.onnx", x, y) - _top1(folder / "model.int8.onnx", x, y))
+            print(f"| {desc} | " + " | ".join(f"{d:+.2f}" for d in drops) + " |", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--nncf-python", required=True)
+    ap.add_argument("--nncf-python")
+    ap.add_argument("--methods", action="store_true", help="plain int8's drop by each calibration method instead")
     ap.add_argument("--models", default="default,hostile,hostile-strong,residual")
     ap.add_argument("--resnet18", type=Path)
     ap.add_argument("--budget", type=float, default=0.5)
     a = ap.parse_args()
+    if a.methods:
+        return _methods(a.models.split(","), a.resnet18)
+    if not a.nncf_python:
+        raise SystemExit("--nncf-python PYTHON (a virtual environment with nncf) is needed")
     rows = [f"| model | tool | plain: drop | budget {a.budget:g}: drop on the judging 2k / on the other 8k | "
-            "conv/gemm in float | seconds (plain / with budget) |", "|---|---|---:|---:|---:|---:|"]
+            "conv/gemm in float | seconds (plain / with budget) | budget's seconds / NNCF's |",
+            "|---|---|---:|---:|---:|---:|---:|"]
     with tempfile.TemporaryDirectory() as tmp_s:
         tmp = Path(tmp_s)
         for name in a.models.split(","):
@@ -134,11 +164,16 @@ def main() -> None:
             np.savez(tmp / "data.npz", calib=calib, x=x[:JUDGE], y=y[:JUDGE])
             fp32 = tmp / name / "model.fp32.onnx"
             results = {}
-            for tool in ("resnetx", "NNCF", "NNCF, signed for TensorRT"):
+            for tool in ("resnetx", "resnetx, margin 0", "NNCF", "NNCF, signed for TensorRT"):
                 for budget in (None, a.budget):
                     if tool == "resnetx":
                         q, secs = _resnetx(spec, tmp / name / ("plain" if budget is None else "ac"), budget)
                         fp32 = q.parent / "model.fp32.onnx"
+                    elif tool == "resnetx, margin 0" and budget is None:  # plain int8 has no margin
+                        results[(tool, budget)] = results[("resnetx", None)]
+                        continue
+                    elif tool == "resnetx, margin 0":
+                        q, secs = _resnetx(spec, tmp / name / "ac0", budget, margin=0.0)
                     elif tool == "NNCF":
                         q, secs = _nncf(a.nncf_python, fp32, tmp / "data.npz", tmp / f"nncf-{budget}.onnx", budget)
                     else:
@@ -147,10 +182,12 @@ def main() -> None:
                     base_j, base_o = _top1(fp32, x[:JUDGE], y[:JUDGE]), _top1(fp32, x[JUDGE:], y[JUDGE:])
                     results[(tool, budget)] = (base_j - _top1(q, x[:JUDGE], y[:JUDGE]),
                                                base_o - _top1(q, x[JUDGE:], y[JUDGE:]), _floats(q), secs)
+            nncf = results[("NNCF", a.budget)][3]
+            for tool in ("resnetx", "resnetx, margin 0", "NNCF", "NNCF, signed for TensorRT"):
                 p, b = results[(tool, None)], results[(tool, a.budget)]
                 rows.append(f"| {desc} | {tool} | {p[1]:+.2f} | {b[0]:+.2f} / {b[1]:+.2f} | {b[2]} "
-                            f"| {p[3]:.1f} / {b[3]:.1f} |")
-            print("\n".join(rows[-2:]), flush=True)
+                            f"| {p[3]:.1f} / {b[3]:.1f} | {b[3] / nncf:.2f} |")
+            print("\n".join(rows[-4:]), flush=True)
     print("\n".join(rows))
 
 

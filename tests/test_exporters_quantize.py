@@ -10,9 +10,17 @@ import onnxruntime as ort
 import pytest
 from onnx import numpy_helper
 
-from exporters.calibrate import CalibMethod, Ranges, calibrate
+from exporters.calibrate import CalibMethod, Ranges, calibrate, calibrate_methods
 from exporters.fp16 import to_fp16
-from exporters.quantize import bias_shifts, quantize_int8, quantized_layers
+from exporters.quantize import (
+    apply_shifts,
+    bias_shifts,
+    int8_graph,
+    quantize_int8,
+    quantized_layers,
+    revert_layers,
+    revertible,
+)
 from resnetx.errors import BadInput
 from tests.conftest import sample_batches
 
@@ -219,6 +227,53 @@ def test_calibration_needs_images_and_says_how_far_it_is(graphs: Path) -> None:
     calibrate(graphs / "model.fp32.onnx", lambda: _calib(graphs, 128), "percentile", on_images=seen.append)
     assert seen == [64, 128, 192, 256]  # histograms read every image twice (ranges, then counts): per batch
     assert Ranges.load(graphs / "missing.json") is None
+
+
+def test_every_method_from_the_same_two_passes_gives_each_methods_own_ranges(graphs: Path) -> None:
+    """The accuracy search calibrates its methods together: the images are read twice in all (extremes, then
+    counts), and each method's ranges are those it gets calibrated alone."""
+    seen: list[int] = []
+    together = calibrate_methods(graphs / "model.fp32.onnx", lambda: _calib(graphs, 128), list(CalibMethod),
+                                 on_images=seen.append)
+    assert seen == [64, 128, 192, 256]
+    for m in CalibMethod:
+        alone = calibrate(graphs / "model.fp32.onnx", lambda: _calib(graphs, 128), m)
+        assert together[m].ranges == alone.ranges and together[m].images == 128, m
+    assert together[CalibMethod.percentile].ranges != together[CalibMethod.max].ranges
+
+
+@pytest.mark.parametrize("recipe", ["tensorrt", "cpu"])
+def test_reverting_layers_of_the_placed_graph_makes_the_graph_placed_without_them(graphs: Path,
+                                                                                   recipe: str) -> None:
+    """The search's quick trials: layers put back in float in the placed plain graph compute what the graph placed
+    with those layers excluded computes (bit for bit in the tensorrt layout; onnxruntime's cpu layout quantizes an
+    excluded add's output differently, so there only the answers must agree)."""
+    src = graphs / "model.fp32.onnx"
+    ranges = _ranges(graphs, recipe, method="percentile")
+    reverted = ("layer1.0.conv1", "layer2.0/add", "layer3.2.conv2", "conv1")
+    plain, _, _ = int8_graph(src, ranges, recipe=recipe, quantize_ends=True)
+    shifts = bias_shifts(src, plain, next(_calib(graphs, 32)))
+    want, _, _ = int8_graph(src, ranges, recipe=recipe, exclude_nodes=reverted, quantize_ends=True)
+    apply_shifts(want, shifts)
+    got = onnx.ModelProto()
+    got.CopyFrom(plain)
+    revert_layers(got, onnx.load(str(src)), reverted)
+    apply_shifts(got, shifts)
+    assert not set(reverted) & set(quantized_layers(got)) and len(quantized_layers(got)) == 19
+    x = np.concatenate(list(_calib(graphs, 128)))
+    a = ort.InferenceSession(want.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+    b = ort.InferenceSession(got.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+    if recipe == "cpu":
+        assert (a.argmax(1) == b.argmax(1)).mean() >= 0.99 and np.abs(a - b).max() < 0.5
+        return
+    np.testing.assert_array_equal(a, b)
+    every = onnx.ModelProto()  # every layer and add reverted at once: no Q/DQ left, the fp32 graph's logits
+    every.CopyFrom(plain)
+    revert_layers(every, onnx.load(str(src)), revertible(plain))
+    assert not [n for n in every.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
+    c = ort.InferenceSession(every.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+    ref = ort.InferenceSession(str(src), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+    np.testing.assert_allclose(c, ref, atol=1e-4)
 
 
 CPU_OPS = ("Conv", "Gemm", "Add", "Relu", "Clip", "MaxPool", "GlobalAveragePool", "AveragePool", "Flatten")

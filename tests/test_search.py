@@ -69,6 +69,9 @@ def test_the_budget_is_met_with_most_layers_in_int8(searched: tuple) -> None:
     s = int8.search
     assert s is not None and s.met and r.missed is None
     assert s.data == "872 sample images not used for calibration" and s.images == 872
+    t = s.result  # within budget with one standard error to spare, most candidates only estimated
+    assert t.margin > 0.1 and t.drop + t.margin <= 0.5 and "one standard error" in s.margin_rule
+    assert s.estimates > len(s.trials)
     fp32, q = _held_out_top1(out / "model.fp32.onnx", r.info), _held_out_top1(out / "model.int8.onnx", r.info)
     assert abs((fp32 - q) - s.result.drop) < 0.01 and fp32 - q <= 0.5  # the record says what an independent pass sees
     layers = quantized_layers(onnx.load(str(out / "model.int8.onnx")))
@@ -183,3 +186,61 @@ def test_equalization_keeps_the_fp32_function(graphs: Path) -> None:
     want = ort.InferenceSession(str(graphs / "model.fp32.onnx")).run(None, {"input": x})[0]
     got = ort.InferenceSession(m.SerializeToString()).run(None, {"input": x})[0]
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_the_margin_is_one_standard_error_of_the_paired_drop() -> None:
+    from pipeline.search import Judge
+
+    labels = np.zeros(400, np.int64)
+    fp32 = np.ones(400, bool)
+    int8 = fp32.copy()
+    int8[:4] = False  # 4 of 400 answers lost: a drop of 1 point
+    j = Judge(labels, fp32, budget=1.2)
+    se = 100 * np.std(fp32.astype(float) - int8, ddof=1) / np.sqrt(400)
+    assert j.drop(int8) == pytest.approx(1.0) and j.margin(int8) == pytest.approx(se) and se > 0.4
+    assert not j.passes(int8) and "one standard error" in j.rule
+    assert Judge(labels, fp32, budget=1.2, fixed_margin=0.0).passes(int8)  # judged like NNCF: the drop alone
+    assert not Judge(labels, fp32, budget=1.2, fixed_margin=0.3).passes(int8)
+
+
+def test_the_fewest_layers_are_found_by_growing_bisecting_and_pruning() -> None:
+    """The group of first-ranked layers grows 1, 2, 4, 8, is bisected back, and layers the others do without are
+    pruned: with a ranking where only 'a' and 'd' matter, the search reverts exactly those, in few estimates."""
+    from exporters.calibrate import CalibMethod
+    from pipeline.search import _fewest
+
+    class Estimates:
+        def __init__(self) -> None:
+            self.asked: list[tuple[str, ...]] = []
+
+        def estimate(self, method: CalibMethod, reverted: tuple[str, ...], fallback: str = "fp32") -> bool:
+            self.asked.append(reverted)
+            return {"a", "d"} <= set(reverted)
+
+        def out_of_time(self) -> bool:
+            return False
+
+    s = Estimates()
+    ranking = list("abcdefghijklmnop")
+    assert _fewest(s, CalibMethod.percentile, ranking, ()) == ("a", "d")
+    assert s.asked[:3] == [("a",), ("a", "b"), ("a", "b", "c", "d")] and len(s.asked) <= 8
+    s.asked.clear()  # layers a measured graph already reverted stay; only the added ones are pruned
+    assert _fewest(s, CalibMethod.percentile, ranking, ("b", "a")) == ("b", "a", "d")
+
+
+def test_a_negative_margin_is_refused(tmp_path: Path) -> None:
+    r = CliRunner().invoke(app, ["export", "--out", str(tmp_path / "x"), "--precision", "fp32,int8",
+                                 "--max-accuracy-drop", "0.5", "--accuracy-margin", "-1"])
+    assert r.exit_code == 2 and "accuracy-margin" in r.output and not (tmp_path / "x").exists()
+
+
+def test_a_margin_over_half_the_budget_gets_a_notice(searched: tuple) -> None:
+    from dataclasses import replace
+
+    from pipeline.graphs import int8_notices
+
+    out, _, r = searched
+    entry = read_manifest(out).graphs[Precision.int8]
+    wide = replace(entry.search, trials=tuple(replace(t, margin=0.4) for t in entry.search.trials))
+    notices = int8_notices(replace(entry, search=wide), ExportOptions(out=out), r.info)
+    assert any("margin was 0.40 points" in n and "--accuracy-samples" in n for n in notices), notices
