@@ -307,8 +307,8 @@ def int8_notices(entry: GraphEntry | None, o: ExportOptions, info: ModelInfo) ->
     if entry.search is not None and (chance := near_chance_note(entry.search.fp32_top1, info.num_classes,
                                                                 entry.search.data)):
         notices.append(chance)
-    if (s := entry.search) is not None and s.result.margin > s.budget / 2:
-        notices.append(f"the int8 search's margin was {s.result.margin:.2f} points ({s.margin_rule}), over half "
+    if (s := entry.search) is not None and s.result.margin > 0.75 * s.budget:
+        notices.append(f"the int8 search's margin was {s.result.margin:.2f} points ({s.margin_rule}), most of "
                        f"the {s.budget:g}-point budget: layers may stay out of int8 that the budget would allow; "
                        "judge on more --accuracy-samples, or set --accuracy-margin")
     bar = PRECISIONS[Precision.int8].tolerance.top1_agreement or 0.0

@@ -234,7 +234,7 @@ def test_a_negative_margin_is_refused(tmp_path: Path) -> None:
     assert r.exit_code == 2 and "accuracy-margin" in r.output and not (tmp_path / "x").exists()
 
 
-def test_a_margin_over_half_the_budget_gets_a_notice(searched: tuple) -> None:
+def test_a_margin_of_most_of_the_budget_gets_a_notice(searched: tuple) -> None:
     from dataclasses import replace
 
     from pipeline.graphs import int8_notices
