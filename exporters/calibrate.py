@@ -156,23 +156,24 @@ def _scan(acts: _Activations, methods: list[CalibMethod], symmetric: bool) -> _E
     return ext
 
 
-def _histograms(acts: _Activations, ext: _Extremes, methods: list[CalibMethod],
+def _histograms(acts: _Activations, lows: dict[str, np.ndarray], highs: dict[str, np.ndarray],
+                lo_abs: dict[str, np.ndarray], methods: list[CalibMethod],
                 symmetric: bool) -> dict[CalibMethod, dict[str, tuple]]:
     """Each tensor's histogram for each histogram method exactly as onnxruntime's collector makes it from all
-    images at once (the same bins over the same range, so the same counts), counted in one more streamed pass."""
-    lows, highs = ext.per_image()
+    images at once (the same bins over the same range, so the same counts), counted in one more streamed pass over
+    the images whose per-image extremes pass 1 found."""
     lo = {t: v.min() for t, v in lows.items()}
     hi = {t: v.max() for t, v in highs.items()}
-    shape: dict[CalibMethod, tuple[int, dict[str, tuple]]] = {}
+    shape: dict[CalibMethod, tuple[bool, dict[str, tuple]]] = {}
     for m in methods:
         absolute = symmetric and m is CalibMethod.percentile
         edges_of = {}
         for t in lo:
             top = np.array(max(abs(lo[t]), abs(hi[t])), dtype=lo[t].dtype)
-            edges_of[t] = (ext.lo_abs[t], top) if absolute else (-top, top)
+            edges_of[t] = (lo_abs[t], top) if absolute else (-top, top)
         shape[m] = (absolute, edges_of)
     counts: dict[CalibMethod, dict[str, np.ndarray]] = {m: {} for m in methods}
-    edges: dict[str, np.ndarray] = {}
+    edges: dict[tuple[CalibMethod, str], np.ndarray] = {}
     for values, _ in acts:
         for m, (absolute, edges_of) in shape.items():
             for t, v in values.items():
@@ -211,9 +212,9 @@ def _all_ranges(src: Path, batches: Callable[[], Iterable[tuple[np.ndarray, int]
         cal = _calibrator(src, Path(tmp), op_types)
         acts = _Activations(cal, batches, fixed, on_images)
         ext = _scan(acts, methods, symmetric)
+        lows, highs = ext.per_image()
         hist_methods = [m for m in methods if passes(m) == 2]
-        hists = _histograms(acts, ext, hist_methods, symmetric) if hist_methods else {}
-    lows, highs = ext.per_image()
+        hists = _histograms(acts, lows, highs, ext.lo_abs, hist_methods, symmetric) if hist_methods else {}
     out = {}
     for m in methods:
         if m in hists:

@@ -39,6 +39,7 @@ __all__ = [
     "OnnxArtifact",
     "export_onnx",
     "own_weights",
+    "drop_unused_initializers",
     "check_onnx",
     "load_onnx",
     "save_onnx",
@@ -353,6 +354,11 @@ def own_weights(model: onnx.ModelProto) -> None:
             keep.append(n)
     del g.node[:]
     g.node.extend(keep)
+    drop_unused_initializers(g)
+
+
+def drop_unused_initializers(g: onnx.GraphProto) -> None:
+    """Remove the initializers no node reads and no graph output names, keeping the others' order."""
     used = {i for n in g.node for i in n.input} | {o.name for o in g.output}
     kept = [i for i in g.initializer if i.name in used]
     del g.initializer[:]

@@ -32,6 +32,7 @@ from exporters.onnx import (
     activation_bytes,
     check_onnx,
     cpu_session,
+    drop_unused_initializers,
     graph_batch,
     opset_of,
     quiet_converters,
@@ -198,10 +199,8 @@ def _place_tensorrt(model: onnx.ModelProto, ranges: Ranges, excluded: set[str]) 
         nodes.append(node)
     del g.node[:]
     g.node.extend(nodes)
-    used = {i for n in g.node for i in n.input}
-    kept = [i for i in g.initializer if i.name in used]
-    del g.initializer[:]
-    g.initializer.extend(kept + new_inits)
+    drop_unused_initializers(g)
+    g.initializer.extend(new_inits)
     return q
 
 
@@ -271,10 +270,7 @@ def revert_layers(q: onnx.ModelProto, fp32: onnx.ModelProto, names: Iterable[str
                 taken.add(name)
             node.input[k] = name
     keep_float(q, wanted)
-    used = {i for n in q.graph.node for i in n.input}
-    kept = [i for i in q.graph.initializer if i.name in used]
-    del q.graph.initializer[:]
-    q.graph.initializer.extend(kept)
+    drop_unused_initializers(q.graph)
 
 
 def _bypass(model: onnx.ModelProto, producer: dict[str, onnx.NodeProto], node: onnx.NodeProto, k: int) -> None:
@@ -494,10 +490,7 @@ def layers_to_fp16(q: onnx.ModelProto, names: Iterable[str]) -> list[str]:
         done.append(node.name)
     del q.graph.node[:]
     q.graph.node.extend(nodes)
-    used = {i for n in q.graph.node for i in n.input}
-    kept = [i for i in q.graph.initializer if i.name in used]
-    del q.graph.initializer[:]
-    q.graph.initializer.extend(kept)
+    drop_unused_initializers(q.graph)
     del q.graph.value_info[:]  # stale types of the rewired tensors; checkers infer them again
     return done
 

@@ -211,6 +211,7 @@ OnnxOpt = Annotated[Path | None, typer.Option("--onnx", dir_okay=False, rich_hel
     "reference is the file itself on onnxruntime; give --mean/--std unless its metadata records them."))]
 OutOpt = Annotated[Path | None, typer.Option("--out", "-o", help="Artifact folder (default artifacts/<model>).")]
 DirArg = Annotated[Path, typer.Argument(help="Artifact folder written by resnetx export.")]
+ReplaceOutOpt = Annotated[bool, typer.Option(help="Replace --out if it exists.")]
 CalibDataOpt = Annotated[str, typer.Option(rich_help_panel=INT8, help=(
     "INT8 calibration data (train split): sample, fashion-mnist, cifar10, imagefolder:DIR."))]
 CalibDirOpt = Annotated[Path | None, typer.Option(rich_help_panel=INT8, help="Calibration dataset directory.")]
@@ -742,7 +743,6 @@ def info(
         raise CheckFailed(f"{folder}: files differ from the manifest or are missing (see the table above)")
 
 
-
 @app.command(cls=_Command)
 @handled
 def triton(
@@ -761,7 +761,7 @@ def triton(
                                                 "others, in microseconds.")] = 100,
     allow_unverified: Annotated[bool, typer.Option(help="Write it even if the folder's last verify failed or is "
                                                    "missing or stale.")] = False,
-    force: Annotated[bool, typer.Option(help="Replace --out if it exists.")] = False,
+    force: ReplaceOutOpt = False,
 ) -> None:
     """Write a Triton Inference Server model repository from a verified artifact folder."""
     from pipeline.precisions import parse_precisions
@@ -780,6 +780,7 @@ def triton(
         console.print(f"note: {escape(line)}")
     console.print(f"serve with: tritonserver --model-repository {escape(str(result.repo))}  "
                   f"(see {escape(str(result.repo / 'README.md'))})", soft_wrap=True)
+
 
 class DsMode(str, Enum):
     primary = "primary"
@@ -807,7 +808,7 @@ def deepstream(
         DEFAULT_REFERENCE_SAMPLES),
     allow_unverified: Annotated[bool, typer.Option(help="Write it even if the artifact's standing verdict is a "
                                                    "fail, or it was never verified.")] = False,
-    force: Annotated[bool, typer.Option(help="Replace --out if it exists.")] = False,
+    force: ReplaceOutOpt = False,
 ) -> None:
     """Write a DeepStream nvinfer classifier config of a verified folder, and measure what nvinfer's preprocessing
     costs against the model's own."""

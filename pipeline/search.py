@@ -143,6 +143,11 @@ class Makers:
     quick: Callable[[CalibMethod, tuple[str, ...], str], Any]  # the same graph, in memory (onnx.ModelProto)
 
 
+def _within(drop: float, margin: float, budget: float) -> bool:
+    """The search's one rule: the drop plus its margin within the budget (points of top-1)."""
+    return drop + margin <= budget + 1e-9
+
+
 @dataclass(frozen=True)
 class Judge:
     """Whether a graph's answers on the judging images are within budget: its drop plus a margin."""
@@ -162,7 +167,7 @@ class Judge:
         return 100.0 * float(d.std(ddof=1)) / math.sqrt(len(d)) if len(d) > 1 else 0.0
 
     def passes(self, correct: np.ndarray) -> bool:
-        return self.drop(correct) + self.margin(correct) <= self.budget + 1e-9
+        return _within(self.drop(correct), self.margin(correct), self.budget)
 
     @property
     def rule(self) -> str:
@@ -216,7 +221,7 @@ class _Search:
         return _Measured(t, got, layers)
 
     def passes(self, t: Trial) -> bool:
-        return t.drop + t.margin <= self.judge.budget + 1e-9
+        return _within(t.drop, t.margin, self.judge.budget)
 
     def rebase(self, got: np.ndarray) -> None:
         """Estimates from now on: relative to this measured graph, read on the rows whose answer (right or wrong)
@@ -256,7 +261,7 @@ def _lead(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
 
 def _best(trials: list[Trial], budget: float) -> int:
     """The trial kept: within budget with the fewest layers reverted (then the highest top-1), else the best."""
-    within = [i for i, t in enumerate(trials) if t.drop + t.margin <= budget + 1e-9]
+    within = [i for i, t in enumerate(trials) if _within(t.drop, t.margin, budget)]
     if within:
         return min(within, key=lambda i: (len(trials[i].reverted), -trials[i].top1, i))
     return min(range(len(trials)), key=lambda i: (trials[i].drop, len(trials[i].reverted), i))
