@@ -7,7 +7,7 @@ judging images (or --accuracy-margin points), so that the budget also holds on i
 Plain int8 is measured first, on every judging image. Over budget, candidates are first estimated on the proxy
 rows: the judging images whose answer a graph between the last measured one and fp32 is most likely to change
 (where the two differ in right or wrong, then where the label's lead is smallest), the other images keeping that
-graph's answers. With another --calib-method, percentile (calibrated in the same passes over the images) is
+graph's answers. The other methods of SEARCH_METHODS (calibrated in the same passes over the images) are
 estimated; then the quantized layers (and residual adds) are ranked once, by how much reverting each alone
 recovers; the first-ranked are reverted as a group growing 1, 2, 4, ..., bisected back to the fewest that pass,
 and pruned of any the others do without. Only that candidate is measured on every judging image; if the
@@ -21,8 +21,10 @@ from __future__ import annotations
 import logging
 import math
 import tempfile
+import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,16 +40,21 @@ from pipeline.export_options import ExportOptions
 from pipeline.zoo import ModelInfo
 from resnetx.errors import BadInput
 
-__all__ = ["AccuracySet", "accuracy_set", "Judge", "Logits", "Makers", "rank_layers", "search_int8", "SEARCH_METHODS"]
+__all__ = ["AccuracySet", "accuracy_set", "Judge", "Logits", "Makers", "Reference", "rank_layers", "ranking_images",
+           "search_int8", "SEARCH_METHODS"]
 
 log = logging.getLogger(__name__)
 LOGIT_CHUNK = 256  # images decoded at a time for a trial's logits
-RANKING_IMAGES = 128  # the proxy images int8 gets most wrong, on which each layer's recovery is ranked
+# each layer's recovery is ranked on the proxy images int8 gets most wrong: 128, fewer where the layers are many
+# (at least 32), so that ranking reads at most RANKING_PASSES times as many images as a measured trial
+RANKING_IMAGES = (32, 128)
+RANKING_PASSES = 4
 PROXY_ROWS = (256, 768)  # estimates read at least/at most this many judging images: those most at risk of flipping
 PROXY_CACHE_BYTES = 256 << 20  # the proxy rows' decoded inputs are kept in memory up to this size
-# the calibration methods the search tries beside the asked one: percentile lost the least top-1 on every model of
-# `scripts/int8_anchor.py --methods` (mean-max, max and entropy never won; docs/precision.md)
-SEARCH_METHODS = (CalibMethod.percentile,)
+# the calibration methods the search tries beside the asked one: percentile lost the least top-1 on the small models
+# of `scripts/int8_anchor.py --methods`, mean-max by far the least on a trained ResNet-50 at 224; max and entropy
+# never won (docs/precision.md)
+SEARCH_METHODS = (CalibMethod.percentile, CalibMethod.mean_max)
 
 
 @dataclass(frozen=True)
@@ -88,7 +95,9 @@ class Logits:
 
     def __init__(self, images: ImageSet | np.ndarray, fuse_qdq: bool = True) -> None:
         self.images = images
-        self.fuse_qdq = fuse_qdq  # False: quicker for the tensorrt recipe's graphs (see cpu_session)
+        # False for the tensorrt recipe's graphs, measured and estimated alike: quicker for their signed int8
+        # activations, and an estimate of a graph then gives its measurement's answers (see cpu_session)
+        self.fuse_qdq = fuse_qdq
 
     def of(self, graph: Path | Any, rows: np.ndarray | None = None) -> np.ndarray:
         sess = cpu_session(graph, self.fuse_qdq)
@@ -117,19 +126,70 @@ class _Rows(Logits):
         return super().of(graph, self.rows if rows is None else self.rows[rows])
 
 
+class Reference:
+    """The fp32 graph's logits on the judging images, begun in the background while calibration runs (its
+    histogram counting takes one core: a one-thread session takes the other), and finished by the search: `result`
+    takes the chunks still left on the caller's thread too, beside the background one. `stop`: an export that
+    fails meanwhile waits for one chunk at most."""
+
+    def __init__(self, fp32_path: Path, acc: AccuracySet) -> None:
+        self._path, self._images = fp32_path, acc.images
+        self._starts = list(range(0, len(acc.y), LOGIT_CHUNK))
+        self._next, self._lock, self._stop = 0, threading.Lock(), threading.Event()
+        self._out: dict[int, np.ndarray] = {}
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="rx-reference")
+        self._future = self._pool.submit(self._work)
+
+    def _take(self) -> int | None:
+        with self._lock:
+            if self._stop.is_set() or self._next == len(self._starts):
+                return None
+            self._next += 1
+            return self._next - 1
+
+    def _work(self) -> None:
+        sess = None
+        while (k := self._take()) is not None:
+            sess = sess or cpu_session(self._path, threads=1)
+            rows = np.arange(self._starts[k], min(self._starts[k] + LOGIT_CHUNK, len(self._images)))
+            self._out[k] = run_cpu(sess, next(self._images.chunks(LOGIT_CHUNK, rows)), batch=64)
+
+    def result(self) -> np.ndarray:
+        try:
+            self._work()
+            self._future.result()
+        finally:
+            self._pool.shutdown()
+        if len(self._out) < len(self._starts):
+            raise RuntimeError("the fp32 reference logits were stopped before they were done")
+        return np.concatenate([self._out[k] for k in range(len(self._starts))])
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._pool.shutdown()
+
+
+def ranking_images(layers: int, judged: int) -> int:
+    """How many images rank `layers` layers when a measured trial reads `judged` (see RANKING_IMAGES)."""
+    return int(np.clip(RANKING_PASSES * judged // max(layers, 1), *RANKING_IMAGES))
+
+
 def rank_layers(layers: list[str], graph_without: Callable[[str], Path | Any], logits: Logits, reference: np.ndarray,
-                plain: np.ndarray) -> list[str]:
+                plain: np.ndarray, images: int = RANKING_IMAGES[1],
+                on_layer: Callable[[int], None] | None = None) -> list[str]:
     """The quantized layers, the one whose reverting alone brings the logits closest to the reference first, on
-    the images where plain int8 departs most from it. graph_without(layer) is the int8 graph with it reverted (a
-    file or a graph in memory)."""
+    the `images` images where plain int8 departs most from it. graph_without(layer) is the int8 graph with it
+    reverted (a file or a graph in memory); on_layer hears how many layers are ranked so far."""
     err = ((plain - reference) ** 2).mean(1)
-    rows = np.sort(np.argsort(-err, kind="stable")[:RANKING_IMAGES])
+    rows = np.sort(np.argsort(-err, kind="stable")[:images])
     ref = reference[rows]
     base = float(((plain[rows] - ref) ** 2).mean())
     gains = []
     for i, layer in enumerate(layers):
         got = logits.of(graph_without(layer), rows)
         gains.append((base - float(((got - ref) ** 2).mean()), -i, layer))
+        if on_layer:
+            on_layer(i + 1)
     return [layer for _, _, layer in sorted(gains, reverse=True)]
 
 
@@ -201,7 +261,6 @@ class _Search:
     proxy: Logits | None = None
     answers: np.ndarray | None = None  # the last measured graph right, per judging image
     last: float = 0.0  # the last estimate's drop
-    unfused: bool = False  # estimates run Q/DQ unfused (tensorrt recipe: quicker; see cpu_session)
 
     def measure(self, method: CalibMethod, reverted: tuple[str, ...], fallback: str) -> _Measured:
         """The exact graph on every judging image: a trial of the record."""
@@ -232,7 +291,7 @@ class _Search:
         risk[(lead_ref > 0) != (lead_got > 0)] = -np.inf
         n = min(len(risk), int(np.clip(2 * np.isinf(risk).sum(), *PROXY_ROWS)))
         self.rows = np.sort(np.argsort(risk, kind="stable")[:n])
-        self.proxy = self.logits.subset(self.rows, fuse_qdq=not self.unfused)
+        self.proxy = self.logits.subset(self.rows, fuse_qdq=self.logits.fuse_qdq)
         self.answers = got.argmax(1) == self.judge.labels
 
     def estimate(self, method: CalibMethod, reverted: tuple[str, ...], fallback: str = "fp32") -> bool:
@@ -268,15 +327,15 @@ def _best(trials: list[Trial], budget: float) -> int:
 
 
 def search_int8(o: ExportOptions, fp32_path: Path, acc: AccuracySet, makers: Makers,
-                on_progress: Callable[[str], None]) -> SearchRecord:
-    """Run the search; the record's chosen trial names the method, the reverted layers and their fallback."""
+                on_progress: Callable[[str], None], reference: np.ndarray | None = None) -> SearchRecord:
+    """Run the search; the record's chosen trial names the method, the reverted layers and their fallback.
+    reference: the fp32 graph's logits on the judging images, when already computed (`Reference`)."""
     start = time.perf_counter()
-    logits = Logits(acc.images)
-    reference = logits.of(fp32_path)
+    logits = Logits(acc.images, fuse_qdq=o.int8_target.value != "tensorrt")  # see Logits
+    reference = logits.of(fp32_path) if reference is None else reference
     judge = Judge(acc.y, reference.argmax(1) == acc.y, float(o.max_accuracy_drop or 0.0), o.accuracy_margin)
     with tempfile.TemporaryDirectory(prefix=".tmp-search-", dir=fp32_path.parent) as tmp:
-        s = _Search(makers, logits, judge, reference, start + o.search_seconds, Path(tmp), on_progress,
-                    unfused=o.int8_target.value == "tensorrt")
+        s = _Search(makers, logits, judge, reference, start + o.search_seconds, Path(tmp), on_progress)
         ranking = _methods_then_layers(s, o)
         chosen = _best(s.trials, judge.budget)
         if o.int8_target.value == "tensorrt" and o.fallback is not Fallback.fp32 and s.trials[chosen].reverted:
@@ -307,9 +366,11 @@ def _methods_then_layers(s: _Search, o: ExportOptions) -> list[str]:
         return []
     m = best
     s.rebase(m.logits)
-    s.on_progress(f"int8 search: ranking {len(m.layers)} quantized layers by what reverting each recovers")
+    n, images = len(m.layers), min(ranking_images(len(m.layers), len(s.judge.labels)), len(s.rows))
+    s.on_progress(f"int8 search: ranking {n} quantized layers by what reverting each recovers on {images} images")
     ranking = rank_layers(m.layers, lambda layer: s.makers.quick(method, (layer,), "fp32"), s.proxy,
-                          s.reference[s.rows], m.logits[s.rows])
+                          s.reference[s.rows], m.logits[s.rows], images,
+                          lambda k: s.on_progress(f"int8 search: ranking, {k}/{n} layers"))
     reverted: tuple[str, ...] = ()
     while not s.out_of_time():
         reverted = _fewest(s, method, ranking, reverted)

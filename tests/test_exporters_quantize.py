@@ -152,6 +152,24 @@ def test_bias_correction_moves_each_layer_mean_back_to_fp32(graphs: Path, tmp_pa
     assert before > 1e-3 and max(float(np.abs(v).max()) for v in after.values()) < 1e-5 + 1e-3 * before
 
 
+def test_bias_correction_leaves_a_bias_it_would_move_by_twice_itself(graphs: Path, tmp_path: Path) -> None:
+    """The weights' rounding shifts a layer's outputs a little; a layer whose bias is tinier still keeps it
+    (NNCF's rule): the correction would swamp what the layer was trained to add."""
+    from onnx import numpy_helper
+
+    m = onnx.load(str(graphs / "model.fp32.onnx"))
+    inits = {i.name: i for i in m.graph.initializer}
+    conv = next(n for n in m.graph.node if n.name == "layer2.0.conv1")
+    bias = numpy_helper.to_array(inits[conv.input[2]])
+    inits[conv.input[2]].CopyFrom(numpy_helper.from_array(np.full_like(bias, 1e-7), conv.input[2]))
+    src = tmp_path / "tiny_bias.onnx"
+    onnx.save(m, str(src))
+    plain = quantize_int8(src, tmp_path / "plain.onnx", _ranges(graphs))
+    shifts = bias_shifts(src, onnx.load(str(plain.path)), np.concatenate(list(_calib(graphs, 64))))
+    assert "layer2.0.conv1" in plain.details["int8_layers"] and "layer2.0.conv1" not in shifts
+    assert len(shifts) == len(plain.details["int8_layers"]) - 1
+
+
 def _fed_by_dq(m: onnx.ModelProto, node_name: str) -> bool:
     """Whether the layer's weight is quantized (its weight input comes through DequantizeLinear)."""
     producers = {o: n.op_type for n in m.graph.node for o in n.output}

@@ -100,11 +100,12 @@ def test_the_record_and_the_remake_line_rebuild_the_same_graph_without_searching
     assert second[Precision.int8].sha256 == first[Precision.int8].sha256 and second[Precision.int8].search is None
 
 
-def test_the_default_model_reverts_nothing_in_one_trial(tmp_path: Path) -> None:
+def test_the_default_model_reverts_nothing(tmp_path: Path) -> None:
+    """Plain int8 by the asked method or by the other one of the search's methods: no layer ranked or reverted."""
     r = export(ExportOptions(out=tmp_path / "d", precisions=INT8, calib_samples=128, max_accuracy_drop=0.5,
                              reference_samples=0))
     s = r.manifest.graphs[Precision.int8].search
-    assert s.met and len(s.trials) == 1 and s.result.reverted == () and s.ranking == ()
+    assert s.met and len(s.trials) <= 2 and s.result.reverted == () and s.ranking == ()
     assert r.manifest.graphs[Precision.int8].auto_fp32 == ()  # every conv/gemm in int8, the ends too
 
 
@@ -244,3 +245,43 @@ def test_a_margin_of_most_of_the_budget_gets_a_notice(searched: tuple) -> None:
     wide = replace(entry.search, trials=tuple(replace(t, margin=0.4) for t in entry.search.trials))
     notices = int8_notices(replace(entry, search=wide), ExportOptions(out=out), r.info)
     assert any("margin was 0.40 points" in n and "--accuracy-samples" in n for n in notices), notices
+    # nothing reverted: no layer stayed out of int8 that the margin could have cost
+    plain = replace(wide, trials=tuple(replace(t, reverted=()) for t in wide.trials))
+    quiet = int8_notices(replace(entry, search=plain), ExportOptions(out=out), r.info)
+    assert not any("margin was" in n for n in quiet)
+
+
+def test_the_background_reference_gives_the_searchs_fp32_logits_and_stops_between_chunks(
+        graphs: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """fp32's logits on the judging images, computed on one thread beside calibration: those the search would
+    compute itself (up to the summation order of one thread against two), and stopped between chunks when the
+    export fails meanwhile."""
+    import pipeline.search as search
+    from pipeline.data import ImageSet
+
+    _, info = load_model(ModelSpec("default"))
+    ds = open_dataset("sample")
+    acc = search.AccuracySet(ImageSet(ds, info.preprocess, np.arange(600)), ds.labels[:600], "600 sample images")
+    fp32 = graphs / "model.fp32.onnx"
+    got, want = search.Reference(fp32, acc).result(), search.Logits(acc.images).of(fp32)
+    assert got.shape == (600, 10)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    assert (got.argmax(1) == want.argmax(1)).all()
+
+    monkeypatch.setattr(search, "LOGIT_CHUNK", 7)  # chunks shared by two threads: 86, the last one short
+    np.testing.assert_allclose(search.Reference(fp32, acc).result(), got, rtol=1e-5, atol=1e-5)
+
+    monkeypatch.setattr(search, "LOGIT_CHUNK", 1)  # 600 chunks: stopped long before the last
+    ref = search.Reference(fp32, acc)
+    ref.stop()
+    with pytest.raises(RuntimeError, match="stopped"):
+        ref.result()
+
+
+def test_ranking_reads_at_most_four_measured_trials_of_images() -> None:
+    from pipeline.search import RANKING_PASSES, ranking_images
+
+    assert ranking_images(31, 2000) == 128  # a ResNet-20: the most
+    deep = ranking_images(69, 1000)  # a ResNet-50's convs and adds, judged on 1,000 images
+    assert deep < 128 and deep * 69 <= RANKING_PASSES * 1000
+    assert ranking_images(500, 100) == 32  # never fewer
