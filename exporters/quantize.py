@@ -322,20 +322,15 @@ def _drop_dead_qdq(g: onnx.GraphProto) -> None:
 # --------------------------------------------------------------------------- bias correction
 @dataclass(frozen=True)
 class _Layer:
-    """What it takes to compute a quantized layer in float: its fp32 and int8 weights and its input quantizer."""
+    """What it takes to compute what a quantized layer's weights' rounding takes from its output."""
 
     name: str
     input: str  # the float tensor it quantizes (the same name in the fp32 graph)
     op: str
     attrs: dict[str, Any]
-    w: np.ndarray
-    wq: np.ndarray
+    dw: np.ndarray  # the fp32 weights less the int8 ones, dequantized
     bias_shift: np.ndarray | float  # the int8 layer's bias minus the fp32 layer's (a corrected graph's shift)
     bias: np.ndarray | None  # the fp32 layer's bias
-    scale: float
-    zero_point: int
-    qmin: int
-    qmax: int
 
 
 def _layers(fp32: onnx.ModelProto, q: onnx.ModelProto) -> list[_Layer]:
@@ -354,14 +349,11 @@ def _layers(fp32: onnx.ModelProto, q: onnx.ModelProto) -> list[_Layer]:
         axis = next((a.i for a in wdq.attribute if a.name == "axis"), 1)
         wi, ws, wz = (_array(qi, n).astype(np.float32) for n in wdq.input[:3])
         shape = [-1 if d == axis else 1 for d in range(wi.ndim)]
-        zp = _array(qi, aq.input[2])
-        info = np.iinfo(zp.dtype)
+        w = _array(fi, fnodes[node.name].input[1]).astype(np.float32)
         out.append(_Layer(node.name, aq.input[0], node.op_type,
                           {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute},
-                          _array(fi, fnodes[node.name].input[1]).astype(np.float32),
-                          (wi - wz.reshape(shape)) * ws.reshape(shape), shifts.get(node.name, 0.0),
-                          _bias(fi, fnodes[node.name]), float(_array(qi, aq.input[1])), int(zp), int(info.min),
-                          int(info.max)))
+                          w - (wi - wz.reshape(shape)) * ws.reshape(shape), shifts.get(node.name, 0.0),
+                          _bias(fi, fnodes[node.name])))
     return out
 
 
@@ -410,7 +402,7 @@ def bias_shifts(fp32_path: Path, q: onnx.ModelProto, images: np.ndarray, batch: 
         for x, n in batch_chunks(images, fixed or batch, pad_to=fixed or 0):
             values = dict(zip(wanted, sess.run(wanted, {INPUT_NAME: x}), strict=True))
             for la in layers:
-                diff = _apply_layer(la, torch.from_numpy(values[la.input][:n]), la.w - la.wq)
+                diff = _apply_layer(la, torch.from_numpy(values[la.input][:n]), la.dw)
                 dims = [0] if diff.ndim == 2 else [0, 2, 3]
                 bias = torch.as_tensor(np.asarray(la.bias_shift, np.float32))
                 diff = diff - (bias if diff.ndim == 2 or bias.ndim == 0 else bias.view(1, -1, 1, 1))

@@ -105,21 +105,21 @@ class Logits:
             return run_cpu(sess, self.images if rows is None else self.images[rows], batch=64)
         return np.concatenate([run_cpu(sess, x, batch=64) for x in self.images.chunks(LOGIT_CHUNK, rows)])
 
-    def subset(self, rows: np.ndarray, fuse_qdq: bool = True) -> Logits:
+    def subset(self, rows: np.ndarray) -> Logits:
         """The logits of those rows only: their inputs decoded once and kept, when they fit PROXY_CACHE_BYTES."""
         if isinstance(self.images, np.ndarray):
-            return Logits(self.images[rows], fuse_qdq)
+            return Logits(self.images[rows], self.fuse_qdq)
         first = next(self.images.chunks(1, rows[:1]))
         if first.nbytes * len(rows) > PROXY_CACHE_BYTES:
-            return _Rows(self, rows, fuse_qdq)
-        return Logits(np.concatenate(list(self.images.chunks(LOGIT_CHUNK, rows))), fuse_qdq)
+            return _Rows(self, rows)
+        return Logits(np.concatenate(list(self.images.chunks(LOGIT_CHUNK, rows))), self.fuse_qdq)
 
 
 class _Rows(Logits):
     """Some rows of a set of images too large to keep decoded: read again for every graph."""
 
-    def __init__(self, parent: Logits, rows: np.ndarray, fuse_qdq: bool) -> None:
-        super().__init__(parent.images, fuse_qdq)
+    def __init__(self, parent: Logits, rows: np.ndarray) -> None:
+        super().__init__(parent.images, parent.fuse_qdq)
         self.rows = rows
 
     def of(self, graph: Path | Any, rows: np.ndarray | None = None) -> np.ndarray:
@@ -291,7 +291,7 @@ class _Search:
         risk[(lead_ref > 0) != (lead_got > 0)] = -np.inf
         n = min(len(risk), int(np.clip(2 * np.isinf(risk).sum(), *PROXY_ROWS)))
         self.rows = np.sort(np.argsort(risk, kind="stable")[:n])
-        self.proxy = self.logits.subset(self.rows, fuse_qdq=self.logits.fuse_qdq)
+        self.proxy = self.logits.subset(self.rows)
         self.answers = got.argmax(1) == self.judge.labels
 
     def estimate(self, method: CalibMethod, reverted: tuple[str, ...], fallback: str = "fp32") -> bool:
