@@ -5,7 +5,8 @@ layers kept in float, each trial of the accuracy search). Every method asked com
 the images, a bounded chunk of activations at a time: the first keeps each image's min and max of each tensor
 (`max` and `mean-max` are made of them), the second, for `percentile` and `entropy`, counts onnxruntime's
 histograms (the same bins and counts its calibrators make from all images at once) and lets its collector pick
-the ranges. Memory does not grow with the number of images.
+the ranges. Memory does not grow with the number of images: the second pass reads back the chunks of the first
+that fit in KEEP_BYTES and runs the graph again for the rest.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from exporters.equalize import fp32_for_int8
-from exporters.onnx import activation_bytes, graph_batch, quiet_converters
+from exporters.onnx import activation_bytes, cpu_session, graph_batch, quiet_converters
 from resnetx.batching import batch_chunks
 from resnetx.contract import INPUT_NAME
 from resnetx.errors import BackendUnavailable, BadInput, first_line
@@ -34,7 +35,7 @@ if TYPE_CHECKING:
 else:
     onnx = lazy_import("onnx")
 
-__all__ = ["CalibMethod", "Ranges", "calibrate", "calibrate_methods", "passes"]
+__all__ = ["CalibMethod", "InputSums", "Ranges", "calibrate", "calibrate_methods", "passes"]
 
 
 class CalibMethod(str, Enum):
@@ -73,6 +74,22 @@ class Ranges:
             return None
 
 
+@dataclass
+class InputSums:
+    """Each tensor summed over the images (float64): what bias correction needs of the fp32 graph (its layers are
+    linear), taken by calibration's first pass instead of one more pass of its own."""
+
+    sums: dict[str, np.ndarray] = field(default_factory=dict)
+    images: int = 0
+
+    def add(self, values: dict[str, np.ndarray], n: int) -> None:
+        """A chunk's tensors, its first n images real (a fixed-batch graph's padding after them)."""
+        for t, v in values.items():
+            s = v[:n].sum(0, dtype=np.float64)  # float64 throughout: the same sums however the images are chunked
+            self.sums[t] = self.sums[t] + s if t in self.sums else s
+        self.images += n
+
+
 def passes(method: CalibMethod | str) -> int:
     """How many times calibration by `method` reads each image: the histogram methods find each tensor's range
     first, then count into bins over it."""
@@ -81,44 +98,75 @@ def passes(method: CalibMethod | str) -> int:
 
 HISTOGRAM_BINS = {CalibMethod.percentile: 2048, CalibMethod.entropy: 128}  # onnxruntime's defaults for each
 CHUNK_BYTES = 256 << 20  # activations held at once while histogramming: what bounds calibration's memory
+KEEP_BYTES = 320 << 20  # the first pass's activations kept for the second (the default model's 300 images fit)
 
 
-def _calibrator(src: Path, tmp: Path, op_types: list[str]) -> Any:
+def _calibrator(src: Path, tmp: Path, op_types: list[str], threads: int) -> Any:
     """onnxruntime's histogram calibrator for `src`: its choice of tensors and its augmented session (every such
-    tensor a graph output)."""
+    tensor a graph output), that session with `threads` intra-op threads (0: one per core)."""
     try:
         from onnxruntime.quantization import CalibrationMethod, create_calibrator
     except ImportError as e:
         raise BackendUnavailable("int8 calibration needs onnxruntime: pip install onnxruntime") from e
-    return create_calibrator(src, op_types, augmented_model_path=str(tmp / "augmented.onnx"),
-                             calibrate_method=CalibrationMethod.Percentile, providers=["CPUExecutionProvider"])
+    cal = create_calibrator(src, op_types, augmented_model_path=str(tmp / "augmented.onnx"),
+                            calibrate_method=CalibrationMethod.Percentile, providers=["CPUExecutionProvider"])
+    if threads:  # unoptimized, as its own session: the same values
+        cal.infer_session = cpu_session(Path(cal.augmented_model_path), threads=threads, optimize=False)
+    return cal
 
 
 class _Activations:
     """The calibrated tensors of each batch, a bounded number of images at a time (onnxruntime's own collector
-    keeps every tensor of every image until the end: ~90 MB an image for a ResNet-50 at 224)."""
+    keeps every tensor of every image until the end: ~90 MB an image for a ResNet-50 at 224). The first pass
+    keeps its chunks while they fit in `keep` bytes: a later pass reads those from memory and runs the graph
+    only for the rest."""
 
     def __init__(self, cal: Any, batches: Callable[[], Iterable[tuple[np.ndarray, int]]], fixed: int | None,
-                 on_images: Callable[[int], None] | None) -> None:
+                 on_images: Callable[[int], None] | None, only: set[str] | None = None, keep: int = 0) -> None:
         self.sess = cal.infer_session
         self.names = [o.name for o in self.sess.get_outputs()]
-        self.tensors = sorted(cal.tensors_to_calibrate & set(self.names))
+        picked = cal.tensors_to_calibrate & set(self.names)
+        self.tensors = sorted(picked if only is None else picked & only)
         self.batches = batches
         self.fixed = fixed  # a fixed-batch graph runs its own (padded) batches whole
-        self.chunk = fixed or max(1, CHUNK_BYTES // max(activation_bytes(cal.model), 1))
+        self.chunk = fixed or max(1, CHUNK_BYTES // max(activation_bytes(cal.model, set(self.tensors)), 1))
         self.on_images = on_images
         self.read = 0  # images read, over every pass
+        self.keep, self.kept, self.passes = keep, [], 0
+
+    def _seen(self, n: int) -> None:
+        self.read += n
+        if self.on_images:
+            self.on_images(self.read)
 
     def __iter__(self) -> Iterator[tuple[dict[str, np.ndarray], int]]:
+        first, self.passes = not self.passes, self.passes + 1
+        if not first:
+            for values, n in self.kept:
+                yield values, n
+                self._seen(n)
+        skip = 0 if first else len(self.kept)
         for x, real in self.batches():
             for i in range(0, real, self.chunk):
+                if skip:
+                    skip -= 1
+                    continue
                 xi = x if self.fixed else x[i : i + self.chunk]
                 n = real if self.fixed else len(xi)
-                out = dict(zip(self.names, self.sess.run(None, {INPUT_NAME: xi}), strict=True))
-                yield {t: out[t][:n] for t in self.tensors}, n
-                self.read += n
-                if self.on_images:
-                    self.on_images(self.read)
+                out = self.sess.run(self.tensors, {INPUT_NAME: xi})
+                values = {t: v[:n] for t, v in zip(self.tensors, out, strict=True)}
+                if first and self._fits(values):
+                    self.kept.append((values, n))
+                yield values, n
+                self._seen(n)
+
+    def _fits(self, values: dict[str, np.ndarray]) -> bool:
+        size = sum(v.nbytes for v in values.values())
+        if size > self.keep:
+            self.keep = 0  # kept chunks are a prefix: once one does not fit, none after it is kept
+            return False
+        self.keep -= size
+        return True
 
 
 @dataclass
@@ -147,10 +195,12 @@ class _Extremes:
                 {t: np.concatenate(v) for t, v in self.highs.items()})
 
 
-def _scan(acts: _Activations, methods: list[CalibMethod], symmetric: bool) -> _Extremes:
+def _scan(acts: _Activations, methods: list[CalibMethod], symmetric: bool, sums: InputSums | None) -> _Extremes:
     ext = _Extremes()
     for values, n in acts:
         ext.add(values, n, symmetric and CalibMethod.percentile in methods)
+        if sums is not None:
+            sums.add(values, n)
     if not ext.images:
         raise BadInput("int8 calibration saw no images; check --calib-data and --calib-samples")
     return ext
@@ -204,16 +254,17 @@ def _collect(method: CalibMethod, hists: dict[str, tuple], symmetric: bool, perc
 
 def _all_ranges(src: Path, batches: Callable[[], Iterable[tuple[np.ndarray, int]]], methods: list[CalibMethod],
                 op_types: list[str], symmetric: bool, percentile: float, fixed: int | None,
-                on_images: Callable[[int], None] | None) -> tuple[dict[CalibMethod, dict], int]:
+                on_images: Callable[[int], None] | None, only: set[str] | None, sums: InputSums | None,
+                threads: int) -> tuple[dict[CalibMethod, dict], int]:
     """The ranges of every method asked, from at most two passes over the images: the per-image extremes give
     max and mean-max (and the histograms' ranges), the counts give percentile and entropy. The tensors are the
-    ones onnxruntime's calibrator picks for op_types."""
+    ones onnxruntime's calibrator picks for op_types (those in `only`, where given)."""
+    hist_methods = [m for m in methods if passes(m) == 2]
     with tempfile.TemporaryDirectory(prefix="rx-calib-") as tmp, quiet_converters():
-        cal = _calibrator(src, Path(tmp), op_types)
-        acts = _Activations(cal, batches, fixed, on_images)
-        ext = _scan(acts, methods, symmetric)
+        cal = _calibrator(src, Path(tmp), op_types, threads)
+        acts = _Activations(cal, batches, fixed, on_images, only, KEEP_BYTES if hist_methods else 0)
+        ext = _scan(acts, methods, symmetric, sums)
         lows, highs = ext.per_image()
-        hist_methods = [m for m in methods if passes(m) == 2]
         hists = _histograms(acts, lows, highs, ext.lo_abs, hist_methods, symmetric) if hist_methods else {}
     out = {}
     for m in methods:
@@ -237,10 +288,12 @@ def _rebatch(batches: Iterable[np.ndarray], fixed: int | None) -> Iterator[tuple
 def calibrate_methods(src: Path, batches: Iterable[np.ndarray] | Callable[[], Iterable[np.ndarray]],
                       methods: Iterable[CalibMethod | str], *, op_types: tuple[str, ...] = ("Conv", "Gemm", "Add"),
                       symmetric: bool = True, percentile: float = 99.99, equalize: bool = False,
-                      on_images: Callable[[int], None] | None = None) -> dict[CalibMethod, Ranges]:
+                      tensors: Callable[[onnx.ModelProto], set[str]] | None = None, sums: InputSums | None = None,
+                      threads: int = 0, on_images: Callable[[int], None] | None = None) -> dict[CalibMethod, Ranges]:
     """The ranges of the fp32 graph's activations over `batches` of preprocessed images by each of `methods`,
     all from the same passes (of its equalized form with `equalize`: what quantize_int8(equalize=True)
-    quantizes).
+    quantizes). `tensors` picks, from the graph, the tensors worth calibrating (those a layout puts Q/DQ pairs
+    on); without it, every tensor onnxruntime's calibrator picks for op_types.
 
     `batches` is best a callable returning a fresh iterable of batches: the histogram methods read the images
     twice (extremes, then counts; `passes`) and hold only a bounded chunk of activations at a time. A one-shot
@@ -258,7 +311,8 @@ def calibrate_methods(src: Path, batches: Iterable[np.ndarray] | Callable[[], It
         path = Path(tmp) / "fp32.onnx"
         onnx.save(model, str(path))
         ranges, images = _all_ranges(path, lambda: _rebatch(source(), fixed), wanted, list(op_types), symmetric,
-                                     percentile, fixed, on_images)
+                                     percentile, fixed, on_images, None if tensors is None else tensors(model), sums,
+                                     threads)
     seconds = time.perf_counter() - start
     return {m: Ranges(m, images, ranges[m], seconds) for m in wanted}
 

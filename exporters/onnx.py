@@ -437,16 +437,20 @@ def _strip_noise(proto: onnx.ModelProto) -> None:
         del vi.metadata_props[:]
 
 
-def cpu_session(model: onnx.ModelProto | Path, fuse_qdq: bool = True, threads: int = 0) -> Any:
+def cpu_session(model: onnx.ModelProto | Path, fuse_qdq: bool = True, threads: int = 0, optimize: bool = True) -> Any:
     """An onnxruntime CPU session of the graph (a file, or a model in memory), quiet. fuse_qdq=False: Q/DQ pairs
     run as they are, around float kernels, instead of being fused into int8 kernels: what an int8 graph computes up
     to rounding (a top-1 answer in a few thousand differs), and faster on x86 for signed int8 activations, which
-    its int8 kernels run slowly. threads: its intra-op threads (0: onnxruntime's choice, one per core)."""
+    its int8 kernels run slowly. threads: its intra-op threads (0: onnxruntime's choice, one per core).
+    optimize=False: no graph optimizations (what onnxruntime's calibrators run: slower, and the values of the
+    graph's own kernels, last bits included)."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     opts.intra_op_num_threads = threads
+    if not optimize:
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     if not fuse_qdq:
         opts.add_session_config_entry("session.disable_quant_qdq", "1")
     src = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from exporters.calibrate import Ranges
+from exporters.calibrate import InputSums, Ranges
 from exporters.equalize import fp32_for_int8
 from exporters.onnx import (
     OnnxArtifact,
@@ -54,7 +54,7 @@ __all__ = ["Int8Target", "Fallback", "Int8Recipe", "INT8_RECIPES", "INT8_GRAPH_R
            "revert_layers", "layers_to_fp16"]
 
 CHUNK_BYTES = 256 << 20  # activations held at once while bias correction measures each layer
-INT8_GRAPH_REVISION = 5  # bumped when quantize_int8 makes a different graph from the same inputs (export's cache key)
+INT8_GRAPH_REVISION = 6  # bumped when quantize_int8 makes a different graph from the same inputs (export's cache key)
 BIAS_SHIFT_LIMIT = 2.0  # bias correction leaves a layer whose bias it would move by this many times itself (NNCF's)
 WEIGHTED = ("Conv", "Gemm")
 # ops a kept layer's group extends through: they pass a value on without mixing it with another
@@ -176,6 +176,22 @@ def _activation_qdq(t: str, ranges: Ranges, new: list) -> list[onnx.NodeProto]:
                              name=f"{t}_DequantizeLinear")]
 
 
+def _tensorrt_inputs(node: onnx.NodeProto, inits: dict[str, onnx.TensorProto]) -> tuple[int, ...]:
+    """Which inputs of `node` the tensorrt layout quantizes: a Conv/Gemm's data (its weights an initializer), both
+    of a residual Add (neither an initializer)."""
+    if node.op_type in WEIGHTED and len(node.input) > 1 and node.input[1] in inits:
+        return (0,)
+    if node.op_type == "Add" and not any(t in inits for t in node.input):
+        return (0, 1)
+    return ()
+
+
+def tensorrt_activations(model: onnx.ModelProto) -> set[str]:
+    """The activation tensors the tensorrt layout puts Q/DQ pairs on (the only ones its calibration needs)."""
+    inits = {i.name: i for i in model.graph.initializer}
+    return {node.input[k] for node in model.graph.node for k in _tensorrt_inputs(node, inits)}
+
+
 def _place_tensorrt(model: onnx.ModelProto, ranges: Ranges, excluded: set[str]) -> onnx.ModelProto:
     """Q/DQ pairs on the inputs of quantized Conv/Gemm and residual Add, each emitted just before its first use."""
     q = onnx.ModelProto()
@@ -186,12 +202,10 @@ def _place_tensorrt(model: onnx.ModelProto, ranges: Ranges, excluded: set[str]) 
     nodes: list[onnx.NodeProto] = []
     pairs: dict[str, str] = {}  # float tensor -> its dequantized copy
     for node in list(g.node):
-        weighted = node.op_type in WEIGHTED and node.name not in excluded and len(node.input) > 1 \
-            and node.input[1] in inits
-        residual = node.op_type == "Add" and node.name not in excluded and not set(node.input) & set(inits)
-        if weighted:
+        read = () if node.name in excluded else _tensorrt_inputs(node, inits)
+        if read and node.op_type in WEIGHTED:
             nodes.append(_weight_dq(node, inits, new_inits))
-        for k in ((0,) if weighted else (0, 1) if residual else ()):
+        for k in read:
             t = node.input[k]
             if t not in pairs:
                 nodes += _activation_qdq(t, ranges, new_inits)
@@ -374,14 +388,16 @@ def _apply_layer(layer: _Layer, x: Any, w: np.ndarray) -> Any:
                     groups=layer.attrs.get("group", 1))
 
 
-def bias_shifts(fp32_path: Path, q: onnx.ModelProto, images: np.ndarray, batch: int = 64,
-                equalize: bool = False) -> dict[str, np.ndarray]:
+def bias_shifts(fp32_path: Path, q: onnx.ModelProto, images: np.ndarray | Iterable[np.ndarray] | None,
+                batch: int = 64, equalize: bool = False, sums: InputSums | None = None) -> dict[str, np.ndarray]:
     """Per quantized layer, the per-channel mean of what its weights' rounding takes from its output, (W - Wq) x,
     on the fp32 graph's input to it (the equalized fp32 graph's, with `equalize`), less a corrected graph's shift.
     A layer whose shift would move any bias by BIAS_SHIFT_LIMIT times itself or more (or with no bias, or a zero
     one) keeps its bias, as NNCF's fast bias correction does. The activations' rounding and clipping are left out:
     on a trained ResNet-50 at 224, correcting their mean too took top-1 agreement with fp32 from 95% to 86%
-    (docs/precision.md)."""
+    (docs/precision.md). A layer is linear in its input, so the mean comes from the inputs summed over the images:
+    `sums`, where calibration took them of every layer's input, else a pass over `images` (an array, or batches
+    of them read one at a time); then one image's worth of (W - Wq) x per layer."""
     import torch
 
     fp32 = fp32_for_int8(fp32_path, equalize)
@@ -389,28 +405,35 @@ def bias_shifts(fp32_path: Path, q: onnx.ModelProto, images: np.ndarray, batch: 
     if not layers:
         return {}
     wanted = sorted({la.input for la in layers})
+    if sums is None or not sums.images or not set(wanted) <= set(sums.sums):
+        if images is None:
+            raise ValueError("bias correction needs images, or sums of every layer's input")
+        sums = _input_sums(fp32, wanted, images, batch)
+    shifts = {}
+    with torch.inference_mode():
+        for la in layers:
+            diff = _apply_layer(la, torch.from_numpy(sums.sums[la.input][None]), la.dw.astype(np.float64))
+            per_image = diff.sum([0] if diff.ndim == 2 else [0, 2, 3]) / (sums.images * diff[0, 0].numel())
+            shifts[la.name] = (per_image.numpy() - np.asarray(la.bias_shift, np.float64)).astype(np.float32)
+    biases = {la.name: la.bias for la in layers}
+    return {k: v for k, v in shifts.items() if _shift_kept(v, biases[k])}
+
+
+def _input_sums(fp32: onnx.ModelProto, wanted: list[str], images: np.ndarray | Iterable[np.ndarray],
+                batch: int) -> InputSums:
+    """Each wanted tensor of the fp32 graph summed over `images`."""
     m = onnx.ModelProto()
     m.CopyFrom(fp32)
     have = {o.name for o in m.graph.output}
     m.graph.output.extend(onnx.helper.make_empty_tensor_value_info(t) for t in wanted if t not in have)
-    sess = cpu_session(m)
-    sums: dict[str, Any] = {}
-    counts: dict[str, int] = defaultdict(int)
+    sess = cpu_session(m, optimize=False)  # as calibration's session: the same values, the same graph
     fixed = graph_batch(fp32)
     batch = max(1, min(batch, CHUNK_BYTES // max(activation_bytes(fp32, set(wanted)), 1)))  # bounded memory
-    with torch.inference_mode():
-        for x, n in batch_chunks(images, fixed or batch, pad_to=fixed or 0):
-            values = dict(zip(wanted, sess.run(wanted, {INPUT_NAME: x}), strict=True))
-            for la in layers:
-                diff = _apply_layer(la, torch.from_numpy(values[la.input][:n]), la.dw)
-                dims = [0] if diff.ndim == 2 else [0, 2, 3]
-                bias = torch.as_tensor(np.asarray(la.bias_shift, np.float32))
-                diff = diff - (bias if diff.ndim == 2 or bias.ndim == 0 else bias.view(1, -1, 1, 1))
-                sums[la.name] = sums.get(la.name, 0) + diff.sum(dims).double()
-                counts[la.name] += int(diff.numel() // diff.shape[1])
-    biases = {la.name: la.bias for la in layers}
-    shifts = {k: (v / counts[k]).float().numpy() for k, v in sums.items()}
-    return {k: v for k, v in shifts.items() if _shift_kept(v, biases[k])}
+    sums = InputSums()
+    for b in [images] if isinstance(images, np.ndarray) else images:
+        for x, n in batch_chunks(b, fixed or batch, pad_to=fixed or 0):
+            sums.add(dict(zip(wanted, sess.run(wanted, {INPUT_NAME: x}), strict=True)), n)
+    return sums
 
 
 def _shift_kept(shift: np.ndarray, bias: np.ndarray | None) -> bool:
@@ -534,7 +557,8 @@ def quantize_int8(
     recipe: Int8Target | str = Int8Target.tensorrt,
     exclude_nodes: Iterable[str] = (),
     quantize_ends: bool = False,
-    correction_images: np.ndarray | None = None,
+    correction_images: np.ndarray | Iterable[np.ndarray] | None = None,
+    correction_sums: InputSums | None = None,
     shifts: dict[str, np.ndarray] | None = None,
     fallback: str = "fp32",
     equalize: bool = False,
@@ -544,7 +568,8 @@ def quantize_int8(
 
     Unless `quantize_ends`, the stem conv (1-3 input channels, little compute) and the classifier stay in float:
     quantizing them costs the most accuracy for the least speed. Bias correction uses `shifts` when given (from
-    `bias_shifts`; the search computes them once), else measures them on `correction_images`, else is skipped.
+    `bias_shifts`; the search computes them once), else measures them from `correction_sums` (calibration's sums
+    of the layers' inputs) or on `correction_images`, else is skipped.
     fallback "fp16": the excluded layers (not the float ends) compute in fp16. `equalize`: cross-layer equalize the
     fp32 graph first (the ranges must come from calibrate(equalize=True)).
     """
@@ -553,8 +578,8 @@ def quantize_int8(
     q, excluded, ends = int8_graph(src, ranges, recipe=recipe, exclude_nodes=exclude_nodes, quantize_ends=quantize_ends,
                                    equalize=equalize, reduce_range=reduce_range)
     r = INT8_RECIPES[recipe]
-    if shifts is None and correction_images is not None:
-        shifts = bias_shifts(Path(src), q, correction_images, equalize=equalize)
+    if shifts is None and (correction_images is not None or correction_sums is not None):
+        shifts = bias_shifts(Path(src), q, correction_images, equalize=equalize, sums=correction_sums)
     corrected = apply_shifts(q, shifts) if shifts else []
     half = layers_to_fp16(q, set(exclude_nodes) - set(ends)) if fallback == "fp16" else []
     set_metadata(q, {"resnetx.precision": "int8", "resnetx.int8_recipe": recipe.value,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator
-from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -95,8 +95,14 @@ class _Calibrations:
     read), and reused by every graph made from them."""
 
     def __init__(self, ctx: ExportContext, fp32: Entry, ds: Dataset) -> None:
+        from exporters.calibrate import InputSums
+
         self.ctx, self.fp32, self.ds = ctx, fp32, ds
         self._ranges: dict[CalibMethod, Ranges] = {}
+        # the layers' inputs summed over the calibration images, when this build calibrates (ranges read from the
+        # folder's cache leave it empty: bias correction then reads the images itself)
+        self.sums = InputSums()
+        self.threads = 0  # onnxruntime's threads while calibrating: 1 beside the search's background reference
 
     def record(self, method: CalibMethod) -> Calibration:
         from exporters.quantize import INT8_RECIPES
@@ -104,7 +110,7 @@ class _Calibrations:
         o = self.ctx.opts
         fields = _calibration_inputs(o, self.ctx.info, method)
         key = content_key(source=self.fp32.sha256, **fields, ort=self.ctx.versions.get("onnxruntime"),
-                          op_types=INT8_RECIPES[o.int8_target].op_types, calibrator=3)
+                          op_types=INT8_RECIPES[o.int8_target].op_types, calibrator=4)
         images = self._ranges[method].images if method in self._ranges else None
         cache_file = f"calib.{o.int8_target.value}.{method.value}.{key[:12]}.json"
         isa = cpu_isa() if o.int8_target.value == "cpu" else None  # the CPU a cpu-recipe graph was made on
@@ -119,7 +125,7 @@ class _Calibrations:
         """The ranges of each method: from the folder's cache, the others calibrated together, in the same passes
         over the images."""
         from exporters.calibrate import calibrate_methods, passes
-        from exporters.quantize import INT8_RECIPES
+        from exporters.quantize import INT8_RECIPES, tensorrt_activations
 
         ctx, o = self.ctx, self.ctx.opts
         missing = []
@@ -140,6 +146,8 @@ class _Calibrations:
         got = calibrate_methods(ctx.out / self.fp32.file, lambda: _calib_batches(o, ctx.info, self.ds), missing,
                                 op_types=INT8_RECIPES[o.int8_target].op_types,
                                 symmetric=o.int8_target.value == "tensorrt", equalize=o.int8_equalize,
+                                tensors=tensorrt_activations if o.int8_target.value == "tensorrt" else None,
+                                sums=self.sums if not self.sums.images else None, threads=self.threads,
                                 on_images=lambda k: ctx.progress(f"int8: {names} calibration, {k}/{total} images "
                                                                  f"read ({n} pass(es) over the calibration images)"))
         for method, r in got.items():
@@ -160,7 +168,7 @@ def _make_int8(ctx: ExportContext, fp32: Entry) -> GraphEntry:
     o = ctx.opts
     ds = open_dataset(o.calib_data, split="train", data_dir=o.calib_dir, preprocess=ctx.info.preprocess)
     cals = _Calibrations(ctx, fp32, ds)
-    correction = _correction_images(o, ctx.info, ds)
+    correction = partial(_calib_batches, o, ctx.info, ds)  # bias correction's images: calibration's
     src, dst = ctx.out / fp32.file, _file(ctx, Precision.int8)
     method, reverted, fallback, record, shifts = o.calib_method, (), o.fallback_precision, None, None
     if o.max_accuracy_drop is not None:
@@ -168,8 +176,9 @@ def _make_int8(ctx: ExportContext, fp32: Entry) -> GraphEntry:
         method, reverted, fallback = CalibMethod(record.result.method), record.result.reverted, record.result.fallback
         shifts = searched.get(method)
     keep = tuple(sorted({*o.keep_fp32, *reverted}))
-    a = quantize_int8(src, dst, cals.ranges(method), recipe=o.int8_target, exclude_nodes=keep,
-                      quantize_ends=o.quantize_ends, correction_images=correction, shifts=shifts,
+    ranges = cals.ranges(method)
+    a = quantize_int8(src, dst, ranges, recipe=o.int8_target, exclude_nodes=keep, quantize_ends=o.quantize_ends,
+                      correction_images=correction(), correction_sums=cals.sums, shifts=shifts,
                       fallback=fallback, equalize=o.int8_equalize, reduce_range=reduce_range(o))
     ctx.progress("int8: checking against fp32")
     check = GraphCheck.from_dict(compare_graphs(a.path, src, _check_images(o, ctx.info, ds)))
@@ -186,7 +195,8 @@ class _TrialGraphs:
     not depend on which other layers are reverted): written as export would write them (exact), or made in
     memory from the method's placed plain graph (quick)."""
 
-    def __init__(self, ctx: ExportContext, src: Path, cals: _Calibrations, correction: np.ndarray) -> None:
+    def __init__(self, ctx: ExportContext, src: Path, cals: _Calibrations,
+                 correction: Callable[[], Iterator[np.ndarray]]) -> None:
         from exporters.equalize import fp32_for_int8
 
         self.o, self.src, self.cals, self.correction = ctx.opts, src, cals, correction
@@ -204,8 +214,8 @@ class _TrialGraphs:
             self.placed[method], _, _ = int8_graph(self.src, self.cals.ranges(method), recipe=o.int8_target,
                                                    exclude_nodes=o.keep_fp32, quantize_ends=o.quantize_ends,
                                                    equalize=o.int8_equalize, reduce_range=self.rr)
-            self.shifts[method] = bias_shifts(self.src, self.placed[method], self.correction,
-                                              equalize=o.int8_equalize)
+            self.shifts[method] = bias_shifts(self.src, self.placed[method], self.correction(),
+                                              equalize=o.int8_equalize, sums=self.cals.sums)
         return self.placed[method]
 
     def exact(self, method: CalibMethod, reverted: tuple[str, ...], fallback: str, path: Path) -> list[str]:
@@ -232,8 +242,8 @@ class _TrialGraphs:
         return q
 
 
-def _search(ctx: ExportContext, src: Path, cals: _Calibrations,
-            correction: np.ndarray) -> tuple[SearchRecord, dict[CalibMethod, dict[str, np.ndarray]]]:
+def _search(ctx: ExportContext, src: Path, cals: _Calibrations, correction: Callable[[], Iterator[np.ndarray]]
+            ) -> tuple[SearchRecord, dict[CalibMethod, dict[str, np.ndarray]]]:
     """The accuracy search, its methods calibrated in the same passes; the record, and the bias shifts (the final
     graph reuses them)."""
     from pipeline.search import SEARCH_METHODS, Makers, Reference, accuracy_set, search_int8
@@ -241,8 +251,9 @@ def _search(ctx: ExportContext, src: Path, cals: _Calibrations,
     o = ctx.opts
     acc = accuracy_set(o, ctx.info)
     ctx.progress(f"int8 search: judged on {acc.description}")
-    reference = Reference(src, acc)  # fp32's logits, beside calibration and plain int8's bias correction
+    reference = Reference(src, acc)  # fp32's logits on one core, beside calibration on the other
     try:
+        cals.threads = 1
         cals.prepare((o.calib_method, *SEARCH_METHODS))
         graphs = _TrialGraphs(ctx, src, cals, correction)
         graphs.plain(o.calib_method)
@@ -251,11 +262,6 @@ def _search(ctx: ExportContext, src: Path, cals: _Calibrations,
         raise
     record = search_int8(o, src, acc, Makers(graphs.exact, graphs.quick), ctx.progress, reference.result())
     return record, graphs.shifts
-
-
-def _correction_images(o: ExportOptions, info: ModelInfo, ds: Dataset, limit: int = 256) -> np.ndarray:
-    """The first calibration images (the same seeded draw), on which bias correction measures each layer."""
-    return np.concatenate(list(_calib_batches(replace(o, calib_samples=min(o.calib_samples, limit)), info, ds)))
 
 
 def _int8_note(entry: Entry) -> str:

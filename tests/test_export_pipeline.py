@@ -102,6 +102,22 @@ def test_force_and_changed_options_rebuild(default_folder: Path, tmp_path: Path)
     assert set(_shas(folder)) == {"fp32"}
 
 
+def test_an_int8_graph_from_cached_ranges_is_the_freshly_calibrated_one(default_folder: Path, tmp_path: Path) -> None:
+    """Bias correction takes its inputs' sums from calibration's first pass; with the ranges read from the
+    folder's cache it reads the calibration images itself, and the graph comes out the same."""
+    folder = copy_folder(default_folder, tmp_path / "f")
+    keep = ("layer2.0.conv1",)
+    cache = folder / read_manifest(folder).calibration.cache_file
+    written = cache.stat().st_mtime_ns
+    r = export(ExportOptions(model=ModelSpec("default"), out=folder, precisions=ALL, calib_samples=256,
+                             keep_fp32=keep))
+    assert r.events[2].status == "built" and cache.stat().st_mtime_ns == written  # the ranges were read
+    fresh = export(ExportOptions(model=ModelSpec("default"), out=tmp_path / "fresh", precisions=(FP32, INT8),
+                                 calib_samples=256, keep_fp32=keep))
+    assert _shas(folder)["int8"] == _shas(tmp_path / "fresh")["int8"] != _shas(default_folder)["int8"]
+    assert fresh.manifest.graphs["int8"].details["bias_corrected"] > 10
+
+
 def test_an_artifact_from_another_fp32_graph_is_not_kept(default_folder: Path, tmp_path: Path) -> None:
     folder = copy_folder(default_folder, tmp_path / "f")
     r = export(ExportOptions(model=ModelSpec("default"), out=folder, precisions=(Precision.fp32,),

@@ -152,6 +152,40 @@ def test_bias_correction_moves_each_layer_mean_back_to_fp32(graphs: Path, tmp_pa
     assert before > 1e-3 and max(float(np.abs(v).max()) for v in after.values()) < 1e-5 + 1e-3 * before
 
 
+def test_bias_correction_is_the_mean_over_every_image_and_position_of_the_weights_rounding(graphs: Path,
+                                                                                            tmp_path: Path) -> None:
+    """The shifts come from each layer's input summed over the images (a layer is linear): they equal the mean of
+    (W - Wq) x taken image by image and position by position, zero padding included, as a conv computes it."""
+    import torch
+    import torch.nn.functional as F
+
+    src = graphs / "model.fp32.onnx"
+    plain = onnx.load(str(quantize_int8(src, tmp_path / "plain.onnx", _ranges(graphs)).path))
+    images = np.concatenate(list(_calib(graphs, 48)))
+    shifts = bias_shifts(src, plain, images)
+    fp32 = onnx.load(str(src))
+    inits = {i.name: numpy_helper.to_array(i) for i in [*fp32.graph.initializer, *plain.graph.initializer]}
+    dq = {n.output[0]: n for n in plain.graph.node if n.op_type == "DequantizeLinear"}
+    convs = {n.name: n for n in fp32.graph.node if n.op_type == "Conv" and n.name in shifts}
+    assert len(convs) >= 10 and any(dict((a.name, a.ints) for a in n.attribute)["strides"] == [2, 2]
+                                    for n in convs.values())
+    m = onnx.ModelProto()
+    m.CopyFrom(fp32)
+    m.graph.output.extend(onnx.helper.make_empty_tensor_value_info(n.input[0]) for n in convs.values())
+    got = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        [n.input[0] for n in convs.values()], {"input": images})
+    for (name, node), x in zip(convs.items(), got, strict=True):
+        qnode = next(n for n in plain.graph.node if n.name == name)
+        wq_node = dq[qnode.input[1]]
+        wi, ws, wz = (inits[t].astype(np.float64) for t in wq_node.input[:3])
+        wq = (wi - wz.reshape(-1, 1, 1, 1)) * ws.reshape(-1, 1, 1, 1)
+        attrs = {a.name: list(a.ints) for a in node.attribute}
+        dw = torch.from_numpy(inits[node.input[1]].astype(np.float64) - wq)
+        per = F.conv2d(torch.from_numpy(x.astype(np.float64)), dw, stride=attrs["strides"],
+                       padding=attrs["pads"][:2])  # every image, every position
+        np.testing.assert_allclose(shifts[name], per.mean([0, 2, 3]).numpy(), rtol=1e-4, atol=1e-7, err_msg=name)
+
+
 def test_bias_correction_leaves_a_bias_it_would_move_by_twice_itself(graphs: Path, tmp_path: Path) -> None:
     """The weights' rounding shifts a layer's outputs a little; a layer whose bias is tinier still keeps it
     (NNCF's rule): the correction would swamp what the layer was trained to add."""
@@ -258,6 +292,61 @@ def test_every_method_from_the_same_two_passes_gives_each_methods_own_ranges(gra
         alone = calibrate(graphs / "model.fp32.onnx", lambda: _calib(graphs, 128), m)
         assert together[m].ranges == alone.ranges and together[m].images == 128, m
     assert together[CalibMethod.percentile].ranges != together[CalibMethod.max].ranges
+
+
+def test_the_tensorrt_layouts_calibration_covers_only_what_it_quantizes_with_the_same_ranges(
+        graphs: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Calibrating only the tensors the tensorrt layout puts Q/DQ pairs on gives each of them the range a full
+    calibration gives it, and the graph needs no other; the second pass's chunks kept from the first (all, some
+    or none of them, with one intra-op thread or one per core) count the same histograms."""
+    import exporters.calibrate as cal
+    from exporters.quantize import tensorrt_activations
+
+    src = graphs / "model.fp32.onnx"
+    full = calibrate(src, lambda: _calib(graphs, 128), "percentile")
+    wanted = tensorrt_activations(onnx.load(str(src)))
+    assert 10 < len(wanted) < len(full.ranges)
+    real = cal._Activations._fits
+    for kept, threads, want in (("all", 0, [True, True]), ("first", 1, [True, False]), ("none", 1, [False, False])):
+        seen: list[int] = []
+        fits: list[bool] = []
+
+        def fit(self: cal._Activations, values: dict, kept: str = kept, fits: list = fits) -> bool:
+            fits.append((kept != "first" or not self.kept) and real(self, values))
+            return fits[-1]
+
+        with monkeypatch.context() as mp:
+            mp.setattr(cal._Activations, "_fits", fit)
+            if kept == "none":
+                mp.setattr(cal, "KEEP_BYTES", 0)
+            some = calibrate(src, lambda: _calib(graphs, 128), "percentile", tensors=tensorrt_activations,
+                             threads=threads, on_images=seen.append)
+        assert fits == want and seen == [64, 128, 192, 256], kept
+        assert some.ranges == {t: full.ranges[t] for t in wanted}, kept
+    a = quantize_int8(src, tmp_path / "q.onnx", some)
+    assert len(a.details["int8_layers"]) == 20
+
+
+def test_calibrations_sums_give_bias_correction_its_own_passs_shifts(graphs: Path) -> None:
+    """Bias correction's inputs summed by calibration's first pass give the shifts bias correction measures in a
+    pass of its own over the same images, read whole or a batch at a time."""
+    from exporters.calibrate import InputSums
+    from exporters.quantize import tensorrt_activations
+
+    src = graphs / "model.fp32.onnx"
+    sums = InputSums()
+    ranges = calibrate(src, lambda: _calib(graphs, 128), "mean-max", tensors=tensorrt_activations, sums=sums)
+    assert sums.images == 128 and set(sums.sums) == set(ranges.ranges)
+    plain, _, _ = int8_graph(src, ranges, recipe="tensorrt")
+    own = bias_shifts(src, plain, np.concatenate(list(_calib(graphs, 128))))
+    batched = bias_shifts(src, plain, _calib(graphs, 128))
+    taken = bias_shifts(src, plain, None, sums=sums)
+    assert set(own) == set(taken) == set(batched) and len(own) == 20
+    for k in own:
+        np.testing.assert_allclose(taken[k], own[k], rtol=1e-4, atol=1e-7, err_msg=k)
+        np.testing.assert_allclose(batched[k], own[k], rtol=1e-4, atol=1e-7, err_msg=k)
+    other = bias_shifts(src, plain, np.concatenate(list(_calib(graphs, 128)))[32:])
+    assert max(float(np.abs(other[k] - own[k]).max()) for k in own) > 1e-5  # other images: other shifts
 
 
 @pytest.mark.parametrize("recipe", ["tensorrt", "cpu"])
