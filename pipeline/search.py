@@ -51,9 +51,9 @@ RANKING_IMAGES = (32, 128)
 RANKING_PASSES = 4
 PROXY_ROWS = (256, 768)  # estimates read at least/at most this many judging images: those most at risk of flipping
 PROXY_CACHE_BYTES = 256 << 20  # the proxy rows' decoded inputs are kept in memory up to this size
-# the calibration methods the search tries beside the asked one: percentile lost the least top-1 on the small models
-# of `scripts/int8_anchor.py --methods`, mean-max by far the least on a trained ResNet-50 at 224; max and entropy
-# never won (docs/precision.md)
+# the calibration methods the search tries beside the asked one: which of percentile and mean-max lost less on the
+# small models of `scripts/int8_anchor.py` depends on the images scoring them, mean-max by far the least on a
+# trained ResNet-50 at 224; max and entropy were never clearly better than the better of the two (docs/precision.md)
 SEARCH_METHODS = (CalibMethod.percentile, CalibMethod.mean_max)
 
 
