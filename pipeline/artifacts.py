@@ -157,6 +157,11 @@ class SearchRecord:
     def result(self) -> Trial:
         return self.trials[self.chosen]
 
+    @property
+    def took(self) -> str:
+        """Its seconds in words: tenths below ten seconds (a search that plain int8 ends takes well under one)."""
+        return f"{self.seconds:.1f} s" if self.seconds < 10 else f"{self.seconds:.0f} s"
+
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "trials": [asdict(t) for t in self.trials], "ranking": list(self.ranking)}
 

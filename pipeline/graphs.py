@@ -276,7 +276,7 @@ def _int8_note(entry: Entry) -> str:
                 else "none reverted")
         note += (f"; search: drop {t.drop:.2f} + margin {t.margin:.2f} of budget {s.budget:g} on {s.data} "
                  f"({'met' if s.met else 'MISSED'}), {kept}, {len(s.trials)} trial(s) and {s.estimates} estimate(s) "
-                 f"in {s.seconds:.0f} s")
+                 f"in {s.took}")
     return note
 
 

@@ -253,7 +253,7 @@ def folder_notes(audit: FolderAudit) -> list[str]:
         margin = f" + margin {t.margin:.2f} ({s.margin_rule})" if s.margin_rule else ""
         lines.append(f"int8 search: budget {s.budget:g} points on {s.data}; drop {t.drop:.2f}{margin} "
                      f"({'met' if s.met else '[red]MISSED[/]'}); {_esc(kept)}; {len(s.trials)} trial(s) and "
-                     f"{s.estimates} estimate(s), {s.seconds:.0f} s")
+                     f"{s.estimates} estimate(s), {s.took}")
     if audit.static_batch:
         lines.append(f"fixed batch {audit.static_batch}: every graph and engine runs exactly that many images at "
                      "a time (exported with --static-batch)")

@@ -12,6 +12,8 @@ from pipeline.artifacts import (
     EngineEntry,
     GraphEntry,
     Manifest,
+    SearchRecord,
+    Trial,
     read_manifest,
     write_manifest,
 )
@@ -127,3 +129,13 @@ def test_a_folder_written_as_version_2_reads_verifies_and_takes_engines_for_anot
     assert set(after.engines) == {"fp16.rtx-sm89", "fp16.rtx-sm86"} and audit_folder(folder).intact
     assert json.loads((folder / "manifest.json").read_text())["version"] == 3
     assert after.engines["fp16.rtx-sm86"].file == "model.fp16.rtx-sm86.engine"
+
+
+def test_a_search_says_its_seconds_in_tenths_below_ten() -> None:
+    """A search that plain int8 ends takes a fraction of a second: "0 s" would read as not run."""
+
+    def record(seconds: float) -> SearchRecord:
+        return SearchRecord(0.5, "x", 100, 90.0, (Trial("percentile", (), "fp32", 90.0, 0.0, seconds),), 0, True,
+                            seconds)
+
+    assert [record(s).took for s in (0.34, 9.94, 10.2, 126.4)] == ["0.3 s", "9.9 s", "10 s", "126 s"]
