@@ -23,7 +23,7 @@ from pipeline.data import (
     open_dataset,
 )
 from pipeline.export_options import ExportContext, ExportOptions
-from pipeline.machine import INT8_DOT, cpu_isa
+from pipeline.machine import INT8_DOT, cpu_isa, usable_cores
 from pipeline.precisions import PRECISIONS, Precision
 from pipeline.steps import Step
 from pipeline.zoo import ModelInfo
@@ -102,7 +102,7 @@ class _Calibrations:
         # the layers' inputs summed over the calibration images, when this build calibrates (ranges read from the
         # folder's cache leave it empty: bias correction then reads the images itself)
         self.sums = InputSums()
-        self.threads = 0  # onnxruntime's threads while calibrating: 1 beside the search's background reference
+        self.threads = 0  # onnxruntime's threads while calibrating (0: one per core); the search leaves one core out
 
     def record(self, method: CalibMethod) -> Calibration:
         from exporters.quantize import INT8_RECIPES
@@ -253,7 +253,7 @@ def _search(ctx: ExportContext, src: Path, cals: _Calibrations, correction: Call
     ctx.progress(f"int8 search: judged on {acc.description}")
     reference = Reference(src, acc)  # fp32's logits on one core, beside calibration on the other
     try:
-        cals.threads = 1
+        cals.threads = max(1, usable_cores() - 1)  # the reference has one core
         cals.prepare((o.calib_method, *SEARCH_METHODS))
         graphs = _TrialGraphs(ctx, src, cals, correction)
         graphs.plain(o.calib_method)

@@ -16,7 +16,7 @@ from typing import Any
 from resnetx.flavors import gpu_kind_of
 
 __all__ = ["CPU_KIND", "KNOWN_KIND_CC", "INT8_DOT", "cpu_name", "cpu_isa", "isa_mismatch", "gpu_kind_of",
-           "local_kind", "system_info", "driver_version"]
+           "local_kind", "system_info", "driver_version", "usable_cores"]
 
 CPU_KIND = "cpu"
 # compute capability of the kinds a fleet names (Ray's accelerator types, Jetson modules); others come from the
@@ -30,6 +30,13 @@ KNOWN_KIND_CC = {
 }
 _ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "asimddp")
 INT8_DOT = frozenset({"avx512_vnni", "avx_vnni", "amx_int8", "asimddp"})  # int8 dot-product instructions
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity: a container's share, not the host's count)."""
+    with contextlib.suppress(AttributeError, OSError):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
 
 
 def cpu_name() -> str:

@@ -100,11 +100,20 @@ def test_the_record_and_the_remake_line_rebuild_the_same_graph_without_searching
     assert second[Precision.int8].sha256 == first[Precision.int8].sha256 and second[Precision.int8].search is None
 
 
-def test_the_default_model_reverts_nothing(tmp_path: Path) -> None:
-    """Plain int8 by the asked method or by the other one of the search's methods: no layer ranked or reverted."""
+def test_the_default_model_reverts_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Plain int8 by the asked method or by the other one of the search's methods: no layer ranked or reverted.
+    Calibration runs on every core but the one fp32's background reference takes."""
+    import exporters.calibrate as cal
+    import pipeline.graphs as graphs
+
+    threads: list[int] = []
+    real = cal.calibrate_methods
+    monkeypatch.setattr(graphs, "usable_cores", lambda: 6)
+    monkeypatch.setattr(cal, "calibrate_methods", lambda *a, **k: threads.append(k["threads"]) or real(*a, **k))
     r = export(ExportOptions(out=tmp_path / "d", precisions=INT8, calib_samples=128, max_accuracy_drop=0.5,
                              reference_samples=0))
     s = r.manifest.graphs[Precision.int8].search
+    assert threads == [5]
     assert s.met and len(s.trials) <= 2 and s.result.reverted == () and s.ranking == ()
     assert r.manifest.graphs[Precision.int8].auto_fp32 == ()  # every conv/gemm in int8, the ends too
 
