@@ -23,7 +23,7 @@ from pipeline.data import (
     open_dataset,
 )
 from pipeline.export_options import ExportContext, ExportOptions
-from pipeline.machine import INT8_DOT, cpu_isa, usable_cores
+from pipeline.machine import cpu_isa, needs_reduce_range, usable_cores
 from pipeline.precisions import PRECISIONS, Precision
 from pipeline.steps import Step
 from pipeline.zoo import ModelInfo
@@ -159,7 +159,7 @@ def reduce_range(o: ExportOptions) -> bool:
     """The cpu recipe on a CPU without int8 dot-product instructions (VNNI, AMX, Arm dot product): 7-bit weights,
     onnxruntime's remedy for u8 x s8 products that saturate in 16-bit sums there. With them, 8-bit weights: measured
     equal in accuracy and speed on an AVX-512 VNNI CPU (docs/precision.md)."""
-    return o.int8_target.value == "cpu" and not set(cpu_isa()) & INT8_DOT
+    return o.int8_target.value == "cpu" and needs_reduce_range(cpu_isa())
 
 
 def _make_int8(ctx: ExportContext, fp32: Entry) -> GraphEntry:

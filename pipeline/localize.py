@@ -158,6 +158,7 @@ def _revert_first(folder: Path, manifest: Manifest, entry: GraphEntry, x: np.nda
     from exporters.equalize import fp32_for_int8
     from exporters.onnx import load_onnx
     from exporters.quantize import quantize_int8, quantized_layers, shifts_of
+    from pipeline.machine import needs_reduce_range
     from pipeline.search import Logits, rank_layers
 
     cal, fp32 = entry.calibration, manifest.graphs.get(Precision.fp32)
@@ -168,13 +169,15 @@ def _revert_first(folder: Path, manifest: Manifest, entry: GraphEntry, x: np.nda
     errors = {la.layer: la.rel_l2 for la in layers}
     candidates = sorted(quantized_layers(q), key=lambda n: -errors.get(n, 0.0))[:MAX_RANKED]
     shifts = shifts_of(fp32_for_int8(src, cal.equalized), q)
+    # laid out for the CPU the graph was made for, as it was: 7-bit weights where that CPU had no int8 dot product
+    rr = cal.recipe == "cpu" and cal.isa is not None and needs_reduce_range(cal.isa)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "trial.onnx"
 
         def without(layer: str) -> Path:
             quantize_int8(src, path, ranges, recipe=cal.recipe, exclude_nodes=(*entry.keep_fp32, layer),
                           quantize_ends=entry.quantize_ends, shifts=shifts, fallback=entry.fallback,
-                          equalize=cal.equalized)
+                          equalize=cal.equalized, reduce_range=rr)
             return path
 
         logits = Logits(x)

@@ -16,7 +16,7 @@ from typing import Any
 from resnetx.flavors import gpu_kind_of
 
 __all__ = ["CPU_KIND", "KNOWN_KIND_CC", "INT8_DOT", "cpu_name", "cpu_isa", "isa_mismatch", "gpu_kind_of",
-           "local_kind", "system_info", "driver_version", "usable_cores"]
+           "local_kind", "system_info", "driver_version", "usable_cores", "needs_reduce_range"]
 
 CPU_KIND = "cpu"
 # compute capability of the kinds a fleet names (Ray's accelerator types, Jetson modules); others come from the
@@ -55,6 +55,13 @@ def cpu_isa() -> tuple[str, ...]:
         flags = set(line.split(":", 1)[1].split())
         return tuple(f for f in _ISA_FLAGS if f in flags)
     return ()
+
+
+def needs_reduce_range(isa: tuple[str, ...] | list[str]) -> bool:
+    """Whether a cpu-recipe int8 graph for a CPU with these instruction sets gets 7-bit weights: without int8
+    dot-product instructions (VNNI, AMX, Arm dot product), onnxruntime's remedy for u8 x s8 products that saturate
+    in 16-bit sums."""
+    return not set(isa) & INT8_DOT
 
 
 def isa_mismatch(made_on: tuple[str, ...] | list[str] | None, recipe: str | None) -> str | None:

@@ -165,17 +165,20 @@ def test_a_cpu_recipe_records_its_isa_and_warns_on_another(tmp_path: Path, monke
 
 def test_without_int8_dot_products_the_cpu_recipe_uses_7_bit_weights(tmp_path: Path,
                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    """onnxruntime's remedy for u8 x s8 saturation on CPUs without VNNI, chosen from the CPU export runs on."""
+    """onnxruntime's remedy for u8 x s8 saturation on CPUs without VNNI, chosen from the CPU export runs on; verify
+    --localize ranks layers on trial graphs laid out for the CPU the graph was made for, not the one it runs on."""
     import onnx
     from onnx import numpy_helper
 
+    import exporters.quantize as quantize
     import pipeline.graphs as graphs
     from pipeline.artifacts import read_manifest
     from pipeline.export import ExportOptions, export
     from pipeline.precisions import Precision
+    from pipeline.verify import VerifyOptions, verify
 
-    def widest_int8_weight(folder: Path) -> int:
-        g = onnx.load(str(folder / "model.int8.onnx")).graph
+    def widest_int8_weight(folder: Path, file: str = "model.int8.onnx") -> int:
+        g = onnx.load(str(folder / file)).graph
         return max(int(np.abs(numpy_helper.to_array(i).astype(np.int32)).max()) for i in g.initializer
                    if i.data_type == onnx.TensorProto.INT8 and len(i.dims) == 4)
 
@@ -188,3 +191,15 @@ def test_without_int8_dot_products_the_cpu_recipe_uses_7_bit_weights(tmp_path: P
     details = read_manifest(tmp_path / "avx2").graphs[Precision.int8].details
     assert "7-bit (reduce_range)" in details["weights"]
     assert read_manifest(tmp_path / "avx2").calibration.isa == ("avx2",)
+
+    trials: list[int] = []  # the widest weight of each graph localize ranks on, here on a VNNI CPU
+    real = quantize.quantize_int8
+
+    def spy(src: Path, dst: Path, *args: object, **kwargs: object) -> object:
+        made = real(src, dst, *args, **kwargs)
+        trials.append(widest_int8_weight(Path(dst).parent, Path(dst).name))
+        return made
+
+    monkeypatch.setattr(quantize, "quantize_int8", spy)
+    r = verify(VerifyOptions(folder=tmp_path / "avx2", samples=32, precisions=("int8",), localize=True))
+    assert r.rows[0].localization.revert_first and len(trials) >= 10 and max(trials) <= 64
