@@ -275,7 +275,7 @@ class _Search:
         self.trials.append(t)
         self.trial_logits.append(got)
         self.on_progress(f"int8 search: trial {len(self.trials)} on every judging image, {method.value}, "
-                         f"{len(reverted)} layer(s) reverted, top-1 drop {drop:.2f} + margin {margin:.2f} "
+                         f"{_reverted(reverted, fallback)}, top-1 drop {drop:.2f} + margin {margin:.2f} "
                          f"(budget {self.judge.budget:g})")
         return _Measured(t, got, layers)
 
@@ -302,12 +302,17 @@ class _Search:
         correct[self.rows] = got.argmax(1) == self.judge.labels[self.rows]
         self.estimates += 1
         ok, self.last = self.judge.passes(correct), self.judge.drop(correct)
-        self.on_progress(f"int8 search: estimate {self.estimates}, {method.value}, {len(reverted)} layer(s) "
-                         f"reverted: drop ~{self.last:.2f} ({'passes' if ok else 'over budget'})")
+        self.on_progress(f"int8 search: estimate {self.estimates}, {method.value}, {_reverted(reverted, fallback)}: "
+                         f"drop ~{self.last:.2f} ({'passes' if ok else 'over budget'})")
         return ok
 
     def out_of_time(self) -> bool:
         return time.perf_counter() > self.deadline
+
+
+def _reverted(reverted: tuple[str, ...], fallback: str) -> str:
+    """How many layers a graph reverts, and in what when not fp32 (the fallback's trial reverts the same ones)."""
+    return f"{len(reverted)} layer(s) reverted" + (f" in {fallback}" if fallback != "fp32" else "")
 
 
 def _lead(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:

@@ -294,3 +294,11 @@ def test_ranking_reads_at_most_four_measured_trials_of_images() -> None:
     deep = ranking_images(69, 1000)  # a ResNet-50's convs and adds, judged on 1,000 images
     assert deep < 128 and deep * 69 <= RANKING_PASSES * 1000
     assert ranking_images(500, 100) == 32  # never fewer
+
+
+def test_progress_says_which_trials_revert_in_fp16() -> None:
+    """The fp16 fallback's trial reverts the same layers as the one before it: progress says so."""
+    from pipeline.search import _reverted
+
+    assert _reverted(("a", "b"), "fp16") == "2 layer(s) reverted in fp16"
+    assert _reverted(("a", "b"), "fp32") == "2 layer(s) reverted"
