@@ -124,8 +124,7 @@ class _Activations:
     def __init__(self, cal: Any, batches: Callable[[], Iterable[tuple[np.ndarray, int]]], fixed: int | None,
                  on_images: Callable[[int], None] | None, only: set[str] | None = None, keep: int = 0) -> None:
         self.sess = cal.infer_session
-        self.names = [o.name for o in self.sess.get_outputs()]
-        picked = cal.tensors_to_calibrate & set(self.names)
+        picked = cal.tensors_to_calibrate & {o.name for o in self.sess.get_outputs()}
         self.tensors = sorted(picked if only is None else picked & only)
         self.batches = batches
         self.fixed = fixed  # a fixed-batch graph runs its own (padded) batches whole

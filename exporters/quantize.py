@@ -414,9 +414,10 @@ def bias_shifts(fp32_path: Path, q: onnx.ModelProto, images: np.ndarray | Iterab
         for la in layers:
             diff = _apply_layer(la, torch.from_numpy(sums.sums[la.input][None]), la.dw.astype(np.float64))
             per_image = diff.sum([0] if diff.ndim == 2 else [0, 2, 3]) / (sums.images * diff[0, 0].numel())
-            shifts[la.name] = (per_image.numpy() - np.asarray(la.bias_shift, np.float64)).astype(np.float32)
-    biases = {la.name: la.bias for la in layers}
-    return {k: v for k, v in shifts.items() if _shift_kept(v, biases[k])}
+            shift = (per_image.numpy() - np.asarray(la.bias_shift, np.float64)).astype(np.float32)
+            if _shift_kept(shift, la.bias):
+                shifts[la.name] = shift
+    return shifts
 
 
 def _input_sums(fp32: onnx.ModelProto, wanted: list[str], images: np.ndarray | Iterable[np.ndarray],

@@ -102,7 +102,6 @@ class _Calibrations:
         # the layers' inputs summed over the calibration images, when this build calibrates (ranges read from the
         # folder's cache leave it empty: bias correction then reads the images itself)
         self.sums = InputSums()
-        self.threads = 0  # onnxruntime's threads while calibrating (0: one per core); the search leaves one core out
 
     def record(self, method: CalibMethod) -> Calibration:
         from exporters.quantize import INT8_RECIPES
@@ -121,9 +120,9 @@ class _Calibrations:
             self.prepare((method,))
         return self._ranges[method]
 
-    def prepare(self, methods: tuple[CalibMethod, ...]) -> None:
+    def prepare(self, methods: tuple[CalibMethod, ...], threads: int = 0) -> None:
         """The ranges of each method: from the folder's cache, the others calibrated together, in the same passes
-        over the images."""
+        over the images, on `threads` onnxruntime threads (0: one per core)."""
         from exporters.calibrate import calibrate_methods, passes
         from exporters.quantize import INT8_RECIPES, tensorrt_activations
 
@@ -147,7 +146,7 @@ class _Calibrations:
                                 op_types=INT8_RECIPES[o.int8_target].op_types,
                                 symmetric=o.int8_target.value == "tensorrt", equalize=o.int8_equalize,
                                 tensors=tensorrt_activations if o.int8_target.value == "tensorrt" else None,
-                                sums=self.sums if not self.sums.images else None, threads=self.threads,
+                                sums=self.sums if not self.sums.images else None, threads=threads,
                                 on_images=lambda k: ctx.progress(f"int8: {names} calibration, {k}/{total} images "
                                                                  f"read ({n} pass(es) over the calibration images)"))
         for method, r in got.items():
@@ -253,8 +252,7 @@ def _search(ctx: ExportContext, src: Path, cals: _Calibrations, correction: Call
     ctx.progress(f"int8 search: judged on {acc.description}")
     reference = Reference(src, acc)  # fp32's logits on one core, beside calibration on the other
     try:
-        cals.threads = max(1, usable_cores() - 1)  # the reference has one core
-        cals.prepare((o.calib_method, *SEARCH_METHODS))
+        cals.prepare((o.calib_method, *SEARCH_METHODS), threads=max(1, usable_cores() - 1))  # the reference: one
         graphs = _TrialGraphs(ctx, src, cals, correction)
         graphs.plain(o.calib_method)
     except BaseException:
