@@ -10,8 +10,10 @@ rows: the judging images whose answer a graph between the last measured one and 
 graph's answers. The other methods of SEARCH_METHODS (calibrated in the same passes over the images) are
 estimated; then the quantized layers (and residual adds) are ranked once, by how much reverting each alone
 recovers; the first-ranked are reverted as a group growing 1, 2, 4, ..., bisected back to the fewest that pass,
-and pruned of any the others do without. Only that candidate is measured on every judging image; if the
-estimate was too kind, the proxy rows are drawn again from it, its layers stay reverted and the search goes on.
+and pruned of any the others do without. Only that candidate is measured on every judging image, with its
+reverted layers in fp16 where the tensorrt recipe's --int8-fallback allows and the estimate passes so (one trial
+instead of one in fp32, then one in fp16); if the estimate was too kind, the proxy rows are drawn again from it,
+its layers stay reverted and the search goes on.
 Estimated graphs are made in memory from the placed plain graph (Makers.quick); measured ones are the graphs
 export writes (Makers.exact). The same ranking gives verify's `try:` suggestion.
 """
@@ -45,11 +47,17 @@ __all__ = ["AccuracySet", "accuracy_set", "Judge", "Logits", "Makers", "Referenc
 
 log = logging.getLogger(__name__)
 LOGIT_CHUNK = 256  # images decoded at a time for a trial's logits
-# each layer's recovery is ranked on the proxy images int8 gets most wrong: 128, fewer where the layers are many
-# (at least 32), so that ranking reads at most RANKING_PASSES times as many images as a measured trial
-RANKING_IMAGES = (32, 128)
+# each layer's recovery is ranked on the proxy images int8 gets most wrong: 64, fewer where the layers are many
+# (at least 32), so that ranking reads at most RANKING_PASSES times as many images as a measured trial. On the
+# residual-hostile model of `scripts/int8_anchor.py` 64 put the same eight layers first as 128 (two swapped), in
+# half the time
+RANKING_IMAGES = (32, 64)
 RANKING_PASSES = 4
 PROXY_ROWS = (256, 768)  # estimates read at least/at most this many judging images: those most at risk of flipping
+# ... and otherwise this many per image the last measured graph and fp32 differ on in right or wrong: with 2, the
+# residual-hostile model's first candidate changed 19 answers outside the rows, its estimate passed and its trial
+# did not; with 3 its first trial passed, and the search took less time (docs/precision.md)
+PROXY_PER_CHANGE = 3
 PROXY_CACHE_BYTES = 256 << 20  # the proxy rows' decoded inputs are kept in memory up to this size
 # the calibration methods the search tries beside the asked one: which of percentile and mean-max lost less on the
 # small models of `scripts/int8_anchor.py` depends on the images scoring them, mean-max by far the least on a
@@ -261,13 +269,15 @@ class _Search:
     proxy: Logits | None = None
     answers: np.ndarray | None = None  # the last measured graph right, per judging image
     last: float = 0.0  # the last estimate's drop
+    got: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32))  # its logits on the proxy rows
+    estimated: tuple | None = None  # its graph: (method, reverted, fallback)
 
     def measure(self, method: CalibMethod, reverted: tuple[str, ...], fallback: str) -> _Measured:
         """The exact graph on every judging image: a trial of the record."""
         start = time.perf_counter()
         path = self.tmp / f"trial{len(self.trials)}.onnx"
         layers = self.makers.exact(method, reverted, fallback, path)
-        got = self.logits.of(path)
+        got = self._logits(path, (method, reverted, fallback))
         correct = got.argmax(1) == self.judge.labels
         drop, margin = self.judge.drop(correct), self.judge.margin(correct)
         t = Trial(method.value, reverted, fallback, round(100.0 * float(correct.mean()), 3), round(drop, 3),
@@ -279,6 +289,19 @@ class _Search:
                          f"(budget {self.judge.budget:g})")
         return _Measured(t, got, layers)
 
+    def _logits(self, path: Path, key: tuple) -> np.ndarray:
+        """The graph's logits on every judging image: the proxy rows' from its estimate just before, where there
+        was one and the layout computes the same logits in and out of memory, whatever the batch (the tensorrt
+        layout's unfused Q/DQ pairs), the other rows read now."""
+        if key != self.estimated or self.logits.fuse_qdq or not len(self.rows):
+            return self.logits.of(path)
+        rest = np.setdiff1d(np.arange(len(self.judge.labels)), self.rows)
+        out = np.empty((len(self.judge.labels), self.got.shape[1]), self.got.dtype)
+        out[self.rows] = self.got
+        if len(rest):
+            out[rest] = self.logits.of(path, rest)
+        return out
+
     def passes(self, t: Trial) -> bool:
         return _within(t.drop, t.margin, self.judge.budget)
 
@@ -289,15 +312,17 @@ class _Search:
         lead_ref, lead_got = _lead(self.reference, self.judge.labels), _lead(got, self.judge.labels)
         risk = np.minimum(np.abs(lead_ref), np.abs(lead_got)) - np.abs(got - self.reference).max(1)
         risk[(lead_ref > 0) != (lead_got > 0)] = -np.inf
-        n = min(len(risk), int(np.clip(2 * np.isinf(risk).sum(), *PROXY_ROWS)))
+        n = min(len(risk), int(np.clip(PROXY_PER_CHANGE * np.isinf(risk).sum(), *PROXY_ROWS)))
         self.rows = np.sort(np.argsort(risk, kind="stable")[:n])
         self.proxy = self.logits.subset(self.rows)
+        self.estimated = None  # the last estimate read other rows
         self.answers = got.argmax(1) == self.judge.labels
 
     def estimate(self, method: CalibMethod, reverted: tuple[str, ...], fallback: str = "fp32") -> bool:
         """Whether the graph would pass, from its answers on the proxy rows (its estimated drop: self.last)."""
         assert self.proxy is not None and self.answers is not None
-        got = self.proxy.of(self.makers.quick(method, reverted, fallback))
+        got = self.got = self.proxy.of(self.makers.quick(method, reverted, fallback))
+        self.estimated = (method, reverted, fallback)
         correct = self.answers.copy()
         correct[self.rows] = got.argmax(1) == self.judge.labels[self.rows]
         self.estimates += 1
@@ -358,32 +383,45 @@ def _methods_then_layers(s: _Search, o: ExportOptions) -> list[str]:
     if s.passes(m.trial) or s.out_of_time():
         return []
     s.rebase(m.logits)
-    method, best = o.calib_method, m
-    for other in SEARCH_METHODS:  # another method's plain graph, measured if its estimate loses less
-        if other is o.calib_method or s.out_of_time() or not (s.estimate(other, ()) or s.last < best.trial.drop):
-            continue
-        m = s.measure(other, (), "fp32")
-        if s.passes(m.trial):
-            return []
-        if m.trial.drop < best.trial.drop:
-            method, best = other, m
-    if s.out_of_time():
+    picked = _method(s, o.calib_method, m)
+    if picked is None or s.out_of_time():
         return []
-    m = best
-    s.rebase(m.logits)
-    n, images = len(m.layers), min(ranking_images(len(m.layers), len(s.judge.labels)), len(s.rows))
+    method, plain, layers = picked
+    n, images = len(layers), min(ranking_images(len(layers), len(s.judge.labels)), len(s.rows))
     s.on_progress(f"int8 search: ranking {n} quantized layers by what reverting each recovers on {images} images")
-    ranking = rank_layers(m.layers, lambda layer: s.makers.quick(method, (layer,), "fp32"), s.proxy,
-                          s.reference[s.rows], m.logits[s.rows], images,
+    ranking = rank_layers(layers, lambda layer: s.makers.quick(method, (layer,), "fp32"), s.proxy,
+                          s.reference[s.rows], plain, images,
                           lambda k: s.on_progress(f"int8 search: ranking, {k}/{n} layers"))
     reverted: tuple[str, ...] = ()
+    half = o.int8_target.value == "tensorrt" and o.fallback is not Fallback.fp32
     while not s.out_of_time():
         reverted = _fewest(s, method, ranking, reverted)
-        m = s.measure(method, reverted, "fp32")
+        # reverted in fp16 where asked, or where it may be and its estimate passes: one measured trial, not one in
+        # fp32 and then one in fp16 (a miss in fp16 grows the group from there: more layers in fp16 beat fewer in
+        # fp32 on a GPU)
+        fp16 = half and (o.fallback is Fallback.fp16 or s.estimate(method, reverted, "fp16"))
+        m = s.measure(method, reverted, "fp16" if fp16 else "fp32")
         if s.passes(m.trial) or len(reverted) == len(ranking):
             break
         s.rebase(m.logits)  # the estimate was too kind: draw the proxy rows again from this graph
     return ranking
+
+
+def _method(s: _Search, asked: CalibMethod, m: _Measured) -> tuple[CalibMethod, np.ndarray, list[str]] | None:
+    """The method whose plain graph loses least, with its logits on the proxy rows drawn from it and its revertible
+    layers; None when one passes. Another method's plain graph is measured where its estimate passes or loses
+    less."""
+    method, best = asked, m
+    for other in SEARCH_METHODS:
+        if other is asked or s.out_of_time() or not (s.estimate(other, ()) or s.last < best.trial.drop):
+            continue
+        measured = s.measure(other, (), "fp32")
+        if s.passes(measured.trial):
+            return None
+        if measured.trial.drop < best.trial.drop:
+            method, best = other, measured
+    s.rebase(best.logits)
+    return method, best.logits[s.rows], best.layers
 
 
 def _fewest(s: _Search, method: CalibMethod, ranking: list[str], kept: tuple[str, ...]) -> tuple[str, ...]:
@@ -422,6 +460,8 @@ def _try_fp16(s: _Search, chosen: int, fallback: Fallback) -> int:
     """The chosen graph with its reverted layers in fp16 (faster on GPUs): kept if asked, or if within budget
     (estimated first, then measured)."""
     t = s.trials[chosen]
+    if any(x.method == t.method and x.reverted == t.reverted and x.fallback == "fp16" for x in s.trials):
+        return chosen  # the search's loop measured it already
     if fallback is Fallback.auto:
         if s.out_of_time():
             return chosen

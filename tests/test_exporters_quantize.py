@@ -16,6 +16,7 @@ from exporters.quantize import (
     apply_shifts,
     bias_shifts,
     int8_graph,
+    layers_to_fp16,
     quantize_int8,
     quantized_layers,
     revert_layers,
@@ -350,11 +351,12 @@ def test_calibrations_sums_give_bias_correction_its_own_passs_shifts(graphs: Pat
 
 
 @pytest.mark.parametrize("recipe", ["tensorrt", "cpu"])
-def test_reverting_layers_of_the_placed_graph_makes_the_graph_placed_without_them(graphs: Path,
+def test_reverting_layers_of_the_placed_graph_makes_the_graph_placed_without_them(graphs: Path, tmp_path: Path,
                                                                                    recipe: str) -> None:
     """The search's quick trials: layers put back in float in the placed plain graph compute what the graph placed
-    with those layers excluded computes (bit for bit in the tensorrt layout; onnxruntime's cpu layout quantizes an
-    excluded add's output differently, so there only the answers must agree)."""
+    with those layers excluded computes (bit for bit in the tensorrt layout, their fp16 fallback too: the search
+    reuses an estimate's logits in the trial that measures it; onnxruntime's cpu layout quantizes an excluded
+    add's output differently, so there only the answers must agree)."""
     src = graphs / "model.fp32.onnx"
     ranges = _ranges(graphs, recipe, method="percentile")
     reverted = ("layer1.0.conv1", "layer2.0/add", "layer3.2.conv2", "conv1")
@@ -374,6 +376,13 @@ def test_reverting_layers_of_the_placed_graph_makes_the_graph_placed_without_the
         assert (a.argmax(1) == b.argmax(1)).mean() >= 0.99 and np.abs(a - b).max() < 0.5
         return
     np.testing.assert_array_equal(a, b)
+    half = quantize_int8(src, tmp_path / "half.onnx", ranges, recipe=recipe, exclude_nodes=reverted,
+                         quantize_ends=True, shifts=shifts, fallback="fp16").path
+    assert layers_to_fp16(got, reverted) == ["conv1", "layer1.0.conv1", "layer3.2.conv2"]
+    c = ort.InferenceSession(str(half), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+    d = ort.InferenceSession(got.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+    np.testing.assert_array_equal(c, d)
+    assert np.abs(c - a).max() > 0  # fp16 layers: other logits than the fp32 fallback's
     every = onnx.ModelProto()  # every layer and add reverted at once: no Q/DQ left, the fp32 graph's logits
     every.CopyFrom(plain)
     revert_layers(every, onnx.load(str(src)), revertible(plain))

@@ -72,6 +72,8 @@ def test_the_budget_is_met_with_most_layers_in_int8(searched: tuple) -> None:
     t = s.result  # within budget with one standard error to spare, most candidates only estimated
     assert t.margin > 0.1 and t.drop + t.margin <= 0.5 and "one standard error" in s.margin_rule
     assert s.estimates > len(s.trials)
+    measured = [(x.method, x.reverted) for x in s.trials]  # the fallback's fp16 measured first, not after fp32
+    assert len(set(measured)) == len(measured) and t.fallback == "fp16" and int8.fallback == "fp16"
     fp32, q = _held_out_top1(out / "model.fp32.onnx", r.info), _held_out_top1(out / "model.int8.onnx", r.info)
     assert abs((fp32 - q) - s.result.drop) < 0.01 and fp32 - q <= 0.5  # the record says what an independent pass sees
     layers = quantized_layers(onnx.load(str(out / "model.int8.onnx")))
@@ -290,9 +292,9 @@ def test_the_background_reference_gives_the_searchs_fp32_logits_and_stops_betwee
 def test_ranking_reads_at_most_four_measured_trials_of_images() -> None:
     from pipeline.search import RANKING_PASSES, ranking_images
 
-    assert ranking_images(31, 2000) == 128  # a ResNet-20: the most
+    assert ranking_images(31, 2000) == 64  # a ResNet-20: the most
     deep = ranking_images(69, 1000)  # a ResNet-50's convs and adds, judged on 1,000 images
-    assert deep < 128 and deep * 69 <= RANKING_PASSES * 1000
+    assert deep < 64 and deep * 69 <= RANKING_PASSES * 1000
     assert ranking_images(500, 100) == 32  # never fewer
 
 
@@ -302,3 +304,43 @@ def test_progress_says_which_trials_revert_in_fp16() -> None:
 
     assert _reverted(("a", "b"), "fp16") == "2 layer(s) reverted in fp16"
     assert _reverted(("a", "b"), "fp32") == "2 layer(s) reverted"
+
+
+def test_a_measured_trial_reads_only_the_rows_its_estimate_did_not(graphs: Path, tmp_path: Path) -> None:
+    """In the tensorrt layout an estimate's logits on the proxy rows are the measured graph's: the trial that
+    follows reads only the other judging images and gets the logits a full read gets, bit for bit."""
+    import pipeline.search as search
+    from exporters.calibrate import CalibMethod, Ranges
+    from exporters.quantize import int8_graph, revert_layers, revertible
+    from tests.conftest import sample_batches
+
+    src = graphs / "model.fp32.onnx"
+    plain, _, _ = int8_graph(src, Ranges.load(graphs / "ranges.json"), recipe="tensorrt", quantize_ends=True)
+
+    def quick(method: CalibMethod, reverted: tuple[str, ...], fallback: str) -> onnx.ModelProto:
+        q = onnx.ModelProto()
+        q.CopyFrom(plain)
+        revert_layers(q, onnx.load(str(src)), reverted)
+        return q
+
+    def exact(method: CalibMethod, reverted: tuple[str, ...], fallback: str, path: Path) -> list[str]:
+        onnx.save(quick(method, reverted, fallback), str(path))
+        return revertible(plain)
+
+    x = np.concatenate(list(sample_batches(600)))
+    labels = open_dataset("sample").labels[:600].astype(np.int64)
+    logits = search.Logits(x, fuse_qdq=False)
+    reference = logits.of(src)
+    judge = search.Judge(labels, reference.argmax(1) == labels, budget=0.5)
+    s = search._Search(search.Makers(exact, quick), logits, judge, reference, float("inf"), tmp_path, lambda m: None)
+    s.rebase(logits.of(plain))
+    read: list[int] = []
+    real = logits.of
+    logits.of = lambda graph, rows=None: read.append(len(x) if rows is None else len(rows)) or real(graph, rows)
+    one = ("layer1.0.conv1",)
+    s.estimate(CalibMethod.percentile, one)
+    got = s.measure(CalibMethod.percentile, one, "fp32").logits
+    assert 0 < len(s.rows) < len(x) and read == [len(x) - len(s.rows)]
+    assert np.array_equal(got, real(tmp_path / "trial0.onnx"))
+    s.measure(CalibMethod.percentile, ("layer2.0.conv1",), "fp32")  # not the graph estimated: every row read
+    assert read[-1] == len(x)
