@@ -269,8 +269,8 @@ class _Search:
     proxy: Logits | None = None
     answers: np.ndarray | None = None  # the last measured graph right, per judging image
     last: float = 0.0  # the last estimate's drop
-    got: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32))  # its logits on the proxy rows
-    estimated: tuple | None = None  # its graph: (method, reverted, fallback)
+    # the logits on the proxy rows of each graph estimated since they were drawn, by (method, reverted, fallback)
+    estimated: dict[tuple, np.ndarray] = field(default_factory=dict)
 
     def measure(self, method: CalibMethod, reverted: tuple[str, ...], fallback: str) -> _Measured:
         """The exact graph on every judging image: a trial of the record."""
@@ -290,14 +290,15 @@ class _Search:
         return _Measured(t, got, layers)
 
     def _logits(self, path: Path, key: tuple) -> np.ndarray:
-        """The graph's logits on every judging image: the proxy rows' from its estimate just before, where there
-        was one and the layout computes the same logits in and out of memory, whatever the batch (the tensorrt
+        """The graph's logits on every judging image: the proxy rows' from its estimate, where it was estimated on
+        these rows and the layout computes the same logits in and out of memory, whatever the batch (the tensorrt
         layout's unfused Q/DQ pairs), the other rows read now."""
-        if key != self.estimated or self.logits.fuse_qdq or not len(self.rows):
+        known = self.estimated.get(key)
+        if known is None or self.logits.fuse_qdq:
             return self.logits.of(path)
         rest = np.setdiff1d(np.arange(len(self.judge.labels)), self.rows)
-        out = np.empty((len(self.judge.labels), self.got.shape[1]), self.got.dtype)
-        out[self.rows] = self.got
+        out = np.empty((len(self.judge.labels), known.shape[1]), known.dtype)
+        out[self.rows] = known
         if len(rest):
             out[rest] = self.logits.of(path, rest)
         return out
@@ -315,14 +316,14 @@ class _Search:
         n = min(len(risk), int(np.clip(PROXY_PER_CHANGE * np.isinf(risk).sum(), *PROXY_ROWS)))
         self.rows = np.sort(np.argsort(risk, kind="stable")[:n])
         self.proxy = self.logits.subset(self.rows)
-        self.estimated = None  # the last estimate read other rows
+        self.estimated.clear()  # read on other rows
         self.answers = got.argmax(1) == self.judge.labels
 
     def estimate(self, method: CalibMethod, reverted: tuple[str, ...], fallback: str = "fp32") -> bool:
         """Whether the graph would pass, from its answers on the proxy rows (its estimated drop: self.last)."""
         assert self.proxy is not None and self.answers is not None
-        got = self.got = self.proxy.of(self.makers.quick(method, reverted, fallback))
-        self.estimated = (method, reverted, fallback)
+        got = self.proxy.of(self.makers.quick(method, reverted, fallback))
+        self.estimated[(method, reverted, fallback)] = got
         correct = self.answers.copy()
         correct[self.rows] = got.argmax(1) == self.judge.labels[self.rows]
         self.estimates += 1

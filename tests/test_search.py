@@ -260,6 +260,13 @@ def test_a_margin_of_most_of_the_budget_gets_a_notice(searched: tuple) -> None:
     plain = replace(wide, trials=tuple(replace(t, reverted=()) for t in wide.trials))
     quiet = int8_notices(replace(entry, search=plain), ExportOptions(out=out), r.info)
     assert not any("margin was" in n for n in quiet)
+    # the 64-image check below verify's bar: no alarm when the search met its budget on its judging images, and
+    # no advice to search when it searched and missed
+    low = replace(entry, check=replace(entry.check, top1_agree=0.95))
+    assert not any("agrees with fp32" in n for n in int8_notices(low, ExportOptions(out=out), r.info))
+    missed = replace(low, search=replace(entry.search, met=False))
+    alarm = [n for n in int8_notices(missed, ExportOptions(out=out), r.info) if "agrees with fp32" in n]
+    assert alarm and "--max-accuracy-drop" not in alarm[0] and "--calib-method mean-max" in alarm[0]
 
 
 def test_the_background_reference_gives_the_searchs_fp32_logits_and_stops_between_chunks(
@@ -339,8 +346,12 @@ def test_a_measured_trial_reads_only_the_rows_its_estimate_did_not(graphs: Path,
     logits.of = lambda graph, rows=None: read.append(len(x) if rows is None else len(rows)) or real(graph, rows)
     one = ("layer1.0.conv1",)
     s.estimate(CalibMethod.percentile, one)
+    s.estimate(CalibMethod.percentile, ("layer3.0.conv1",))  # another graph estimated after it: still known
     got = s.measure(CalibMethod.percentile, one, "fp32").logits
     assert 0 < len(s.rows) < len(x) and read == [len(x) - len(s.rows)]
     assert np.array_equal(got, real(tmp_path / "trial0.onnx"))
-    s.measure(CalibMethod.percentile, ("layer2.0.conv1",), "fp32")  # not the graph estimated: every row read
+    s.measure(CalibMethod.percentile, ("layer2.0.conv1",), "fp32")  # not a graph estimated: every row read
+    assert read[-1] == len(x)
+    s.rebase(got)  # other proxy rows: what was estimated on the old ones is not reused
+    s.measure(CalibMethod.percentile, one, "fp32")
     assert read[-1] == len(x)
