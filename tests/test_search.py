@@ -355,3 +355,14 @@ def test_a_measured_trial_reads_only_the_rows_its_estimate_did_not(graphs: Path,
     s.rebase(got)  # other proxy rows: what was estimated on the old ones is not reused
     s.measure(CalibMethod.percentile, one, "fp32")
     assert read[-1] == len(x)
+
+
+def test_an_asked_fp16_fallback_is_what_every_trial_with_reverted_layers_measures(tmp_path: Path) -> None:
+    """--fallback fp16: the layers a trial reverts are measured in fp16, as they will ship, never in fp32 first."""
+    ckpt = _hostile_checkpoint(tmp_path / "h.pt")
+    r = export(ExportOptions(model=ModelSpec("resnet20", weights=ckpt), out=tmp_path / "f", precisions=INT8,
+                             calib_samples=128, max_accuracy_drop=0.5, fallback="fp16", reference_samples=0))
+    s = r.manifest.graphs[Precision.int8].search
+    reverting = [t for t in s.trials if t.reverted]
+    assert s.met and reverting and all(t.fallback == "fp16" for t in reverting)
+    assert s.result.fallback == "fp16" and r.manifest.graphs[Precision.int8].fallback == "fp16"
