@@ -11,7 +11,7 @@ graph's answers. The other methods of SEARCH_METHODS (calibrated in the same pas
 estimated; then the quantized layers (and residual adds) are ranked once, by how much reverting each alone
 recovers; the first-ranked are reverted as a group growing 1, 2, 4, ..., bisected back to the fewest that pass,
 and pruned of any the others do without. Only that candidate is measured on every judging image, with its
-reverted layers in fp16 where the tensorrt recipe's --int8-fallback allows and the estimate passes so (one trial
+reverted layers in fp16 where the tensorrt recipe's --fallback allows and the estimate passes so (one trial
 instead of one in fp32, then one in fp16); if the estimate was too kind, the proxy rows are drawn again from it,
 its layers stay reverted and the search goes on.
 Estimated graphs are made in memory from the placed plain graph (Makers.quick); measured ones are the graphs
@@ -421,7 +421,8 @@ def _method(s: _Search, asked: CalibMethod, m: _Measured) -> tuple[CalibMethod, 
             return None
         if measured.trial.drop < best.trial.drop:
             method, best = other, measured
-    s.rebase(best.logits)
+    if best is not m:
+        s.rebase(best.logits)
     return method, best.logits[s.rows], best.layers
 
 
