@@ -148,6 +148,7 @@ def localize(folder: Path, manifest: Manifest, entry: GraphEntry, reference: Ref
 
 
 MAX_RANKED = 12  # layers ranked by trial graphs; more candidates are preselected by their error growth
+RANKED_ON = 128  # images each trial graph is ranked on, of verify's inputs: few layers are ranked, so more images
 
 
 def _revert_first(folder: Path, manifest: Manifest, entry: GraphEntry, x: np.ndarray,
@@ -181,4 +182,5 @@ def _revert_first(folder: Path, manifest: Manifest, entry: GraphEntry, x: np.nda
             return path
 
         logits = Logits(x)
-        return rank_layers(candidates, without, logits, logits.of(src), logits.of(folder / entry.file))
+        return rank_layers(candidates, without, logits, logits.of(src), logits.of(folder / entry.file),
+                           images=RANKED_ON)
