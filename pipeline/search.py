@@ -369,12 +369,17 @@ def search_int8(o: ExportOptions, fp32_path: Path, acc: AccuracySet, makers: Mak
         s = _Search(makers, logits, judge, reference, start + o.search_seconds, Path(tmp), on_progress)
         ranking = _methods_then_layers(s, o)
         chosen = _best(s.trials, judge.budget)
-        if o.int8_target.value == "tensorrt" and o.fallback is not Fallback.fp32 and s.trials[chosen].reverted:
+        if _may_fp16(o) and s.trials[chosen].reverted:
             chosen = _try_fp16(s, chosen, o.fallback)
     t = s.trials[chosen]
     return SearchRecord(judge.budget, acc.description, len(acc.y), round(100.0 * float(judge.fp32_correct.mean()), 3),
                         tuple(s.trials), chosen, s.passes(t), round(time.perf_counter() - start, 2), tuple(ranking),
                         judge.rule, s.estimates)
+
+
+def _may_fp16(o: ExportOptions) -> bool:
+    """Whether reverted layers may compute in fp16: the tensorrt recipe, --fallback auto or fp16."""
+    return o.int8_target.value == "tensorrt" and o.fallback is not Fallback.fp32
 
 
 def _methods_then_layers(s: _Search, o: ExportOptions) -> list[str]:
@@ -394,7 +399,7 @@ def _methods_then_layers(s: _Search, o: ExportOptions) -> list[str]:
                           s.reference[s.rows], plain, images,
                           lambda k: s.on_progress(f"int8 search: ranking, {k}/{n} layers"))
     reverted: tuple[str, ...] = ()
-    half = o.int8_target.value == "tensorrt" and o.fallback is not Fallback.fp32
+    half = _may_fp16(o)
     while not s.out_of_time():
         reverted = _fewest(s, method, ranking, reverted)
         # reverted in fp16 where asked, or where it may be and its estimate passes: one measured trial, not one in
