@@ -369,8 +369,8 @@ def search_int8(o: ExportOptions, fp32_path: Path, acc: AccuracySet, makers: Mak
         s = _Search(makers, logits, judge, reference, start + o.search_seconds, Path(tmp), on_progress)
         ranking = _methods_then_layers(s, o)
         chosen = _best(s.trials, judge.budget)
-        if _may_fp16(o) and s.trials[chosen].reverted:
-            chosen = _try_fp16(s, chosen, o.fallback)
+        if _may_fp16(o) and o.fallback is Fallback.auto and s.trials[chosen].reverted:
+            chosen = _try_fp16(s, chosen)
     t = s.trials[chosen]
     return SearchRecord(judge.budget, acc.description, len(acc.y), round(100.0 * float(judge.fp32_correct.mean()), 3),
                         tuple(s.trials), chosen, s.passes(t), round(time.perf_counter() - start, 2), tuple(ranking),
@@ -463,19 +463,16 @@ def _fewest(s: _Search, method: CalibMethod, ranking: list[str], kept: tuple[str
     return tuple(chosen)
 
 
-def _try_fp16(s: _Search, chosen: int, fallback: Fallback) -> int:
-    """The chosen graph with its reverted layers in fp16 (faster on GPUs): kept if asked, or if within budget
-    (estimated first, then measured)."""
+def _try_fp16(s: _Search, chosen: int) -> int:
+    """--fallback auto: the chosen graph, its reverted layers measured in fp32, tried with them in fp16 (faster on
+    GPUs): estimated, then measured, and kept if within budget; not where the loop measured that graph already.
+    (--fallback fp16 measures every graph that reverts layers in fp16 in the loop.)"""
     t = s.trials[chosen]
-    if any(x.method == t.method and x.reverted == t.reverted and x.fallback == "fp16" for x in s.trials):
-        return chosen  # the search's loop measured it already
-    if fallback is Fallback.auto:
-        if s.out_of_time():
-            return chosen
-        s.rebase(s.trial_logits[chosen])
-        if not s.estimate(CalibMethod(t.method), t.reverted, "fp16"):
-            return chosen
+    done = any(x.method == t.method and x.reverted == t.reverted and x.fallback == "fp16" for x in s.trials)
+    if done or s.out_of_time():
+        return chosen
+    s.rebase(s.trial_logits[chosen])
+    if not s.estimate(CalibMethod(t.method), t.reverted, "fp16"):
+        return chosen
     half = s.measure(CalibMethod(t.method), t.reverted, "fp16").trial
-    if fallback is Fallback.fp16 or s.passes(half):
-        return len(s.trials) - 1
-    return chosen
+    return len(s.trials) - 1 if s.passes(half) else chosen
