@@ -6,8 +6,11 @@
 NNCF runs in its own virtual environment (pip install nncf onnx onnxruntime torch==2.13.0), through
 scripts/nncf_quantize.py; both sides get 300 calibration images (Fashion-MNIST train, resnetx's seeded draw),
 judge the budget on the first 2,000 test images, and are scored by an independent onnxruntime pass over the
-other 8,000 test images. Prints a Markdown table; seconds are wall time: resnetx's whole export, and its int8
-step alone (calibration, search, final graph), against NNCF's quantize call (its data already in memory).
+other 8,000 test images. Each side runs in two layouts: TensorRT's (resnetx's tensorrt recipe; NNCF with every
+activation signed, --signed of nncf_quantize.py) and the CPU one (resnetx's cpu recipe; NNCF's default, uint8 for
+non-negative tensors). Prints a Markdown table; seconds are wall time: resnetx's whole export, and its int8 step
+alone (calibration, search, final graph), against NNCF's quantize call (its data already in memory), NNCF's
+default and NNCF's run in the same layout.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from exporters.onnx import run_cpu  # noqa: E402
-from exporters.quantize import quantized_layers  # noqa: E402
+from exporters.quantize import Int8Target, quantized_layers  # noqa: E402
 from pipeline.artifacts import read_manifest  # noqa: E402
 from pipeline.data import iter_batches, open_dataset  # noqa: E402
 from pipeline.export import ExportOptions, export  # noqa: E402
@@ -35,6 +38,12 @@ from pipeline.zoo import ModelSpec, load_model, save_checkpoint  # noqa: E402
 from tests.int8_hostile import make_int8_hostile, make_residual_hostile  # noqa: E402
 
 CALIB, JUDGE = 300, 2000
+# resnetx's tensorrt recipe (symmetric int8 activations, what TensorRT runs), the same judged on the drop alone, its
+# cpu recipe (uint8 activations: the layout NNCF makes for CPUs), NNCF (its CPU default), and NNCF in TensorRT's
+# layout (every activation symmetric and signed)
+TOOLS = ("resnetx", "resnetx, margin 0", "resnetx, cpu recipe", "NNCF", "NNCF, signed (TensorRT's layout)")
+SAME_LAYOUT = {"resnetx": TOOLS[4], "resnetx, margin 0": TOOLS[4], "resnetx, cpu recipe": "NNCF"}  # NNCF's run to time
+# each against where the layouts match
 
 
 def _checkpoint(name: str, tmp: Path, r18: Path | None) -> tuple[ModelSpec, str]:
@@ -67,28 +76,6 @@ def _top1(path: Path, x: np.ndarray, y: np.ndarray) -> float:
     return 100.0 * float((run_cpu(path, x, batch=500).argmax(1) == y).mean())
 
 
-def _signed(src: Path, dst: Path) -> Path:
-    """NNCF's graph as TensorRT would need it: its uint8 pairs (zero point 0, ReLU outputs) as symmetric int8
-    ones covering the same range, scale x 255/127 (TensorRT runs only zero-point-0 int8)."""
-    import onnx
-    from onnx import numpy_helper
-
-    m = onnx.load(str(src))
-    inits = {i.name: i for i in m.graph.initializer}
-    done = set()
-    for n in m.graph.node:
-        if n.op_type in ("QuantizeLinear", "DequantizeLinear") and len(n.input) > 2 and n.input[2] in inits:
-            zp = numpy_helper.to_array(inits[n.input[2]])
-            if zp.dtype == np.uint8 and n.input[2] not in done:
-                inits[n.input[2]].CopyFrom(numpy_helper.from_array(np.zeros_like(zp, np.int8), n.input[2]))
-                scale = numpy_helper.to_array(inits[n.input[1]]) * (255.0 / 127.0)
-                inits[n.input[1]].CopyFrom(numpy_helper.from_array(scale.astype(np.float32), n.input[1]))
-                done.add(n.input[2])
-    del m.graph.value_info[:]  # the pairs' outputs were typed uint8
-    onnx.save(m, str(dst))
-    return dst
-
-
 def _floats(path: Path) -> int:
     import onnx
 
@@ -96,23 +83,27 @@ def _floats(path: Path) -> int:
     return sum(n.op_type in ("Conv", "Gemm") for n in m.graph.node) - len(quantized_layers(m))
 
 
-def _resnetx(spec: ModelSpec, folder: Path, budget: float | None,
-             margin: float | None = None) -> tuple[Path, float, float]:
+def _resnetx(spec: ModelSpec, folder: Path, budget: float | None, margin: float | None = None,
+             target: Int8Target = Int8Target.tensorrt) -> tuple[Path, float, float]:
     """The int8 graph, the export's wall time, and its int8 step's (calibration, search, final graph and its
     check: what NNCF's call does; the export's own model load, data reads and manifest left out)."""
     export(ExportOptions(model=spec, out=folder, reference_samples=0))  # the fp32 graph, not timed
     start = time.perf_counter()
     export(ExportOptions(model=spec, out=folder, precisions=(Precision.fp32, Precision.int8),
                          calib_data="fashion-mnist", calib_samples=CALIB, max_accuracy_drop=budget,
-                         accuracy_samples=JUDGE, accuracy_margin=margin, reference_samples=0, search_seconds=1800))
+                         accuracy_samples=JUDGE, accuracy_margin=margin, int8_target=target, reference_samples=0,
+                         search_seconds=1800))
     wall = time.perf_counter() - start
     return folder / "model.int8.onnx", wall, read_manifest(folder).graphs["int8"].seconds
 
 
-def _nncf(python: str, fp32: Path, data: Path, out: Path, budget: float | None) -> tuple[Path, float]:
+def _nncf(python: str, fp32: Path, data: Path, out: Path, budget: float | None,
+          signed: bool = False) -> tuple[Path, float]:
     cmd = [python, str(ROOT / "scripts" / "nncf_quantize.py"), str(fp32), str(data), str(out)]
     if budget is not None:
         cmd += ["--max-drop", str(budget)]
+    if signed:
+        cmd.append("--signed")
     r = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if r.returncode:
         raise SystemExit(f"NNCF failed: {r.stderr[-2000:]}")
@@ -155,8 +146,8 @@ def main() -> None:
     if not a.nncf_python:
         raise SystemExit("--nncf-python PYTHON (a virtual environment with nncf) is needed")
     rows = [f"| model | tool | plain: drop | budget {a.budget:g}: drop on the judging 2k / on the other 8k | "
-            "conv/gemm in float | seconds (plain / with budget) | budget's seconds / NNCF's | int8 step's / NNCF's |",
-            "|---|---|---:|---:|---:|---:|---:|---:|"]
+            "conv/gemm in float | seconds (plain / with budget) | budget's seconds / NNCF's | int8 step's / NNCF's "
+            "| int8 step's / NNCF's in the same layout |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     with tempfile.TemporaryDirectory() as tmp_s:
         tmp = Path(tmp_s)
         for name in a.models.split(","):
@@ -170,7 +161,7 @@ def main() -> None:
             np.savez(tmp / "data.npz", calib=calib, x=x[:JUDGE], y=y[:JUDGE])
             fp32 = tmp / name / "model.fp32.onnx"
             results = {}
-            for tool in ("resnetx", "resnetx, margin 0", "NNCF", "NNCF, signed for TensorRT"):
+            for tool in TOOLS:
                 for budget in (None, a.budget):
                     if tool == "resnetx":
                         q, secs, step = _resnetx(spec, tmp / name / ("plain" if budget is None else "ac"), budget)
@@ -180,21 +171,24 @@ def main() -> None:
                         continue
                     elif tool == "resnetx, margin 0":
                         q, secs, step = _resnetx(spec, tmp / name / "ac0", budget, margin=0.0)
-                    elif tool == "NNCF":
-                        q, secs = _nncf(a.nncf_python, fp32, tmp / "data.npz", tmp / f"nncf-{budget}.onnx", budget)
-                        step = secs
+                    elif tool == "resnetx, cpu recipe":
+                        q, secs, step = _resnetx(spec, tmp / name / ("cpu" if budget is None else "cpu-ac"), budget,
+                                                 target=Int8Target.cpu)
                     else:
-                        q = _signed(tmp / f"nncf-{budget}.onnx", tmp / f"nncf-signed-{budget}.onnx")
-                        secs = step = results[("NNCF", budget)][3]
+                        signed = tool != "NNCF"
+                        q, secs = _nncf(a.nncf_python, fp32, tmp / "data.npz",
+                                        tmp / f"nncf-{'signed-' * signed}{budget}.onnx", budget, signed)
+                        step = secs
                     base_j, base_o = _top1(fp32, x[:JUDGE], y[:JUDGE]), _top1(fp32, x[JUDGE:], y[JUDGE:])
                     results[(tool, budget)] = (base_j - _top1(q, x[:JUDGE], y[:JUDGE]),
                                                base_o - _top1(q, x[JUDGE:], y[JUDGE:]), _floats(q), secs, step)
             nncf = results[("NNCF", a.budget)][3]
-            for tool in ("resnetx", "resnetx, margin 0", "NNCF", "NNCF, signed for TensorRT"):
+            for tool in TOOLS:
                 p, b = results[(tool, None)], results[(tool, a.budget)]
+                same = results[(SAME_LAYOUT.get(tool, tool), a.budget)][3]
                 rows.append(f"| {desc} | {tool} | {p[1]:+.2f} | {b[0]:+.2f} / {b[1]:+.2f} | {b[2]} "
-                            f"| {p[3]:.1f} / {b[3]:.1f} | {b[3] / nncf:.2f} | {b[4] / nncf:.2f} |")
-            print("\n".join(rows[-4:]), flush=True)
+                            f"| {p[3]:.1f} / {b[3]:.1f} | {b[3] / nncf:.2f} | {b[4] / nncf:.2f} | {b[4] / same:.2f} |")
+            print("\n".join(rows[-len(TOOLS):]), flush=True)
     print("\n".join(rows))
 
 
