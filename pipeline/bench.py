@@ -17,7 +17,15 @@ import numpy as np
 import torch
 
 from pipeline.artifacts import EngineEntry, GraphEntry, Manifest, read_manifest, tool_versions
-from pipeline.data import calibration_overlap_note, iter_batches, label_order_note, near_chance_note, open_dataset
+from pipeline.data import (
+    ImageSet,
+    calibration_overlap_note,
+    eval_indices,
+    label_order_note,
+    near_chance_note,
+    open_dataset,
+    spread_over_classes,
+)
 from pipeline.defaults import DEFAULT_BENCH_ACCURACY_SAMPLES
 from pipeline.machine import CPU_KIND, INT8_DOT, cpu_isa, isa_mismatch, system_info
 from pipeline.memory import mem_mb, peak_rss_mb, reset_peak_rss, trim_heap
@@ -325,11 +333,14 @@ def _prepare(opts: BenchOptions, manifest: Manifest,
         if ds.labels is None or len(ds.class_names or ()) != info.num_classes:
             run.notes.append(f"accuracy n/a: {ds.name} has no labels for this model's {info.num_classes} classes")
         else:
-            run.acc_name = f"{ds.name} ({min(len(ds), opts.accuracy_samples)} images)"
+            n = min(len(ds), opts.accuracy_samples)
+            spread = " drawn seeded across its classes" if spread_over_classes(ds, n) else ""
+            run.acc_name = f"{ds.name} ({n} images{spread})"
             if order := label_order_note(ds.name, ds.class_names, info.class_names):
                 run.notes.append(order)
-            run.acc_batches = [(b.x, b.y) for b in iter_batches(ds, info.preprocess, 256, limit=opts.accuracy_samples)
-                               if b.y is not None]
+            images = ImageSet(ds, info.preprocess, eval_indices(ds, n, opts.seed))  # as verify reads them
+            run.acc_batches = list(zip(images.chunks(256), np.array_split(images.labels, range(256, n, 256)),
+                                       strict=True))
     return run
 
 

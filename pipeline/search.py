@@ -37,7 +37,14 @@ from exporters.calibrate import CalibMethod
 from exporters.onnx import cpu_session, run_cpu
 from exporters.quantize import Fallback
 from pipeline.artifacts import SearchRecord, Trial
-from pipeline.data import ImageSet, calibration_split, open_dataset, select_indices
+from pipeline.data import (
+    ImageSet,
+    calibration_split,
+    open_dataset,
+    select_indices,
+    spread_over_classes,
+    stratified_indices,
+)
 from pipeline.export_options import ExportOptions
 from pipeline.zoo import ModelInfo
 from resnetx.errors import BadInput
@@ -77,7 +84,8 @@ class AccuracySet:
 
 def accuracy_set(o: ExportOptions, info: ModelInfo) -> AccuracySet:
     """--accuracy-data, or the held-out split of the calibration data: the test split where it has one, the
-    images calibration did not use for `sample`; an image folder needs its own validation folder."""
+    images calibration did not use for `sample`; an image folder needs its own validation folder. An image folder
+    (read in class order) larger than --accuracy-samples gets a seeded draw spread over its classes, as verify's."""
     name = o.accuracy_data or o.calib_data  # ExportOptions refused the data that cannot judge
     data_dir = o.accuracy_dir if o.accuracy_data else o.calib_dir
     ds = open_dataset(name, split="test", data_dir=data_dir, preprocess=info.preprocess)
@@ -89,6 +97,10 @@ def accuracy_set(o: ExportOptions, info: ModelInfo) -> AccuracySet:
     if name == o.calib_data and calibration_split(name) != "train":  # one set of images: leave calibration's out
         idx = np.setdiff1d(idx, select_indices(len(ds), o.calib_samples, o.seed, shuffle=True))
         where = "images not used for calibration"
+    if spread_over_classes(ds, o.accuracy_samples) and o.accuracy_samples < len(idx):
+        idx = idx[stratified_indices(ds.labels[idx], o.accuracy_samples, o.seed)]
+        per = np.bincount(ds.labels[idx], minlength=len(ds.class_names or ()))
+        where += f", drawn seeded across {int((per > 0).sum())} classes, {per.min()}-{per.max()} each"
     idx = idx[: o.accuracy_samples]
     if len(idx) < 50:
         raise BadInput(f"--max-accuracy-drop: only {len(idx)} held-out image(s) of {ds.name}; give --accuracy-data "

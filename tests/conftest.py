@@ -6,6 +6,7 @@ import importlib.util
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -74,6 +75,19 @@ def small_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("small")
     export(ExportOptions(model=ModelSpec("resnet20"), out=out, exporter="legacy"))
     return out
+
+
+def class_ordered_folder(root: Path, classes: int = 10, per_class: int = 6) -> Path:
+    """An image folder of random 28x28 grey PNGs, `per_class` in each of `classes` folders: read in class order,
+    as a validation folder is."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for k in range(classes):
+        (root / f"c{k}").mkdir(parents=True)
+        for i in range(per_class):
+            Image.fromarray(rng.integers(0, 256, (28, 28), dtype=np.uint8)).save(root / f"c{k}" / f"{i}.png")
+    return root
 
 
 V1_FOLDER = Path(__file__).with_name("data") / "v1_default"  # exported by resnetx at 6530291: manifest version 1

@@ -120,6 +120,29 @@ def test_synthetic_data_has_no_accuracy(small_folder: Path) -> None:
     assert report.rows[0].accuracy_top1 is None and "accuracy n/a" in report.notes[0]
 
 
+def test_accuracy_on_a_folder_larger_than_its_samples_is_drawn_across_the_classes(default_folder: Path,
+                                                                                  tmp_path: Path) -> None:
+    """A folder reads in class order: its first 50 of 60 images would leave the last class out of the accuracy
+    column (and of the recommendation that reads it). bench draws them as verify does."""
+    from exporters.onnx import run_cpu
+    from pipeline.data import eval_indices, open_dataset
+    from pipeline.zoo import ModelSpec, load_model
+    from tests.conftest import class_ordered_folder
+
+    data = f"imagefolder:{class_ordered_folder(tmp_path / 'val')}"
+    report = bench(BenchOptions(folder=default_folder, runtimes=("ort",), precisions=("fp32",), batches=(4,),
+                                iters=2, warmup=0, warmup_seconds=0.0, min_seconds=0.0, data=data,
+                                accuracy_samples=50))
+    assert report.accuracy_data == f"{data} (50 images drawn seeded across its classes)"
+    _, info = load_model(ModelSpec("default"))
+    ds = open_dataset(data, split="test", preprocess=info.preprocess)
+    index = eval_indices(ds, 50, 0)
+    assert np.bincount(ds.labels[index], minlength=10).tolist() == [5] * 10
+    x = info.preprocess(ds.raw(index))
+    want = 100.0 * float((run_cpu(default_folder / "model.fp32.onnx", x).argmax(1) == ds.labels[index]).mean())
+    assert report.rows[0].accuracy_top1 == pytest.approx(want, abs=1e-6)
+
+
 def test_cuda_unavailable_is_exit_3(default_folder: Path) -> None:
     import torch
 

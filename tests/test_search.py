@@ -170,6 +170,26 @@ def test_the_accuracy_images_are_never_calibration_images() -> None:
     assert not any(torch.equal(torch.from_numpy(a), torch.from_numpy(b)) for a in held for b in calib_x)
 
 
+def test_a_validation_folder_larger_than_the_accuracy_samples_is_judged_across_its_classes(tmp_path: Path) -> None:
+    """An image folder reads in class order: its first 50 of 60 images would leave the last class out, and a
+    search judged there could revert for classes that are not shipped alone."""
+    from pipeline.search import accuracy_set
+    from tests.conftest import class_ordered_folder
+
+    class_ordered_folder(tmp_path)
+    _, info = load_model(ModelSpec("default"))
+    o = ExportOptions(precisions=INT8, calib_data="fashion-mnist", accuracy_data=f"imagefolder:{tmp_path}",
+                      accuracy_samples=50, max_accuracy_drop=1.0)
+    acc = accuracy_set(o, info)
+    assert np.bincount(acc.y, minlength=10).tolist() == [5] * 10
+    assert acc.description.endswith("images, drawn seeded across 10 classes, 5-5 each")
+    again = accuracy_set(o, info)  # seeded: the same images every time
+    assert np.array_equal(again.images.index, acc.images.index)
+    whole = accuracy_set(ExportOptions(precisions=INT8, calib_data="fashion-mnist", max_accuracy_drop=1.0,
+                                       accuracy_data=f"imagefolder:{tmp_path}", accuracy_samples=60), info)
+    assert len(whole.y) == 60 and "drawn" not in whole.description  # all of it: nothing to draw
+
+
 def test_equalization_spreads_loud_channels_and_localisation_ranks_what_to_revert(tmp_path: Path) -> None:
     """Loud channels inside three blocks (conv1 -> ReLU -> conv2): cross-layer equalization undoes them for int8
     (the fp32 function is kept); without it, verify's ranking, which the search uses, names those three convs."""
