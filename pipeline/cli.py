@@ -261,7 +261,8 @@ def _announce_model(info: ModelInfo) -> None:
 def train(
     model: Annotated[str, typer.Option(help="Zoo architecture to train, e.g. resnet20.",
                                        rich_help_panel=MODEL)] = "resnet20",
-    data: Annotated[str, typer.Option(help="Training dataset: fashion-mnist, cifar10, imagefolder:DIR.",
+    data: Annotated[str, typer.Option(help="Training dataset: fashion-mnist, cifar10, imagefolder:DIR (a tenth "
+                                            "of its images, across its classes, held out to score).",
                                       rich_help_panel=DATA)] = "fashion-mnist",
     data_dir: DataDirOpt = None,
     epochs: Annotated[int, typer.Option(min=1, help="Training epochs.")] = 15,
@@ -272,8 +273,10 @@ def train(
                                                "75%).")] = Schedule.cosine,
     flip: Annotated[bool, typer.Option(help="Random horizontal flips.")] = True,
     seed: Annotated[int, typer.Option(help="Seed for init, order and augmentation.")] = 0,
-    limit: Annotated[int | None, typer.Option(min=1, help="Train on the first N images only.")] = None,
-    eval_limit: Annotated[int | None, typer.Option(min=1, help="Evaluate on the first N test images only.")] = None,
+    limit: Annotated[int | None, typer.Option(min=1, help="Train on N images only: the first, or an image "
+                                              "folder's drawn seeded across its classes.")] = None,
+    eval_limit: Annotated[int | None, typer.Option(min=1, help="Score on N test images only (an image folder: N "
+                                                   "of the tenth it holds out).")] = None,
     image_size: Annotated[int | None, typer.Option(min=8, help="Train at this image size (resized once); default: "
                                                    "the data's.")] = None,
     device: Annotated[Device, typer.Option(help="Training device.")] = Device.auto,

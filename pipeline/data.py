@@ -326,6 +326,10 @@ def _decode_all(files: list[Path], pre: Preprocess | None) -> np.ndarray:
     if bad:
         raise BadInput(f"{len(bad)} image(s) cannot be decoded: {', '.join(bad[:8])}"
                        f"{f' and {len(bad) - 8} more' if len(bad) > 8 else ''}; remove or replace them")
+    if len({a.shape for a in out}) > 1:  # read at their own size (no model's preprocessing yet: training)
+        sizes = sorted({f"{a.shape[1]}x{a.shape[0]}" + (f"x{a.shape[2]}" if a.ndim == 3 else "") for a in out})
+        raise BadInput(f"the images differ in size ({', '.join(sizes[:4])}{', ...' if len(sizes) > 4 else ''}), "
+                       f"e.g. {files[0].parent}: resize them to one size (and one colour mode) first")
     return np.stack(out)
 
 

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.data import Dataset, Preprocess, open_dataset
+from pipeline.data import Dataset, ImageSet, Preprocess, calibration_split, open_dataset, stratified_indices
 from pipeline.zoo import build_model, save_checkpoint
 from resnetx.errors import BadInput
 from resnetx.files import atomic_write_text
@@ -24,6 +24,9 @@ from resnetx.files import atomic_write_text
 __all__ = ["TrainConfig", "TrainResult", "train", "evaluate"]
 
 log = logging.getLogger(__name__)
+# of a dataset with one set of images (an image folder), the share held out of training to score it: drawn seeded
+# across its classes
+HELD_OUT = 0.1
 
 
 @dataclass(frozen=True)
@@ -42,8 +45,8 @@ class TrainConfig:
     image_size: int | None = None  # train at this size (images resized once, bilinear); default: the data's
     flip: bool = True
     seed: int = 0
-    limit: int | None = None  # train on the first N images only (tests, quick runs)
-    eval_limit: int | None = None
+    limit: int | None = None  # train on N images only (tests, quick runs): the first, or drawn across the classes
+    eval_limit: int | None = None  # ... and score on N
     device: str = "auto"
     out: Path = Path("model.pt")
 
@@ -81,9 +84,9 @@ def _device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def _stats(ds: Dataset, channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Per-channel mean/std of the training images (on a seeded subset of up to 10,000)."""
-    idx = np.sort(np.random.default_rng(0).permutation(len(ds))[:10_000])
+def _stats(ds: Dataset, train: np.ndarray, channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean/std of the training images (on a seeded subset of up to 10,000 of them)."""
+    idx = np.sort(train[np.random.default_rng(0).permutation(len(train))[:10_000]])
     x = ds.raw(idx).astype(np.float32) / 255.0
     x = x if x.ndim == 4 else x[..., None]
     mean = x.mean(axis=(0, 1, 2))
@@ -110,21 +113,23 @@ def _augment(x: torch.Tensor, pad: int, flip: bool, gen: torch.Generator) -> tor
     return x
 
 
-@torch.no_grad()
 def evaluate(model: nn.Module, ds: Dataset, pre: Preprocess, *, batch_size: int = 256,
              limit: int | None = None, device: torch.device | str = "cpu") -> float:
-    """Top-1 accuracy (%) of a PyTorch model on a labelled dataset."""
-    from pipeline.data import iter_batches
-
+    """Top-1 accuracy (%) of a PyTorch model on a labelled dataset (its first `limit` images)."""
     if ds.labels is None:
         raise BadInput(f"dataset {ds.name} has no labels; accuracy needs a labelled dataset")
+    return _top1(model, ImageSet(ds, pre, np.arange(len(ds) if limit is None else min(limit, len(ds)))),
+                 batch_size, device)
+
+
+@torch.no_grad()
+def _top1(model: nn.Module, images: ImageSet, batch_size: int, device: torch.device | str) -> float:
     model.eval()
-    correct = total = 0
-    for b in iter_batches(ds, pre, batch_size, limit=limit):
-        logits = model(torch.from_numpy(b.x).to(device))
-        correct += int((logits.argmax(1).cpu().numpy() == b.y).sum())
-        total += len(b.y)
-    return 100.0 * correct / max(total, 1)
+    labels, correct = images.labels, 0
+    for start, x in zip(range(0, len(images), batch_size), images.chunks(batch_size), strict=True):
+        logits = model(torch.from_numpy(x).to(device))
+        correct += int((logits.argmax(1).cpu().numpy() == labels[start : start + len(x)]).sum())
+    return 100.0 * correct / max(len(images), 1)
 
 
 def _lr_at(cfg: TrainConfig, step: int, total: int, per_epoch: int) -> float:
@@ -140,14 +145,35 @@ def _lr_at(cfg: TrainConfig, step: int, total: int, per_epoch: int) -> float:
 
 @dataclass
 class _Data:
-    """The training split in memory as uint8 tensors, the test split, and the preprocessing learned from them."""
+    """The training images in memory as uint8 tensors, the images that score them, and the preprocessing learned
+    from them."""
 
     train: Dataset
-    test: Dataset
+    test: ImageSet
+    scored_on: str  # what scores the model, in words (the checkpoint's accuracy record)
     pre: Preprocess
     images: torch.Tensor  # N x C x H x W uint8
     labels: torch.Tensor
     class_names: tuple[str, ...]
+
+
+def _split(cfg: TrainConfig, train: Dataset, test: Dataset) -> tuple[np.ndarray, np.ndarray, str]:
+    """The images trained on and those that score (indices of `train` and of `test`), and what scores, in words.
+    A dataset with a test split: the first --limit of its train split, the first --eval-limit of its test split.
+    An image folder has one set of images, read in class order: HELD_OUT of it, drawn seeded across its classes,
+    scores and is never trained on; --limit and --eval-limit draw seeded across the classes too."""
+    if calibration_split(cfg.data) == "train":
+        n, m = (len(d) if k is None else min(k, len(d)) for d, k in ((train, cfg.limit), (test, cfg.eval_limit)))
+        return np.arange(n), np.arange(m), f"{cfg.data}:test"
+    labels = train.labels
+    held = stratified_indices(labels, max(1, round(HELD_OUT * len(labels))), cfg.seed)
+    rest = np.setdiff1d(np.arange(len(labels)), held)
+
+    def draw(idx: np.ndarray, n: int | None) -> np.ndarray:
+        return idx if n is None or n >= len(idx) else idx[stratified_indices(labels[idx], n, cfg.seed)]
+
+    return draw(rest, cfg.limit), draw(held, cfg.eval_limit), (
+        f"{cfg.data}: {len(held)} of its {len(labels)} images held out of training, drawn seeded across its classes")
 
 
 def _load(cfg: TrainConfig) -> _Data:
@@ -155,18 +181,19 @@ def _load(cfg: TrainConfig) -> _Data:
     test_ds = open_dataset(cfg.data, split="test", data_dir=cfg.data_dir)
     if train_ds.labels is None or train_ds.class_names is None:
         raise BadInput(f"dataset {cfg.data} has no labels; training needs a labelled dataset")
+    train_idx, test_idx, scored_on = _split(cfg, train_ds, test_ds)
     sample = train_ds.raw(np.arange(1))
     channels = 1 if sample.ndim == 3 else sample.shape[-1]
     size = cfg.image_size or sample.shape[1]
-    mean, std = _stats(train_ds, channels)
-    n_train = len(train_ds) if cfg.limit is None else min(cfg.limit, len(train_ds))
-    images = train_ds.raw(np.arange(n_train))
+    mean, std = _stats(train_ds, train_idx, channels)
+    images = train_ds.raw(train_idx)
     images_t = torch.from_numpy(images if images.ndim == 4 else images[..., None]).permute(0, 3, 1, 2)
     if size != images_t.shape[-1]:  # the same resize evaluation's Preprocess applies
         images_t = F.interpolate(images_t.float(), size=(size, size), mode="bilinear", align_corners=False,
                                  antialias=True).round().clamp(0, 255).to(torch.uint8)
-    return _Data(train_ds, test_ds, Preprocess(image_size=size, resize=size, channels=channels, mean=mean, std=std),
-                 images_t, torch.from_numpy(train_ds.labels[:n_train].astype(np.int64)), train_ds.class_names)
+    pre = Preprocess(image_size=size, resize=size, channels=channels, mean=mean, std=std)
+    return _Data(train_ds, ImageSet(test_ds, pre, test_idx), scored_on, pre, images_t,
+                 torch.from_numpy(train_ds.labels[train_idx].astype(np.int64)), train_ds.class_names)
 
 
 def _optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
@@ -216,16 +243,16 @@ def _epoch(cfg: TrainConfig, d: _Data, model: nn.Module, opt: torch.optim.Optimi
 
 def _checkpoint_meta(cfg: TrainConfig, d: _Data, top1: float, epoch: int) -> dict[str, Any]:
     """What the checkpoint carries beside its weights: the model's shape, preprocessing, classes, accuracy."""
-    images = len(d.test) if cfg.eval_limit is None else min(cfg.eval_limit, len(d.test))
     return {"arch": cfg.model, "num_classes": len(d.class_names), "in_chans": d.pre.channels,
             "image_size": d.pre.image_size, "preprocess": d.pre.to_dict(), "class_names": list(d.class_names),
-            "accuracy": {"dataset": f"{cfg.data}:test", "top1": round(top1, 2), "images": images}, "epoch": epoch}
+            "accuracy": {"dataset": d.scored_on, "top1": round(top1, 2), "images": len(d.test)}, "epoch": epoch}
 
 
 def train(cfg: TrainConfig, *, on_step: StepCallback | None = None,
           on_epoch: Callable[[dict[str, float]], None] | None = None,
           command: str | None = None) -> TrainResult:
-    """Train cfg.model on cfg.data, evaluate each epoch on the test split, keep the best checkpoint."""
+    """Train cfg.model on cfg.data, score each epoch on its held-out images (see _split), keep the best
+    checkpoint."""
     torch.manual_seed(cfg.seed)
     device = _device(cfg.device)
     d = _load(cfg)
@@ -236,7 +263,7 @@ def train(cfg: TrainConfig, *, on_step: StepCallback | None = None,
     best, best_epoch, history, start, step = -1.0, -1, [], time.perf_counter(), 0
     for epoch in range(cfg.epochs):
         loss, acc, step = _epoch(cfg, d, model, opt, epoch, step, gen, device, on_step)
-        top1 = evaluate(model, d.test, d.pre, limit=cfg.eval_limit, device=device)
+        top1 = _top1(model, d.test, 256, device)
         row = {"epoch": epoch + 1, "train_loss": round(loss, 4), "train_acc": round(acc, 2),
                "test_top1": round(top1, 2), "seconds": round(time.perf_counter() - start, 1)}
         history.append(row)

@@ -117,6 +117,13 @@ def test_imagefolder_errors(tmp_path: Path) -> None:
     ds = open_dataset(f"imagefolder:{tmp_path}")
     with pytest.raises(BadInput, match="cannot be decoded"):
         ds.raw(np.arange(1))
+    from PIL import Image
+
+    (tmp_path / "a" / "x.jpg").unlink()
+    for i, size in enumerate((28, 32)):  # read at their own size (training): one error, not numpy's
+        Image.fromarray(np.zeros((size, size), np.uint8)).save(tmp_path / "a" / f"{i}.png")
+    with pytest.raises(BadInput, match=r"differ in size \(28x28x3, 32x32x3\).*resize them"):
+        open_dataset(f"imagefolder:{tmp_path}").raw(np.arange(2))
 
 
 def test_sample_is_bundled_and_balanced() -> None:

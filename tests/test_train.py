@@ -46,6 +46,37 @@ def test_short_training_beats_chance(tmp_path: Path) -> None:
     assert evaluate(model, ds, info.preprocess) == pytest.approx(result.best_top1, abs=0.01)
 
 
+def test_an_image_folder_holds_out_a_tenth_across_its_classes_to_score(tmp_path: Path) -> None:
+    """An image folder is one set of images read in class order. Its first --limit images would be its first
+    classes, and scoring on its first images would score training images (of one class): a tenth of each class
+    is held out instead, and --limit/--eval-limit draw across the classes."""
+    import numpy as np
+    from PIL import Image
+
+    from pipeline.train import _split
+
+    rng = np.random.default_rng(0)
+    for k in range(10):
+        (tmp_path / "f" / f"c{k}").mkdir(parents=True)
+        for i in range(50):
+            img = rng.integers(0, 60, (28, 28)).astype(np.uint8)
+            img[2 + 2 * k : 4 + 2 * k, 4:24] = 255  # learnable: each class a bright bar at its own rows
+            Image.fromarray(img).save(tmp_path / "f" / f"c{k}" / f"{i}.png")
+    cfg = TrainConfig(model="resnet20", data=f"imagefolder:{tmp_path / 'f'}", epochs=3, batch_size=32, lr=0.05,
+                      flip=False, pad=0, limit=400, eval_limit=20, out=tmp_path / "m.pt")
+    ds = open_dataset(cfg.data)
+    trained, scored, words = _split(cfg, ds, ds)
+    assert not set(trained) & set(scored)
+    assert np.bincount(ds.labels[trained]).tolist() == [40] * 10 and np.bincount(ds.labels[scored]).tolist() == [2] * 10
+    assert words.endswith("50 of its 500 images held out of training, drawn seeded across its classes")
+    result = train(cfg)
+    assert result.best_top1 > 40.0  # chance is 10%; the first 400 (eight classes) scored on class 0's first 20: ~0
+    card = json.loads((tmp_path / "m.json").read_text())
+    assert card["best_top1"] == pytest.approx(result.best_top1, abs=0.01)
+    model, info = load_model(ModelSpec("resnet20", weights=tmp_path / "m.pt"))
+    assert "held out of training" in info.reference_accuracy["dataset"] and info.reference_accuracy["images"] == 20
+
+
 def test_train_rejects_default_and_bad_schedule(tmp_path: Path) -> None:
     with pytest.raises(BadInput, match="shipped model"):
         train(TrainConfig(model="default", out=tmp_path / "x.pt"))
