@@ -28,6 +28,8 @@ __all__ = [
     "iter_batches",
     "select_indices",
     "stratified_indices",
+    "drawn_across",
+    "spread_words",
     "spread_over_classes",
     "eval_indices",
     "undecodable",
@@ -376,6 +378,18 @@ def stratified_indices(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
         picked += [int(i) for i in rng.permutation(layer)][: n - len(picked)]
         depth += 1
     return np.sort(np.asarray(picked, dtype=np.int64))
+
+
+def drawn_across(labels: np.ndarray, idx: np.ndarray, n: int | None, seed: int) -> np.ndarray:
+    """n of the indices `idx` (sorted), drawn seeded across their classes (stratified_indices); all of them when n
+    is None or not smaller."""
+    return idx if n is None or n >= len(idx) else idx[stratified_indices(labels[idx], n, seed)]
+
+
+def spread_words(drawn: np.ndarray, classes: int) -> str:
+    """How the labels of a draw spread over the classes, in words: "drawn seeded across 10 classes, 5-5 each"."""
+    per = np.bincount(drawn, minlength=classes)
+    return f"drawn seeded across {int((per > 0).sum())} classes, {per.min()}-{per.max()} each"
 
 
 def _decode_image(path: Path, pre: Preprocess | None, gray: bool = False) -> np.ndarray:

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from pipeline.artifacts import Manifest
-from pipeline.data import ImageSet, Preprocess, eval_indices, open_dataset, spread_over_classes
+from pipeline.data import ImageSet, Preprocess, eval_indices, open_dataset, spread_over_classes, spread_words
 from pipeline.defaults import DEFAULT_REFERENCE_SAMPLES as DEFAULT_SAMPLES
 from pipeline.sources import reference_logits, source_of
 from pipeline.zoo import ModelInfo, ModelSpec, OnnxSpec
@@ -209,9 +209,7 @@ def verify_inputs(data: str, data_dir: Path | None, samples: int, pre: Preproces
     n_extreme = min(N_EXTREME, max(0, samples - n_real))
     index = eval_indices(ds, n_real, seed)
     if spread_over_classes(ds, n_real):
-        per = np.bincount(ds.labels[index], minlength=len(ds.class_names or ()))
-        drawn = (f"{n_real} of {len(ds)} images drawn seeded across {int((per > 0).sum())} classes, "
-                 f"{per.min()}-{per.max()} each")
+        drawn = f"{n_real} of {len(ds)} images {spread_words(ds.labels[index], len(ds.class_names or ()))}"
     else:
         drawn = f"the first {n_real} of {len(ds)} images" if n_real < len(ds) else f"all {n_real} images"
     images = ImageSet(ds, pre, index)

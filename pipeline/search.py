@@ -40,10 +40,11 @@ from pipeline.artifacts import SearchRecord, Trial
 from pipeline.data import (
     ImageSet,
     calibration_split,
+    drawn_across,
     open_dataset,
     select_indices,
     spread_over_classes,
-    stratified_indices,
+    spread_words,
 )
 from pipeline.export_options import ExportOptions
 from pipeline.zoo import ModelInfo
@@ -98,9 +99,8 @@ def accuracy_set(o: ExportOptions, info: ModelInfo) -> AccuracySet:
         idx = np.setdiff1d(idx, select_indices(len(ds), o.calib_samples, o.seed, shuffle=True))
         where = "images not used for calibration"
     if spread_over_classes(ds, o.accuracy_samples) and o.accuracy_samples < len(idx):
-        idx = idx[stratified_indices(ds.labels[idx], o.accuracy_samples, o.seed)]
-        per = np.bincount(ds.labels[idx], minlength=len(ds.class_names or ()))
-        where += f", drawn seeded across {int((per > 0).sum())} classes, {per.min()}-{per.max()} each"
+        idx = drawn_across(ds.labels, idx, o.accuracy_samples, o.seed)
+        where += f", {spread_words(ds.labels[idx], len(ds.class_names or ()))}"
     idx = idx[: o.accuracy_samples]
     if len(idx) < 50:
         raise BadInput(f"--max-accuracy-drop: only {len(idx)} held-out image(s) of {ds.name}; give --accuracy-data "

@@ -16,7 +16,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.data import Dataset, ImageSet, Preprocess, calibration_split, open_dataset, stratified_indices
+from pipeline.data import (
+    Dataset,
+    ImageSet,
+    Preprocess,
+    calibration_split,
+    drawn_across,
+    open_dataset,
+    stratified_indices,
+)
 from pipeline.zoo import build_model, save_checkpoint
 from resnetx.errors import BadInput
 from resnetx.files import atomic_write_text
@@ -168,17 +176,15 @@ def _split(cfg: TrainConfig, train: Dataset, test: Dataset) -> tuple[np.ndarray,
     labels = train.labels
     held = stratified_indices(labels, max(1, round(HELD_OUT * len(labels))), cfg.seed)
     rest = np.setdiff1d(np.arange(len(labels)), held)
-
-    def draw(idx: np.ndarray, n: int | None) -> np.ndarray:
-        return idx if n is None or n >= len(idx) else idx[stratified_indices(labels[idx], n, cfg.seed)]
-
-    return draw(rest, cfg.limit), draw(held, cfg.eval_limit), (
+    return drawn_across(labels, rest, cfg.limit, cfg.seed), drawn_across(labels, held, cfg.eval_limit, cfg.seed), (
         f"{cfg.data}: {len(held)} of its {len(labels)} images held out of training, drawn seeded across its classes")
 
 
 def _load(cfg: TrainConfig) -> _Data:
     train_ds = open_dataset(cfg.data, split="train", data_dir=cfg.data_dir)
-    test_ds = open_dataset(cfg.data, split="test", data_dir=cfg.data_dir)
+    # an image folder is one set of images (_split holds some out): listed once, not walked again
+    one_set = calibration_split(cfg.data) != "train"
+    test_ds = train_ds if one_set else open_dataset(cfg.data, split="test", data_dir=cfg.data_dir)
     if train_ds.labels is None or train_ds.class_names is None:
         raise BadInput(f"dataset {cfg.data} has no labels; training needs a labelled dataset")
     train_idx, test_idx, scored_on = _split(cfg, train_ds, test_ds)
