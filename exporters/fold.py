@@ -1,5 +1,6 @@
-"""A copy of a graph whose first convolution absorbs a per-channel input scale: for pipelines that can only apply one
-scale factor to every channel (DeepStream's nvinfer computes net-scale-factor * (x - offsets))."""
+"""Copies of a graph that take what a serving pipeline gives them: the first convolution absorbing a per-channel input
+scale (DeepStream's nvinfer computes one net-scale-factor * (x - offsets)), or the whole preprocessing put in front
+of the graph, a per-pixel mean image included (which nvinfer's per-channel offsets cannot express)."""
 
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ if TYPE_CHECKING:
 else:
     onnx = lazy_import("onnx")
 
-__all__ = ["fold_input_scale", "first_conv"]
+__all__ = ["fold_input_scale", "first_conv", "fold_preprocessing"]
 
 
 def first_conv(model: onnx.ModelProto) -> onnx.NodeProto:
@@ -66,3 +67,39 @@ def fold_input_scale(src: Path, dst: Path, scale: tuple[float, ...]) -> OnnxArti
     sha, size = save_onnx(model, dst)
     return OnnxArtifact(Path(dst), sha, "folded", opset_of(model), size, 0.0, static_batch=graph_batch(model),
                         details={"folded_into": conv.name, "scale": list(scale)})
+
+
+def fold_preprocessing(src: Path, dst: Path, divide: float, mean: np.ndarray, std: tuple[float, ...]) -> OnnxArtifact:
+    """`src` behind nodes that compute its input from raw pixels (0-255, the model's channel order, NCHW): x / divide
+    less `mean` (a per-pixel (C, H, W) mean image, or one value per channel), over `std` per channel. Fed raw
+    pixels, the copy computes what `src` computes fed the preprocessed ones."""
+    from onnx import helper, numpy_helper
+
+    model = load_onnx(src)
+    own_weights(model)
+    g = model.graph
+    x = g.input[0]
+    if x.name != INPUT_NAME:
+        raise BadInput(f"{Path(src).name} takes {x.name!r}, not resnetx's {INPUT_NAME!r}: fold resnetx's graphs")
+    c = x.type.tensor_type.shape.dim[1].dim_value
+    m = np.asarray(mean, np.float32)
+    m = m.reshape(1, *m.shape) if m.ndim == 3 else m.reshape(1, -1, 1, 1)
+    if m.shape[1] != c or len(std) != c:
+        raise BadInput(f"the graph takes {c} channel(s); the mean has {m.shape[1]} and the std {len(std)}")
+    inner = "resnetx/normalised"
+    for node in g.node:
+        node.input[:] = [inner if i == INPUT_NAME else i for i in node.input]
+    consts = {"resnetx/divide": np.asarray(divide, np.float32), "resnetx/mean": m,
+              "resnetx/std": np.asarray(std, np.float32).reshape(1, -1, 1, 1)}
+    g.initializer.extend(numpy_helper.from_array(v, k) for k, v in consts.items())
+    front = [helper.make_node("Div", [INPUT_NAME, "resnetx/divide"], ["resnetx/scaled"], name="resnetx/divide"),
+             helper.make_node("Sub", ["resnetx/scaled", "resnetx/mean"], ["resnetx/centred"], name="resnetx/mean"),
+             helper.make_node("Div", ["resnetx/centred", "resnetx/std"], [inner], name="resnetx/std")]
+    for k, node in enumerate(front):
+        g.node.insert(k, node)
+    what = "a per-pixel mean image" if m.shape[2] > 1 else "a mean per channel"
+    set_metadata(model, {"resnetx.folded_preprocessing": f"x / {divide:g}, less {what}, over std"})
+    check_onnx(model, where=Path(dst).name)
+    sha, size = save_onnx(model, dst)
+    return OnnxArtifact(Path(dst), sha, "folded", opset_of(model), size, 0.0, static_batch=graph_batch(model),
+                        details={"folded": "preprocessing", "divide": divide, "std": list(std)})

@@ -49,6 +49,9 @@ __all__ = [
     "GraphInterface",
     "graph_interface",
     "import_onnx",
+    "softmax_head",
+    "drop_no_ops",
+    "strip_softmax_head",
     "graph_gflops",
     "activation_bytes",
     "cpu_session",
@@ -365,19 +368,77 @@ def drop_unused_initializers(g: onnx.GraphProto) -> None:
     g.initializer.extend(kept)
 
 
-def import_onnx(src: Path, dst: Path, *, metadata: dict[str, str] | None = None) -> OnnxArtifact:
+def drop_no_ops(model: onnx.ModelProto) -> int:
+    """Remove the nodes that compute their input unchanged: Identity, and Cast to the type the tensor already has
+    (torch's TorchScript exporter leaves dozens in a Keras graph, and fp16 conversion trips over them). Exact: their
+    readers read the input instead. A node whose output is a graph output stays. Returns how many went."""
+    inferred = onnx.shape_inference.infer_shapes(model)
+    types = {v.name: v.type.tensor_type.elem_type
+             for v in [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]}
+    types |= {i.name: i.data_type for i in model.graph.initializer}
+    outputs = {o.name for o in model.graph.output}
+    alias: dict[str, str] = {}
+    kept = []
+    for n in model.graph.node:
+        to = next((a.i for a in n.attribute if a.name == "to"), None)
+        same = n.op_type == "Cast" and n.input and types.get(n.input[0]) == to and to
+        if (n.op_type == "Identity" or same) and n.output[0] not in outputs:
+            alias[n.output[0]] = n.input[0]
+        else:
+            kept.append(n)
+
+    def source(name: str) -> str:
+        while name in alias:
+            name = alias[name]
+        return name
+
+    for n in kept:
+        n.input[:] = [source(i) for i in n.input]
+    gone = len(model.graph.node) - len(kept)
+    del model.graph.node[:]
+    model.graph.node.extend(kept)
+    return gone
+
+
+def softmax_head(model: onnx.ModelProto) -> onnx.NodeProto | None:
+    """The Softmax node whose output is the graph's output (directly, or through Identity or Cast nodes): the model
+    outputs probabilities, not logits. None when it does not end in one."""
+    producer = {o: n for n in model.graph.node for o in n.output}
+    node = producer.get(model.graph.output[0].name) if model.graph.output else None
+    while node is not None and node.op_type in ("Identity", "Cast") and node.input:
+        node = producer.get(node.input[0])
+    return node if node is not None and node.op_type == "Softmax" else None
+
+
+def strip_softmax_head(model: onnx.ModelProto) -> bool:
+    """Make a graph that ends in a softmax give the softmax's input (logits) instead: the Softmax node becomes an
+    Identity. False when there is no softmax head."""
+    node = softmax_head(model)
+    if node is None:
+        return False
+    node.op_type = "Identity"
+    node.name = node.name or "resnetx/stripped_softmax"
+    del node.attribute[:]
+    return True
+
+
+def import_onnx(src: Path, dst: Path, *, metadata: dict[str, str] | None = None,
+                strip_softmax: bool = False) -> OnnxArtifact:
     """A user's ONNX file (external data included) as resnetx's fp32 graph: checked, its input and output renamed
-    to `input`/`logits`, an NHWC input put behind a Transpose so the graph takes NCHW, `metadata` added.
-    The same file always gives the same bytes."""
+    to `input`/`logits`, an NHWC input put behind a Transpose so the graph takes NCHW, a softmax head made an
+    Identity when asked, `metadata` added. The same file always gives the same bytes."""
     from onnx import helper
 
     model = load_onnx(src)
+    if strip_softmax and not strip_softmax_head(model):
+        raise BadInput(f"--strip-softmax: {Path(src).name} does not end in a softmax")
     try:
         onnx.checker.check_model(model, full_check=False)
         model = onnx.shape_inference.infer_shapes(model, strict_mode=True)
     except Exception as e:  # noqa: BLE001 - the checker's many error types
         raise BadInput(f"{Path(src).name} fails the ONNX checker: {first_line(e)}") from e
     io_ = graph_interface(model, Path(src).name)
+    dropped = drop_no_ops(model)
     del model.graph.value_info[:]  # inferred again by check_onnx; the renamed tensors' old entries go
     own_weights(model)
     _rename(model, io_.output_name, OUTPUT_NAME)
@@ -398,7 +459,9 @@ def import_onnx(src: Path, dst: Path, *, metadata: dict[str, str] | None = None)
     sha, size = save_onnx(model, dst)
     return OnnxArtifact(Path(dst), sha, "fp32", opset_of(model), size, 0.0, static_batch=io_.batch,
                         details={"source_input": io_.input_name, "source_output": io_.output_name,
-                                 "source_layout": io_.layout, "nodes": len(model.graph.node)})
+                                 "source_layout": io_.layout, "nodes": len(model.graph.node),
+                                 **({"no_ops_dropped": dropped} if dropped else {}),
+                                 **({"softmax": "stripped"} if strip_softmax else {})})
 
 
 def graph_gflops(model: onnx.ModelProto) -> float:
@@ -493,14 +556,34 @@ def _errors(got: np.ndarray, ref: np.ndarray) -> dict[str, float]:
 
 def activation_bytes(model: onnx.ModelProto, names: set[str] | None = None) -> int:
     """Bytes of one image's float activations (all, or those named), from the graph's inferred shapes: what sizes
-    the chunks calibration and bias correction run at, so that their memory stays bounded."""
-    inferred = onnx.shape_inference.infer_shapes(model)
-    total = 0
+    the chunks calibration and bias correction run at, so that their memory stays bounded. Where onnx's inference
+    stops (a Keras graph's Pad takes its pads from shape arithmetic), onnxruntime's symbolic inference carries on; a
+    tensor still of unknown size counts as the largest known one (an over-estimate: smaller chunks, never more
+    memory)."""
+    sizes = _tensor_sizes(onnx.shape_inference.infer_shapes(model), names)
+    if any(v is None for v in sizes.values()):
+        try:
+            from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+
+            sizes = _tensor_sizes(SymbolicShapeInference.infer_shapes(model, auto_merge=True), names)
+        except Exception as e:  # noqa: BLE001 - its many failures leave the over-estimate below
+            log.debug("symbolic shape inference failed (%s); unknown tensors counted at the largest size", e)
+    largest = max((v for v in sizes.values() if v is not None), default=0)
+    return sum(largest if v is None else v for v in sizes.values())
+
+
+def _tensor_sizes(inferred: onnx.ModelProto, names: set[str] | None) -> dict[str, int | None]:
+    """Bytes per image of each float tensor (those named, else every inferred one); None where a dim is unknown."""
+    out: dict[str, int | None] = {}
     for vi in [*inferred.graph.value_info, *inferred.graph.output]:
-        dims = [d.dim_value for d in vi.type.tensor_type.shape.dim[1:]]
-        if (names is None or vi.name in names) and dims and all(d > 0 for d in dims):
-            total += 4 * int(np.prod(dims))
-    return total
+        if names is not None and vi.name not in names:
+            continue
+        t = vi.type.tensor_type
+        dims = [d.dim_value for d in t.shape.dim[1:]]
+        out[vi.name] = 4 * int(np.prod(dims)) if t.HasField("shape") and all(d > 0 for d in dims) else None
+    for name in names or ():
+        out.setdefault(name, None)  # named but never inferred
+    return out
 
 
 def opset_of(model: onnx.ModelProto) -> int:

@@ -49,7 +49,7 @@ if TYPE_CHECKING:
 else:
     onnx = lazy_import("onnx")
 
-__all__ = ["Int8Target", "Fallback", "Int8Recipe", "INT8_RECIPES", "INT8_GRAPH_REVISION", "quantize_int8",
+__all__ = ["Int8Recipe", "Fallback", "RecipeLayout", "INT8_RECIPES", "INT8_GRAPH_REVISION", "quantize_int8",
            "int8_graph", "bias_shifts", "shifts_of", "apply_shifts", "quantized_layers", "end_layers", "keep_float",
            "revert_layers", "layers_to_fp16"]
 
@@ -62,7 +62,9 @@ PASS_THROUGH = ("Relu", "Clip", "MaxPool", "AveragePool", "GlobalAveragePool", "
                 "Squeeze", "Unsqueeze")
 
 
-class Int8Target(str, Enum):
+class Int8Recipe(str, Enum):
+    """Which runtime an int8 graph is laid out for (`--int8-target`, the manifest's calibration `recipe`)."""
+
     tensorrt = "tensorrt"  # symmetric int8 activations, float bias: what TensorRT's parser and fusions take
     cpu = "cpu"  # uint8 activations, int32 bias: what onnxruntime's x86 int8 kernels accelerate
 
@@ -76,8 +78,8 @@ class Fallback(str, Enum):
 
 
 @dataclass(frozen=True)
-class Int8Recipe:
-    """How the Q/DQ graph is laid out for one kind of target."""
+class RecipeLayout:
+    """How the Q/DQ graph of one recipe is laid out."""
 
     activation: str  # "int8" (symmetric) or "uint8" (asymmetric)
     op_types: tuple[str, ...]  # the ops whose tensors get Q/DQ pairs (calibration covers their tensors)
@@ -86,8 +88,8 @@ class Int8Recipe:
 
 
 INT8_RECIPES = {
-    Int8Target.tensorrt: Int8Recipe("int8", ("Conv", "Gemm", "Add"), False),
-    Int8Target.cpu: Int8Recipe("uint8", ("Conv", "Gemm", "Add", "Relu", "Clip", "MaxPool", "GlobalAveragePool",
+    Int8Recipe.tensorrt: RecipeLayout("int8", ("Conv", "Gemm", "Add"), False),
+    Int8Recipe.cpu: RecipeLayout("uint8", ("Conv", "Gemm", "Add", "Relu", "Clip", "MaxPool", "GlobalAveragePool",
                                          "AveragePool", "Flatten"), True),
 }
 
@@ -176,20 +178,28 @@ def _activation_qdq(t: str, ranges: Ranges, new: list) -> list[onnx.NodeProto]:
                              name=f"{t}_DequantizeLinear")]
 
 
-def _tensorrt_inputs(node: onnx.NodeProto, inits: dict[str, onnx.TensorProto]) -> tuple[int, ...]:
+def _tensorrt_inputs(node: onnx.NodeProto, inits: dict[str, onnx.TensorProto], floats: set[str]) -> tuple[int, ...]:
     """Which inputs of `node` the tensorrt layout quantizes: a Conv/Gemm's data (its weights an initializer), both
-    of a residual Add (neither an initializer)."""
+    of a residual Add of two float activations (neither an initializer; an Add of shape arithmetic is not one)."""
     if node.op_type in WEIGHTED and len(node.input) > 1 and node.input[1] in inits:
         return (0,)
-    if node.op_type == "Add" and not any(t in inits for t in node.input):
+    if node.op_type == "Add" and not any(t in inits for t in node.input) and all(t in floats for t in node.input):
         return (0, 1)
     return ()
+
+
+def _float_tensors(model: onnx.ModelProto) -> set[str]:
+    """The tensors of the graph whose inferred type is float32."""
+    inferred = onnx.shape_inference.infer_shapes(model)
+    return {v.name for v in [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]
+            if v.type.tensor_type.elem_type == onnx.TensorProto.FLOAT}
 
 
 def tensorrt_activations(model: onnx.ModelProto) -> set[str]:
     """The activation tensors the tensorrt layout puts Q/DQ pairs on (the only ones its calibration needs)."""
     inits = {i.name: i for i in model.graph.initializer}
-    return {node.input[k] for node in model.graph.node for k in _tensorrt_inputs(node, inits)}
+    floats = _float_tensors(model)
+    return {node.input[k] for node in model.graph.node for k in _tensorrt_inputs(node, inits, floats)}
 
 
 def _place_tensorrt(model: onnx.ModelProto, ranges: Ranges, excluded: set[str]) -> onnx.ModelProto:
@@ -198,11 +208,12 @@ def _place_tensorrt(model: onnx.ModelProto, ranges: Ranges, excluded: set[str]) 
     q.CopyFrom(model)
     g = q.graph
     inits = {i.name: i for i in g.initializer}
+    floats = _float_tensors(model)
     new_inits: list[onnx.TensorProto] = []
     nodes: list[onnx.NodeProto] = []
     pairs: dict[str, str] = {}  # float tensor -> its dequantized copy
     for node in list(g.node):
-        read = () if node.name in excluded else _tensorrt_inputs(node, inits)
+        read = () if node.name in excluded else _tensorrt_inputs(node, inits, floats)
         if read and node.op_type in WEIGHTED:
             nodes.append(_weight_dq(node, inits, new_inits))
         for k in read:
@@ -220,7 +231,7 @@ def _place_tensorrt(model: onnx.ModelProto, ranges: Ranges, excluded: set[str]) 
 
 
 # --------------------------------------------------------------------------- the cpu layout
-def _place_ort(src: Path, ranges: Ranges, excluded: set[str], recipe: Int8Recipe) -> onnx.ModelProto:
+def _place_ort(src: Path, ranges: Ranges, excluded: set[str], recipe: RecipeLayout) -> onnx.ModelProto:
     """onnxruntime's quantize_static with our ranges (handed over as its calibration cache)."""
     try:
         from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
@@ -355,7 +366,9 @@ def _layers(fp32: onnx.ModelProto, q: onnx.ModelProto) -> list[_Layer]:
     producer = _producers(q.graph)
     out = []
     for node in q.graph.node:
-        wdq, adq = producer.get(node.input[1]) if len(node.input) > 1 else None, producer.get(node.input[0])
+        if node.op_type not in WEIGHTED or len(node.input) < 2:  # Constant nodes have no inputs at all
+            continue
+        wdq, adq = producer.get(node.input[1]), producer.get(node.input[0])
         aq = producer.get(adq.input[0]) if adq is not None and adq.op_type == "DequantizeLinear" else None
         if node.op_type not in WEIGHTED or wdq is None or wdq.op_type != "DequantizeLinear" or aq is None \
                 or aq.op_type != "QuantizeLinear" or node.name not in fnodes:
@@ -527,7 +540,7 @@ def layers_to_fp16(q: onnx.ModelProto, names: Iterable[str]) -> list[str]:
 
 
 # --------------------------------------------------------------------------- int8
-def int8_graph(src: Path, ranges: Ranges, *, recipe: Int8Target, exclude_nodes: Iterable[str] = (),
+def int8_graph(src: Path, ranges: Ranges, *, recipe: Int8Recipe, exclude_nodes: Iterable[str] = (),
                quantize_ends: bool = False, equalize: bool = False,
                reduce_range: bool = False) -> tuple[onnx.ModelProto, set[str], list[str]]:
     """(the Q/DQ graph before bias correction, the layers kept in float, the float ends): in memory.
@@ -538,8 +551,8 @@ def int8_graph(src: Path, ranges: Ranges, *, recipe: Int8Target, exclude_nodes: 
     if unknown := excluded - {n.name for n in model.graph.node}:
         raise BadInput(f"--keep-fp32 names unknown layer(s) {', '.join(sorted(unknown))}; "
                        "layer names are module paths such as layer3.1.conv2 (see resnetx verify --localize)")
-    recipe = Int8Target(recipe)
-    if recipe is Int8Target.tensorrt:
+    recipe = Int8Recipe(recipe)
+    if recipe is Int8Recipe.tensorrt:
         q = _place_tensorrt(model, ranges, excluded)
     else:
         with tempfile.TemporaryDirectory(prefix="rx-eq-") as tmp:  # quantize_static reads a file
@@ -555,7 +568,7 @@ def quantize_int8(
     dst: Path,
     ranges: Ranges,
     *,
-    recipe: Int8Target | str = Int8Target.tensorrt,
+    recipe: Int8Recipe | str = Int8Recipe.tensorrt,
     exclude_nodes: Iterable[str] = (),
     quantize_ends: bool = False,
     correction_images: np.ndarray | Iterable[np.ndarray] | None = None,
@@ -574,7 +587,7 @@ def quantize_int8(
     fallback "fp16": the excluded layers (not the float ends) compute in fp16. `equalize`: cross-layer equalize the
     fp32 graph first (the ranges must come from calibrate(equalize=True)).
     """
-    recipe = Int8Target(recipe)
+    recipe = Int8Recipe(recipe)
     start = time.perf_counter()
     q, excluded, ends = int8_graph(src, ranges, recipe=recipe, exclude_nodes=exclude_nodes, quantize_ends=quantize_ends,
                                    equalize=equalize, reduce_range=reduce_range)
@@ -590,7 +603,7 @@ def quantize_int8(
     return OnnxArtifact(
         path=Path(dst), sha256=sha, precision="int8", opset=opset_of(q), size_bytes=size,
         seconds=time.perf_counter() - start, static_batch=graph_batch(q),
-        details={"quantizer": "resnetx Q/DQ placement" if recipe is Int8Target.tensorrt else
+        details={"quantizer": "resnetx Q/DQ placement" if recipe is Int8Recipe.tensorrt else
                  "onnxruntime.quantization.quantize_static (QDQ)", "recipe": recipe.value,
                  "activation": r.activation,
                  "weights": "int8 per-channel symmetric" + (", 7-bit (reduce_range)" if reduce_range else ""),

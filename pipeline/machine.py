@@ -1,6 +1,6 @@
 """What this machine is: its CPU and instruction sets, its GPU, and the kind of target it counts as.
 
-Reports and verdicts are kept per target kind (`reports/<kind>/`): a GPU kind named as Ray names accelerator types
+Reports and verdicts are kept per machine kind (`reports/<kind>/`): a GPU kind named as Ray names accelerator types
 ("L4", "A100", "H100", "GeForce-RTX-4090"), or "cpu" on a machine without a CUDA GPU.
 """
 
@@ -15,19 +15,10 @@ from typing import Any
 
 from resnetx.flavors import gpu_kind_of
 
-__all__ = ["CPU_KIND", "KNOWN_KIND_CC", "INT8_DOT", "cpu_name", "cpu_isa", "isa_mismatch", "gpu_kind_of",
-           "local_kind", "system_info", "driver_version", "usable_cores", "needs_reduce_range"]
+__all__ = ["CPU_KIND", "INT8_DOT", "cpu_name", "cpu_isa", "isa_mismatch", "gpu_kind_of", "system_info",
+           "driver_version", "usable_cores", "needs_reduce_range"]
 
 CPU_KIND = "cpu"
-# compute capability of the kinds a fleet names (Ray's accelerator types, Jetson modules); others come from the
-# node's own GPU or its resnetx.io/cc label
-KNOWN_KIND_CC = {
-    "V100": "7.0", "T4": "7.5", "A100": "8.0", "A30": "8.0", "A10": "8.6", "A10G": "8.6", "A40": "8.6",
-    "A16": "8.6", "A2": "8.6", "RTX-A6000": "8.6", "GeForce-RTX-3090": "8.6", "L4": "8.9", "L40": "8.9",
-    "L40S": "8.9", "GeForce-RTX-4090": "8.9", "RTX-6000-Ada": "8.9", "H100": "9.0", "H200": "9.0", "GH200": "9.0",
-    "B200": "10.0", "GB200": "10.0", "GeForce-RTX-5090": "12.0", "RTX-PRO-6000": "12.0", "orin": "8.7",
-    "xavier": "7.2",
-}
 _ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "asimddp")
 INT8_DOT = frozenset({"avx512_vnni", "avx_vnni", "amx_int8", "asimddp"})  # int8 dot-product instructions
 
@@ -82,16 +73,6 @@ def isa_mismatch(made_on: tuple[str, ...] | list[str] | None, recipe: str | None
             "before trusting another CPU's numbers")
 
 
-def local_kind() -> str:
-    """This machine's target kind: its first CUDA GPU's kind, else "cpu"."""
-    with contextlib.suppress(ImportError):
-        import torch
-
-        if torch.cuda.is_available():
-            return gpu_kind_of(torch.cuda.get_device_name(0))
-    return CPU_KIND
-
-
 def driver_version() -> str | None:
     try:
         out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
@@ -102,7 +83,7 @@ def driver_version() -> str | None:
 
 
 def system_info(versions: dict[str, str] | None = None) -> dict[str, Any]:
-    """Where a run happened: CPU, its int8 instruction sets, cores, platform, GPU and driver, the target kind,
+    """Where a run happened: CPU, its int8 instruction sets, cores, platform, GPU and driver, the machine kind,
     library versions (bench and verify reports)."""
     info: dict[str, Any] = {"cpu": cpu_name(), "isa": list(cpu_isa()), "cores": os.cpu_count(),
                             "platform": platform.platform(), "versions": versions or {}, "gpu": None,

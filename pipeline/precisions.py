@@ -1,6 +1,6 @@
 """The one table that drives precision: what each is called on disk and how it is judged.
 
-A new precision is one row here, plus the step that makes its graph (pipeline/graphs.py `GRAPH_STEPS`, kept one
+A new precision is one row here, plus the step that makes its graph (pipeline/make/graphs.py `GRAPH_STEPS`, kept one
 row per precision by a test) and the exporter function that step calls.
 """
 
@@ -39,12 +39,17 @@ class PrecisionSpec:
     tolerance: Tolerance
     torch_runs: bool  # the torch runtime can run the model in it (fp32, fp16; int8 is a graph, not a dtype)
     gpu_tolerance: Tolerance | None = None  # the bar when the candidate runs on a GPU, where it differs
+    # the bar when the model outputs probabilities (a softmax head): a saturated softmax hides error from rel. L2
+    probability_tolerance: Tolerance | None = None
 
     def engine_file(self, target_tag: str) -> str:
         """model.fp16.rtx-sm86-sm89.engine: one file per precision and target (EngineTarget.tag)."""
         return f"model.{self.precision.value}.{target_tag}.engine"
 
-    def tolerance_on(self, device: str) -> Tolerance:
+    def tolerance_on(self, device: str, output: str = "logits") -> Tolerance:
+        """The bar for a candidate on `device` of a model whose outputs are `output` (logits or probabilities)."""
+        if output == "probabilities" and self.probability_tolerance is not None:
+            return self.probability_tolerance
         return self.gpu_tolerance if device == "cuda" and self.gpu_tolerance else self.tolerance
 
 
@@ -55,6 +60,7 @@ PRECISIONS: dict[Precision, PrecisionSpec] = {
     ),
     Precision.fp16: PrecisionSpec(
         Precision.fp16, "model.fp16.onnx", Tolerance(rel_l2=1e-2, top1_agreement=0.99), True,
+        probability_tolerance=Tolerance(top1_agreement=0.99),
     ),
     Precision.int8: PrecisionSpec(
         Precision.int8, "model.int8.onnx", Tolerance(top1_agreement=0.97, accuracy_drop=0.5), False,
@@ -75,9 +81,9 @@ def parse_precisions(text: str | tuple[str | Precision, ...], *, with_source: bo
     return tuple(p for p in Precision if p in chosen)
 
 
-def tolerance_help(metric: str, *, percent: bool = False) -> str:
+def tolerance_help(metric: str) -> str:
     """'fp32 1e-04, fp16 0.01, int8 none': the defaults of one bar, for help text that cannot go stale."""
     def fmt(v: float | None) -> str:
-        return "none" if v is None else (f"{v:g}" if not percent else f"{100 * v:g}%")
+        return "none" if v is None else f"{v:g}"
 
     return ", ".join(f"{p.value} {fmt(getattr(s.tolerance, metric))}" for p, s in PRECISIONS.items())

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
+from resnetx import gpus
 from resnetx.errors import BackendUnavailable, BadInput
 
 __all__ = ["Flavor", "EngineChoice", "HardwareCompat", "FlavorSpec", "FLAVORS", "RTX_CCS", "RTX_PORTABLE_CCS",
@@ -52,9 +53,9 @@ FLAVORS: dict[Flavor, FlavorSpec] = {
     Flavor.tensorrt: FlavorSpec("tensorrt", "tensorrt-cu13", "TensorRT"),
     Flavor.rtx: FlavorSpec("tensorrt_rtx", "tensorrt-rtx-cu13", "TensorRT-RTX"),
 }
-# TensorRT-RTX's build targets and the compute capability each one is; it has none for 9.0 (H100/H200)
-RTX_CCS = {"SM75": "7.5", "SM80": "8.0", "SM86": "8.6", "SM89": "8.9", "SM120": "12.0", "SM121": "12.1"}
-RTX_PORTABLE_CCS = ("SM80", "SM86", "SM89", "SM120")
+# TensorRT-RTX's build targets and the compute capability each one is (it has none for 9.0, H100/H200): read from
+# the one GPU table, resnetx/gpus.py
+RTX_CCS, RTX_PORTABLE_CCS = gpus.RTX_CCS, gpus.RTX_PORTABLE_CCS
 
 
 @dataclass(frozen=True)
@@ -98,8 +99,9 @@ class EngineTarget:
                 return None
             return f"it targets compute capabilities {', '.join(self.gpus())}; this GPU is {gpu_cc}"
         if self.hardware_compat is HardwareCompat.ampere_plus:
-            ok = float(gpu_cc) >= 8.0
-            return None if ok else f"it runs on Ampere or newer (compute 8.0+); this GPU is compute {gpu_cc}"
+            ok = gpus.is_ampere_plus(gpu_cc)
+            return None if ok else (f"it runs on Ampere or newer (compute {gpus.AMPERE}+); this GPU is compute "
+                                    f"{gpu_cc}")
         if self.compute_capability and gpu_cc != self.compute_capability:
             return f"it was built on a {self.gpu} (compute {self.compute_capability}); this GPU is compute {gpu_cc}"
         if self.hardware_compat is HardwareCompat.none and self.kind and kind and kind != self.kind:

@@ -16,7 +16,8 @@ from resnetx.contract import INPUT_NAME
 from resnetx.errors import BackendUnavailable, BadInput, first_line
 from runtimes.base import Runtime
 
-__all__ = ["OrtRuntime", "ort_session", "open_ort", "PROVIDERS"]
+__all__ = ["OrtRuntime", "ort_session", "open_ort", "PROVIDERS", "devices", "session_error", "int8_causes",
+           "fused_int8_layers"]
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +35,40 @@ def _import_ort() -> Any:
     except ImportError as e:
         raise BackendUnavailable("onnxruntime is not installed: pip install onnxruntime") from e
     return ort
+
+
+_UNREADABLE = ("InvalidProtobuf", "InvalidGraph", "NoSuchFile", "NoModel", "DecodeError", "ValidationError")
+_RESOURCES = ("out of memory", "bad_alloc", "failed to allocate", "cudaerror", "cuda error", "cudnn", "cublas",
+              "memory")
+
+
+def session_error(e: Exception, path: Path, provider: str) -> Exception:
+    """What an onnxruntime session that failed to start means for the user: a graph it cannot read (BadInput, exit
+    2: re-create the file), an op it has no kernel for, or a provider or memory failure (BackendUnavailable, exit 3,
+    with the cause): never "corrupt" for what is not."""
+    name, text = type(e).__name__, first_line(e, 300)
+    if name in _UNREADABLE or (name == "Fail" and "protobuf" in text.lower()):
+        return BadInput(f"onnxruntime cannot load {path.name} ({text}); the file is corrupt or not ONNX: re-create it "
+                        "with resnetx export --force")
+    if name == "NotImplemented" or any(k in text.lower() for k in ("could not find an implementation",
+                                                                  "not a registered function/op")):
+        return BackendUnavailable(f"onnxruntime {provider} has no kernel for an op of {path.name} ({text}); run it "
+                                  "with another runtime (--runtime), or export it without that op")
+    if isinstance(e, MemoryError) or name in ("EPFail", "EngineError") or any(k in text.lower() for k in _RESOURCES):
+        return BackendUnavailable(f"onnxruntime's {provider} failed to start for {path.name}: {text} (out of memory "
+                                  "or the provider's libraries: free memory, use a smaller --batch, or check the "
+                                  "provider's install)")
+    return BackendUnavailable(f"onnxruntime could not start a {provider} session for {path.name}: {name}: {text}")
+
+
+def _ort_errors(ort: Any) -> tuple[type[Exception], ...]:
+    """onnxruntime's own exception types (none derives from another Python type than Exception)."""
+    from google.protobuf.message import DecodeError
+
+    state = ort.capi.onnxruntime_pybind11_state
+    names = ("Fail", "InvalidArgument", "InvalidGraph", "InvalidProtobuf", "NoSuchFile", "NotImplemented",
+             "RuntimeException", "EPFail", "EngineError", "NoModel", "NotFound")
+    return (DecodeError, *(getattr(state, n) for n in names if hasattr(state, n)))
 
 
 def _providers(key: str, path: Path, precision: str, prefer_nhwc: bool,
@@ -85,9 +120,8 @@ def ort_session(path: Path, *, device: str = "cpu", provider: str | None = None,
     try:
         sess = ort.InferenceSession(str(path), opts, providers=_providers(key, path, precision, prefer_nhwc,
                                                                           trt_profile, input_chw))
-    except Exception as e:
-        raise BadInput(f"onnxruntime cannot load {path.name} ({first_line(e)}); the file is corrupt or not ONNX: "
-                       f"re-create it with resnetx export --force") from e
+    except Exception as e:  # onnxruntime's errors are all plain Exceptions: told apart by session_error
+        raise session_error(e, path, wanted) from e
     if sess.get_providers()[0] != wanted:  # never fall back silently to a slower provider
         raise BackendUnavailable(f"onnxruntime did not start {wanted} for {path.name} (got {sess.get_providers()}); "
                                  f"{_GPU_HINT}")
@@ -172,3 +206,53 @@ def prime(device: str) -> None:
     so.log_severity_level = 3
     sess = ort.InferenceSession(prime_graph().SerializeToString(), so, providers=["CPUExecutionProvider"])
     sess.run(None, {"x": np.ones((1, 3, 8, 8), np.float32)})
+
+
+def devices() -> tuple[str, ...]:
+    """Where onnxruntime runs graphs here: the CPU, and CUDA where its CUDA provider is installed."""
+    try:
+        ort = _import_ort()
+    except BackendUnavailable:
+        return ()
+    return ("cpu", "cuda") if PROVIDERS["cuda"] in ort.get_available_providers() else ("cpu",)
+
+
+INTEGER_KERNELS = ("QLinearConv", "ConvInteger", "QLinearMatMul", "QGemm", "MatMulInteger", "FusedConvInteger")
+
+
+def fused_int8_layers(path: Path, layers: int) -> int | None:
+    """How many of an int8 graph's `layers` quantized conv/gemm layers onnxruntime's CPU optimizer turns into integer
+    kernels (the rest run as float ops between Q/DQ pairs); None when its optimizer cannot save its graph."""
+    import tempfile
+
+    import onnx
+
+    ort = _import_ort()
+    with tempfile.TemporaryDirectory() as tmp:
+        so = ort.SessionOptions()
+        so.log_severity_level = 3
+        so.optimized_model_filepath = str(Path(tmp) / "opt.onnx")
+        try:
+            ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+            ops = [n.op_type for n in onnx.load(so.optimized_model_filepath).graph.node]
+        except (OSError, *_ort_errors(ort)) as e:  # a graph it cannot optimize or save: no cause named
+            log.debug("onnxruntime's optimized graph of %s could not be read: %s", path, e)
+            return None
+    return min(sum(ops.count(k) for k in INTEGER_KERNELS), layers)
+
+
+def int8_causes(path: Path, recipe: str | None, layers: int, device: str) -> list[str]:
+    """Why an int8 graph may not be faster than float on onnxruntime here: a recipe its x86 kernels cannot fuse,
+    or Q/DQ pairs its optimizer left around float kernels."""
+    if device != "cpu":
+        return []
+    causes = []
+    if recipe == "tensorrt":
+        causes.append("the int8 graph is the TensorRT recipe (symmetric int8, float bias, no Q/DQ on conv outputs): "
+                      "onnxruntime's x86 kernels cannot fuse it and run its pairs as float ops; for onnxruntime on "
+                      "a CPU export with --int8-recipe cpu")
+    fused = fused_int8_layers(path, layers)
+    if fused is not None and fused < layers:
+        causes.append(f"onnxruntime fused Q/DQ pairs into integer kernels for {fused} of the {layers} int8 conv/gemm "
+                      "layers")
+    return causes

@@ -184,3 +184,21 @@ def prime(device: str) -> None:
         torch.nn.functional.linear(x.flatten(1), torch.ones(4, 192, device=device))
     if device == "cuda":
         torch.cuda.synchronize()
+
+
+def devices() -> tuple[str, ...]:
+    """Where torch runs here: the CPU, and CUDA where it sees a GPU."""
+    return ("cpu", "cuda") if torch.cuda.is_available() else ("cpu",)
+
+
+def bench_notes(options: Any, device: str) -> list[str]:
+    """What bench says under torch's rows: TF32 and cuDNN autotuning on CUDA, torch.compile's mode and cache."""
+    notes = []
+    if device == "cuda":
+        notes.append("torch on cuda: TF32 off; cuDNN autotuning (torch.backends.cudnn.benchmark) "
+                     + ("on, paid in warm-up like onnxruntime's EXHAUSTIVE search" if options.cudnn_benchmark
+                        else "off (--no-cudnn-benchmark)"))
+    if getattr(options, "compile", False):
+        notes.append(f"torch.compile mode {options.compile_mode.value}, cache: "
+                     f"{os.environ.get('TORCHINDUCTOR_CACHE_DIR', 'torch default')}")
+    return notes

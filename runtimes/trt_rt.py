@@ -172,3 +172,20 @@ def open_trt(path: Path, *, device: str = "cuda", target: EngineTarget | None = 
     if target is None:
         raise BadInput("the TensorRT runner needs the engine's target (run it from an artifact folder)")
     return TrtRuntime(Path(path), target, **opts)
+
+
+def devices() -> tuple[str, ...]:
+    """Where TensorRT engines run here: a CUDA GPU, with a TensorRT flavour installed (none without either)."""
+    try:
+        import torch
+    except ImportError:
+        return ()
+    if not torch.cuda.is_available():
+        return ()
+    for flavor in FLAVORS:
+        try:
+            import_flavor(flavor)
+            return ("cuda",)
+        except BackendUnavailable:
+            continue
+    return ()

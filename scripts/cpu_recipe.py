@@ -19,14 +19,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import pipeline.graphs as graphs  # noqa: E402
-from exporters.quantize import INT8_RECIPES, Int8Target  # noqa: E402
-from pipeline.export import ExportOptions, export  # noqa: E402
+import pipeline.make.graphs as graphs  # noqa: E402
+from exporters.quantize import INT8_RECIPES, Int8Recipe  # noqa: E402
 from pipeline.machine import cpu_isa, cpu_name  # noqa: E402
+from pipeline.make.export import ExportOptions, export  # noqa: E402
+from pipeline.model.zoo import ModelSpec  # noqa: E402
 from pipeline.precisions import Precision  # noqa: E402
-from pipeline.zoo import ModelSpec  # noqa: E402
 
-SHIPPED = INT8_RECIPES[Int8Target.cpu]
+SHIPPED = INT8_RECIPES[Int8Recipe.cpu]
 CHOSEN = graphs.reduce_range  # what export picks from this CPU's instruction sets
 VARIANTS = {  # name -> (layout, reduce_range)
     "u8s8": (SHIPPED, False),
@@ -64,22 +64,22 @@ def main() -> int:
     ap.add_argument("--min-seconds", type=float, default=3.0)
     a = ap.parse_args()
     print(f"CPU: {cpu_name()}; int8-relevant ISA: {', '.join(cpu_isa()) or 'none'}; export picks u8s8"
-          + (" reduce_range" if CHOSEN(ExportOptions(int8_target="cpu")) else "") + " here")
+          + (" reduce_range" if CHOSEN(ExportOptions(int8_recipe="cpu")) else "") + " here")
     spec = ModelSpec(a.model, weights=a.weights, image_size=a.image_size) if a.image_size else ModelSpec(
         a.model, weights=a.weights)
     table = []
     with tempfile.TemporaryDirectory(prefix="rx-recipe-") as tmp:
         for name, (recipe, rr) in VARIANTS.items():
-            INT8_RECIPES[Int8Target.cpu] = recipe
+            INT8_RECIPES[Int8Recipe.cpu] = recipe
             graphs.reduce_range = lambda _o, rr=rr: rr
             folder = Path(tmp) / name.replace(" ", "-")
             export(ExportOptions(model=spec, out=folder, precisions=(Precision.fp32, Precision.int8),
-                                 int8_target="cpu", calib_data=a.calib_data, calib_dir=a.calib_dir,
+                                 int8_recipe="cpu", calib_data=a.calib_data, calib_dir=a.calib_dir,
                                  reference_samples=0))
             r = measure(folder, a)
             table.append((name, r))
             print(f"measured {name}", flush=True)
-    INT8_RECIPES[Int8Target.cpu], graphs.reduce_range = SHIPPED, CHOSEN
+    INT8_RECIPES[Int8Recipe.cpu], graphs.reduce_range = SHIPPED, CHOSEN
     print(f"\n{'variant':<20} {'top-1 agree':>11} {'fp32 top-1':>10} {'int8 top-1':>10} {'drop':>6} "
           f"{'ort b1':>7} {'ort b32':>7} {'ov b1':>7} {'ov b32':>7}   (speed: int8 over ort fp32, same batch)")
     for name, r in table:

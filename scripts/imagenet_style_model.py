@@ -19,9 +19,10 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.data import FASHION_MNIST_CLASSES, Preprocess, iter_batches, open_dataset  # noqa: E402
-from pipeline.train import evaluate  # noqa: E402
-from pipeline.zoo import IMAGENET_MEAN, IMAGENET_STD, build_model, save_checkpoint  # noqa: E402
+from pipeline.model.data import FASHION_MNIST_CLASSES, Preprocess, iter_batches, open_dataset  # noqa: E402
+from pipeline.model.preprocess import IMAGENET_MEAN, IMAGENET_STD
+from pipeline.model.train import evaluate  # noqa: E402
+from pipeline.model.zoo import build_model, save_checkpoint  # noqa: E402
 
 
 def main() -> int:

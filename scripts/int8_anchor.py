@@ -29,12 +29,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from exporters.onnx import run_cpu  # noqa: E402
-from exporters.quantize import Int8Target, quantized_layers  # noqa: E402
-from pipeline.artifacts import read_manifest  # noqa: E402
-from pipeline.data import iter_batches, open_dataset  # noqa: E402
-from pipeline.export import ExportOptions, export  # noqa: E402
+from exporters.quantize import Int8Recipe, quantized_layers  # noqa: E402
+from pipeline.folder.manifest import read_manifest  # noqa: E402
+from pipeline.make.export import ExportOptions, export  # noqa: E402
+from pipeline.model.data import iter_batches, open_dataset  # noqa: E402
+from pipeline.model.zoo import load_model, save_checkpoint  # noqa: E402
 from pipeline.precisions import Precision  # noqa: E402
-from pipeline.zoo import ModelSpec, load_model, save_checkpoint  # noqa: E402
+from pipeline.sources import ModelSpec  # noqa: E402
 from tests.int8_hostile import make_int8_hostile, make_residual_hostile  # noqa: E402
 
 CALIB, JUDGE = 300, 2000
@@ -84,14 +85,14 @@ def _floats(path: Path) -> int:
 
 
 def _resnetx(spec: ModelSpec, folder: Path, budget: float | None, margin: float | None = None,
-             target: Int8Target = Int8Target.tensorrt) -> tuple[Path, float, float]:
+             target: Int8Recipe = Int8Recipe.tensorrt) -> tuple[Path, float, float]:
     """The int8 graph, the export's wall time, and its int8 step's (calibration, search, final graph and its
     check: what NNCF's call does; the export's own model load, data reads and manifest left out)."""
     export(ExportOptions(model=spec, out=folder, reference_samples=0))  # the fp32 graph, not timed
     start = time.perf_counter()
     export(ExportOptions(model=spec, out=folder, precisions=(Precision.fp32, Precision.int8),
                          calib_data="fashion-mnist", calib_samples=CALIB, max_accuracy_drop=budget,
-                         accuracy_samples=JUDGE, accuracy_margin=margin, int8_target=target, reference_samples=0,
+                         accuracy_samples=JUDGE, accuracy_margin=margin, int8_recipe=target, reference_samples=0,
                          search_seconds=1800))
     wall = time.perf_counter() - start
     return folder / "model.int8.onnx", wall, read_manifest(folder).graphs["int8"].seconds
@@ -173,7 +174,7 @@ def main() -> None:
                         q, secs, step = _resnetx(spec, tmp / name / "ac0", budget, margin=0.0)
                     elif tool == "resnetx, cpu recipe":
                         q, secs, step = _resnetx(spec, tmp / name / ("cpu" if budget is None else "cpu-ac"), budget,
-                                                 target=Int8Target.cpu)
+                                                 target=Int8Recipe.cpu)
                     else:
                         signed = tool != "NNCF"
                         q, secs = _nncf(a.nncf_python, fp32, tmp / "data.npz",

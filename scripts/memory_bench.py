@@ -41,7 +41,7 @@ def main() -> int:
     ap.add_argument("--images", default="128,512,2048", help="calibration image counts")
     ap.add_argument("--precision", default="fp32,fp16,int8")
     ap.add_argument("--engine", default="rtx")
-    ap.add_argument("--int8-target", default="tensorrt")
+    ap.add_argument("--int8-recipe", default="tensorrt")
     ap.add_argument("--calib-data", default="fashion-mnist")
     ap.add_argument("--verify-samples", default="", help="also verify the last folder with these sample counts")
     ap.add_argument("--verify-data", default="fashion-mnist")
@@ -57,7 +57,7 @@ def main() -> int:
         for n in [int(v) for v in a.images.split(",")]:
             out = work / f"{model}-{n}"
             cmd = resnetx("export", "--model", model, "--image-size", str(a.image_size), "--precision", a.precision,
-                          "--engine", a.engine, "--int8-target", a.int8_target, "--calib-data", a.calib_data,
+                          "--engine", a.engine, "--int8-recipe", a.int8_recipe, "--calib-data", a.calib_data,
                           "--calib-samples", str(n), "--out", str(out), "--force")
             rc, peak, sec = run(cmd, work / f"{model}-{n}.export.log")
             rows.append((model, "export", n, rc, peak, sec))

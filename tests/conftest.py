@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.export import ExportOptions, export
+from pipeline.make.export import ExportOptions, export
+from pipeline.model.zoo import load_model
 from pipeline.precisions import Precision
-from pipeline.zoo import ModelSpec, load_model
+from pipeline.sources import ModelSpec
 
 os.environ.pop("COLUMNS", None)  # captured CLI output is 180 columns wide, whatever terminal ran pytest
 HAS_RTX = importlib.util.find_spec("tensorrt_rtx") is not None
@@ -63,7 +64,7 @@ def graphs(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def sample_batches(n: int, batch: int = 64):  # noqa: ANN201
     """The first n images of the bundled sample, preprocessed as the default model wants them."""
-    from pipeline.data import iter_batches, open_dataset
+    from pipeline.model.data import iter_batches, open_dataset
 
     _, info = load_model(ModelSpec("default"))
     return (b.x for b in iter_batches(open_dataset("sample"), info.preprocess, batch, limit=n))
@@ -107,7 +108,7 @@ def tamper_weight(folder: Path, name: str, fn, rehash: bool = True) -> None:
     import onnx
     from onnx import numpy_helper
 
-    from pipeline.artifacts import read_manifest, write_manifest
+    from pipeline.folder.manifest import read_manifest, write_manifest
     from pipeline.precisions import Precision
     from resnetx.files import file_sha256
 
@@ -122,3 +123,25 @@ def tamper_weight(folder: Path, name: str, fn, rehash: bool = True) -> None:
         man = read_manifest(folder)
         man.graphs[Precision.fp32] = replace(man.graphs[Precision.fp32], sha256=file_sha256(path))
         write_manifest(folder, man)
+
+
+def save_safetensors(path: Path, model: torch.nn.Module, meta: dict) -> None:
+    """The model's weights as .safetensors, resnetx's metadata (preprocessing, class names) in its header, as timm and
+    the hubs publish checkpoints."""
+    import json
+
+    from safetensors.torch import save
+
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    path.write_bytes(save(state, metadata={"resnetx": json.dumps(meta)}))
+
+
+def write_idx(path: Path, array: np.ndarray) -> None:
+    """A uint8 array as an idx file (MNIST's format; gzipped when the name ends in .gz): a dataset fixture."""
+    import gzip
+
+    a = np.ascontiguousarray(array, dtype=np.uint8)
+    head = bytes([0, 0, 0x08, a.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in a.shape)
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "wb") as f:
+        f.write(head + a.tobytes())

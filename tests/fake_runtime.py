@@ -18,8 +18,8 @@ def _log(line: str) -> None:
 
 
 def open_fake(path: Path, *, device: str = "cpu", precision: str = "fp32", threads: int | None = None,
-              **_ignored: Any) -> Any:
-    _log(f"open {Path(path).name} {device} threads={threads}")
+              fake_level: int | None = None, **_ignored: Any) -> Any:
+    _log(f"open {Path(path).name} {device} threads={threads} level={fake_level}")
     return open_ort(path, device=device, precision=precision, threads=threads)
 
 

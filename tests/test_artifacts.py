@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.artifacts import (
+from pipeline.folder.audit import audit_folder
+from pipeline.folder.manifest import (
     Calibration,
     EngineEntry,
     GraphEntry,
@@ -17,7 +18,6 @@ from pipeline.artifacts import (
     read_manifest,
     write_manifest,
 )
-from pipeline.audit import audit_folder
 from pipeline.precisions import Precision
 from resnetx.errors import BadInput
 from tests.conftest import V1_FOLDER, copy_folder
@@ -60,8 +60,8 @@ def test_version_1_manifests_read_as_typed_entries(name: str) -> None:
 
 
 def test_a_folder_exported_by_6530291_still_verifies_benches_and_audits(tmp_path: Path) -> None:
-    from pipeline.bench import BenchOptions, bench
-    from pipeline.verify import VerifyOptions, verify
+    from pipeline.check.bench import BenchOptions, bench
+    from pipeline.check.verify import VerifyOptions, verify
 
     folder = copy_folder(V1_FOLDER, tmp_path / "v1")
     assert json.loads((folder / "manifest.json").read_text())["version"] == 1
@@ -92,12 +92,12 @@ def test_a_manifest_without_its_folder_or_file_says_how_to_make_one(tmp_path: Pa
         read_manifest(tmp_path / "empty")
 
 
-def test_written_manifests_are_version_3_with_graphs_and_engines(default_folder: Path, tmp_path: Path) -> None:
+def test_written_manifests_are_version_4_with_graphs_and_engines(default_folder: Path, tmp_path: Path) -> None:
     m = read_manifest(default_folder)
     (tmp_path / "f").mkdir()
     write_manifest(tmp_path / "f", m)
     d = json.loads((tmp_path / "f" / "manifest.json").read_text())
-    assert d["version"] == 3 and list(d["graphs"]) == ["fp32", "fp16", "int8"] and d["engines"] == {}
+    assert d["version"] == 4 and list(d["graphs"]) == ["fp32", "fp16", "int8"] and d["engines"] == {}
     assert d["graphs"]["int8"]["calibration"]["method"] == "percentile" and "artifacts" not in d
 
 
@@ -107,8 +107,8 @@ V2_FOLDER = Path(__file__).with_name("data") / "v2_rtx"  # exported by resnetx a
 def test_a_folder_written_as_version_2_reads_verifies_and_takes_engines_for_another_target(tmp_path: Path) -> None:
     """Engines of version 2 were named by precision and flavour; read as version 3 they are named by their target,
     keep their files, and an --engines-only build for another target adds beside them instead of replacing."""
-    from pipeline.export import ExportOptions, export
-    from pipeline.verify import VerifyOptions, verify
+    from pipeline.check.verify import VerifyOptions, verify
+    from pipeline.make.export import ExportOptions, export
     from tests.conftest import HAS_RTX
 
     folder = copy_folder(V2_FOLDER, tmp_path / "v2")
@@ -127,7 +127,7 @@ def test_a_folder_written_as_version_2_reads_verifies_and_takes_engines_for_anot
                          rtx_compute_capabilities=("SM86",)))
     after = read_manifest(folder)
     assert set(after.engines) == {"fp16.rtx-sm89", "fp16.rtx-sm86"} and audit_folder(folder).intact
-    assert json.loads((folder / "manifest.json").read_text())["version"] == 3
+    assert json.loads((folder / "manifest.json").read_text())["version"] == 4
     assert after.engines["fp16.rtx-sm86"].file == "model.fp16.rtx-sm86.engine"
 
 

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.bench import BenchOptions, bench, compare_reports, time_runtime
-from pipeline.report import write_bench_files
+from pipeline.check.bench import BenchOptions, bench, compare_reports, time_runtime
+from pipeline.check.records import write_bench_files
 from resnetx.errors import BadInput
 from runtimes.base import Runtime
 from tests.conftest import copy_folder, tamper_weight
@@ -111,7 +111,7 @@ def test_bench_writes_reports(default_folder: Path, tmp_path: Path) -> None:
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
     ratios = compare_reports(report, folder / "reports" / "cpu" / "bench.json")
     assert len(ratios) == len(rows) and all(r["speedup"] == pytest.approx(1.0) for r in ratios)
-    assert any("--int8-target cpu" in n for n in report.notes)  # the int8 timed here is TensorRT's recipe
+    assert any("--int8-recipe cpu" in n for n in report.notes)  # the int8 timed here is TensorRT's recipe
 
 
 def test_synthetic_data_has_no_accuracy(small_folder: Path) -> None:
@@ -125,14 +125,15 @@ def test_accuracy_on_a_folder_larger_than_its_samples_is_drawn_across_the_classe
     """A folder reads in class order: its first 50 of 60 images would leave the last class out of the accuracy
     column (and of the recommendation that reads it). bench draws them as verify does."""
     from exporters.onnx import run_cpu
-    from pipeline.data import eval_indices, open_dataset
-    from pipeline.zoo import ModelSpec, load_model
+    from pipeline.model.data import eval_indices, open_dataset
+    from pipeline.model.zoo import load_model
+    from pipeline.sources import ModelSpec
     from tests.conftest import class_ordered_folder
 
     data = f"imagefolder:{class_ordered_folder(tmp_path / 'val')}"
     report = bench(BenchOptions(folder=default_folder, runtimes=("ort",), precisions=("fp32",), batches=(4,),
                                 iters=2, warmup=0, warmup_seconds=0.0, min_seconds=0.0, data=data,
-                                accuracy_samples=50))
+                                accuracy_samples=50), record=False)
     assert report.accuracy_data == f"{data} (50 images drawn seeded across its classes)"
     _, info = load_model(ModelSpec("default"))
     ds = open_dataset(data, split="test", preprocess=info.preprocess)
@@ -151,13 +152,13 @@ def test_cuda_unavailable_is_exit_3(default_folder: Path) -> None:
     if torch.cuda.is_available():
         pytest.skip("a GPU is present")
     with pytest.raises(BackendUnavailable):
-        bench(BenchOptions(folder=default_folder, device="cuda"))
+        bench(BenchOptions(folder=default_folder, device="cuda"), record=False)
 
 
 def test_rounds_interleave_runtimes() -> None:
-    from pipeline.bench import Cell, time_cells
+    from pipeline.check.bench import Cell, time_cells
+    from pipeline.check.candidates import Candidate
     from pipeline.precisions import Precision
-    from pipeline.targets import Target
     from runtimes.registry import RUNTIMES
 
     log: list[str] = []
@@ -171,7 +172,7 @@ def test_rounds_interleave_runtimes() -> None:
             log.append(self.tag)
             return super()._infer(batch)
 
-    target = Target("fake", RUNTIMES["ort"], Precision.fp32, "cpu", None)
+    target = Candidate("fake", RUNTIMES["ort"], Precision.fp32, "cpu", None)
     cells = [Cell(target, Named(n), 1, 0.0, None) for n in ("a", "b")]
     opts = BenchOptions(folder=Path("."), iters=6, warmup=0, warmup_seconds=0.0, min_seconds=0.0, rounds=3)
     time_cells(cells, opts, (1, 2, 2), False, None)
@@ -209,8 +210,8 @@ def test_compile_time_is_apart_and_cached_in_the_folder(default_folder: Path, tm
 
 
 def test_reports_without_matplotlib_say_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from pipeline.bench import BenchReport, BenchRow
-    from pipeline.report import write_bench_files
+    from pipeline.check.bench import BenchReport, BenchRow
+    from pipeline.check.records import write_bench_files
 
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
     lat = {k: 1.0 for k in ("p50", "p90", "p95", "p99", "mean", "std", "min")}
@@ -228,7 +229,7 @@ def test_flops_and_share_of_peak(default_folder: Path, tmp_path: Path) -> None:
     from torch.utils.flop_counter import FlopCounterMode
 
     from exporters.onnx import export_onnx, graph_gflops, load_onnx
-    from pipeline.zoo import build_model
+    from pipeline.model.zoo import build_model
 
     r50 = build_model("resnet50", num_classes=1000, in_chans=3).eval()
     with FlopCounterMode(display=False) as counter, torch.no_grad():
@@ -250,17 +251,17 @@ def test_flops_and_share_of_peak(default_folder: Path, tmp_path: Path) -> None:
 
 
 def test_ort_tensorrt_provider_is_opt_in(default_folder: Path) -> None:
-    from pipeline.artifacts import read_manifest
+    from pipeline.check.candidates import select_candidates
+    from pipeline.folder.manifest import read_manifest
     from pipeline.precisions import Precision
-    from pipeline.targets import select_targets
 
     with pytest.raises(BadInput, match="needs --device cuda"):
-        bench(BenchOptions(folder=default_folder, runtimes=("ort-trt",), batches=(1,), iters=1))
+        bench(BenchOptions(folder=default_folder, runtimes=("ort-trt",), batches=(1,), iters=1), record=False)
     manifest = read_manifest(default_folder)
     fp16 = (Precision.fp16,)
-    cuda = select_targets(manifest, default_folder, command="bench", runtimes=None, precisions=fp16, device="cuda")
+    cuda = select_candidates(manifest, default_folder, command="bench", runtimes=None, precisions=fp16, device="cuda")
     assert "ort-trt" not in {t.runtime.name for t in cuda}  # not in the default set
-    chosen = select_targets(manifest, default_folder, command="bench", runtimes=("ort", "ort-trt"), precisions=fp16,
+    chosen = select_candidates(manifest, default_folder, command="bench", runtimes=("ort", "ort-trt"), precisions=fp16,
                             device="cuda")
     assert sorted(t.runtime.name for t in chosen) == ["ort", "ort-trt"]
 
@@ -270,7 +271,7 @@ def test_gpu_only_flags_are_refused_on_the_cpu(default_folder: Path, flag: str) 
     """They would change nothing there, yet the rows would carry their label (ort-nhwc-cpu-fp32)."""
     before = sorted((default_folder / "reports").iterdir())
     with pytest.raises(BadInput, match=f"--{flag.replace('_', '-')} needs --device cuda"):
-        bench(BenchOptions(folder=default_folder, batches=(1,), iters=1, **{flag: True}))
+        bench(BenchOptions(folder=default_folder, batches=(1,), iters=1, **{flag: True}), record=False)
     assert sorted((default_folder / "reports").iterdir()) == before
     if flag == "prefer_nhwc":
         from runtimes.registry import open_runtime
@@ -296,7 +297,7 @@ def test_the_table_fits_the_terminal_without_cutting_a_number(default_folder: Pa
                                                                width: int) -> None:
     from rich.console import Console
 
-    from pipeline.report import bench_table
+    from pipeline.cli.tables import bench_table
 
     folder = copy_folder(default_folder, tmp_path / "f")
     r = bench(BenchOptions(folder=folder, runtimes=("ort",), batches=(1,), iters=2, min_seconds=0.0, warmup=1,
@@ -313,7 +314,7 @@ def test_a_bench_that_timed_nothing_keeps_the_last_report(default_folder: Path, 
                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     from typer.testing import CliRunner
 
-    import pipeline.targets
+    import pipeline.check.candidates
     from pipeline.cli import app
     from resnetx.errors import BackendUnavailable
 
@@ -326,7 +327,7 @@ def test_a_bench_that_timed_nothing_keeps_the_last_report(default_folder: Path, 
     def missing(*args: object, **kwargs: object) -> Runtime:
         raise BackendUnavailable("backend X is not installed: pip install X")
 
-    monkeypatch.setattr(pipeline.targets, "open_runtime", missing)
+    monkeypatch.setattr(pipeline.check.candidates, "open_runtime", missing)
     fast = BenchOptions(folder=folder, runtimes=("ort",), batches=(1,), iters=2, warmup=0, warmup_seconds=0.0,
                         min_seconds=0.0, accuracy=False)
     report = bench(fast)
@@ -364,7 +365,7 @@ def test_nothing_to_benchmark_says_what_the_folder_holds(small_folder: Path) -> 
 
 
 def test_cpu_peak_memory_sees_a_transient_allocation() -> None:
-    from pipeline.memory import peak_rss_mb, reset_peak_rss, rss_mb, trim_heap
+    from pipeline.check.memory import peak_rss_mb, reset_peak_rss, rss_mb, trim_heap
 
     if not reset_peak_rss():
         pytest.skip("no /proc/self/clear_refs here (not Linux)")
@@ -383,7 +384,7 @@ def test_memory_counts_each_runtime_after_earlier_work_in_the_process(default_fo
     churn = [np.ones(8192) for _ in range(30_000)]  # ~2 GB in 64 KiB blocks: the heap, not mmap
     del churn
     report = bench(BenchOptions(folder=default_folder, runtimes=("torch", "ort"), batches=(1, 32), iters=3,
-                                warmup=1, warmup_seconds=0.0, min_seconds=0.0, accuracy=False, threads=1))
+                                warmup=1, warmup_seconds=0.0, min_seconds=0.0, accuracy=False, threads=1), record=False)
     mem = {r.runtime: r.peak_mem_mb for r in report.rows if r.batch == 1}
     assert set(mem) == {"torch-cpu-fp32", "ort-cpu-fp32", "ort-cpu-fp16", "ort-cpu-int8"}
     assert all(1 <= m < 200 for m in mem.values()), mem
@@ -395,7 +396,7 @@ def test_runtimes_close_in_reverse_order_so_process_flags_unwind(default_folder:
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     """Each torch CUDA runtime sets TF32 off (and cuDNN autotuning on) and restores what it found on close:
     with fp32 and fp16 open together, closing in open order would leave the flags as the second one found them."""
-    import pipeline.bench as bench_mod
+    import pipeline.check.bench as bench_mod
     from runtimes.torch_rt import TorchRuntime
 
     state = {"flag": "user's"}
@@ -408,9 +409,9 @@ def test_runtimes_close_in_reverse_order_so_process_flags_unwind(default_folder:
         def _close(self) -> None:
             state["flag"] = self.before
 
-    monkeypatch.setattr(bench_mod, "open_target", lambda *a, **k: Flagging())
+    monkeypatch.setattr(bench_mod, "open_candidate", lambda *a, **k: Flagging())
     bench(BenchOptions(folder=default_folder, runtimes=("ort",), batches=(1,), iters=2, warmup=0,
-                       warmup_seconds=0.0, min_seconds=0.0, accuracy=False))
+                       warmup_seconds=0.0, min_seconds=0.0, accuracy=False), record=False)
     assert state["flag"] == "user's"
 
     model = torch.nn.Linear(4, 2)
@@ -428,11 +429,11 @@ def test_cuda_graph_inside_a_compile_mode_that_captures_graphs_is_refused(defaul
     """Those modes capture CUDA graphs themselves; --cuda-graph would try to capture one inside another."""
     with pytest.raises(BadInput, match=f"--compile-mode {mode} captures CUDA graphs itself"):
         bench(BenchOptions(folder=default_folder, device="cuda", batches=(1,), iters=1, compile=True,
-                           cuda_graph=True, compile_mode=mode))
+                           cuda_graph=True, compile_mode=mode), record=False)
 
 
 def test_timing_reports_its_coefficient_of_variation_and_the_rounds_spread() -> None:
-    from pipeline.timing import Timing
+    from pipeline.check.timing import Timing
 
     steady = Timing.from_samples(np.full(30, 2.0), 1.0, [np.full(10, 2.0)] * 3)
     assert steady.cov == 0.0 and steady.round_spread == 0.0
@@ -443,7 +444,7 @@ def test_timing_reports_its_coefficient_of_variation_and_the_rounds_spread() -> 
 
 
 def test_an_unstable_row_gets_a_note_with_what_to_do() -> None:
-    from pipeline.bench import BenchRow, stability_notes
+    from pipeline.check.bench import BenchRow, stability_notes
 
     def row(name: str, cov: float, spread: float) -> BenchRow:
         lat = dict.fromkeys(("p50", "p90", "p95", "p99", "mean", "std", "min"), 1.0) | {"cov": cov,
@@ -466,13 +467,13 @@ def test_int8_that_is_not_faster_says_why(default_folder: Path, tmp_path: Path) 
                            warmup=2, warmup_seconds=0.0, min_seconds=0.2, accuracy=False))
     note = next(n for n in r.notes if n.startswith("int8 is not at least 10% faster"))
     assert "ort-cpu-int8 batch 8" in note and "vs ort-cpu-fp32" in note
-    assert "the int8 graph is the TensorRT recipe" in note and "--int8-target cpu" in note
+    assert "the int8 graph is the TensorRT recipe" in note and "--int8-recipe cpu" in note
     fused = re.search(r"integer kernels for (\d+) of the 20 int8 conv/gemm layers", note)  # the cause, measured
     assert fused and int(fused.group(1)) < 20
 
 
 def test_throughput_keeps_the_device_fed_and_syncs_once_per_window() -> None:
-    from pipeline.timing import time_throughput
+    from pipeline.check.timing import time_throughput
 
     clock = [0.0]
 
@@ -493,7 +494,7 @@ def test_throughput_keeps_the_device_fed_and_syncs_once_per_window() -> None:
 
 
 def test_batch_auto_doubles_until_throughput_saturates() -> None:
-    from pipeline.timing import sweep_batches
+    from pipeline.check.timing import sweep_batches
 
     curve = {1: 100.0, 2: 190.0, 4: 350.0, 8: 600.0, 16: 800.0, 32: 820.0, 64: 830.0}
     batches, why = sweep_batches(curve.__getitem__)
@@ -506,6 +507,16 @@ def test_batch_auto_doubles_until_throughput_saturates() -> None:
 
     assert sweep_batches(oom) == ([1, 2, 4], "batch 8 failed (CUDA out of memory. Tried to allocate 2.00 GiB)")
     assert sweep_batches(lambda b: 100.0 * b, max_batch=16)[1] == "reached batch 16, the largest to try (16)"
+
+    def bug(b: int) -> float:
+        if b >= 4:
+            raise KeyError("layer3")  # not a capacity limit: a bug, which must not read as one
+        return 100.0 * b
+
+    with pytest.raises(KeyError):
+        sweep_batches(bug)
+    with pytest.raises(ValueError):
+        sweep_batches(lambda b: float("x"))
 
 
 def test_batch_auto_through_the_cli(default_folder: Path, tmp_path: Path) -> None:

@@ -83,7 +83,7 @@ def test_corrupt_onnx_behind_a_matching_hash_is_exit_2(default_folder: Path, tmp
     """The sha check cannot catch a file truncated before the manifest was re-hashed: loading must."""
     from dataclasses import replace
 
-    from pipeline.artifacts import read_manifest, write_manifest
+    from pipeline.folder.manifest import read_manifest, write_manifest
     from pipeline.precisions import Precision
     from resnetx.files import file_sha256
 
@@ -128,7 +128,7 @@ def test_run_takes_the_data_and_the_int8_recipe(tmp_path: Path) -> None:
         r = invoke("run", "--out", out, *bad)  # refused before the export, not after it
         assert r.exit_code == 2 and msg in r.output and not out.exists(), r.output
     r = invoke("run", "--out", out, "--precision", "fp32,int8", "--engine", "none", "--batch", "1",
-               "--data", "synthetic", "--int8-target", "cpu")
+               "--data", "synthetic", "--int8-recipe", "cpu")
     assert r.exit_code == 0, r.output
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["graphs"]["int8"]["calibration"]["recipe"] == "cpu"
@@ -171,7 +171,7 @@ def test_export_with_rtx_engines(default_folder: Path, tmp_path: Path) -> None:
     assert r.exit_code == 0, r.output
     assert "model.int8.rtx-sm89.engine" in r.output and "cached" in r.output
     m = json.loads((folder / "manifest.json").read_text())
-    assert m["engines"]["fp16.rtx-sm89"]["compute_capabilities"] == ["SM89"] and m["version"] == 3
+    assert m["engines"]["fp16.rtx-sm89"]["compute_capabilities"] == ["SM89"] and m["version"] == 4
 
 
 def test_info() -> None:
@@ -225,7 +225,7 @@ def test_info_prints_the_export_line_that_remakes_the_folder(default_folder: Pat
     the manifest alone, and the line names everything that shaped the graphs (model, calibration, exporter)."""
     import shlex
 
-    from pipeline.artifacts import read_manifest
+    from pipeline.folder.manifest import read_manifest
 
     r = invoke("info", default_folder)
     line = next(x for x in r.output.splitlines() if x.startswith("re-make with: "))
@@ -238,7 +238,7 @@ def test_info_prints_the_export_line_that_remakes_the_folder(default_folder: Pat
 
     from dataclasses import replace
 
-    from pipeline.artifacts import write_manifest
+    from pipeline.folder.manifest import write_manifest
     from pipeline.precisions import Precision
 
     legacy = copy_folder(default_folder, tmp_path / "legacy")  # a graph from the TorchScript exporter says so
@@ -276,3 +276,56 @@ def test_the_gpu_tests_import_and_collect_here() -> None:
                            "no:cacheprovider"], capture_output=True, text=True, cwd=Path(__file__).parents[1])
     assert done.returncode == 0 and "error" not in done.stdout.lower(), done.stdout[-2000:]
     assert int(done.stdout.strip().splitlines()[-1].split("/")[0]) >= 4, done.stdout[-500:]
+
+
+def test_an_unexpected_error_is_one_line_that_says_it_is_a_bug(default_folder: Path, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """Not a check, not the input, not a backend: a bug. One line names the exception and the project's frame it
+    came from, says so and where to report it, exit 4; --debug adds the traceback."""
+    import pipeline.folder.audit as audit
+
+    def broken(folder: Path) -> list:
+        raise KeyError("kind")
+
+    monkeypatch.setattr(audit, "kind_summaries", broken)
+    r = runner.invoke(app, ["info", str(default_folder)])
+    lines = [ln for ln in r.output.splitlines() if ln.strip()]
+    assert r.exit_code == 4 and len(lines) == 1 and "a bug: KeyError" in lines[0], r.output
+    assert "pipeline/folder/audit.py:" in lines[0] and "--debug" in lines[0] and "report it" in lines[0]
+    r = runner.invoke(app, ["--debug", "info", str(default_folder)])
+    assert r.exit_code == 4 and "Traceback (most recent call last)" in r.output
+
+
+def test_predict_classifies_a_folder_of_images_with_the_models_preprocessing(default_folder: Path,
+                                                                            tmp_path: Path) -> None:
+    """300 PNGs of the bundled sample in class folders (more than one chunk of predict's): every file in sorted order,
+    the int8 graph's raw outputs on the manifest's preprocessing, the model's class names, and its accuracy."""
+    import numpy as np
+    from PIL import Image
+
+    from exporters.onnx import run_cpu
+    from pipeline.folder.manifest import read_manifest
+    from pipeline.model.data import open_dataset
+
+    ds = open_dataset("sample")
+    raw, labels = ds.raw(np.arange(300)), ds.labels[:300]
+    files = []
+    for i, (img, y) in enumerate(zip(raw, labels, strict=True)):
+        (tmp_path / "imgs" / f"c{y}").mkdir(parents=True, exist_ok=True)
+        files.append(tmp_path / "imgs" / f"c{y}" / f"{i:04d}.png")
+        Image.fromarray(img).save(files[-1])
+    r = invoke("predict", default_folder, tmp_path / "imgs", "--precision", "int8", "--top", "3", "--json",
+               tmp_path / "p.json")
+    assert r.exit_code == 0, r.output
+    assert "300 image(s) classified with int8 on ort-cpu-int8" in " ".join(r.output.split())
+    records = json.loads((tmp_path / "p.json").read_text())
+    order = sorted(range(300), key=lambda i: str(files[i]))
+    assert [rec["file"] for rec in records] == [str(files[i]) for i in order]
+    info = read_manifest(default_folder).model.info
+    want = run_cpu(default_folder / "model.int8.onnx", info.preprocess(raw[order]))
+    assert np.allclose(np.array([rec["outputs"] for rec in records]), want, atol=1e-5)
+    assert all(len(rec["top"]) == 3 and rec["top"][0]["index"] == int(np.argmax(w)) for rec, w in zip(
+        records, want, strict=True))
+    names = [info.class_names[rec["top"][0]["index"]] for rec in records]
+    assert [rec["top"][0]["name"] for rec in records] == names
+    assert np.mean([rec["top"][0]["index"] == labels[i] for rec, i in zip(records, order, strict=True)]) > 0.85

@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.data import Preprocess, iter_batches, open_dataset, read_idx, write_idx
+from pipeline.model.data import Preprocess, iter_batches, open_dataset, read_idx
 from resnetx.errors import BadInput
-from tests.conftest import needs_fashion
+from tests.conftest import needs_fashion, write_idx
 
 
 def _fake_fashion(root: Path, n: int = 50, gz: bool = True) -> tuple[np.ndarray, np.ndarray]:
@@ -110,8 +110,14 @@ def test_imagefolder(tmp_path: Path) -> None:
 
 
 def test_imagefolder_errors(tmp_path: Path) -> None:
-    with pytest.raises(BadInput, match="no class subdirectories"):
+    with pytest.raises(BadInput, match="holds neither class folders nor images"):
         open_dataset(f"imagefolder:{tmp_path}")
+    from PIL import Image
+
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "flat.png")  # unlabelled: no class folders
+    flat = open_dataset(f"imagefolder:{tmp_path}")
+    assert len(flat) == 1 and flat.labels is None and flat.class_names is None
+    (tmp_path / "flat.png").unlink()
     (tmp_path / "a").mkdir()
     (tmp_path / "a" / "x.jpg").write_bytes(b"not a jpeg")
     ds = open_dataset(f"imagefolder:{tmp_path}")
@@ -168,7 +174,7 @@ def test_real_fashion_mnist() -> None:
 
 
 def test_label_order_note_only_when_names_differ() -> None:
-    from pipeline.data import FASHION_MNIST_CLASSES, label_order_note
+    from pipeline.model.data import FASHION_MNIST_CLASSES, label_order_note
 
     assert label_order_note("sample", FASHION_MNIST_CLASSES, FASHION_MNIST_CLASSES) is None
     assert label_order_note("x", ("cat", "dog"), None) is None  # a model without names: nothing to compare

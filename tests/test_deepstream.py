@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.artifacts import read_manifest
-from pipeline.data import Preprocess
+from pipeline.folder.manifest import read_manifest
+from pipeline.model.data import Preprocess
 from resnetx.files import file_sha256
 from tests.conftest import copy_folder, needs_rtx
 from tests.test_cli import invoke
@@ -86,7 +86,7 @@ def test_the_default_model_loses_nothing_to_nvinfers_preprocessing(verified: Pat
 
 
 def test_a_centre_roi_keeps_what_resize_then_crop_keeps() -> None:
-    from pipeline.nvinfer import centre_roi, nvinfer_inputs
+    from pipeline.handoff.nvinfer import centre_roi, nvinfer_inputs
 
     assert centre_roi(720, 1280, 32 / 36) == (320, 40, 640, 640)
     assert centre_roi(224, 224, 224 / 256) == (14, 14, 196, 196)
@@ -98,7 +98,7 @@ def test_a_centre_roi_keeps_what_resize_then_crop_keeps() -> None:
 
 def test_nvinfers_preprocessing_is_reproduced() -> None:
     """y = net-scale-factor * (x - offsets) after a straight bilinear resize; 28x28 gray at its own size: exact."""
-    from pipeline.nvinfer import nvinfer_inputs
+    from pipeline.handoff.nvinfer import nvinfer_inputs
 
     pre = Preprocess(28, 28, 1, (0.2854,), (0.3526,))
     frames = np.random.default_rng(0).integers(0, 256, (4, 28, 28, 1), dtype=np.uint8)
@@ -106,6 +106,30 @@ def test_nvinfers_preprocessing_is_reproduced() -> None:
     assert np.allclose(nv, pre(frames), atol=1e-5)
     rgb = nvinfer_inputs(frames[:, :14, :14], 28, 3, (0.0, 0.0, 0.0), 1.0)
     assert rgb.shape == (4, 3, 28, 28) and np.array_equal(rgb[:, 0], rgb[:, 2])  # gray fed to an RGB model
+
+
+def test_nvinfers_bilinear_scaler_matches_onnxruntimes_resize() -> None:
+    """The scaling itself, against an implementation outside the project: ONNX Resize (linear, half_pixel, the
+    pixel-centre convention of NvBufSurfTransform's bilinear filter) run by onnxruntime, down- and up-scaling."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    from pipeline.handoff.nvinfer import nvinfer_inputs
+
+    frames = np.random.default_rng(1).integers(0, 256, (2, 57, 43, 3), dtype=np.uint8)
+    for size in (28, 96):
+        sizes = np.array([2, 3, size, size], np.int64)
+        node = helper.make_node("Resize", ["x", "", "", "sizes"], ["y"], mode="linear",
+                                coordinate_transformation_mode="half_pixel")
+        graph = helper.make_graph([node], "resize", [helper.make_tensor_value_info("x", TensorProto.FLOAT, None)],
+                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                                  [onnx.numpy_helper.from_array(sizes, "sizes")])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+        sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+        (want,) = sess.run(None, {"x": frames.transpose(0, 3, 1, 2).astype(np.float32)})
+        got = nvinfer_inputs(frames, size, 3, (0.0, 0.0, 0.0), 1.0)
+        assert np.abs(got - want).max() < 1e-3, size
 
 
 def test_an_unverified_tampered_or_engine_less_kind_is_handled(default_folder: Path, verified: Path,
@@ -126,8 +150,10 @@ def test_an_unverified_tampered_or_engine_less_kind_is_handled(default_folder: P
 def test_folding_makes_one_scale_factor_exact(tmp_path: Path) -> None:
     """A 3-channel model with ImageNet's per-channel std: nvinfer's single factor departs; the folded copy under
     nvinfer's preprocessing computes what the original computes on the same resized pixels."""
-    from pipeline.export import ExportOptions, export
-    from pipeline.zoo import ModelSpec
+    from pipeline.handoff.deepstream import write_deepstream
+    from pipeline.handoff.nvinfer import DeepStreamOptions
+    from pipeline.make.export import ExportOptions, export
+    from pipeline.sources import ModelSpec
 
     folder = tmp_path / "inet"
     export(ExportOptions(model=ModelSpec("resnet20", in_chans=3, image_size=32, mean=(0.485, 0.456, 0.406),
@@ -136,16 +162,14 @@ def test_folding_makes_one_scale_factor_exact(tmp_path: Path) -> None:
     assert invoke("verify", folder, "--samples", "64").exit_code == 0
     plain = invoke("deepstream", folder, "--out", tmp_path / "plain", "--precision", "fp32", "--samples", "64")
     assert plain.exit_code == 0, plain.output
-    r = invoke("deepstream", folder, "--out", tmp_path / "fold", "--precision", "fp32", "--samples", "64",
-               "--fold-preprocessing")
-    assert r.exit_code == 0, r.output
+    plan = write_deepstream(DeepStreamOptions(folder=folder, out=tmp_path / "fold", precision="fp32", fold=True,
+                                              samples=64))
     p = _config(tmp_path / "fold")
     assert p["onnx-file"] == "model.fp32.folded.onnx" and p["model-color-format"] == "0"
     assert len(p["offsets"].split(";")) == 3
-    text = " ".join(r.output.split())
-    parity = float(text.split("resized pixels: rel. L2 ")[1].split(",")[0])
-    assert parity < 1e-5, text  # the fold is exact: only the resize (no crop) remains
-    assert "folded graph on a centre ROI (nvdspreprocess): top-1 agreement" in text  # the crop's remedy, measured
+    assert plan.fidelity.fold_parity["rel_l2"] < 1e-5  # the fold is exact: only the resize (no crop) remains
+    assert plan.fidelity.fold_parity["top1_agreement"] == 1.0
+    assert "folded+roi" in plan.fidelity.variants  # the crop's remedy (a centre ROI), measured
     assert "roi-params-src-0=320;40;640;640" in (tmp_path / "fold" / "README.md").read_text()
     import onnx
 

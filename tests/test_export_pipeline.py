@@ -1,4 +1,5 @@
-"""pipeline/export.py end to end: manifest, cache by content hash, --force, kept artifacts, engines, engines-only."""
+"""pipeline/make/export.py end to end: manifest, cache by content hash, --force, kept artifacts, engines,
+engines-only."""
 
 from __future__ import annotations
 
@@ -9,11 +10,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline.artifacts import read_manifest
-from pipeline.audit import audit_folder
-from pipeline.export import ExportOptions, export
+from pipeline.folder.audit import audit_folder
+from pipeline.folder.manifest import read_manifest
+from pipeline.make.export import ExportOptions, export
+from pipeline.model.zoo import build_model
 from pipeline.precisions import Precision
-from pipeline.zoo import ModelSpec, build_model
+from pipeline.sources import ModelSpec
 from resnetx.errors import BadInput
 from tests.conftest import copy_folder, needs_rtx
 
@@ -28,7 +30,7 @@ def _shas(folder: Path) -> dict[str, str]:
 
 def test_manifest_describes_everything(default_folder: Path) -> None:
     m = json.loads((default_folder / "manifest.json").read_text())
-    assert m["version"] == 3
+    assert m["version"] == 4
     assert m["model"]["arch"] == "resnet20" and m["model"]["weights"] == "default"
     assert m["model"]["preprocess"]["channels"] == 1 and len(m["model"]["state_sha256"]) == 64
     assert set(m["graphs"]) == {"fp32", "fp16", "int8"} and m["engines"] == {}
@@ -56,8 +58,8 @@ def test_int8_collapse_is_announced(tmp_path: Path) -> None:
     from onnx import numpy_helper
 
     from exporters.onnx import compare_graphs
-    from pipeline.artifacts import GraphCheck
-    from pipeline.graphs import int8_notices
+    from pipeline.folder.manifest import GraphCheck
+    from pipeline.make.graphs import int8_notices
 
     opts = ExportOptions(model=ModelSpec("default"), out=tmp_path / "f", precisions=ALL, calib_samples=64)
     r = export(opts)
@@ -156,7 +158,7 @@ def test_engines_in_manifest(default_folder: Path, tmp_path: Path) -> None:
     folder = copy_folder(default_folder, tmp_path / "f")
     r = export(ExportOptions(model=ModelSpec("default"), out=folder, precisions=ALL, calib_samples=256, engine="rtx",
                              batch_range=(1, 16, 128)))
-    from pipeline.report import engine_target
+    from pipeline.cli.tables import engine_target
     from resnetx.flavors import Flavor
 
     engines = {e.name: e for e in r.manifest.engines.values()}
@@ -176,11 +178,11 @@ def test_engines_in_manifest(default_folder: Path, tmp_path: Path) -> None:
 
 @needs_rtx
 def test_cpu_recipe_with_engines_is_refused(tmp_path: Path) -> None:
-    with pytest.raises(BadInput, match="use --int8-target tensorrt"):
-        export(ExportOptions(model=ModelSpec("default"), out=tmp_path / "x", precisions=ALL, int8_target="cpu",
+    with pytest.raises(BadInput, match="use --int8-recipe tensorrt"):
+        export(ExportOptions(model=ModelSpec("default"), out=tmp_path / "x", precisions=ALL, int8_recipe="cpu",
                              engine="rtx"))
-    with pytest.raises(BadInput, match="use --int8-target tensorrt"):  # auto: refused once it finds a flavour
-        export(ExportOptions(model=ModelSpec("default"), out=tmp_path / "x", precisions=ALL, int8_target="cpu",
+    with pytest.raises(BadInput, match="use --int8-recipe tensorrt"):  # auto: refused once it finds a flavour
+        export(ExportOptions(model=ModelSpec("default"), out=tmp_path / "x", precisions=ALL, int8_recipe="cpu",
                              engine="auto"))
     assert not (tmp_path / "x").exists()
 
@@ -196,8 +198,8 @@ def test_static_batch_end_to_end(tmp_path: Path) -> None:
     built for 4..4, verify (with localisation) passes, bench times batch 4 and says why batch 1 did not run."""
     import importlib.util
 
-    from pipeline.bench import BenchOptions, bench
-    from pipeline.verify import VerifyOptions, verify
+    from pipeline.check.bench import BenchOptions, bench
+    from pipeline.check.verify import VerifyOptions, verify
 
     rtx = importlib.util.find_spec("tensorrt_rtx") is not None
     out = tmp_path / "s"
@@ -248,9 +250,9 @@ def test_engines_only_builds_from_the_folder_without_the_weights(default_folder:
 
     from typer.testing import CliRunner
 
-    from pipeline.artifacts import write_manifest
     from pipeline.cli import app
-    from pipeline.remake import remake_command
+    from pipeline.folder.manifest import write_manifest
+    from pipeline.folder.remake import remake_command
 
     def cli(*args: object) -> object:
         return CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=False)
@@ -292,7 +294,7 @@ def test_engines_only_builds_from_the_folder_without_the_weights(default_folder:
     r = cli("export", "--out", fp32_only, "--engines-only", "--engine", "rtx", "--precision", "int8")
     assert r.exit_code == 2 and "holds no int8 ONNX graph" in r.output, r.output
     cpu_recipe = tmp_path / "c"
-    export(ExportOptions(out=cpu_recipe, precisions=(FP32, INT8), int8_target="cpu", calib_samples=64,
+    export(ExportOptions(out=cpu_recipe, precisions=(FP32, INT8), int8_recipe="cpu", calib_samples=64,
                          reference_samples=0))
     r = cli("export", "--out", cpu_recipe, "--engines-only", "--engine", "rtx")
     assert r.exit_code == 2 and "cpu recipe" in r.output and "model.fp32.rtx" not in r.output, r.output
@@ -367,7 +369,7 @@ def test_engines_only_refuses_what_would_change_the_graphs(default_folder: Path,
 
     folder = copy_folder(default_folder, tmp_path / "f")
     for flag, value in (("--calib-samples", "64"), ("--calib-method", "max"), ("--opset", "17"),
-                        ("--int8-target", "cpu"), ("--mean", "0.5")):
+                        ("--int8-recipe", "cpu"), ("--mean", "0.5")):
         r = invoke("export", "--out", folder, "--engines-only", "--engine", "rtx", flag, value)
         assert r.exit_code == 2 and f"{flag} would change those graphs" in r.output, (flag, r.output)
     for flag, value in (("--workspace-mb", "512"), ("--opt-level", "2"), ("--rtx-compute-capability", "SM89"),

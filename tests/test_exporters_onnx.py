@@ -11,8 +11,9 @@ import pytest
 import torch
 
 from exporters.onnx import check_onnx, export_onnx, load_onnx
-from pipeline.models import IMAGENET_ARCHS
-from pipeline.zoo import ModelSpec, load_model
+from pipeline.model.resnet import IMAGENET_ARCHS
+from pipeline.model.zoo import load_model
+from pipeline.sources import ModelSpec
 from resnetx.errors import BadInput
 
 

@@ -439,7 +439,7 @@ from pathlib import Path
 import numpy as np
 from exporters.calibrate import calibrate
 from exporters.onnx import export_onnx
-from pipeline.zoo import build_model
+from pipeline.model.zoo import build_model
 path = {str(tmp_path / "m.onnx")!r}
 if sys.argv[1] == "export":
     export_onnx(build_model("resnet20", num_classes=10, in_chans=3).eval(), (3, 64, 64), Path(path), exporter="legacy")

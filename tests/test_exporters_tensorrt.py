@@ -71,9 +71,9 @@ def test_bad_options(graphs: Path, tmp_path: Path) -> None:
 @needs_rtx
 @pytest.mark.slow
 def test_rtx_resnet50_all_precisions(tmp_path: Path) -> None:
-    from pipeline.export import ExportOptions, export
+    from pipeline.make.export import ExportOptions, export
     from pipeline.precisions import Precision
-    from pipeline.zoo import ModelSpec
+    from pipeline.sources import ModelSpec
 
     r = export(ExportOptions(model=ModelSpec("resnet50", image_size=64, num_classes=10), out=tmp_path / "r50",
                              precisions=(Precision.fp32, Precision.fp16, Precision.int8), engine="rtx",

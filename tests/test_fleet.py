@@ -11,11 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.artifacts import read_manifest
-from pipeline.audit import audit_folder
-from pipeline.fleet import CC_LABEL, KIND_LABEL, FleetOptions, plan_fleet, run_fleet
-from pipeline.fleet_node import NodeInfo
-from pipeline.verdicts import read_verdicts
+from pipeline.fleet.node import NodeInfo
+from pipeline.fleet.plan import CC_LABEL, KIND_LABEL, FleetOptions, plan_fleet
+from pipeline.fleet.run import run_fleet
+from pipeline.folder.audit import audit_folder
+from pipeline.folder.manifest import read_manifest
+from pipeline.folder.verdicts import read_verdicts
 from tests.conftest import copy_folder, needs_rtx
 
 KINDS = {"A10G": "8.6", "L4": "8.9", "RTX5090": "12.0"}
@@ -65,6 +66,7 @@ def cluster():  # noqa: ANN201
     c = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
     for kind, cc in KINDS.items():
         c.add_node(num_cpus=1, labels={KIND_LABEL: kind, CC_LABEL: cc})
+    c.cpu_node = c.add_node(num_cpus=1)  # no label, no GPU: the "cpu" kind
     ray.init(address=c.address, logging_level="ERROR", log_to_driver=False)
     yield c
     ray.shutdown()
@@ -77,16 +79,14 @@ def fleet_folder(cluster, default_folder: Path, tmp_path_factory: pytest.TempPat
     run = run_fleet(FleetOptions(folder=folder, kinds=tuple(KINDS), samples=64, batches=(1, 4), bench=QUICK))
     assert set(run.results) == set(KINDS) and not run.not_run, run.not_run
     assert all(r.error is None for r in run.results.values()), {k: r.error for k, r in run.results.items()}
-    assert all(v < 3.0 for v in run.ray_seconds.values()), run.ray_seconds  # Ray's own share per kind
-    from pipeline.fleet_report import merge_reports, write_fleet_files
-
-    write_fleet_files(folder, merge_reports(run))
     return folder
 
 
 @pytest.mark.slow
 @needs_rtx
 def test_three_kinds_build_verify_bench_and_merge(fleet_folder: Path, tmp_path: Path) -> None:
+    """A rehearsal on one CPU host: three labelled CPU nodes build real TensorRT-RTX engines ahead of time for their
+    compute capabilities, verify and bench the graphs, and the folder's merged report holds each kind with its run."""
     import json
 
     m = read_manifest(fleet_folder)
@@ -104,9 +104,104 @@ def test_three_kinds_build_verify_bench_and_merge(fleet_folder: Path, tmp_path: 
     kinds_judged = {(r.artifact, r.kind) for r in read_verdicts(fleet_folder)}
     assert {("int8", k) for k in KINDS} <= kinds_judged
     report = json.loads((fleet_folder / "reports" / "fleet.json").read_text())
-    assert len(report["parity"]) == 9 and all(p["top1_agreement"] == 1.0 for p in report["parity"])
+    assert set(report["kinds"]) == set(KINDS) and all(r["resnetx"] and r["when"] for r in report["kinds"].values())
     assert set(report["ship"]) == set(KINDS) and "not run there" in report["ship"]["L4"]
     assert "## Parity between kinds" in (fleet_folder / "reports" / "fleet.md").read_text()
+
+
+@pytest.mark.slow
+@needs_rtx
+def test_the_parity_matrix_compares_each_kinds_own_logits(fleet_folder: Path, tmp_path: Path) -> None:
+    """On one host the kinds run the same graphs on the same CPU, so they agree exactly; the matrix is read from each
+    kind's own logits, so a kind that answered differently shows in it, and one whose logits cannot be read is
+    named, not dropped in silence."""
+    import numpy as np
+
+    from pipeline.fleet.report import merge_reports
+
+    folder = copy_folder(fleet_folder, tmp_path / "f")
+    plans = plan_fleet(FleetOptions(folder=folder, kinds=tuple(KINDS)), [], "0")
+    same = merge_reports(folder, plans, {})
+    assert len(same.parity) == 9 and all(p["top1_agreement"] == 1.0 for p in same.parity) and not same.unreadable
+    path = folder / "reports" / "L4" / "fleet-logits.npz"
+    with np.load(path) as z:
+        logits = {k: z[k] for k in z.files}
+    rng = np.random.default_rng(0)
+    logits["int8"] = logits["int8"] + rng.normal(0, 5, logits["int8"].shape).astype(np.float32)
+    np.savez(path, **logits)
+    (folder / "reports" / "A10G" / "fleet-logits.npz").write_bytes(b"PK\x03\x04 truncated")
+    moved = merge_reports(folder, plans, {})
+    int8 = [p for p in moved.parity if p["precision"] == "int8"]
+    assert len(int8) == 1 and int8[0]["top1_agreement"] < 0.9 and {int8[0]["kind_a"], int8[0]["kind_b"]} == {
+        "L4", "RTX5090"}
+    assert set(moved.unreadable) == {"A10G"} and "fleet-logits.npz cannot be read" in moved.unreadable["A10G"]
+    assert set(moved.kinds) == set(KINDS)  # its other results stay in the report
+
+
+@pytest.mark.slow
+@needs_rtx
+def test_a_run_over_a_subset_keeps_every_kind_and_names_the_missing_one(cluster, fleet_folder: Path,  # noqa: ANN001
+                                                                       tmp_path: Path) -> None:
+    import json
+
+    from tests.test_cli import invoke
+
+    folder = copy_folder(fleet_folder, tmp_path / "f")
+    r = invoke("fleet", folder, "--kinds", "L4,T4", "--samples", "64", "--batch", "1", "--iters", "2",
+               "--min-seconds", "0")
+    assert r.exit_code == 1 and "T4" in r.output.splitlines()[-1], r.output  # named in the last line
+    report = json.loads((folder / "reports" / "fleet.json").read_text())
+    assert set(report["kinds"]) == set(KINDS)  # the folder's kinds, not the last run's
+    assert "no live node of kind T4" in report["not_run"]["T4"] and report["ship"]["T4"].startswith("not run")
+    assert "recorded by an earlier fleet run, not run again: L4" in " ".join(r.output.split())
+
+
+@pytest.mark.slow
+def test_the_cpu_kind_runs_on_its_cpu_node_with_the_cpu_runtimes(cluster, default_folder: Path,  # noqa: ANN001
+                                                                 tmp_path: Path) -> None:
+    import json
+
+    folder = copy_folder(default_folder, tmp_path / "f")
+    run = run_fleet(FleetOptions(folder=folder, kinds=("cpu",), samples=64, batches=(1,), bench=QUICK))
+    result = run.results["cpu"]
+    assert result.error is None and result.node.node_id == cluster.cpu_node.node_id  # pinned, not a GPU kind's node
+    ran = {r["backend"] for r in json.loads((folder / "reports" / "cpu" / "verify.json").read_text())["rows"]}
+    assert "ort" in ran and (importlib.util.find_spec("openvino") is None or "openvino" in ran), ran
+    assert not any(name.endswith(" on cuda") for name in result.runtimes)
+
+
+@pytest.mark.slow
+def test_a_kinds_failure_keeps_the_nodes_traceback(cluster, default_folder: Path, tmp_path: Path) -> None:  # noqa: ANN001
+    """A kind whose task fails on its node (here: engines asked of a cpu-recipe int8 graph, which TensorRT's parser
+    rejects) records why and the node's traceback in its report; the run says so and exits 1."""
+    import json
+
+    from pipeline.make.export import ExportOptions, export
+
+    folder = tmp_path / "cpu-recipe"
+    export(ExportOptions(out=folder, precisions=("fp32", "int8"), int8_recipe="cpu", calib_samples=64))
+    run = run_fleet(FleetOptions(folder=folder, kinds=("A10G",), samples=64, batches=(1,), bench=QUICK))
+    assert run.failed == ["A10G"] and "cpu recipe" in run.results["A10G"].error
+    record = json.loads((folder / "reports" / "A10G" / "fleet.json").read_text())
+    assert "Traceback (most recent call last)" in record["traceback"] and "export_engines" in record["traceback"]
+    assert run.report.kinds["A10G"]["error"] and "traceback" in run.report.ship["A10G"]
+
+
+@pytest.mark.slow
+def test_a_node_gone_before_it_answers_the_probe_is_left_out_with_a_note(cluster) -> None:  # noqa: ANN001
+    """The probe asks the nodes the cluster listed; one removed meanwhile is left out with a note, no traceback."""
+    import ray
+
+    from pipeline.fleet.run import _probe_nodes
+
+    victim = cluster.add_node(num_cpus=1, labels={KIND_LABEL: "A40", CC_LABEL: "8.6"})
+    listed = [n for n in ray.nodes() if n.get("Alive") and n.get("Resources", {}).get("CPU", 0) > 0]
+    assert victim.node_id in {n["NodeID"] for n in listed}
+    cluster.remove_node(victim)  # gone between the listing and its probe
+    notes: list[str] = []
+    found = _probe_nodes(ray, 30.0, notes, nodes=listed)
+    assert victim.node_id not in {node.node_id for _, node in found} and len(found) == len(listed) - 1
+    assert len(notes) == 1 and victim.node_id[:12] in notes[0] and "left out of the plan" in notes[0], notes
 
 
 @pytest.mark.slow
@@ -170,7 +265,9 @@ def test_a_node_that_dies_is_retried_or_reported_not_run(cluster, default_folder
     run = out["run"]
     assert all(killed), "a task never started"
     assert "A16" in run.not_run and "A16" not in run.results, run.not_run  # its only node died: not run, said why
-    assert "A2" in run.results and run.results["A2"].error is None  # retried on the other A2 node
+    assert "A2" in run.results and run.results["A2"].error is None
+    a2 = run.results["A2"].node.node_id  # retried on the other A2 node: not the one that died
+    assert a2 != killed[1].node_id and a2 in {n.node_id for n in twins}
     m = read_manifest(folder)
     assert all("sm86" in name for name in m.engines) and audit_folder(folder).intact
     assert not (folder / "reports" / "A16").exists() and not list(folder.glob(".tmp-*"))  # nothing half-written

@@ -7,8 +7,9 @@ import re
 import pytest
 import torch
 
-from pipeline.models import IMAGENET_ARCHS
-from pipeline.zoo import ModelSpec, build_model, load_model
+from pipeline.model.resnet import IMAGENET_ARCHS
+from pipeline.model.zoo import build_model, load_model
+from pipeline.sources import ModelSpec
 from resnetx.errors import BadInput
 
 # torchvision's state_dict sizes (parameters + BN buffers incl. num_batches_tracked)

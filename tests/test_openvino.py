@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.recommend import Measured, recommend
+from pipeline.check.recommend import Measured, recommend
 from tests.conftest import copy_folder
 from tests.test_cli import invoke
 
@@ -23,38 +23,66 @@ needs_openvino = pytest.mark.skipif(importlib.util.find_spec("openvino") is None
                                     reason="openvino is not installed (pip install 'resnetx[openvino]')")
 
 FAKE_ROW = """
-import sys
-from runtimes.registry import RuntimeSpec, register
+import json, sys
+from runtimes.registry import RuntimeOption, RuntimeSpec, register
 register(RuntimeSpec("fake", "tests.fake_runtime", "open_fake", "graph", ("cpu",), takes=("threads",),
-                     primer="prime", pip="pip install fake-runtime", help="a row added from outside"))
+                     options=(RuntimeOption("fake_level", "--fake-level", "how hard it tries", int),),
+                     primer="prime", dist=("pytest",), fleet=("cpu",), help="a row added from outside"))
 from typer.testing import CliRunner
 from pipeline.cli import app
-from pipeline.artifacts import read_manifest
+from pipeline.folder.audit import holdings
+from pipeline.folder.manifest import read_manifest
+from pipeline.fleet.node import NodeInfo, _runtimes, node_runtimes
 runner = CliRunner()
-print("HELP", " ".join(runner.invoke(app, ["bench", "--help"], terminal_width=200).output.split()))
+for command in ("bench", "verify", "predict"):
+    print("HELP", command, " ".join(runner.invoke(app, [command, "--help"], terminal_width=200).output.split()))
 r = runner.invoke(app, ["bench", sys.argv[1], "--runtime", "fake", "--precision", "fp32", "--batch", "1",
-                        "--iters", "2", "--warmup", "1", "--min-seconds", "0", "--threads", "1"], terminal_width=200)
+                        "--iters", "2", "--warmup", "1", "--min-seconds", "0", "--threads", "1", "--fake-level", "2"],
+                  terminal_width=200)
 print("BENCH", r.exit_code, " ".join(r.output.split()))
-print("HOLDS", read_manifest(sys.argv[1]).holdings())
+r = runner.invoke(app, ["verify", sys.argv[1], "--runtime", "fake,ort", "--precision", "fp32", "--samples", "16",
+                        "--fake-level", "3"], terminal_width=200)
+print("VERIFY", r.exit_code, " ".join(r.output.split()))
+r = runner.invoke(app, ["verify", sys.argv[1], "--samples", "16", "--fake-level", "3"], terminal_width=200)
+print("REFUSED", r.exit_code, " ".join(r.output.split()))
+print("HOLDS", holdings(read_manifest(sys.argv[1])))
+node = NodeInfo("n", "host", "0", None, None, (), (), node_runtimes())
+print("FLEET", json.dumps(_runtimes(node, "cpu")))
 """
 
 
-def test_a_runtime_row_added_from_outside_reaches_help_bench_memory_and_the_manifest(default_folder: Path,
-                                                                                     tmp_path: Path) -> None:
+def test_a_runtime_row_added_from_outside_reaches_help_bench_verify_the_fleet_and_the_reports(
+        default_folder: Path, tmp_path: Path) -> None:
+    """A runtime is its runner plus one row: its help line and its own option reach every command's help, bench and
+    verify run it (with its option), a fleet node of its device runs it, the reports record its version, and no
+    project module names it."""
     folder = copy_folder(default_folder, tmp_path / "f")
     log = tmp_path / "fake.log"
     env = {**os.environ, "RESNETX_FAKE_RUNTIME_LOG": str(log), "PYTHONPATH": str(ROOT), "COLUMNS": "400"}
     out = subprocess.run([sys.executable, "-c", FAKE_ROW, str(folder)], capture_output=True, text=True, env=env,
                          cwd=ROOT, timeout=600)
     assert out.returncode == 0, out.stderr
-    lines = {ln.split(" ", 1)[0]: ln.split(" ", 1)[1] for ln in out.stdout.splitlines() if " " in ln}
-    assert "fake (a row added from outside)" in lines["HELP"]
+    lines = {" ".join(ln.split(" ", 2)[:2]) if ln.startswith("HELP") else ln.split(" ", 1)[0]:
+             ln.split(" ", 2)[2] if ln.startswith("HELP") else ln.split(" ", 1)[1]
+             for ln in out.stdout.splitlines() if " " in ln}
+    for command in ("bench", "verify", "predict"):
+        assert "fake (a row added from outside)" in lines[f"HELP {command}"]
+        assert "--fake-level" in lines[f"HELP {command}"] and "fake: how hard it tries" in lines[f"HELP {command}"]
     assert lines["BENCH"].startswith("0 ") and "fake" in lines["BENCH"], lines["BENCH"]
+    assert lines["VERIFY"].startswith("0 ") and "ort vs fake" in lines["VERIFY"], lines["VERIFY"]  # runtime parity
+    assert lines["REFUSED"].startswith("2 ") and "--runtime fake" in lines["REFUSED"]  # its option, without it
     assert "fake" in lines["HOLDS"]  # "fp32 (ort, ..., fake)": what can run the graphs comes from the rows
+    assert "fake" in json.loads(lines["FLEET"])[0]  # a CPU kind's node runs it
     calls = log.read_text().splitlines()
-    assert calls[0] == "prime cpu" and any(c.startswith("open model.fp32.onnx cpu threads=1") for c in calls[1:])
-    report = json.loads((folder / "reports" / "cpu" / "bench.json").read_text())
-    assert {r["backend"] for r in report["rows"]} == {"fake"}  # the registry name, whatever the runner calls itself
+    assert calls[0] == "prime cpu" and any(c.startswith("open model.fp32.onnx cpu threads=1 level=2") for c in calls)
+    assert any(c.startswith("open model.fp32.onnx cpu threads=None level=3") for c in calls)  # verify's option
+    bench = json.loads((folder / "reports" / "cpu" / "bench.json").read_text())
+    assert {r["backend"] for r in bench["rows"]} == {"fake"}  # the registry name, whatever the runner calls itself
+    verify = json.loads((folder / "reports" / "cpu" / "verify.json").read_text())
+    assert "pytest" in bench["system"]["versions"] and "pytest" in verify["system"]["versions"]
+    fake = next(r for r in verify["rows"] if r["backend"] == "fake")
+    assert fake["version"].startswith("pytest ") and fake["passed"]
+    assert not [p for p in (ROOT / "pipeline").rglob("*.py") if '"fake"' in p.read_text()]  # no project module knows it
 
 
 @needs_openvino
@@ -81,8 +109,8 @@ def test_openvino_verifies_and_benches_the_folders_graphs(default_folder: Path, 
 @needs_openvino
 def test_openvino_and_onnxruntime_agree_on_the_same_graph(default_folder: Path) -> None:
     """The runtime-parity check: one int8 graph, two CPU runtimes, the same inputs."""
-    from pipeline.artifacts import read_manifest
-    from pipeline.data import open_dataset
+    from pipeline.folder.manifest import read_manifest
+    from pipeline.model.data import open_dataset
     from runtimes.registry import open_runtime
 
     pre = read_manifest(default_folder).model.info.preprocess
@@ -143,12 +171,12 @@ def test_the_recommendation_is_the_fastest_row_that_passes() -> None:
 
 def test_a_cpu_recipe_records_its_isa_and_warns_on_another(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import pipeline.machine as machine
-    from pipeline.artifacts import read_manifest
-    from pipeline.export import ExportOptions, export
+    from pipeline.folder.manifest import read_manifest
+    from pipeline.make.export import ExportOptions, export
     from pipeline.precisions import Precision
 
     folder = tmp_path / "c"
-    export(ExportOptions(out=folder, precisions=(Precision.fp32, Precision.int8), int8_target="cpu",
+    export(ExportOptions(out=folder, precisions=(Precision.fp32, Precision.int8), int8_recipe="cpu",
                          calib_samples=64, reference_samples=64))
     cal = read_manifest(folder).calibration
     assert cal.recipe == "cpu" and cal.isa == machine.cpu_isa()  # the CPU it was made on, read back as written
@@ -171,11 +199,11 @@ def test_without_int8_dot_products_the_cpu_recipe_uses_7_bit_weights(tmp_path: P
     from onnx import numpy_helper
 
     import exporters.quantize as quantize
-    import pipeline.graphs as graphs
-    from pipeline.artifacts import read_manifest
-    from pipeline.export import ExportOptions, export
+    import pipeline.make.graphs as graphs
+    from pipeline.check.verify import VerifyOptions, verify
+    from pipeline.folder.manifest import read_manifest
+    from pipeline.make.export import ExportOptions, export
     from pipeline.precisions import Precision
-    from pipeline.verify import VerifyOptions, verify
 
     def widest_int8_weight(folder: Path, file: str = "model.int8.onnx") -> int:
         g = onnx.load(str(folder / file)).graph
@@ -183,7 +211,7 @@ def test_without_int8_dot_products_the_cpu_recipe_uses_7_bit_weights(tmp_path: P
                    if i.data_type == onnx.TensorProto.INT8 and len(i.dims) == 4)
 
     monkeypatch.setattr(graphs, "cpu_isa", lambda: ("avx2",))
-    opts = dict(precisions=(Precision.fp32, Precision.int8), int8_target="cpu", calib_samples=32, reference_samples=0)
+    opts = dict(precisions=(Precision.fp32, Precision.int8), int8_recipe="cpu", calib_samples=32, reference_samples=0)
     export(ExportOptions(out=tmp_path / "avx2", **opts))
     monkeypatch.setattr(graphs, "cpu_isa", lambda: ("avx2", "avx512f", "avx512_vnni"))
     export(ExportOptions(out=tmp_path / "vnni", **opts))
@@ -203,3 +231,21 @@ def test_without_int8_dot_products_the_cpu_recipe_uses_7_bit_weights(tmp_path: P
     monkeypatch.setattr(quantize, "quantize_int8", spy)
     r = verify(VerifyOptions(folder=tmp_path / "avx2", samples=32, precisions=("int8",), localize=True))
     assert r.rows[0].localization.revert_first and len(trials) >= 10 and max(trials) <= 64
+
+
+@needs_openvino
+def test_openvino_splits_a_batch_over_its_infer_requests_in_order(default_folder: Path) -> None:
+    """Above batch 1 the batch is shared out over the compiled model's infer requests, run at once (every stream
+    busy); the outputs come back in the batch's order, as one request per image gives them."""
+    from pipeline.folder.manifest import read_manifest
+    from pipeline.model.data import open_dataset
+    from runtimes.registry import open_runtime
+
+    pre = read_manifest(default_folder).model.info.preprocess
+    x = pre(open_dataset("sample", split="test").raw(np.arange(9)))
+    with open_runtime("openvino", default_folder / "model.fp32.onnx", precision="fp32") as rt:
+        whole = rt.infer(x)
+        one = np.concatenate([rt.infer(x[i : i + 1]) for i in range(len(x))])
+        assert rt.requests >= 1
+    np.testing.assert_allclose(whole, one, rtol=1e-4, atol=1e-4)
+    assert (whole.argmax(1) == one.argmax(1)).all()

@@ -13,9 +13,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipeline.artifacts import read_manifest
-from pipeline.data import Preprocess, read_idx
-from pipeline.zoo import load_state_dict
+from pipeline.folder.manifest import read_manifest
+from pipeline.model.data import Preprocess, read_idx
+from pipeline.model.zoo import load_state_dict
 from resnetx.errors import BadInput, ResnetxError
 from resnetx.files import file_sha256
 
@@ -142,16 +142,17 @@ def test_random_bytes_engine_never_deserialized_without_gpu(tmp_path: Path) -> N
 
 
 def test_images_with_wrong_channel_count(default_folder: Path) -> None:
-    from pipeline.verify import VerifyOptions, verify
+    from pipeline.check.verify import VerifyOptions, verify
 
     with pytest.raises(BadInput, match="images have 4 channels"):
         Preprocess(image_size=28, resize=28, channels=1, mean=(0.0,), std=(1.0,))(np.zeros((1, 28, 28, 4), np.uint8))
     with pytest.raises(BadInput, match="--samples"):
-        verify(VerifyOptions(folder=default_folder, samples=0))
+        verify(VerifyOptions(folder=default_folder, samples=0), record=False)
 
 
 def test_image_size_the_model_cannot_take() -> None:
-    from pipeline.zoo import ModelSpec, load_model
+    from pipeline.model.zoo import load_model
+    from pipeline.sources import ModelSpec
 
     with pytest.raises(BadInput, match="--image-size 16 is too small for resnet50"):
         load_model(ModelSpec("resnet50", image_size=16))

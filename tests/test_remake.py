@@ -6,9 +6,9 @@ import json
 import shlex
 from pathlib import Path
 
-from pipeline.artifacts import Manifest, read_manifest
+from pipeline.folder.manifest import Manifest, read_manifest
+from pipeline.folder.remake import remake_command
 from pipeline.precisions import Precision
-from pipeline.remake import remake_command
 from tests.conftest import V1_FOLDER
 
 V1_RTX = Path(__file__).with_name("data") / "v1_manifests" / "rtx_engines.json"
@@ -23,7 +23,7 @@ def test_the_line_names_model_calibration_engines_and_kept_layers() -> None:
     m = _v1(V1_RTX)  # version-1 folders were calibrated without cross-layer equalization: the line says so
     assert remake_command(m, Path("artifacts/default"), tuple(m.graphs)) == (
         "resnetx export --model default --out artifacts/default --precision fp32,fp16,int8 --calib-data sample "
-        "--calib-samples 512 --calib-method max --int8-target tensorrt --no-int8-equalize && resnetx export "
+        "--calib-samples 512 --calib-method max --int8-recipe tensorrt --no-int8-equalize && resnetx export "
         "--out artifacts/default --engines-only --engine rtx --precision fp32,fp16,int8 --batch-range 1,32,256")
     keep = remake_command(m, Path("my dir"), (Precision.int8,), add_keep=("layer2.0.conv1",))
     first = keep.split(" && ")[0]
@@ -34,7 +34,7 @@ def test_a_fixed_batch_cpu_recipe_folder_says_so() -> None:
     m = _v1(V1_STATIC)
     line = remake_command(m, Path("/tmp/v1/static"), tuple(m.graphs))
     assert line == ("resnetx export --model resnet20 --out /tmp/v1/static --precision fp32,fp16,int8 --static-batch 4 "
-                    "--calib-data sample --calib-samples 64 --calib-method max --int8-target cpu --no-int8-equalize")
+                    "--calib-data sample --calib-samples 64 --calib-method max --int8-recipe cpu --no-int8-equalize")
 
 
 def test_the_engine_rebuild_needs_only_the_folder() -> None:
@@ -55,8 +55,8 @@ def test_the_engine_rebuild_needs_only_the_folder() -> None:
 def test_graphs_made_with_other_kept_layers_each_get_their_line(default_folder: Path, tmp_path: Path) -> None:
     """After following a `try:` line the int8 graph keeps a layer in float and the fp16 graph (kept from before)
     does not: one line cannot make both; the re-make is two lines joined by &&, and it gives the same bytes."""
-    from pipeline.export import ExportOptions, export
-    from pipeline.zoo import ModelSpec
+    from pipeline.make.export import ExportOptions, export
+    from pipeline.sources import ModelSpec
     from tests.conftest import copy_folder
     from tests.test_cli import invoke
 

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.artifacts import read_manifest
-from pipeline.reference import Reference
+from pipeline.check.reference import Reference
+from pipeline.folder.manifest import read_manifest
 from resnetx.errors import BackendUnavailable, BadInput, IncompatibleArtifact
 from resnetx.flavors import EngineTarget, Flavor, HardwareCompat
 from runtimes.registry import open_runtime
@@ -108,9 +108,9 @@ def test_trt_runner_without_gpu_says_so(tmp_path: Path) -> None:
 @pytest.mark.gpu
 def test_trt_engine_runs_on_gpu(default_folder: Path, tmp_path: Path) -> None:
     """Runs only where a GPU that TensorRT(-RTX) supports is present (RTX refuses sm_90)."""
-    from pipeline.export import ExportOptions, export
+    from pipeline.make.export import ExportOptions, export
     from pipeline.precisions import Precision
-    from pipeline.zoo import ModelSpec
+    from pipeline.sources import ModelSpec
 
     r = export(ExportOptions(model=ModelSpec("default"), out=tmp_path / "e",
                              precisions=(Precision.fp32, Precision.fp16), engine="auto"))
@@ -179,7 +179,7 @@ def test_infer_all_respects_batch_range_and_pads_tail() -> None:
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which("g++") is None, reason="torch.compile on the CPU needs a C++ compiler")
 def test_compiled_torch_times_each_batch_size_once() -> None:
-    from pipeline.zoo import build_model
+    from pipeline.model.zoo import build_model
 
     model = build_model("resnet8", num_classes=10, in_chans=1).eval()
     with open_runtime("torch", model, compile=True, compile_mode="default") as rt:
@@ -264,3 +264,35 @@ def test_rtx_runtime_cache_is_loaded_and_saved_beside_the_engine(tmp_path: Path,
     engine.cache.blob = b"kernels compiled now"
     cache.save()
     assert cache_file.read_bytes() == b"kernels compiled now"
+
+
+def test_session_failures_are_told_apart(tmp_path: Path) -> None:
+    """A graph onnxruntime cannot read is the file's fault (exit 2); an op it has no kernel for, or a provider or
+    memory failure, is the backend's (exit 3, with the cause): never "corrupt" for what is not."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from resnetx.errors import BackendUnavailable, BadInput
+    from runtimes.ort_rt import open_ort, session_error
+
+    def graph(name: str, node: object, dtype: int, domains: list) -> Path:
+        g = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", dtype, [1, 3])],
+                              [helper.make_tensor_value_info("y", dtype, [1, 3])])
+        path = tmp_path / name
+        onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 18), *domains]), path)
+        return path
+
+    custom = graph("custom.onnx", helper.make_node("Frobnicate", ["x"], ["y"], domain="com.example"),
+                   TensorProto.FLOAT, [helper.make_opsetid("com.example", 1)])
+    with pytest.raises(BackendUnavailable, match="has no kernel for an op of custom.onnx"):
+        open_ort(custom)
+    bf16 = graph("bf16.onnx", helper.make_node("Max", ["x", "x"], ["y"]), TensorProto.BFLOAT16, [])
+    with pytest.raises(BackendUnavailable, match="has no kernel"):
+        open_ort(bf16)
+    (tmp_path / "garbage.onnx").write_bytes(b"not a protobuf at all")
+    with pytest.raises(BadInput, match="corrupt or not ONNX"):
+        open_ort(tmp_path / "garbage.onnx")
+    oom = RuntimeError("[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : Failed to allocate memory for requested buffer")
+    told = session_error(oom, custom, "CUDAExecutionProvider")  # as onnxruntime words it: the cause, exit 3
+    assert isinstance(told, BackendUnavailable) and "Failed to allocate memory" in str(told)
+    assert isinstance(session_error(MemoryError(), custom, "CPUExecutionProvider"), BackendUnavailable)

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline.artifacts import Entry, GraphEntry, Manifest, ModelSection
+from pipeline.folder.manifest import Entry, GraphEntry, Manifest, ModelSection
+from pipeline.make.steps import FolderWriter, Step, StepEvent, keep_earlier, run_steps
+from pipeline.model.zoo import ModelInfo
 from pipeline.precisions import Precision
-from pipeline.steps import FolderWriter, Step, StepEvent, keep_earlier, run_steps
-from pipeline.zoo import ModelInfo, ModelSpec
+from pipeline.sources import ModelSpec
 from resnetx.files import file_sha256
 
 

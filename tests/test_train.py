@@ -7,11 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.data import iter_batches, open_dataset, write_idx
-from pipeline.train import TrainConfig, evaluate, train
-from pipeline.zoo import DEFAULT_WEIGHTS, ModelSpec, load_model
+from pipeline.model.data import iter_batches, open_dataset
+from pipeline.model.train import TrainConfig, evaluate, train
+from pipeline.model.zoo import DEFAULT_WEIGHTS, load_model
+from pipeline.sources import ModelSpec
 from resnetx.errors import BadInput
-from tests.conftest import needs_fashion
+from tests.conftest import needs_fashion, write_idx
 
 # Full Fashion-MNIST test accuracy of the shipped model is in its card; the 1,000-image sample
 # is a different, smaller slice, so its floor sits a few points under.
@@ -53,7 +54,7 @@ def test_an_image_folder_holds_out_a_tenth_across_its_classes_to_score(tmp_path:
     import numpy as np
     from PIL import Image
 
-    from pipeline.train import _split
+    from pipeline.model.train import _split
 
     rng = np.random.default_rng(0)
     for k in range(10):

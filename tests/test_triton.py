@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from pipeline.artifacts import read_manifest, write_manifest
 from pipeline.cli import app
-from pipeline.data import Preprocess, open_dataset
-from pipeline.export import ExportOptions, export
+from pipeline.folder.manifest import read_manifest, write_manifest
+from pipeline.make.export import ExportOptions, export
+from pipeline.model.data import Preprocess, open_dataset
 from pipeline.precisions import Precision
-from pipeline.zoo import ModelSpec
+from pipeline.sources import ModelSpec
 from resnetx.files import file_sha256
 from resnetx.flavors import RTX_CCS, EngineChoice
 from tests.conftest import copy_folder, needs_rtx
@@ -184,7 +184,7 @@ def test_tampered_folder_is_refused(default_folder: Path, tmp_path: Path) -> Non
 
 
 def test_unverified_folder_is_refused(default_folder: Path, tmp_path: Path) -> None:
-    from pipeline.verdicts import VERDICTS, standing
+    from pipeline.folder.verdicts import VERDICTS, standing
 
     folder = copy_folder(default_folder, tmp_path / "art")
     (folder / VERDICTS).unlink(missing_ok=True)

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
+import pytest
 
-from pipeline.artifacts import read_manifest
-from pipeline.audit import audit_folder
-from pipeline.verdicts import VERDICTS, Verdict, read_verdicts, standing
+from pipeline.folder.audit import audit_folder
+from pipeline.folder.manifest import read_manifest
+from pipeline.folder.verdicts import VERDICTS, Verdict, read_verdicts, standing, write_verdicts
+from resnetx.errors import BadInput
 from tests.conftest import copy_folder, needs_fashion
 from tests.test_cli import invoke
 
@@ -100,6 +103,7 @@ def test_an_image_folder_is_drawn_across_its_classes(default_folder: Path, tmp_p
 
 def test_a_report_that_cannot_be_written_still_shows_the_verdict(default_folder: Path, tmp_path: Path) -> None:
     folder = copy_folder(default_folder, tmp_path / "f")
+    shutil.rmtree(folder / "reports" / "cpu", ignore_errors=True)
     (folder / "reports" / "cpu").write_text("a file where the report folder goes")  # the report cannot be written
     r = invoke("verify", folder, "--precision", "fp32", "--samples", "32")
     assert r.exit_code == 2, r.output
@@ -107,3 +111,67 @@ def test_a_report_that_cannot_be_written_still_shows_the_verdict(default_folder:
     assert "fp32" in out and "PASS" in out and "NOTWRITTEN" in out
     assert f"{folder / 'reports' / 'cpu' / 'verify.json'}couldnotbewritten" in out
     assert not (folder / VERDICTS).exists()
+
+
+def _damaged(real: str) -> dict[str, str]:
+    d = json.loads(real)
+    d["verdicts"][0]["passed"] = "no"
+    return {"truncated": real[: len(real) // 2], "not json": "verdicts: FAIL int8\n",
+            "another schema": json.dumps({"version": 7, "records": d["verdicts"]}),
+            "a field of the wrong type": json.dumps(d)}
+
+
+@pytest.mark.parametrize("damage", ["truncated", "not json", "another schema", "a field of the wrong type"])
+def test_a_damaged_verdict_record_is_refused(tmp_path: Path, damage: str) -> None:
+    write_verdicts(tmp_path, [_v("int8", False), _v("fp16", True)])
+    path = tmp_path / VERDICTS
+    path.write_text(_damaged(path.read_text())[damage])
+    with pytest.raises(BadInput, match=f"{path} cannot be read .*mv {path} {path}.damaged"):
+        read_verdicts(tmp_path)
+
+
+def test_commands_refuse_a_damaged_record_and_keep_it(default_folder: Path, tmp_path: Path) -> None:
+    """The record holds every failure of the folder: a command that cannot read it exits 2 naming the file and the
+    way out, and never rewrites it (reading it as empty would clear a FAIL)."""
+    folder = copy_folder(default_folder, tmp_path / "f")
+    assert invoke("verify", folder, "--precision", "int8", "--samples", "32").exit_code in (0, 1)
+    path = folder / VERDICTS
+    path.write_text(_damaged(path.read_text())["truncated"])
+    before = path.read_bytes()
+    for args in (("verify", folder, "--precision", "fp32", "--samples", "32"), ("triton", folder),
+                 ("bench", folder, "--precision", "fp32", "--batch", "1", "--iters", "2")):
+        r = invoke(*args)
+        assert r.exit_code == 2, (args, r.output)
+        one = " ".join(r.output.split())
+        assert "verdicts.json cannot be read" in one and ".damaged" in one, one
+        assert path.read_bytes() == before, args
+    assert not (folder / "triton").exists()
+
+
+_RECORD_MANY = """
+import pickle, sys
+from pipeline.check.records import record_verify
+report = pickle.loads(open(sys.argv[1], "rb").read())
+for _ in range(int(sys.argv[2])):
+    record_verify(report)
+"""
+
+
+def test_writers_at_once_lose_no_record(default_folder: Path, tmp_path: Path) -> None:
+    """Verifies and a fleet's landing write the record under the folder's lock: two processes writing at once keep
+    every record of both."""
+    import pickle
+    import subprocess
+    import sys
+
+    from pipeline.check.verify import VerifyOptions, verify
+
+    folder = copy_folder(default_folder, tmp_path / "f")
+    report = verify(VerifyOptions(folder=folder, samples=32, precisions=("fp32",)), record=False)
+    (tmp_path / "report.pkl").write_bytes(pickle.dumps(report))
+    n = 25
+    procs = [subprocess.Popen([sys.executable, "-c", _RECORD_MANY, str(tmp_path / "report.pkl"), str(n)],
+                              cwd=Path(__file__).resolve().parents[1]) for _ in range(2)]
+    assert [p.wait(timeout=300) for p in procs] == [0, 0]
+    per_report = len(report.verdicts(read_manifest(folder)))
+    assert per_report >= 1 and len(read_verdicts(folder)) == 2 * n * per_report

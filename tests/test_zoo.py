@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline.zoo import ModelSpec, build_model, known_models, load_model, model_entry, state_sha256
+from pipeline.model.zoo import build_model, known_models, load_model, model_entry, state_sha256
+from pipeline.sources import ModelSpec
 from resnetx.errors import BadInput
 
 
@@ -133,7 +134,7 @@ def test_default_model_is_trained_fashion_resnet20() -> None:
 
 
 def test_checkpoint_made_for_another_arch_says_which(tmp_path: Path) -> None:
-    from pipeline.zoo import DEFAULT_WEIGHTS
+    from pipeline.model.zoo import DEFAULT_WEIGHTS
 
     with pytest.raises(BadInput, match="was saved for resnet20, not resnet56; use --model resnet20"):
         load_model(ModelSpec("resnet56", weights=DEFAULT_WEIGHTS))
@@ -141,11 +142,11 @@ def test_checkpoint_made_for_another_arch_says_which(tmp_path: Path) -> None:
 
 def test_a_plain_state_dict_gets_the_family_defaults_and_export_says_so(tmp_path: Path) -> None:
     """The default model saved as a plain state_dict: nothing records its Fashion-MNIST statistics."""
-    from pipeline.export import ExportOptions, export
+    from pipeline.make.export import ExportOptions, export
+    from pipeline.model.zoo import DEFAULT_WEIGHTS
     from pipeline.precisions import Precision
-    from pipeline.zoo import DEFAULT_WEIGHTS
 
-    state, _ = __import__("pipeline.zoo", fromlist=["load_state_dict"]).load_state_dict(DEFAULT_WEIGHTS)
+    state, _ = __import__("pipeline.model.zoo", fromlist=["load_state_dict"]).load_state_dict(DEFAULT_WEIGHTS)
     torch.save(state, tmp_path / "plain.pth")
     _, info = load_model(ModelSpec("resnet20", weights=tmp_path / "plain.pth", image_size=28))
     assert info.preprocess_source == "defaults" and info.preprocess.mean == (sum((0.4914, 0.4822, 0.4465)) / 3,)
@@ -157,7 +158,7 @@ def test_a_plain_state_dict_gets_the_family_defaults_and_export_says_so(tmp_path
 
 
 def test_preprocessing_and_class_names_declared_on_the_command_line(tmp_path: Path) -> None:
-    from pipeline.zoo import DEFAULT_WEIGHTS
+    from pipeline.model.zoo import DEFAULT_WEIGHTS
 
     names = tmp_path / "classes.txt"
     names.write_text("\n".join(f"c{i}" for i in range(10)) + "\n")
@@ -181,13 +182,27 @@ def test_preprocessing_and_class_names_declared_on_the_command_line(tmp_path: Pa
 
 def test_a_model_scoring_near_chance_is_flagged(tmp_path: Path) -> None:
     """Wrong statistics (mean 5 on images in [0, 1]): verify says the preprocessing likely differs from training."""
-    from pipeline.data import near_chance_note
-    from pipeline.export import ExportOptions, export
-    from pipeline.verify import VerifyOptions, verify
-    from pipeline.zoo import DEFAULT_WEIGHTS
+    from pipeline.check.verify import VerifyOptions, verify
+    from pipeline.make.export import ExportOptions, export
+    from pipeline.model.data import near_chance_note
+    from pipeline.model.zoo import DEFAULT_WEIGHTS
 
     assert near_chance_note(12.0, 10, "x") and near_chance_note(60.0, 10, "x") is None
     spec = ModelSpec("resnet20", weights=DEFAULT_WEIGHTS, mean=(5.0,), std=(0.05,))
     export(ExportOptions(model=spec, out=tmp_path / "f", reference_samples=0, exporter="legacy"))
     r = verify(VerifyOptions(folder=tmp_path / "f", samples=200))
     assert any("near chance" in n and "--mean/--std" in n for n in r.notes), r.notes
+
+
+def test_truncated_checkpoint_reads_as_corrupt_not_as_refused(tmp_path: Path) -> None:
+    """A damaged file is told apart from a refused one by its structure, not by the words of torch's error."""
+    whole = tmp_path / "whole.pth"
+    torch.save(build_model("resnet20", num_classes=10, in_chans=1).state_dict(), whole)
+    for legacy in (False, True):
+        if legacy:
+            torch.save(torch.load(whole), whole, _use_new_zipfile_serialization=False)
+        cut = tmp_path / f"cut{int(legacy)}.pth"
+        cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 3])
+        with pytest.raises(BadInput, match="cannot be read: truncated, corrupt") as e:
+            load_model(ModelSpec("resnet20", weights=cut, in_chans=1, num_classes=10))
+        assert "could run code" not in str(e.value)

@@ -1,0 +1,1 @@
+"""Checking a folder: the reference, verify and localisation, bench, predict."""

@@ -1,0 +1,1 @@
+"""Handing a verified folder to serving: Triton model repositories, DeepStream configs."""
