@@ -11,6 +11,8 @@ that fit in KEEP_BYTES and runs the graph again for the rest.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import tempfile
 import time
@@ -23,7 +25,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from exporters.equalize import fp32_for_int8
-from exporters.onnx import activation_bytes, cpu_session, graph_batch, quiet_converters
+from exporters.onnx import cpu_session, graph_batch, quiet_converters
+from exporters.sizes import activation_bytes
 from resnetx.batching import batch_chunks
 from resnetx.contract import INPUT_NAME
 from resnetx.errors import BackendUnavailable, BadInput, first_line
@@ -245,7 +248,8 @@ def _collect(method: CalibMethod, hists: dict[str, tuple], symmetric: bool, perc
                                    num_quantized_bins=128, percentile=percentile, scenario="same")
     collector.histogram_dict = hists
     try:
-        result = collector.compute_collection_result()
+        with contextlib.redirect_stdout(io.StringIO()):  # its progress prints would land in the user's table
+            result = collector.compute_collection_result()
     except (ValueError, RuntimeError) as e:
         raise BadInput(f"int8 calibration failed: {first_line(e)}") from e
     return {k: (float(np.min(v[0])), float(np.max(v[1]))) for k, v in result.items()}

@@ -14,6 +14,7 @@ import numpy as np
 from exporters.onnx import (
     OnnxArtifact,
     check_onnx,
+    drop_unused_initializers,
     graph_batch,
     load_onnx,
     opset_of,
@@ -29,7 +30,7 @@ if TYPE_CHECKING:
 else:
     onnx = lazy_import("onnx")
 
-__all__ = ["FP16_MAX", "DEFAULT_FP16_BLOCK_OPS", "to_fp16"]
+__all__ = ["FP16_MAX", "DEFAULT_FP16_BLOCK_OPS", "to_fp16", "layers_to_fp16"]
 
 log = logging.getLogger(__name__)
 
@@ -153,3 +154,37 @@ def _nodes_with_large_weights(model: onnx.ModelProto, limit: float) -> list[str]
         and float(np.abs(onnx.numpy_helper.to_array(init)).max()) > limit
     }
     return [n.name for n in model.graph.node if big & set(n.input)]
+
+
+# --------------------------------------------------------------------------- fp16 fallback
+def layers_to_fp16(q: onnx.ModelProto, names: Iterable[str]) -> list[str]:
+    """Float layers of an int8 graph computed in fp16: weights and bias stored fp16, the input cast down and the
+    output cast back up (TensorRT runs them as fp16 layers; elsewhere the graph stays int8)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    wanted = set(names)
+    inits = {i.name: i for i in q.graph.initializer}
+    nodes, done = [], []
+    for node in q.graph.node:
+        if node.name not in wanted or node.op_type not in ("Conv", "Gemm") or node.input[1] not in inits:
+            nodes.append(node)
+            continue
+        for k in range(1, len(node.input)):
+            name = node.input[k]
+            if name in inits:
+                weights = numpy_helper.to_array(inits[name]).astype(np.float16)
+                half = numpy_helper.from_array(weights, f"{name}_fp16")
+                q.graph.initializer.append(half)
+                node.input[k] = half.name
+        x, y = node.input[0], node.output[0]
+        nodes.append(helper.make_node("Cast", [x], [f"{node.name}_in_fp16"], name=f"{node.name}/cast_in",
+                                      to=TensorProto.FLOAT16))
+        node.input[0], node.output[0] = f"{node.name}_in_fp16", f"{node.name}_out_fp16"
+        nodes += [node, helper.make_node("Cast", [node.output[0]], [y], name=f"{node.name}/cast_out",
+                                         to=TensorProto.FLOAT)]
+        done.append(node.name)
+    del q.graph.node[:]
+    q.graph.node.extend(nodes)
+    drop_unused_initializers(q.graph)
+    del q.graph.value_info[:]  # stale types of the rewired tensors; checkers infer them again
+    return done

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from exporters.sizes import dims_of
 from resnetx.batching import batch_chunks
 from resnetx.contract import INPUT_NAME, OUTPUT_NAME
 from resnetx.errors import BadInput, CheckFailed, ExportFailed, ResnetxError, first_line
@@ -52,8 +53,6 @@ __all__ = [
     "softmax_head",
     "drop_no_ops",
     "strip_softmax_head",
-    "graph_gflops",
-    "activation_bytes",
     "cpu_session",
     "graph_batch",
     "opset_of",
@@ -297,23 +296,19 @@ class GraphInterface:
     batch: int | None  # fixed in the file, or None when dynamic
 
 
-def _dims(vi: onnx.ValueInfoProto) -> list[int | None]:
-    return [d.dim_value if d.HasField("dim_value") else None for d in vi.type.tensor_type.shape.dim]
-
-
 def graph_interface(model: onnx.ModelProto, where: str) -> GraphInterface:
     """One float image input (NCHW, or NHWC said so) and one float logits output (N, classes), or a one-line
     error naming what was found."""
     inits = {i.name for i in model.graph.initializer}
     inputs = [i for i in model.graph.input if i.name not in inits]
     outputs = list(model.graph.output)
-    found = (f"it has inputs {[(i.name, _dims(i)) for i in inputs]} and outputs "
-             f"{[(o.name, _dims(o)) for o in outputs]}")
+    found = (f"it has inputs {[(i.name, dims_of(i)) for i in inputs]} and outputs "
+             f"{[(o.name, dims_of(o)) for o in outputs]}")
     if len(inputs) != 1 or len(outputs) != 1:
         raise BadInput(f"{where} must have one image input and one logits output; {found}")
     x, y = inputs[0], outputs[0]
     floats = (onnx.TensorProto.FLOAT,)
-    dx, dy = _dims(x), _dims(y)
+    dx, dy = dims_of(x), dims_of(y)
     if x.type.tensor_type.elem_type not in floats or y.type.tensor_type.elem_type not in floats:
         raise BadInput(f"{where}: the input and the output must be float32; {found}")
     if len(dx) != 4 or len(dy) != 2:
@@ -464,26 +459,6 @@ def import_onnx(src: Path, dst: Path, *, metadata: dict[str, str] | None = None,
                                  **({"softmax": "stripped"} if strip_softmax else {})})
 
 
-def graph_gflops(model: onnx.ModelProto) -> float:
-    """FLOPs per image (2 x the multiply-adds of Conv, Gemm and MatMul), from the graph's inferred shapes."""
-    from onnx import numpy_helper
-
-    inferred = onnx.shape_inference.infer_shapes(model)
-    shapes = {v.name: _dims(v) for v in [*inferred.graph.value_info, *inferred.graph.output, *inferred.graph.input]}
-    weights = {i.name: tuple(i.dims) for i in model.graph.initializer}
-    weights |= {n.output[0]: tuple(numpy_helper.to_array(n.attribute[0].t).shape) for n in model.graph.node
-                if n.op_type == "Constant" and n.attribute and n.attribute[0].type == onnx.AttributeProto.TENSOR}
-    macs = 0
-    for n in model.graph.node:
-        out, w = shapes.get(n.output[0]), weights.get(n.input[1]) if len(n.input) > 1 else None
-        if n.op_type == "Conv" and out and w and all(out[1:]):
-            macs += int(np.prod(out[1:])) * int(np.prod(w[1:]))
-        elif n.op_type in ("Gemm", "MatMul") and out and w and len(w) == 2 and all(out[1:]):
-            trans_b = next((a.i for a in n.attribute if a.name == "transB"), 0)
-            macs += int(np.prod(out[1:])) * int(w[1] if trans_b else w[0])
-    return 2 * macs / 1e9
-
-
 def _ort_max_opset() -> int:
     # The newest opset onnxruntime 1.2x/1.3x implements for every op a ResNet uses.
     return min(onnx.defs.onnx_opset_version(), 23)
@@ -552,38 +527,6 @@ def _errors(got: np.ndarray, ref: np.ndarray) -> dict[str, float]:
         "top1_agree": float((got.argmax(1) == ref.argmax(1)).mean()),
         "samples": int(len(ref)),
     }
-
-
-def activation_bytes(model: onnx.ModelProto, names: set[str] | None = None) -> int:
-    """Bytes of one image's float activations (all, or those named), from the graph's inferred shapes: what sizes
-    the chunks calibration and bias correction run at, so that their memory stays bounded. Where onnx's inference
-    stops (a Keras graph's Pad takes its pads from shape arithmetic), onnxruntime's symbolic inference carries on; a
-    tensor still of unknown size counts as the largest known one (an over-estimate: smaller chunks, never more
-    memory)."""
-    sizes = _tensor_sizes(onnx.shape_inference.infer_shapes(model), names)
-    if any(v is None for v in sizes.values()):
-        try:
-            from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
-
-            sizes = _tensor_sizes(SymbolicShapeInference.infer_shapes(model, auto_merge=True), names)
-        except Exception as e:  # noqa: BLE001 - its many failures leave the over-estimate below
-            log.debug("symbolic shape inference failed (%s); unknown tensors counted at the largest size", e)
-    largest = max((v for v in sizes.values() if v is not None), default=0)
-    return sum(largest if v is None else v for v in sizes.values())
-
-
-def _tensor_sizes(inferred: onnx.ModelProto, names: set[str] | None) -> dict[str, int | None]:
-    """Bytes per image of each float tensor (those named, else every inferred one); None where a dim is unknown."""
-    out: dict[str, int | None] = {}
-    for vi in [*inferred.graph.value_info, *inferred.graph.output]:
-        if names is not None and vi.name not in names:
-            continue
-        t = vi.type.tensor_type
-        dims = [d.dim_value for d in t.shape.dim[1:]]
-        out[vi.name] = 4 * int(np.prod(dims)) if t.HasField("shape") and all(d > 0 for d in dims) else None
-    for name in names or ():
-        out.setdefault(name, None)  # named but never inferred
-    return out
 
 
 def opset_of(model: onnx.ModelProto) -> int:

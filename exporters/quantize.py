@@ -27,9 +27,9 @@ import numpy as np
 
 from exporters.calibrate import InputSums, Ranges
 from exporters.equalize import fp32_for_int8
+from exporters.fp16 import layers_to_fp16
 from exporters.onnx import (
     OnnxArtifact,
-    activation_bytes,
     check_onnx,
     cpu_session,
     drop_unused_initializers,
@@ -39,6 +39,7 @@ from exporters.onnx import (
     save_onnx,
     set_metadata,
 )
+from exporters.sizes import activation_bytes
 from resnetx.batching import batch_chunks
 from resnetx.contract import INPUT_NAME
 from resnetx.errors import BackendUnavailable, BadInput, first_line
@@ -51,7 +52,7 @@ else:
 
 __all__ = ["Int8Recipe", "Fallback", "RecipeLayout", "INT8_RECIPES", "INT8_GRAPH_REVISION", "quantize_int8",
            "int8_graph", "bias_shifts", "shifts_of", "apply_shifts", "quantized_layers", "end_layers", "keep_float",
-           "revert_layers", "layers_to_fp16"]
+           "revert_layers"]
 
 CHUNK_BYTES = 256 << 20  # activations held at once while bias correction measures each layer
 INT8_GRAPH_REVISION = 6  # bumped when quantize_int8 makes a different graph from the same inputs (export's cache key)
@@ -503,39 +504,6 @@ def apply_shifts(q: onnx.ModelProto, shifts: dict[str, np.ndarray]) -> list[str]
         else:
             continue
         done.append(node.name)
-    return done
-
-
-# --------------------------------------------------------------------------- fp16 fallback
-def layers_to_fp16(q: onnx.ModelProto, names: Iterable[str]) -> list[str]:
-    """Float layers of an int8 graph computed in fp16: weights and bias stored fp16, the input cast down and the
-    output cast back up (TensorRT runs them as fp16 layers; elsewhere the graph stays int8)."""
-    from onnx import TensorProto, helper, numpy_helper
-
-    wanted = set(names)
-    inits = {i.name: i for i in q.graph.initializer}
-    nodes, done = [], []
-    for node in q.graph.node:
-        if node.name not in wanted or node.op_type not in WEIGHTED or node.input[1] not in inits:
-            nodes.append(node)
-            continue
-        for k in range(1, len(node.input)):
-            name = node.input[k]
-            if name in inits:
-                half = numpy_helper.from_array(_array(inits, name).astype(np.float16), f"{name}_fp16")
-                q.graph.initializer.append(half)
-                node.input[k] = half.name
-        x, y = node.input[0], node.output[0]
-        nodes.append(helper.make_node("Cast", [x], [f"{node.name}_in_fp16"], name=f"{node.name}/cast_in",
-                                      to=TensorProto.FLOAT16))
-        node.input[0], node.output[0] = f"{node.name}_in_fp16", f"{node.name}_out_fp16"
-        nodes += [node, helper.make_node("Cast", [node.output[0]], [y], name=f"{node.name}/cast_out",
-                                         to=TensorProto.FLOAT)]
-        done.append(node.name)
-    del q.graph.node[:]
-    q.graph.node.extend(nodes)
-    drop_unused_initializers(q.graph)
-    del q.graph.value_info[:]  # stale types of the rewired tensors; checkers infer them again
     return done
 
 

@@ -11,12 +11,11 @@ import pytest
 from onnx import numpy_helper
 
 from exporters.calibrate import CalibMethod, Ranges, calibrate, calibrate_methods
-from exporters.fp16 import to_fp16
+from exporters.fp16 import layers_to_fp16, to_fp16
 from exporters.quantize import (
     apply_shifts,
     bias_shifts,
     int8_graph,
-    layers_to_fp16,
     quantize_int8,
     quantized_layers,
     revert_layers,

@@ -234,20 +234,24 @@ def test_a_driver_started_again_redoes_only_the_kinds_not_recorded(fleet_folder:
     assert audit_folder(fleet_folder).intact
 
 
-def _kill_when_running(cluster, nodes: list, timeout: float = 120.0) -> object | None:  # noqa: ANN001
-    """Remove the first of `nodes` on which a fleet task has started (its scratch folder appears), as a dying machine
-    would; the node removed, or None."""
+def _kill_when_running(cluster, groups: list[list], timeout: float = 240.0) -> list:  # noqa: ANN001
+    """For each group of nodes, remove the first on which a fleet task has started (its scratch folder appears), as
+    a dying machine would; watched all at once, so that one group's quick task is not missed while another waits.
+    The nodes removed, None for a group where no task started in time."""
     import tempfile
 
+    killed: list = [None] * len(groups)
     end = time.time() + timeout
-    while time.time() < end:
+    while time.time() < end and not all(killed):
         started = {p.name for p in Path(tempfile.gettempdir()).iterdir() if p.name.startswith("resnetx-fleet-")}
-        for node in nodes:
-            if any(name.startswith(f"resnetx-fleet-{node.node_id[:12]}-") for name in started):
+        for i, nodes in enumerate(groups):
+            node = next((n for n in nodes if any(s.startswith(f"resnetx-fleet-{n.node_id[:12]}-") for s in started)),
+                        None)
+            if killed[i] is None and node is not None:
                 cluster.remove_node(node)
-                return node
+                killed[i] = node
         time.sleep(0.2)
-    return None
+    return killed
 
 
 @pytest.mark.slow
@@ -260,7 +264,7 @@ def test_a_node_that_dies_is_retried_or_reported_not_run(cluster, default_folder
     opts = FleetOptions(folder=folder, kinds=("A2", "A16"), samples=64, batches=(1,), bench=QUICK, kind_timeout=60)
     worker = threading.Thread(target=lambda: out.update(run=run_fleet(opts)))
     worker.start()
-    killed = [_kill_when_running(cluster, [lone]), _kill_when_running(cluster, twins)]
+    killed = _kill_when_running(cluster, [[lone], twins])
     worker.join(timeout=400)
     run = out["run"]
     assert all(killed), "a task never started"

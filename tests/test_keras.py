@@ -295,7 +295,7 @@ def test_calibration_memory_is_sized_on_a_keras_graph_onnx_cannot_infer(exported
     import onnx
     import onnxruntime as ort
 
-    from exporters.onnx import activation_bytes
+    from exporters.sizes import activation_bytes
 
     model = onnx.load(str(exported / "model.fp32.onnx"))
     inferred = onnx.shape_inference.infer_shapes(model)
@@ -313,3 +313,20 @@ def test_calibration_memory_is_sized_on_a_keras_graph_onnx_cannot_infer(exported
                     strict=True))
     measured = sum(outs[n].nbytes for n in unknown if outs[n].dtype == np.float32)
     assert activation_bytes(onnx.load(str(exported / "model.fp32.onnx")), unknown) >= measured > 0
+
+
+def test_localisation_reads_a_keras_graph_with_shape_bookkeeping(exported: Path, folders: Path) -> None:
+    """A Keras graph computes its Flatten from Shape -> Gather (a 0-d tensor): localisation compares per-image
+    layer values only, so verify --localize names layers of it instead of failing on the scalar."""
+    from pipeline.check.localize import layer_outputs
+
+    fp32 = (exported / "model.fp32.onnx").read_bytes()
+    assert "Gather" in {n.op_type for n in __import__("onnx").load_from_string(fp32).graph.node}
+    x = np.random.default_rng(0).random((5, 3, 32, 32), np.float32)
+    values = layer_outputs(fp32, x)
+    assert values and all(v.shape[0] == 5 for _, v in values.values())
+    assert {"Conv", "Add"} <= {op for op, _ in values.values()}
+    r = invoke("verify", exported, "--data", f"imagefolder:{folders / 'val'}", "--localize", "--precision", "int8",
+               "--samples", "64")
+    assert r.exit_code in (0, 1), r.output
+    assert "error by depth" in r.output and "/Conv" in r.output

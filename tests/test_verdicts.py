@@ -70,7 +70,8 @@ def test_a_later_partial_verify_cannot_launder_a_failure(default_folder: Path, t
     assert invoke("triton", folder, "--out", repo, "--precision", "fp32,fp16").exit_code == 2  # fp16: never verified
     assert invoke("verify", folder, "--precision", "fp16", "--samples", "64").exit_code == 0
     ok = invoke("triton", folder, "--out", repo, "--precision", "fp32,fp16")
-    assert ok.exit_code == 0 and "fp16 pass on 64 sample inputs" in ok.output, ok.output
+    assert ok.exit_code == 0 and "pass (ort-cpu-fp16, 64 inputs)" in ok.output, ok.output
+    assert "fp16 pass on 64 sample inputs" in (repo / "README.md").read_text()  # the repository keeps the whole record
     forced = invoke("triton", folder, "--out", tmp_path / "repo2", "--allow-unverified")
     assert forced.exit_code == 0 and "--allow-unverified" in forced.output
     info = invoke("info", folder)

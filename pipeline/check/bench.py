@@ -146,7 +146,8 @@ class BenchOptions:
 
 def _gflops(folder: Path, manifest: Manifest) -> float:
     """FLOPs per image, counted in the fp32 graph (whatever made it: a PyTorch model or a user's ONNX file)."""
-    from exporters.onnx import graph_gflops, load_onnx
+    from exporters.onnx import load_onnx
+    from exporters.sizes import graph_gflops
 
     fp32 = manifest.graphs.get(Precision.fp32)
     return graph_gflops(load_onnx(folder / fp32.file)) if fp32 is not None and (folder / fp32.file).is_file() else 0.0

@@ -71,8 +71,10 @@ def layer_outputs(model_bytes: bytes, x: np.ndarray) -> dict[str, tuple[str, np.
     names = [o.name for o in sess.get_outputs()]
     dim = m.graph.input[0].type.tensor_type.shape.dim[0]
     fixed = int(dim.dim_value) if dim.HasField("dim_value") else 0
-    runs = [(sess.run(names, {INPUT_NAME: c}), n) for c, n in batch_chunks(x, fixed or len(x), pad_to=fixed)]
-    values = {name: np.concatenate([out[k][:n] for out, n in runs]) for k, name in enumerate(names)}
+    runs = [(sess.run(names, {INPUT_NAME: c}), n, len(c)) for c, n in batch_chunks(x, fixed or len(x), pad_to=fixed)]
+    # a layer's value is per image; shapes, scalars and other graph bookkeeping (a Keras graph's) are not compared
+    batched = [k for k in range(len(names)) if all(out[k].ndim and out[k].shape[0] == size for out, _, size in runs)]
+    values = {names[k]: np.concatenate([out[k][:n] for out, n, _ in runs]) for k in batched}
     return {n: (op, values[out].astype(np.float32, copy=False)) for n, (op, out) in wanted.items() if out in values}
 
 

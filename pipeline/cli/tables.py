@@ -195,7 +195,7 @@ def triton_table(result: TritonResult) -> Table:
         gpus = f" for {', '.join(x.cc_model_filenames)}" if x.cc_model_filenames else ""
         t.add_row(x.name, x.platform, batch, f"{i.name} {i.data_type[5:].lower()} {list(x.dims(i))}",
                   f"{x.instances} {x.kind[5:].lower()}", _esc(", ".join(e.file for e in x.entries)) + gpus,
-                  _esc(x.verified))
+                  _esc(x.verdict))
     return t
 
 

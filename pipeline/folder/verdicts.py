@@ -54,6 +54,11 @@ class Verdict:
         return (f"{'pass' if self.passed else 'fail'} on {self.samples} {self.data} inputs, {what} "
                 f"({self.runtime} on {self.kind}{when})")
 
+    @property
+    def brief(self) -> str:
+        """'fail (ort-cpu-int8, 2000 inputs)': for a table cell."""
+        return f"{'pass' if self.passed else 'fail'} ({self.runtime}, {self.samples} inputs)"
+
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "reasons": list(self.reasons)}
 
@@ -77,6 +82,10 @@ class Standing:
     @property
     def words(self) -> str:
         return "; ".join(v.words for v in self.deciding)
+
+    @property
+    def brief(self) -> str:
+        return "; ".join(v.brief for v in self.deciding)
 
 
 def read_verdicts(folder: Path) -> list[Verdict]:

@@ -86,6 +86,7 @@ class TritonModel:
     default_model_filename: str | None = None
     parameters: dict[str, str] = field(default_factory=dict)
     verified: str = ""  # what resnetx verify said about its artifacts, in words
+    verdict: str = ""  # the same in brief, for a table cell
     bench_batches: tuple[int, ...] = ()
 
     def dims(self, t: Tensor) -> tuple[int, ...]:
@@ -105,9 +106,10 @@ class TritonResult:
 
 
 # --------------------------------------------------------------------------- what the folder allows
-def _verified(entries: tuple[Entry, ...], verdicts: dict[str, Standing]) -> str:
-    """Each artifact's standing verdict and the data it came from, in words."""
-    return "; ".join(f"{e.name} {verdicts[e.name].words}" if e.name in verdicts else f"{e.name} not verified"
+def _verified(entries: tuple[Entry, ...], verdicts: dict[str, Standing], brief: bool = False) -> str:
+    """Each artifact's standing verdict and the data it came from, in words (or in brief)."""
+    return "; ".join((verdicts[e.name].brief if brief else f"{e.name} {verdicts[e.name].words}")
+                     if e.name in verdicts else "not verified" if brief else f"{e.name} not verified"
                      for e in entries)
 
 
@@ -272,7 +274,8 @@ def plan_repository(opts: TritonOptions) -> tuple[list[TritonModel], list[str], 
 def _common(opts: TritonOptions, entries: list[Any], verdicts: dict[str, Standing], batches: tuple[int, ...],
             labels: bool) -> dict[str, Any]:
     return {"instances": opts.instances, "queue_delay_us": opts.queue_delay_us, "labels": labels,
-            "verified": _verified(tuple(entries), verdicts), "bench_batches": batches}
+            "verified": _verified(tuple(entries), verdicts), "verdict": _verified(tuple(entries), verdicts, True),
+            "bench_batches": batches}
 
 
 def _model_notes(models: list[TritonModel], labels: bool) -> list[str]:

@@ -231,7 +231,8 @@ class _TrialGraphs:
     def quick(self, method: CalibMethod, reverted: tuple[str, ...], fallback: str) -> Any:
         import onnx
 
-        from exporters.quantize import apply_shifts, layers_to_fp16, revert_layers
+        from exporters.fp16 import layers_to_fp16
+        from exporters.quantize import apply_shifts, revert_layers
 
         q = onnx.ModelProto()
         q.CopyFrom(self.plain(method))
