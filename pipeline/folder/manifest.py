@@ -43,6 +43,7 @@ __all__ = [
     "Manifest",
     "export_lock",
     "read_manifest",
+    "known_fields",
     "write_manifest",
     "tool_versions",
     "checked_file",
@@ -54,7 +55,7 @@ MANIFEST_VERSION = 4
 READS = (1, 2, 3, 4)
 
 
-def _plain(d: dict[str, Any], cls: type) -> dict[str, Any]:
+def known_fields(d: dict[str, Any], cls: type) -> dict[str, Any]:
     """The keys of `d` that are fields of the dataclass `cls` (newer writers may add others)."""
     names = {f.name for f in fields(cls)}
     return {k: v for k, v in d.items() if k in names}
@@ -71,7 +72,7 @@ class GraphCheck:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> GraphCheck:
-        return cls(**_plain(d, cls))
+        return cls(**known_fields(d, cls))
 
 
 @dataclass(frozen=True)
@@ -85,7 +86,7 @@ class LayerCounts:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> LayerCounts:
-        return cls(**_plain(d, cls))
+        return cls(**known_fields(d, cls))
 
     def note(self, precision: str) -> str:
         """'22/22 conv/matmul in fp16'; an int8 network also says how many of the others are fp16."""
@@ -115,7 +116,7 @@ class Calibration:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Calibration:
-        fields = _plain(d, cls)
+        fields = known_fields(d, cls)
         if fields.get("isa") is not None:
             fields["isa"] = tuple(fields["isa"])
         return cls(**fields)
@@ -135,7 +136,7 @@ class Trial:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Trial:
-        return cls(**{**_plain(d, cls), "reverted": tuple(d.get("reverted", ()))})
+        return cls(**{**known_fields(d, cls), "reverted": tuple(d.get("reverted", ()))})
 
 
 @dataclass(frozen=True)
@@ -168,7 +169,7 @@ class SearchRecord:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> SearchRecord:
-        return cls(**{**_plain(d, cls), "trials": tuple(Trial.from_dict(t) for t in d["trials"]),
+        return cls(**{**known_fields(d, cls), "trials": tuple(Trial.from_dict(t) for t in d["trials"]),
                       "ranking": tuple(d.get("ranking", ()))})
 
 
@@ -218,7 +219,7 @@ class GraphEntry(Entry):
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> GraphEntry:
-        d = _plain(d, cls)
+        d = known_fields(d, cls)
         return cls(**{**d, "precision": Precision(d["precision"]), "keep_fp32": tuple(d.get("keep_fp32", ())),
                       "auto_fp32": tuple(d.get("auto_fp32", ())),
                       "calibration": Calibration.from_dict(d["calibration"]) if d.get("calibration") else None,
@@ -262,7 +263,7 @@ class EngineEntry(Entry):
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> EngineEntry:
-        d = _plain(d, cls)
+        d = known_fields(d, cls)
         return cls(**{**d, "precision": Precision(d["precision"]), "flavor": Flavor(d["flavor"]),
                       "profile": tuple(d["profile"]), "compute_capabilities": tuple(d.get("compute_capabilities", ())),
                       "hardware_compat": HardwareCompat(d.get("hardware_compat") or "none"),

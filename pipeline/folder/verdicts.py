@@ -11,11 +11,11 @@ them fails. A later verify of other precisions, or on less representative data, 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.folder.manifest import Manifest, read_manifest
+from pipeline.folder.manifest import Manifest, known_fields, read_manifest
 from resnetx.errors import BadInput, ResnetxError
 from resnetx.files import atomic_write_text
 
@@ -64,8 +64,7 @@ class Verdict:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Verdict:
-        names = {f.name for f in fields(cls)}
-        return cls(**{**{k: v for k, v in d.items() if k in names}, "reasons": tuple(d.get("reasons", ()))})
+        return cls(**{**known_fields(d, cls), "reasons": tuple(d.get("reasons", ()))})
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,21 @@ if TYPE_CHECKING:
     from exporters.onnx import OnnxArtifact
     from pipeline.model.zoo import ModelInfo
 
-__all__ = ["SourceSpec", "Source", "Fp32Request", "graph_metadata"]
+__all__ = ["SourceSpec", "OneFile", "Source", "Fp32Request", "graph_metadata"]
+
+
+class OneFile:
+    """What a spec named by one file shares (`--onnx FILE`, `--keras FILE`), mixed into its frozen dataclass: the
+    path held as a Path, and the model named by the file's stem."""
+
+    file: Path
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "file", Path(self.file))
+
+    @property
+    def name(self) -> str:
+        return self.file.stem
 
 
 class SourceSpec(Protocol):

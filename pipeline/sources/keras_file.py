@@ -21,7 +21,7 @@ import numpy as np
 from exporters.onnx import OnnxArtifact, import_onnx
 from pipeline.model.preprocess import Declares
 from pipeline.model.zoo import ModelInfo, read_class_names
-from pipeline.sources.base import Fp32Request
+from pipeline.sources.base import Fp32Request, OneFile
 from resnetx.errors import BackendUnavailable, BadInput, first_line
 from resnetx.files import file_sha256
 
@@ -62,7 +62,7 @@ def _quiet() -> Iterator[None]:
 
 
 @dataclass(frozen=True)
-class KerasSpec(Declares):
+class KerasSpec(OneFile, Declares):
     """A Keras model file (`export --keras FILE`) and what is declared about its input (Keras files record none of
     it: the preprocessing is the training script's)."""
 
@@ -78,13 +78,6 @@ class KerasSpec(Declares):
                                "output) instead of --model: Keras on torch exports it and is its reference; declare "
                                "its preprocessing (--preprocess, --mean/--std, --mean-image).")
     cli_takes: ClassVar[tuple[str, ...]] = ("image_size",)
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "file", Path(self.file))
-
-    @property
-    def name(self) -> str:
-        return self.file.stem
 
     def cli_args(self) -> list[str]:
         size = ["--image-size", str(self.image_size)] if self.image_size else []

@@ -14,7 +14,7 @@ import numpy as np
 from exporters.onnx import OnnxArtifact, cpu_session, graph_interface, import_onnx, load_onnx, softmax_head
 from pipeline.model.preprocess import Declares, Preprocess
 from pipeline.model.zoo import ModelInfo, read_class_names
-from pipeline.sources.base import Fp32Request
+from pipeline.sources.base import Fp32Request, OneFile
 from resnetx.batching import batch_chunks
 from resnetx.errors import BadInput
 from resnetx.files import file_sha256, sha256_bytes
@@ -23,7 +23,7 @@ __all__ = ["OnnxSpec", "OnnxSource", "graph_info", "file_sha"]
 
 
 @dataclass(frozen=True)
-class OnnxSpec(Declares):
+class OnnxSpec(OneFile, Declares):
     """A user's ONNX classifier (`export --onnx FILE`) and the preprocessing declared for it."""
 
     file: Path  # type: ignore[misc]  # a field here, a property of the protocol
@@ -37,13 +37,6 @@ class OnnxSpec(Declares):
                                "probabilities) instead of --model: the reference is the file itself on onnxruntime; "
                                "declare its preprocessing unless its metadata records it.")
     cli_takes: ClassVar[tuple[str, ...]] = ()  # the model options it takes beside the declarations
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "file", Path(self.file))
-
-    @property
-    def name(self) -> str:
-        return self.file.stem
 
     def cli_args(self) -> list[str]:
         """The export options that name this source again (the re-make line)."""
