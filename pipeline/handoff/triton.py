@@ -85,9 +85,19 @@ class TritonModel:
     cc_model_filenames: dict[str, str] = field(default_factory=dict)
     default_model_filename: str | None = None
     parameters: dict[str, str] = field(default_factory=dict)
-    verified: str = ""  # what resnetx verify said about its artifacts, in words
-    verdict: str = ""  # the same in brief, for a table cell
+    standings: tuple[Standing | None, ...] = ()  # each entry's standing verdict, None where never verified
     bench_batches: tuple[int, ...] = ()
+
+    @property
+    def verified(self) -> str:
+        """What resnetx verify said about its artifacts, in words."""
+        return "; ".join(f"{e.name} {s.words}" if s else f"{e.name} not verified"
+                         for e, s in zip(self.entries, self.standings, strict=True))
+
+    @property
+    def verdict(self) -> str:
+        """The same in brief, for a table cell."""
+        return "; ".join(s.brief if s else "not verified" for s in self.standings)
 
     def dims(self, t: Tensor) -> tuple[int, ...]:
         """What config.pbtxt declares: without the batch dimension when Triton batches."""
@@ -103,14 +113,6 @@ class TritonResult:
     repo: Path
     models: list[TritonModel]
     notes: list[str]
-
-
-# --------------------------------------------------------------------------- what the folder allows
-def _verified(entries: tuple[Entry, ...], verdicts: dict[str, Standing], brief: bool = False) -> str:
-    """Each artifact's standing verdict and the data it came from, in words (or in brief)."""
-    return "; ".join((verdicts[e.name].brief if brief else f"{e.name} {verdicts[e.name].words}")
-                     if e.name in verdicts else "not verified" if brief else f"{e.name} not verified"
-                     for e in entries)
 
 
 # --------------------------------------------------------------------------- tensors
@@ -274,15 +276,14 @@ def plan_repository(opts: TritonOptions) -> tuple[list[TritonModel], list[str], 
 def _common(opts: TritonOptions, entries: list[Any], verdicts: dict[str, Standing], batches: tuple[int, ...],
             labels: bool) -> dict[str, Any]:
     return {"instances": opts.instances, "queue_delay_us": opts.queue_delay_us, "labels": labels,
-            "verified": _verified(tuple(entries), verdicts), "verdict": _verified(tuple(entries), verdicts, True),
-            "bench_batches": batches}
+            "standings": tuple(verdicts.get(e.name) for e in entries), "bench_batches": batches}
 
 
 def _model_notes(models: list[TritonModel], labels: bool) -> list[str]:
     notes = []
     if not labels:
         notes.append("the model has no class names: configs name no label file (give --class-names at export)")
-    if unrun := [x.name for x in models if "not verified" in x.verified]:
+    if unrun := [x.name for x in models if None in x.standings]:
         notes.append(f"not verified by resnetx verify: {', '.join(unrun)} (engines are verified with "
                      "'resnetx verify DIR --device cuda' on their GPU)")
     if any(e.flavor is Flavor.rtx for x in models for e in x.entries if isinstance(e, EngineEntry)):
