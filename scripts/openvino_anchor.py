@@ -4,12 +4,15 @@ beside the int8 model NNCF makes for OpenVINO from the same fp32 graph, in one r
     python scripts/openvino_anchor.py artifacts/r50              # a folder with fp32 and int8 (--int8-recipe cpu)
     python scripts/openvino_anchor.py artifacts/r50 --nncf-python /tmp/nncf-venv/bin/python
 
-Rows: precision x batch (1 and 32 by default). bench's images/s (a row's mean latency, one call of the whole batch)
-beside benchmark_app's (-hint latency at batch 1; -hint throughput at a batch of 32: its optimal number of requests,
-each of that batch, in flight at once), measured before and after bench and averaged (a shared machine drifts), and
-their ratio. With --nncf-python (a virtual environment with nncf and
-openvino), NNCF quantizes the folder's fp32 graph for OpenVINO (ov.convert_model, then nncf.quantize on 300 images of
-the folder's calibration data, its defaults) and benchmark_app times it too: the folder's int8 graph over NNCF's.
+Rows: precision x batch (1 and 32 by default). Each row is measured in --rounds rounds; in each round bench (one
+`resnetx bench` of that precision and batch alone) and benchmark_app (-hint latency at batch 1; -hint throughput
+above: its optimal number of requests, each of that batch, in flight at once; f32 input, as the graph takes it,
+not the u8 input benchmark_app puts in front of an image-shaped input by default) run back to back, their order swapped
+every round, so a machine whose speed drifts by more than the bar between minutes (a shared 2-core VM drifts by 20%)
+slows both alike. A row prints each side's median over the rounds and the median of the rounds' ratios, with their
+range. With --nncf-python (a virtual environment with nncf and openvino), NNCF quantizes the folder's fp32 graph for
+OpenVINO (ov.convert_model, then nncf.quantize on 300 images of the folder's calibration data, its defaults), and in
+each round benchmark_app times it beside the folder's int8 graph the same way: ours/NNCF.
 """
 
 from __future__ import annotations
@@ -22,7 +25,10 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 NNCF = '''
@@ -35,6 +41,9 @@ ov.save_model(q, out)
 '''
 
 
+COMPUTE = ("Convolution", "GroupConvolution", "FullyConnected", "MatMul", "MaxPool", "AvgPool")
+
+
 def _run(cmd: list[str], env: dict[str, str] | None = None) -> str:
     done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **(env or {})})
     if done.returncode != 0:
@@ -42,12 +51,14 @@ def _run(cmd: list[str], env: dict[str, str] | None = None) -> str:
     return done.stdout
 
 
-def benchmark_app(model: Path, batch: int, shape: tuple[int, ...], seconds: int, fp32: bool) -> float:
+def benchmark_app(model: Path, batch: int, shape: tuple[int, ...], seconds: int, fp32: bool,
+                  extra: tuple[str, ...] = ()) -> float:
     """OpenVINO's own tool: images per second."""
     tool = shutil.which("benchmark_app") or str(Path(sys.executable).with_name("benchmark_app"))
     hint = "latency" if batch == 1 else "throughput"
     cmd = [tool, "-m", str(model), "-d", "CPU", "-hint", hint, "-t", str(seconds),
-           "-shape", f"[{batch},{','.join(map(str, shape))}]"]
+           "-shape", f"[{batch},{','.join(map(str, shape))}]",
+           "-ip", "f32", *extra]  # the graph bench runs: benchmark_app would put a u8 input before an image input
     if fp32:
         cmd += ["-infer_precision", "f32"]
     out = _run(cmd)
@@ -55,6 +66,19 @@ def benchmark_app(model: Path, batch: int, shape: tuple[int, ...], seconds: int,
     if not found:
         raise SystemExit(f"benchmark_app printed no throughput:\n{out[-2000:]}")
     return float(found.group(1))
+
+
+def float_layers(model: Path, shape: tuple[int, ...], seconds: int) -> list[str]:
+    """The compute layers OpenVINO runs in float in an int8 model, each with its time at batch 1 (benchmark_app's
+    per-layer counters): where two int8 models of one graph differ in speed."""
+    with tempfile.TemporaryDirectory() as tmp:
+        benchmark_app(model, 1, shape, seconds, False, ("-report_type", "detailed_counters", "-report_folder", tmp))
+        lines = (Path(tmp) / "benchmark_detailed_counters_report.csv").read_text().splitlines()[1:]
+    out = []
+    for name, status, kind, exec_type, ms, *_ in (ln.split(";") for ln in lines if ln.count(";") >= 5):
+        if status.endswith("EXECUTED") and kind in COMPUTE and exec_type.endswith(("f32", "bf16", "f16")):
+            out.append(f"{name} ({kind}, {exec_type}, {float(ms):.2f} ms)")
+    return out
 
 
 def _calibration(folder: Path, out: Path, n: int = 300) -> None:
@@ -73,11 +97,47 @@ def _calibration(folder: Path, out: Path, n: int = 300) -> None:
     np.savez(out, calib=np.concatenate([pre(ds.raw(idx[i : i + 32])) for i in range(0, len(idx), 32)]))
 
 
+def bench_row(folder: Path, precision: str, batch: int, seconds: int) -> float:
+    """resnetx bench's images/s for one precision and batch, in its own process (as a user runs it)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(shutil.copytree(folder, Path(tmp) / "f"))
+        _run([sys.executable, "-m", "pipeline.cli", "bench", str(work), "--runtime", "openvino", "--precision",
+              precision, "--batch", str(batch), "--no-accuracy", "--min-seconds", str(seconds), "--rounds", "1",
+              "--iters", "3", "--warmup", "3"],  # timed for as long as benchmark_app, not for bench's default 50 runs
+             {"COLUMNS": "200"})
+        rows = json.loads((work / "reports" / "cpu" / "bench.json").read_text())["rows"]
+    found = [r["throughput_ips"] for r in rows if r.get("latency_ms") and r["batch"] == batch]
+    if not found:
+        raise SystemExit(f"bench gave no {precision} row at batch {batch}: {rows}")
+    return float(found[0])
+
+
+def _pair(first: Callable[[], float], second: Callable[[], float], swap: bool) -> tuple[float, float]:
+    """Two measurements back to back, the later one first when `swap`: (first's, second's)."""
+    if swap:
+        b = second()
+        return first(), b
+    a = first()
+    return a, second()
+
+
+def _cell(runs: list[tuple[float, float]]) -> str:
+    """One table cell group: each side's median and the median (range) of the rounds' ratios."""
+    import numpy as np
+
+    ours, theirs = np.array(runs).T
+    ratios = ours / theirs
+    return (f"{np.median(ours):>9.1f} {np.median(theirs):>8.1f} {np.median(ratios):>6.2f} "
+            f"({ratios.min():.2f}-{ratios.max():.2f})")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("folder", type=Path)
     ap.add_argument("--batch", default="1,32")
-    ap.add_argument("--seconds", type=int, default=15, help="benchmark_app's time per row")
+    ap.add_argument("--seconds", type=int, default=10, help="each side's timed seconds per round")
+    ap.add_argument("--rounds", type=int, default=5, help="rounds per row, each side's order swapped every round")
+    ap.add_argument("--precision", default="fp32,fp16,int8", help="which of the folder's graphs")
     ap.add_argument("--nncf-python", help="a python with nncf and openvino: NNCF's int8 model for OpenVINO too")
     a = ap.parse_args()
     sys.path.insert(0, str(ROOT))
@@ -85,41 +145,37 @@ def main() -> int:
 
     m = read_manifest(a.folder)
     shape = m.model.info.input_shape
-    batches = [int(b) for b in a.batch.split(",")]
-    graphs = [p for p in ("fp32", "fp16", "int8") if p in m.graphs]
-
-    def apps() -> dict[tuple[str, int], float]:
-        return {(p, b): benchmark_app(a.folder / m.graphs[p].file, b, shape, a.seconds, p == "fp32")
-                for p in graphs for b in batches}
-
+    graphs = [p for p in ("fp32", "fp16", "int8") if p in m.graphs and p in a.precision.split(",")]
     with tempfile.TemporaryDirectory() as tmp:
-        before = apps()
-        work = Path(shutil.copytree(a.folder, Path(tmp) / "f"))
-        _run([sys.executable, "-m", "pipeline.cli", "bench", str(work), "--runtime", "openvino", "--batch", a.batch,
-              "--no-accuracy", "--min-seconds", str(a.seconds), "--rounds", "3"], {"COLUMNS": "200"})
-        bench = json.loads((work / "reports" / "cpu" / "bench.json").read_text())
-        ours = {(r["precision"], r["batch"]): r["throughput_ips"] for r in bench["rows"] if r.get("latency_ms")}
-        after = apps()
-        nncf = None
-        if a.nncf_python:
-            _calibration(a.folder, Path(tmp) / "calib.npz")
-            nncf = Path(tmp) / "nncf" / "model.xml"
-            _run([a.nncf_python, "-c", NNCF, str(a.folder / m.graphs["fp32"].file), str(Path(tmp) / "calib.npz"),
-                  str(nncf)])
-        print(f"{'precision':>9} {'batch':>5} {'bench img/s':>12} {'benchmark_app':>14} {'ratio':>6}"
-              + (f" {'NNCF int8':>10} {'ours/NNCF':>10}" if nncf else ""))
+        nncf = _nncf(a.folder, m, Path(tmp), a.nncf_python) if a.nncf_python else None
+        print(f"{'precision':>9} {'batch':>5} {'bench':>9} {'app':>8} {'ratio':>6} {'(range)':<11}"
+              + (f" {'ours':>9} {'NNCF':>8} {'ratio':>6} {'(range)':<11}" if nncf else ""), flush=True)
         for p in graphs:
-            for b in batches:
-                theirs = (before[(p, b)] + after[(p, b)]) / 2
-                line = f"{p:>9} {b:>5} {ours.get((p, b), float('nan')):>12.1f} {theirs:>14.1f} " \
-                       f"{ours.get((p, b), float('nan')) / theirs:>6.2f}"
+            for b in (int(x) for x in a.batch.split(",")):
+                app = partial(benchmark_app, a.folder / m.graphs[p].file, b, shape, a.seconds, p == "fp32")
+                vs_app = [_pair(partial(bench_row, a.folder, p, b, a.seconds), app, r % 2 == 1)
+                          for r in range(a.rounds)]
+                line = f"{p:>9} {b:>5} {_cell(vs_app)}"
                 if nncf and p == "int8":
-                    n = benchmark_app(nncf, b, shape, a.seconds, False)
-                    line += f" {n:>10.1f} {theirs / n:>10.2f}"
+                    theirs = partial(benchmark_app, nncf, b, shape, a.seconds, False)
+                    line += f" {_cell([_pair(app, theirs, r % 2 == 1) for r in range(a.rounds)])}"
                 print(line, flush=True)
-    print("ratio: bench's row over benchmark_app on the same graph (1.00: the harness adds nothing); ours/NNCF: the "
-          "folder's int8 graph over NNCF's OpenVINO int8 model, both timed by benchmark_app")
+        if nncf and "int8" in graphs:
+            for name, path in (("ours", a.folder / m.graphs["int8"].file), ("NNCF", nncf)):
+                layers = float_layers(path, shape, a.seconds)
+                print(f"{name}: layers in float at batch 1: {', '.join(layers) or 'none'}")
+    print("bench, app: images/s, each the median over the rounds (bench's row; benchmark_app on the same graph); "
+          "ratio: the median of the rounds' bench/app (1.00: the harness adds nothing), with their range; "
+          "ours/NNCF: the folder's int8 graph over NNCF's OpenVINO int8 model, both timed by benchmark_app")
     return 0
+
+
+def _nncf(folder: Path, m: Any, tmp: Path, python: str) -> Path:
+    """NNCF's OpenVINO int8 model of the folder's fp32 graph, made in its own virtual environment."""
+    _calibration(folder, tmp / "calib.npz")
+    out = tmp / "nncf" / "model.xml"
+    _run([python, "-c", NNCF, str(folder / m.graphs["fp32"].file), str(tmp / "calib.npz"), str(out)])
+    return out
 
 
 if __name__ == "__main__":

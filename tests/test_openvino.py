@@ -249,3 +249,27 @@ def test_openvino_splits_a_batch_over_its_infer_requests_in_order(default_folder
         assert rt.requests >= 1
     np.testing.assert_allclose(whole, one, rtol=1e-4, atol=1e-4)
     assert (whole.argmax(1) == one.argmax(1)).all()
+
+
+@needs_openvino
+def test_the_anchor_names_the_layers_an_int8_graph_keeps_in_float(default_folder: Path, tmp_path: Path) -> None:
+    """scripts/openvino_anchor.py reads OpenVINO's own per-layer counters (benchmark_app) to say where two int8
+    models differ: the float stem conv is named in a default int8 graph and gone with --int8-quantize-ends."""
+    import importlib.util
+
+    from pipeline.folder.manifest import read_manifest
+    from pipeline.make.export import ExportOptions, export
+    from pipeline.precisions import Precision
+
+    spec = importlib.util.spec_from_file_location("openvino_anchor", ROOT / "scripts" / "openvino_anchor.py")
+    anchor = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(anchor)
+    m = read_manifest(default_folder)
+    shape = m.model.info.input_shape
+    kept = anchor.float_layers(default_folder / m.graphs["int8"].file, shape, 1)
+    assert any("Convolution" in layer for layer in kept) and any("FullyConnected" in layer for layer in kept), kept
+    ends = tmp_path / "ends"
+    export(ExportOptions(out=ends, precisions=(Precision.fp32, Precision.int8), calib_samples=64,
+                         reference_samples=32, int8_quantize_ends=True))
+    quantized = anchor.float_layers(ends / read_manifest(ends).graphs["int8"].file, shape, 1)
+    assert not any("Convolution" in layer for layer in quantized), quantized
