@@ -97,15 +97,14 @@ def _calibration(folder: Path, out: Path, n: int = 300) -> None:
     np.savez(out, calib=np.concatenate([pre(ds.raw(idx[i : i + 32])) for i in range(0, len(idx), 32)]))
 
 
-def bench_row(folder: Path, precision: str, batch: int, seconds: int) -> float:
-    """resnetx bench's images/s for one precision and batch, in its own process (as a user runs it)."""
-    with tempfile.TemporaryDirectory() as tmp:
-        work = Path(shutil.copytree(folder, Path(tmp) / "f"))
-        _run([sys.executable, "-m", "pipeline.cli", "bench", str(work), "--runtime", "openvino", "--precision",
-              precision, "--batch", str(batch), "--no-accuracy", "--min-seconds", str(seconds), "--rounds", "1",
-              "--iters", "3", "--warmup", "3"],  # timed for as long as benchmark_app, not for bench's default 50 runs
-             {"COLUMNS": "200"})
-        rows = json.loads((work / "reports" / "cpu" / "bench.json").read_text())["rows"]
+def bench_row(work: Path, precision: str, batch: int, seconds: int) -> float:
+    """resnetx bench's images/s for one precision and batch, in its own process (as a user runs it), on `work`: a
+    copy of the folder, so that bench's reports do not land in the user's."""
+    _run([sys.executable, "-m", "pipeline.cli", "bench", str(work), "--runtime", "openvino", "--precision",
+          precision, "--batch", str(batch), "--no-accuracy", "--min-seconds", str(seconds), "--rounds", "1",
+          "--iters", "3", "--warmup", "3"],  # timed for as long as benchmark_app, not for bench's default 50 runs
+         {"COLUMNS": "200"})
+    rows = json.loads((work / "reports" / "cpu" / "bench.json").read_text())["rows"]
     found = [r["throughput_ips"] for r in rows if r.get("latency_ms") and r["batch"] == batch]
     if not found:
         raise SystemExit(f"bench gave no {precision} row at batch {batch}: {rows}")
@@ -148,12 +147,13 @@ def main() -> int:
     graphs = [p for p in ("fp32", "fp16", "int8") if p in m.graphs and p in a.precision.split(",")]
     with tempfile.TemporaryDirectory() as tmp:
         nncf = _nncf(a.folder, m, Path(tmp), a.nncf_python) if a.nncf_python else None
+        work = Path(shutil.copytree(a.folder, Path(tmp) / "f"))  # one copy: every bench row rewrites its reports
         print(f"{'precision':>9} {'batch':>5} {'bench':>9} {'app':>8} {'ratio':>6} {'(range)':<11}"
               + (f" {'ours':>9} {'NNCF':>8} {'ratio':>6} {'(range)':<11}" if nncf else ""), flush=True)
         for p in graphs:
             for b in (int(x) for x in a.batch.split(",")):
                 app = partial(benchmark_app, a.folder / m.graphs[p].file, b, shape, a.seconds, p == "fp32")
-                vs_app = [_pair(partial(bench_row, a.folder, p, b, a.seconds), app, r % 2 == 1)
+                vs_app = [_pair(partial(bench_row, work, p, b, a.seconds), app, r % 2 == 1)
                           for r in range(a.rounds)]
                 line = f"{p:>9} {b:>5} {_cell(vs_app)}"
                 if nncf and p == "int8":
